@@ -38,3 +38,17 @@ def shared_data_dir() -> pathlib.Path:
     pytest.fail(f"shared data folder not found at {path}: place ../shared beside the repository",
                 pytrace=False)
   return path
+
+
+def max_rel_err(got, want) -> float:
+  """max |got - want| / max |want| over the whole array (the fixtures README's definition)."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+
+
+def assert_within_tol(got, want, tol: float, name: str) -> None:
+  """The fixtures README's rule for float32 builds: max abs error <= 3 * tol + 1e-6."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  assert got.shape == want.shape, f"{name}: shape {got.shape} != reference {want.shape}"
+  err = float(np.max(np.abs(got - want)))
+  assert err <= 3 * tol + 1e-6, f"{name}: max abs error {err:.3g} > 3 * tol ({tol:.3g}) + 1e-6"

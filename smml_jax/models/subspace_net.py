@@ -1,0 +1,77 @@
+"""The full subspace model: two gene encoders, two histology branches, fused classifier."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from smml_jax.models.branch import BranchConfig, SubspaceBranch
+from smml_jax.models.layers import TorchDense
+from smml_jax.models.outputs import ModelOutput
+from smml_jax.models.snn import SNN
+
+
+@dataclasses.dataclass(frozen=True)
+class SubspaceConfig:
+  """The paper's model; defaults reproduce the original (DeformPathomicNet, fusion "concat").
+
+  `single_subspace=True` is the ablation with one branch on all genes (tumour + micro
+  concatenated): it reports through the tumour fields of ModelOutput and has no micro fields.
+  """
+
+  num_classes: int = 4
+  branch: BranchConfig = BranchConfig()
+  snn_widths: Sequence[int] = (64, 48, 32, 128)
+  snn_dropout: float = 0.1
+  single_subspace: bool = False
+
+
+class SubspaceNet(nn.Module):
+  """Call: batch {'patches' (B, N, D), 'genes_tumour' (B, Gt), 'genes_micro' (B, Gm)} -> ModelOutput.
+
+  logits = classifier(concat(embed_tumour, embed_micro)); logits_tumour / logits_micro are the
+  per-subspace classifiers (logged only; the original never trains them). For survival all logits
+  are pre-sigmoid hazards.
+  """
+
+  config: SubspaceConfig = SubspaceConfig()
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, batch: Mapping[str, jax.Array], *, train: bool = False) -> ModelOutput:
+    cfg = self.config
+    patches = batch["patches"]
+    chex.assert_rank([patches, batch["genes_tumour"], batch["genes_micro"]], [3, 2, 2])
+    if cfg.snn_widths[-1] != cfg.branch.dim:
+      raise ValueError(f"the SNN embedding ({cfg.snn_widths[-1]}) must equal the branch dim "
+                       f"({cfg.branch.dim}) for the token fusion")
+    snn = lambda name: SNN(tuple(cfg.snn_widths), cfg.snn_dropout, name=name)
+    branch = lambda name: SubspaceBranch(cfg.branch, self.dtype, name=name)
+    head = lambda name: TorchDense(cfg.num_classes, name=name)
+
+    if cfg.single_subspace:
+      genes = jnp.concatenate([batch["genes_tumour"], batch["genes_micro"]], axis=-1)
+      gene = snn("snn")(genes, train=train)
+      embed, grid, mass = branch("branch")(patches, gene, train=train)
+      logits = head("classifier")(embed.astype(jnp.float32))
+      return ModelOutput(logits=logits, features=embed, embed_tumour=embed, gene_tumour=gene,
+                         grid_tumour=grid, attn_tumour=mass)
+
+    gene_t = snn("snn_tumour")(batch["genes_tumour"], train=train)
+    gene_m = snn("snn_micro")(batch["genes_micro"], train=train)
+    embed_t, grid_t, mass_t = branch("branch_tumour")(patches, gene_t, train=train)
+    embed_m, grid_m, mass_m = branch("branch_micro")(patches, gene_m, train=train)
+    embed_t, embed_m = embed_t.astype(jnp.float32), embed_m.astype(jnp.float32)
+    features = jnp.concatenate([embed_t, embed_m], axis=-1)
+    return ModelOutput(
+        logits=head("classifier")(features),
+        logits_tumour=head("classifier_tumour")(embed_t),
+        logits_micro=head("classifier_micro")(embed_m),
+        features=features, embed_tumour=embed_t, embed_micro=embed_m,
+        gene_tumour=gene_t, gene_micro=gene_m, grid_tumour=grid_t, grid_micro=grid_m,
+        attn_tumour=mass_t, attn_micro=mass_m)

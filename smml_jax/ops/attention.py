@@ -1,0 +1,101 @@
+"""Attention with a continuous relative-position bias over deformably sampled keys.
+
+This is the model's hot spot: the CPB MLP runs on every (query, key) pair of every head, a tensor
+of B * G * N * M positions with 32-wide hidden activations. Two implementations of one function:
+
+* `reference`: materialises the whole (B, H, N, M) bias and its hidden activations, as the original.
+* `chunked`: walks over tiles of queries with `lax.map`, each tile under `jax.checkpoint`, so only
+  one tile's activations are ever alive and the backward pass recomputes them instead of storing
+  B * G * N * M * hidden floats.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from smml_jax.ops.cpb import CPBParams, relative_position_bias
+
+IMPLEMENTATIONS = ("reference", "chunked")
+
+
+def _attend_block(q, k, v, pos_q, pos_k, cpb_params, valid, dropout_rate, rng, softmax_dtype):
+  """Attention for one block of queries.
+
+  q (B, H, T, Dh), k/v (B, H, M, Dh), pos_q (T, D), pos_k (B, G, M, D), valid (T,) bool.
+  Returns out (B, H, T, Dh) and the attention mass per key summed over valid queries (B, H, M).
+  """
+  sim = jnp.einsum("bhtd,bhmd->bhtm", q, k)
+  sim = sim + relative_position_bias(pos_q, pos_k, cpb_params).astype(sim.dtype)
+  attn = jax.nn.softmax(sim.astype(softmax_dtype), axis=-1)
+  mass = jnp.einsum("bhtm,t->bhm", attn, valid.astype(attn.dtype))
+  if rng is not None and dropout_rate > 0.0:
+    keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, attn.shape)
+    attn = jnp.where(keep, attn / (1.0 - dropout_rate), 0.0)
+  out = jnp.einsum("bhtm,bhmd->bhtd", attn.astype(v.dtype), v)
+  return out, mass
+
+
+def cpb_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    pos_q: jax.Array,
+    pos_k: jax.Array,
+    cpb_params: CPBParams,
+    *,
+    dropout_rate: float = 0.0,
+    dropout_rng: Optional[jax.Array] = None,
+    implementation: str = "chunked",
+    query_tile: int = 256,
+    softmax_dtype=jnp.float32,
+) -> tuple[jax.Array, jax.Array]:
+  """softmax(q k^T + CPB(pos_q - pos_k)) v, with attention dropout when `dropout_rng` is given.
+
+  Args:
+    q: (B, H, N, Dh) queries, already scaled.
+    k, v: (B, H, M, Dh) keys and values at the M sampled points.
+    pos_q: (N, D) query positions (D = 1 or 2).
+    pos_k: (B, G, M, D) sampled key positions per offset group (H = G * heads per group).
+    cpb_params: CPB MLP parameters.
+    dropout_rate: attention-probability dropout (train mode only).
+    dropout_rng: PRNG key; None disables dropout.
+    implementation: "reference" (materialised) or "chunked" (query tiles, rematerialised).
+    query_tile: queries per tile for "chunked".
+    softmax_dtype: dtype of the logits entering the softmax (float32 under mixed precision).
+
+  Returns:
+    out (B, H, N, Dh) and the attention mass each sampled key receives, summed over queries,
+    (B, H, M), before dropout.
+  """
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown attention implementation {implementation!r}; "
+                     f"expected one of {IMPLEMENTATIONS}")
+  n = q.shape[2]
+  if implementation == "reference" or n <= query_tile:
+    return _attend_block(q, k, v, pos_q, pos_k, cpb_params, jnp.ones((n,), bool),
+                         dropout_rate, dropout_rng, softmax_dtype)
+
+  n_tiles = -(-n // query_tile)
+  pad = n_tiles * query_tile - n
+  b, h, _, dh = q.shape
+  q_tiles = jnp.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0)))
+  q_tiles = q_tiles.reshape(b, h, n_tiles, query_tile, dh).transpose(2, 0, 1, 3, 4)
+  pos_tiles = jnp.pad(pos_q, ((0, pad), (0, 0))).reshape(n_tiles, query_tile, -1)
+  valid_tiles = (jnp.arange(n_tiles * query_tile) < n).reshape(n_tiles, query_tile)
+
+  @jax.checkpoint
+  def tile_fn(q_t, pos_t, valid_t, index, k, v, pos_k, cpb_params):
+    rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
+    return _attend_block(q_t, k, v, pos_t, pos_k, cpb_params, valid_t, dropout_rate, rng,
+                         softmax_dtype)
+
+  def body(xs):
+    q_t, pos_t, valid_t, index = xs
+    return tile_fn(q_t, pos_t, valid_t, index, k, v, pos_k, cpb_params)
+
+  out, mass = jax.lax.map(body, (q_tiles, pos_tiles, valid_tiles, jnp.arange(n_tiles)))
+  out = out.transpose(1, 2, 0, 3, 4).reshape(b, h, n_tiles * query_tile, dh)[:, :, :n]
+  return out, mass.sum(axis=0)

@@ -1,0 +1,73 @@
+"""Continuous relative-position bias (CPB, SwinV2 / lucidrains' deformable attention).
+
+An MLP on sign-log distances between query positions and (learned, differentiable) sampled key
+positions gives one additive attention logit per (query, key, head).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+# One (kernel, bias) pair per layer: kernels (in, out), ReLU between layers, none after the last.
+CPBParams = Sequence[tuple[jax.Array, jax.Array]]
+
+
+def sign_log(d: jax.Array) -> jax.Array:
+  """sign(d) * log(1 + |d|), with gradient 1 / (1 + |d|) and 0 at d = 0 exactly."""
+  return jnp.sign(d) * jnp.log1p(jnp.abs(d))
+
+
+def query_positions(side: int, ndim: int, geometry: str = "reference") -> jax.Array:
+  """Normalised query positions of a row-major lattice, x first.
+
+  Args:
+    side: lattice side (2D: side x side tokens) or sequence length (1D).
+    ndim: 1 or 2.
+    geometry: "reference" uses the align_corners=True frame (2i / (side - 1) - 1), as the original;
+      "consistent" uses pixel centres of the align_corners=False frame the keys are sampled in,
+      (2i + 1) / side - 1.
+
+  Returns:
+    (side ** ndim, ndim) positions; 2D rows are (x, y) = (column, row) of token r * side + c.
+  """
+  idx = jnp.arange(side, dtype=jnp.float32)
+  if geometry == "reference":
+    axis = 2.0 * idx / (side - 1) - 1.0
+  elif geometry == "consistent":
+    axis = (2.0 * idx + 1.0) / side - 1.0
+  else:
+    raise ValueError(f"unknown CPB geometry {geometry!r}; expected 'reference' or 'consistent'")
+  if ndim == 1:
+    return axis[:, None]
+  rows, cols = jnp.meshgrid(axis, axis, indexing="ij")
+  return jnp.stack([cols.reshape(-1), rows.reshape(-1)], axis=-1)
+
+
+def cpb_mlp(t: jax.Array, params: CPBParams) -> jax.Array:
+  """The CPB MLP on transformed distances t (..., ndim) -> (..., heads_per_group)."""
+  h = t
+  for i, (kernel, bias) in enumerate(params):
+    h = h @ kernel.astype(h.dtype) + bias.astype(h.dtype)
+    if i < len(params) - 1:
+      h = jax.nn.relu(h)
+  return h
+
+
+def relative_position_bias(pos_q: jax.Array, pos_k: jax.Array, params: CPBParams) -> jax.Array:
+  """Bias logits for every (query, key) pair.
+
+  Args:
+    pos_q: (T, D) query positions.
+    pos_k: (B, G, M, D) sampled key positions per batch row and offset group.
+    params: CPB MLP parameters; the last layer has `o` = heads per group outputs.
+
+  Returns:
+    (B, G * o, T, M) bias, head h = g * o + j (group-major), as the original's rearrange.
+  """
+  delta = pos_q[None, None, :, None, :] - pos_k[:, :, None, :, :]
+  bias = cpb_mlp(sign_log(delta), params)  # (B, G, T, M, o)
+  b, g, t, m, o = bias.shape
+  return jnp.transpose(bias, (0, 1, 4, 2, 3)).reshape(b, g * o, t, m)
