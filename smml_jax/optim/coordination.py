@@ -18,6 +18,7 @@ Usage with the fused classifier of the paper's model (Flax kernel (256, K) = tor
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Literal, Mapping, NamedTuple, Optional, Sequence, Union
 
 import jax
@@ -141,6 +142,7 @@ def _pcgrad_blocks(blocks: jax.Array, scores: jax.Array) -> tuple[jax.Array, jax
   return jnp.stack(new_sorted)[inverse], jnp.stack(changed_sorted)[inverse]
 
 
+@functools.partial(jax.jit, static_argnames=("mode",))
 def coordinate_blocks(blocks: jax.Array, scores: jax.Array, *, mode: Mode = "pcgrad",
                       skip: jax.Array | bool = False) -> tuple[jax.Array, jax.Array]:
   """Coordinates per-modality gradient blocks row by row.
