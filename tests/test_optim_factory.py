@@ -45,7 +45,8 @@ def test_parity_coordination_then_adam_from_the_raw_gradient():
   params, grads = _classifier(fx, "coord/classifier_weight_grad_before")
   coord = coordinate_gradients({"classifier/kernel": ModalitySplit.concat(sizes=(128, 128))},
                                mode="reference")
-  tx = make_optimizer(OptimConfig(), steps_per_epoch=5, coordination=coord)
+  trainable = trainable_mask_from_predicate(lambda path, _: path.startswith("classifier/"))
+  tx = make_optimizer(OptimConfig(), steps_per_epoch=5, coordination=coord, trainable=trainable)
   scores = classification_scores(params["classifier"]["kernel"], params["classifier"]["bias"],
                                  (fx["out/pathomic_vec_tumor"], fx["out/pathomic_vec_immune"]),
                                  fx["input/label_diag2021"])

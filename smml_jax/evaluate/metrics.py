@@ -121,7 +121,8 @@ def survival_metrics(risk: np.ndarray, time: np.ndarray, event: np.ndarray,
                          "c_index": None, "c_index_ipcw": None,
                          "integrated_brier_score": None, "brier_times": []}
   try:
-    out["c_index"] = _float(sksm.concordance_index_censored(event, time, risk)[0])
+    with np.errstate(invalid="ignore", divide="ignore"):  # sksurv may divide 0 / 0
+      out["c_index"] = _float(sksm.concordance_index_censored(event, time, risk)[0])
   except (ValueError, ZeroDivisionError):  # all censored / no comparable pair
     pass
   if train_time is None or train_event is None or risk.size == 0:

@@ -275,7 +275,8 @@ def subspace_logits(kernel: jax.Array, bias: jax.Array, embeds: Sequence[jax.Arr
   widths E_m); `embeds` are M arrays (B, E_m).
   """
   parts = _split_kernel(jnp.asarray(kernel), embeds)
-  return [jnp.asarray(e, jnp.float32) @ k + bias / len(embeds) for e, k in zip(embeds, parts)]
+  return [jnp.matmul(jnp.asarray(e, jnp.float32), k, precision=jax.lax.Precision.HIGHEST)
+          + bias / len(embeds) for e, k in zip(embeds, parts)]
 
 
 def classification_scores(kernel: jax.Array, bias: jax.Array, embeds: Sequence[jax.Array],
