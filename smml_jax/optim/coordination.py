@@ -76,7 +76,8 @@ class ModalitySplit:
 Splits = Union[Mapping[str, ModalitySplit], Callable[[str], Optional[ModalitySplit]]]
 
 
-def _path_name(path) -> str:
+def param_path(path) -> str:
+  """A jax key path -> its '/'-joined name, e.g. ('classifier', 'kernel') -> 'classifier/kernel'."""
   parts = []
   for key in path:
     for attr in ("key", "name", "idx"):
@@ -223,7 +224,7 @@ def coordinate_gradients(splits: Splits, *, mode: Mode = "pcgrad") -> optax.Grad
   def leaves(tree):
     found = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-      name = _path_name(path)
+      name = param_path(path)
       split = _resolve(splits, name)
       if split is not None:
         found[name] = (split, leaf)
@@ -235,7 +236,7 @@ def coordinate_gradients(splits: Splits, *, mode: Mode = "pcgrad") -> optax.Grad
       missing = sorted(set(splits) - set(found))
       if missing:
         raise ValueError(f"coordinate_gradients: no parameter at paths {missing}; available: "
-                         f"{sorted(_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])}")
+                         f"{sorted(param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])}")
     return CoordinationState({name: jnp.zeros(split.split(leaf).shape[:2], bool)
                               for name, (split, leaf) in found.items()})
 
@@ -246,7 +247,7 @@ def coordinate_gradients(splits: Splits, *, mode: Mode = "pcgrad") -> optax.Grad
     changed = {}
 
     def edit(path, leaf):
-      name = _path_name(path)
+      name = param_path(path)
       split = _resolve(splits, name)
       if split is None:
         return leaf

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from smml_jax.optim.coordination import _path_name
+from smml_jax.optim.coordination import param_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +90,7 @@ def trainable_mask_from_predicate(predicate: Callable[[str, Any], bool]) -> Call
   """
 
   def mask_fn(params):
-    return jax.tree_util.tree_map_with_path(lambda p, x: bool(predicate(_path_name(p), x)), params)
+    return jax.tree_util.tree_map_with_path(lambda p, x: bool(predicate(param_path(p), x)), params)
 
   return mask_fn
 
