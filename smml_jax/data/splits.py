@@ -77,8 +77,12 @@ def _carve_val(patients: pd.DataFrame, train_ids: np.ndarray, seed: int, stratif
     return np.sort(train_ids), train_ids[:0]
   strata = _strata(patients.set_index("patient_id").loc[train_ids].reset_index(), stratify)
   _, counts = np.unique(strata, return_counts=True)
-  train, val = train_test_split(train_ids, test_size=val_fraction, random_state=seed,
-                                stratify=strata if counts.min() >= 2 else None)
+  n_val = int(np.ceil(val_fraction * len(train_ids)))
+  n_train = len(train_ids) - n_val
+  # Stratify only where sklearn can: every stratum twice, and room for each in both parts.
+  can_stratify = counts.min() >= 2 and min(n_val, n_train) >= len(counts)
+  train, val = train_test_split(train_ids, test_size=n_val, random_state=seed,
+                                stratify=strata if can_stratify else None)
   return np.sort(train), np.sort(val)
 
 
