@@ -82,3 +82,59 @@ def assign_survival_bins(times, cuts) -> np.ndarray:
   """(P,) bin index in [0, len(cuts)] of each time: bin k holds cuts[k-1] <= t < cuts[k]."""
   return np.searchsorted(np.asarray(cuts, np.float64), np.asarray(times, np.float64),
                          side="right").astype(np.int64)
+
+
+# Histology codes of the original's label generation.
+HISTOLOGY_CODES = {"oligoastrocytoma": 0, "astrocytoma": 1, "oligodendroglioma": 2,
+                   "glioblastoma": 3}
+_IDH_CODES = {"wt": 0, "wildtype": 0, "wild-type": 0, "idhwt": 0, "0": 0,
+              "mutant": 1, "mut": 1, "mutation": 1, "idhmut": 1, "1": 1}
+_CODEL_CODES = {"non-codel": 0, "noncodel": 0, "non-codeleted": 0, "0": 0,
+                "codel": 1, "codeleted": 1, "co-deleted": 1, "1": 1}
+_VITAL_CODES = {"1": 1, "dead": 1, "deceased": 1, "0": 0, "alive": 0, "living": 0}
+_CATEGORICAL = {"idh": _IDH_CODES, "codel": _CODEL_CODES, "grade": GRADE_CODES,
+                "histology": HISTOLOGY_CODES, "event": _VITAL_CODES}
+
+
+def _as_key(value) -> str:
+  if isinstance(value, (int, np.integer)) or (
+      isinstance(value, (float, np.floating)) and float(value).is_integer()):
+    return str(int(value))
+  return str(value).strip().lower()
+
+
+def parse_labels(field: str, values, where: str) -> np.ndarray:
+  """(n,) int64 codes of one raw label column; missing (NaN / empty) -> -1.
+
+  field: idh (WT / Mutant), codel (non-codel / codel), grade (G2 / G3 / G4 or 2 / 3 / 4),
+    histology (the original's four names), event (vital status: 1 / Dead = death observed,
+    0 / Alive), or cdkn2a (copy number; -2 / -1 = deletion).
+  Raises ValueError naming `where`, the data row (0-based, header excluded) and the allowed
+  values for an unknown value.
+  """
+  values = list(values)
+  if field == "cdkn2a":
+    numeric = np.full(len(values), np.nan)
+    for row, v in enumerate(values):
+      if v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "":
+        continue
+      try:
+        numeric[row] = float(v)
+      except (TypeError, ValueError):
+        raise ValueError(f"{where}, data row {row}: field 'cdkn2a' value {v!r} is not a copy "
+                         "number (expected -2, -1, 0, 1, 2)") from None
+    return cdkn2a_deleted_from_copy_number(numeric)
+  codes = _CATEGORICAL.get(field)
+  if codes is None:
+    raise ValueError(f"no parser for label field {field!r}")
+  lowered = {k.lower(): c for k, c in codes.items()}
+  out = np.full(len(values), MISSING, np.int64)
+  for row, v in enumerate(values):
+    if v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "":
+      continue
+    key = _as_key(v)
+    if key not in lowered:
+      raise ValueError(f"{where}, data row {row}: field {field!r} has unknown value {v!r}; "
+                       f"expected one of {sorted(set(codes))}")
+    out[row] = lowered[key]
+  return out

@@ -1,0 +1,158 @@
+"""The original's layout (TCGA + IvYGAP, as the paper used).
+
+Per cohort: a label CSV (one row per slide), per-slide HDF5 features
+`<features>/<slide>.h5` with dataset `Res_feature` (1, 2500, 1024), and gene expression either as
+GDC STAR 'augmented gene counts' TSVs (TCGA: `<folder>/<gene_dir column>/<gene_file column>`,
+value `fpkm_uq_unstranded`) or as the Allen Institute IvYGAP tables (`rows-genes.csv`,
+`columns-samples.csv`, `fpkm_table.csv`; a slide is matched to the specimen whose name shares its
+first three dash-separated parts). One gene signature table (gene symbol, Type = Tumor / Immune)
+orders the genes of every cohort (see genes.py for duplicated / missing genes).
+
+Label CSV columns default to the original's positions; override any by name or position with
+`columns:` (null drops a field, which is then missing = -1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from smml_jax.data import builders, genes as genes_lib, tabular
+from smml_jax.data.bags import GRID_LAYOUTS
+from smml_jax.data.errors import CohortError
+from smml_jax.data.h5features import check_h5, read_h5_grid
+
+# The original reads its CSV by position: LIST[i, 0], [i, 1], ... [i, -2], [i, -1].
+DEFAULT_COLUMNS: dict[str, int] = {
+    "patient": 0, "slide": 1, "histology": 2, "grade": 3, "idh": 4, "codel": 5, "cdkn2a": 6,
+    "gene_dir": 11, "gene_file": 12, "vital_status": -2, "survival_days": -1}
+GENE_FORMATS = ("gdc_star", "allen")
+
+
+@dataclasses.dataclass(frozen=True)
+class OriginalSource:
+  """CohortSource for a spec with `layout: original` (see spec.py for the fields)."""
+  spec: Mapping[str, Any]
+  root: pathlib.Path
+  layout: str = "original"
+
+  def _cohorts(self) -> list[Mapping[str, Any]]:
+    cohorts = self.spec.get("cohorts")
+    if not cohorts:
+      raise CohortError("original layout spec needs a non-empty `cohorts` list")
+    for i, c in enumerate(cohorts):
+      for key in ("labels", "features", "genes"):
+        if key not in c:
+          raise CohortError(f"original layout spec, cohorts[{i}]: missing {key!r}")
+      fmt = c["genes"].get("format")
+      if fmt not in GENE_FORMATS:
+        raise CohortError(f"original layout spec, cohorts[{i}].genes.format is {fmt!r}; "
+                          f"expected one of {GENE_FORMATS}")
+    return list(cohorts)
+
+  def fingerprint(self) -> dict[str, Any]:
+    stamps = [tabular.file_stamp(tabular.resolve(self.root, c["labels"])) for c in self._cohorts()]
+    sig = self.spec.get("signature", {})
+    if "path" in sig:
+      stamps.append(tabular.file_stamp(tabular.resolve(self.root, sig["path"])))
+    return {"spec": dict(self.spec), "root": str(self.root), "files": stamps}
+
+  def prepare(self) -> builders.PreparedCohort:
+    spec = self.spec
+    grid_side = int(spec.get("grid_side", 50))
+    feature_dim = int(spec.get("feature_dim", 1024))
+    layout = spec.get("grid_layout", "sample")
+    if layout not in GRID_LAYOUTS:
+      raise CohortError(f"grid_layout must be one of {GRID_LAYOUTS}, got {layout!r}")
+    feature_dataset = spec.get("feature_dataset", "Res_feature")
+    coords_dataset = spec.get("coords_dataset")
+    if layout == "coords" and coords_dataset is None:
+      raise CohortError("grid_layout: coords needs `coords_dataset` (the original's h5 files "
+                        "store no coordinates)")
+    sig_spec = dict(spec.get("signature") or {})
+    if "path" in sig_spec:
+      sig_spec["path"] = tabular.resolve(self.root, sig_spec["path"])
+    signature = genes_lib.read_signature(sig_spec)
+
+    tables, expressions, h5_paths = [], [], []
+    for c in self._cohorts():
+      table, expr, paths = self._read_cohort(c, feature_dataset, feature_dim, coords_dataset,
+                                             layout == "coords")
+      tables.append(table)
+      expressions += expr
+      h5_paths += paths
+    table = pd.concat(tables, ignore_index=True)
+    table = tabular.slide_table(table["patient_id"], table["slide_id"],
+                                {k: table[k].to_numpy() for k in
+                                 ("idh", "codel", "cdkn2a", "grade", "histology")},
+                                table["surv_days"].to_numpy(), table["event"].to_numpy(),
+                                "original layout (all cohorts)")
+    # A gene must be present in every slide's source; NaN values of present genes are errors.
+    kept, dropped = genes_lib.resolve_genes(signature, [set(e.index) for e in expressions],
+                                            "original layout expression data",
+                                            spec.get("missing_genes", "drop"))
+    gt = genes_lib.gene_matrix(expressions, kept["tumour"])
+    gm = genes_lib.gene_matrix(expressions, kept["micro"])
+
+    def read_slide(i: int) -> dict[str, np.ndarray]:
+      return read_h5_grid(h5_paths[i], feature_dataset, feature_dim, grid_side, layout,
+                          coords_dataset)
+
+    return builders.PreparedCohort(
+        table=table, genes_tumour=gt, genes_micro=gm, gene_names=kept, grid_side=grid_side,
+        feature_dim=feature_dim, read_slide=read_slide,
+        patch_dtype=spec.get("patch_dtype", "float16"), gene_transform="log1p_zscore",
+        info={"missing_genes": dropped, "cohorts": [str(c.get("name", c["labels"]))
+                                                         for c in self._cohorts()]})
+
+  def _read_cohort(self, c: Mapping[str, Any], feature_dataset: str, feature_dim: int,
+                   coords_dataset: str | None, need_coords: bool):
+    path = tabular.resolve(self.root, c["labels"])
+    raw = genes_lib.read_table(path, "label CSV")
+    cols = {**DEFAULT_COLUMNS, **(c.get("columns") or {})}
+    where = str(path)
+
+    def col(field):
+      return None if cols.get(field) is None else tabular.column(raw, cols[field], field, where)
+
+    slide = col("slide")
+    if slide is None or col("patient") is None:
+      raise CohortError(f"{where}: `patient` and `slide` columns are required")
+    slide = slide.astype(str).str.strip()
+    n = len(raw)
+    status = {}
+    for field in ("idh", "codel", "cdkn2a", "grade", "histology"):
+      values = col(field)
+      status[field] = (np.full(n, -1, np.int64) if values is None
+                       else tabular.parse(field, values, where))
+    vital = col("vital_status")
+    event = np.full(n, -1, np.int64) if vital is None else tabular.parse("event", vital, where)
+    days = col("survival_days")
+    surv = np.full(n, math.nan) if days is None else tabular.numeric(days, "survival_days", where)
+    table = pd.DataFrame({"patient_id": col("patient").astype(str).str.strip(), "slide_id": slide,
+                          **status, "event": event, "surv_days": surv})
+
+    feat_dir = tabular.resolve(self.root, c["features"])
+    h5_paths = [feat_dir / f"{s}.h5" for s in slide]
+    for p in h5_paths:  # fail before anything is written
+      check_h5(p, feature_dataset, feature_dim, coords_dataset, need_coords)
+
+    g = c["genes"]
+    folder = tabular.resolve(self.root, g.get("folder", "."))
+    if g["format"] == "gdc_star":
+      gene_dir, gene_file = col("gene_dir"), col("gene_file")
+      if gene_dir is None or gene_file is None:
+        raise CohortError(f"{where}: gdc_star genes need the gene_dir and gene_file columns")
+      value_column = g.get("value_column", "fpkm_uq_unstranded")
+      expr = []
+      for d, f in zip(gene_dir.astype(str), gene_file.astype(str)):
+        expr.append(genes_lib.read_gdc_star(folder / d.strip() / f.strip(), value_column))
+    else:
+      allen = genes_lib.AllenExpression(folder)
+      expr = [allen.for_slide(s) for s in slide]
+    return table, expr, h5_paths
