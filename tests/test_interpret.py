@@ -173,3 +173,36 @@ def test_region_concentration_above_chance_inside_region():
   assert interpret.region_concentration(half, mask, n) == pytest.approx(0.5 / mask.mean(), rel=1e-6)
   with pytest.raises(ValueError, match="region_mask must be"):
     interpret.region_concentration(inside, mask[:, :5], n)
+
+
+@pytest.mark.parametrize("survival", [False, True])
+def test_model_gene_attributions_on_a_flax_model(survival):
+  import flax.linen as nn
+
+  from smml_jax.models.outputs import ModelOutput
+
+  planted = 3
+
+  class PlantedModel(nn.Module):
+    """Logits from the patches (held fixed) and one planted microenvironment gene."""
+
+    @nn.compact
+    def __call__(self, batch, train: bool = False):
+      del train
+      pooled = nn.Dense(4)(batch["patches"].mean(axis=1))
+      gene = batch["genes_micro"][:, planted:planted + 1]
+      return ModelOutput(logits=pooled + nn.Dense(4)(jnp.tanh(3.0 * gene)))
+
+  rng = np.random.default_rng(3)
+  batch = {"patches": jnp.asarray(rng.normal(size=(5, 6, 8)), jnp.float32),
+           "genes_tumour": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32),
+           "genes_micro": jnp.asarray(rng.normal(size=(5, 9)), jnp.float32)}
+  model = PlantedModel()
+  variables = model.init(jax.random.PRNGKey(0), batch)
+  attr = interpret.model_gene_attributions(model.apply, variables, batch, survival=survival, steps=16)
+  assert attr["genes_tumour"].shape == (5, 4) and attr["genes_micro"].shape == (5, 9)
+  table = interpret.top_genes(attr["genes_micro"], [f"M{i}" for i in range(9)])
+  assert table.iloc[0]["gene"] == f"M{planted}" and table.iloc[0]["mean_abs_attribution"] > 0
+  np.testing.assert_array_equal(np.asarray(attr["genes_tumour"]), 0.0)
+  with pytest.raises(ValueError, match="batch lacks"):
+    interpret.model_gene_attributions(model.apply, variables, {"patches": batch["patches"]}, survival)
