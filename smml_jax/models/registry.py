@@ -1,0 +1,88 @@
+"""Every model selectable with `--model`, built from the cohort's shapes and config options."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+
+from smml_jax.models.branch import BranchConfig
+from smml_jax.models.deform_attention import DeformAttentionConfig
+from smml_jax.models.subspace_net import SubspaceConfig, SubspaceNet
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """A built model and what the training step does with it.
+
+  Attributes:
+    module: a Flax module called as module.apply(variables, batch, train=...).
+    consistency: the gene-guided consistency loss applies (the model returns gene embeddings
+      and sampling grids).
+    coordination: gradient coordination applies to `classifier/kernel` between the tumour
+      and micro halves.
+    frozen: parameter-path prefixes that never train (the original's logged-only heads).
+  """
+  module: nn.Module
+  consistency: bool = False
+  coordination: bool = False
+  frozen: tuple[str, ...] = ()
+
+
+SUBSPACE_VARIANTS = ("subspace", "subspace-no-consistency", "subspace-no-coordination",
+                     "subspace-single", "subspace-1d")
+
+
+def _subspace_config(num_classes: int, options: Mapping[str, Any], ndim: int,
+                     single: bool) -> SubspaceConfig:
+  """Routes each option to the config that owns it (attention, branch or model)."""
+  attention_fields = {f.name for f in dataclasses.fields(DeformAttentionConfig)}
+  branch_fields = {f.name for f in dataclasses.fields(BranchConfig)} - {"attention"}
+  model_fields = {f.name for f in dataclasses.fields(SubspaceConfig)} - {"branch", "num_classes"}
+  unknown = sorted(set(options) - attention_fields - branch_fields - model_fields)
+  if unknown:
+    raise ValueError(f"unknown model_options {unknown} for the subspace model; valid: "
+                     f"{sorted(attention_fields | branch_fields | model_fields)}")
+  pick = lambda fields: {k: v for k, v in options.items() if k in fields}
+  attention = (DeformAttentionConfig.original_1d(**pick(attention_fields)) if ndim == 1 else
+               DeformAttentionConfig(**pick(attention_fields)))
+  branch = BranchConfig(attention=attention, **pick(branch_fields))
+  model_opts = pick(model_fields)
+  if "snn_widths" in model_opts:
+    model_opts["snn_widths"] = tuple(model_opts["snn_widths"])
+  return SubspaceConfig(num_classes=num_classes, branch=branch,
+                        **{"single_subspace": single, **model_opts})
+
+
+def _baselines() -> Mapping[str, Callable[..., nn.Module]]:
+  try:
+    from smml_jax.models.baselines.registry import BASELINES
+  except ImportError:  # pragma: no cover - baselines ship with the package
+    return {}
+  return BASELINES
+
+
+def model_names() -> tuple[str, ...]:
+  return SUBSPACE_VARIANTS + tuple(sorted(_baselines()))
+
+
+def build_model(name: str, *, num_classes: int, n_genes_tumour: int, n_genes_micro: int,
+                feature_dim: int, options: Mapping[str, Any] | None = None) -> ModelSpec:
+  """The model called `name`, e.g. 'subspace' or one of its ablations, or a baseline."""
+  options = dict(options or {})
+  if name in SUBSPACE_VARIANTS:
+    config = _subspace_config(num_classes, options, ndim=1 if name == "subspace-1d" else 2,
+                              single=name == "subspace-single")
+    frozen = () if config.single_subspace else ("classifier_tumour", "classifier_micro")
+    return ModelSpec(SubspaceNet(config),
+                     consistency=name != "subspace-no-consistency",
+                     coordination=name not in ("subspace-no-coordination", "subspace-single"),
+                     frozen=frozen)
+  baselines = _baselines()
+  if name in baselines:
+    from smml_jax.models.baselines.registry import build_baseline
+    return ModelSpec(build_baseline(name, num_classes=num_classes, n_genes_tumour=n_genes_tumour,
+                                    n_genes_micro=n_genes_micro, feature_dim=feature_dim,
+                                    **options))
+  raise ValueError(f"unknown model {name!r}; expected one of {list(model_names())}")

@@ -1,0 +1,109 @@
+"""The jit-compiled train and eval steps: forward, losses, gradients, coordination, optimiser."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from smml_jax.data.labels import TASK_LABEL_FIELD
+from smml_jax.losses.classification import weighted_cross_entropy
+from smml_jax.losses.consistency import batch_consistency_loss
+from smml_jax.losses.survival import survival_nll
+from smml_jax.models.registry import ModelSpec
+from smml_jax.optim.coordination import classification_scores, survival_scores
+from smml_jax.train.state import TrainState
+
+MODEL_INPUTS = ("patches", "genes_tumour", "genes_micro")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """What the loss adds up: the task loss plus `consistency_weight` x each subspace's BatchLoss."""
+  task: str
+  class_weights: Optional[tuple[float, ...]] = None
+  consistency_weight: float = 0.5
+  consistency_mode: str = "reference"
+  survival_alpha: float = 0.0
+  coordination: bool = True
+
+
+def model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  return {k: batch[k] for k in MODEL_INPUTS}
+
+
+def task_loss(logits: jax.Array, batch: Mapping[str, jax.Array], cfg: LossConfig) -> jax.Array:
+  mask = batch["mask"]
+  if cfg.task == "survival":
+    return survival_nll(logits, batch["surv_bin"], batch["event"], mask, alpha=cfg.survival_alpha)
+  weights = None if cfg.class_weights is None else jnp.asarray(cfg.class_weights, jnp.float32)
+  return weighted_cross_entropy(logits, batch[TASK_LABEL_FIELD[cfg.task]], weights, mask)
+
+
+def loss_fn(params, batch, rng, *, spec: ModelSpec, cfg: LossConfig, train: bool):
+  """Total loss and (model output, loss parts) for one global batch."""
+  out = spec.module.apply({"params": params}, model_inputs(batch), train=train,
+                          rngs={"dropout": rng})
+  logits = out.logits.astype(jnp.float32)
+  parts = {"task_loss": task_loss(logits, batch, cfg)}
+  total = parts["task_loss"]
+  if spec.consistency and cfg.consistency_weight > 0:
+    for name, gene, grid in (("tumour", out.gene_tumour, out.grid_tumour),
+                             ("micro", out.gene_micro, out.grid_micro)):
+      if gene is None:
+        continue
+      bl = batch_consistency_loss(gene.astype(jnp.float32), grid.astype(jnp.float32),
+                                  mode=cfg.consistency_mode, mask=batch["mask"]).sum()
+      parts[f"consistency_{name}"] = bl
+      total = total + cfg.consistency_weight * bl
+  parts["loss"] = total
+  return total, (out, parts)
+
+
+def coordination_args(params, out, batch, cfg: LossConfig) -> dict[str, Any]:
+  """The modality scores (and skip flag) the coordination transform takes as extra args."""
+  kernel, bias = params["classifier"]["kernel"], params["classifier"]["bias"]
+  embeds = (out.embed_tumour, out.embed_micro)
+  if cfg.task == "survival":
+    scores, skip = survival_scores(kernel, bias, embeds, batch["surv_time"], batch["event"],
+                                   batch["mask"])
+    return {"modality_scores": scores, "skip": skip}
+  scores = classification_scores(kernel, bias, embeds, batch[TASK_LABEL_FIELD[cfg.task]],
+                                 batch["mask"])
+  return {"modality_scores": scores}
+
+
+def make_train_step(spec: ModelSpec, tx: optax.GradientTransformationExtraArgs, cfg: LossConfig):
+  """(state, batch) -> (state, metrics); jit-compiled, the state buffers donated."""
+
+  def step(state: TrainState, batch):
+    rng, step_rng = jax.random.split(state.rng)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, (out, parts)), grads = grad_fn(state.params, batch, step_rng, spec=spec, cfg=cfg,
+                                       train=True)
+    extra = coordination_args(state.params, out, batch, cfg) if cfg.coordination else {}
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(parts, grad_norm=optax.global_norm(grads))
+    if "modality_scores" in extra:
+      metrics["score_tumour"], metrics["score_micro"] = extra["modality_scores"]
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_step(spec: ModelSpec):
+  """(params, batch) -> dict of fused and per-subspace logits (eval mode)."""
+
+  def step(params, batch):
+    out = spec.module.apply({"params": params}, model_inputs(batch), train=False)
+    result = {"logits": out.logits.astype(jnp.float32)}
+    for name in ("logits_tumour", "logits_micro"):
+      if getattr(out, name) is not None:
+        result[name] = getattr(out, name).astype(jnp.float32)
+    return result
+
+  return jax.jit(step)
