@@ -16,7 +16,7 @@ from smml_jax.data import protocols
 from smml_jax.data import tcga_gbmlgg
 from smml_jax.data.tcga_gbmlgg import GBMLGGDataError, load_gbmlgg
 from smml_jax.models import linear
-from tests.conftest import shared_data_dir
+from conftest import shared_data_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore:Unknown extension is not supported")
 
