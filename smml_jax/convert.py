@@ -62,8 +62,8 @@ def deform_attention_rules(torch_prefix: str, flax_prefix: str, cpb_depth: int =
   rules += [
       Rule(t("to_out.weight"), f("to_out/kernel"), _dense_1x1),
       Rule(t("to_out.bias"), f("to_out/bias")),
-      Rule(t("to_offsets.0.weight"), f("offset_conv/kernel"), _depthwise),
-      Rule(t("to_offsets.0.bias"), f("offset_conv/bias")),
+      Rule(t("to_offsets.0.weight"), f("offset_conv_kernel"), _depthwise),
+      Rule(t("to_offsets.0.bias"), f("offset_conv_bias")),
       Rule(t("to_offsets.2.weight"), f("offset_proj/kernel"), _dense_1x1),
   ]
   for i in range(cpb_depth + 1):

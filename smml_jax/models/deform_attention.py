@@ -20,6 +20,7 @@ from smml_jax.models.init import torch_uniform
 from smml_jax.models.layers import GroupedDense, TorchDense
 from smml_jax.ops.attention import cpb_attention
 from smml_jax.ops.cpb import query_positions
+from smml_jax.ops.depthwise import depthwise_conv
 from smml_jax.ops.sampling import grid_sample_2d, linear_sample_1d
 
 
@@ -75,11 +76,10 @@ class DeformCrossAttention(nn.Module):
     cg = grouped_q.shape[-1]
     pad = (cfg.offset_kernel - cfg.downsample) // 2
     fan_in = cfg.offset_kernel**cfg.ndim
-    h = nn.Conv(cg, (cfg.offset_kernel,) * cfg.ndim, strides=(cfg.downsample,) * cfg.ndim,
-                padding=((pad, pad),) * cfg.ndim, feature_group_count=cg, dtype=self.dtype,
-                kernel_init=lambda k, s, d=jnp.float32: torch_uniform(fan_in)(k, s, d),
-                bias_init=lambda k, s, d=jnp.float32: torch_uniform(fan_in)(k, s, d),
-                name="offset_conv")(grouped_q)
+    kernel = self.param("offset_conv_kernel", torch_uniform(fan_in),
+                        (cfg.offset_kernel,) * cfg.ndim + (1, cg))
+    bias = self.param("offset_conv_bias", torch_uniform(fan_in), (cg,))
+    h = depthwise_conv(grouped_q.astype(self.dtype), kernel, bias, cfg.downsample, pad)
     h = nn.gelu(h, approximate=False)
     h = TorchDense(cfg.ndim, use_bias=False, dtype=self.dtype, name="offset_proj")(h)
     return jnp.tanh(h.astype(jnp.float32)) * cfg.offset_scale
