@@ -87,7 +87,7 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformationExtraArgs, 
     extra = coordination_args(state.params, out, batch, cfg) if cfg.coordination else {}
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(parts, grad_norm=optax.global_norm(grads))
+    metrics = dict(parts, grad_norm=optax.tree.norm(grads))
     if "modality_scores" in extra:
       metrics["score_tumour"], metrics["score_micro"] = extra["modality_scores"]
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
