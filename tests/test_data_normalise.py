@@ -88,14 +88,3 @@ def test_log1p_rejects_negative_expression_and_bad_options(cohort):
     normalise.fit_preprocessor(cohort, parts["train"], gene_transform="quantile")
   with pytest.raises(CohortError, match="empty training split"):
     normalise.fit_preprocessor(cohort, parts["train"][:0])
-
-
-def test_class_weights(cohort):
-  parts = splits_lib.make_splits(cohort, "original", seed=0)
-  w = normalise.class_weights(cohort, parts["train"], "grade", 3)
-  y = cohort.slides["grade"].to_numpy()[parts["train"]]
-  counts = np.bincount(y, minlength=3)
-  np.testing.assert_allclose(w * counts, (w * counts)[0], rtol=1e-5)  # inverse frequency
-  np.testing.assert_allclose(w.mean(), 1.0, rtol=1e-5)
-  pre = normalise.fit_preprocessor(cohort, parts["train"])
-  assert normalise.class_weights(cohort, parts["train"], "surv_bin", 4, pre).shape == (4,)

@@ -119,21 +119,3 @@ def fit_preprocessor(cohort, train_indices: np.ndarray, *, gene_transform: str |
   if list(cuts) != sorted(cuts):
     raise CohortError(f"survival cut points must increase, got {cuts}")
   return Preprocessor(transform, mean, std, cuts, clip)
-
-
-def class_weights(cohort, train_indices: np.ndarray, field: str, n_classes: int,
-                  preprocessor: Preprocessor | None = None) -> np.ndarray:
-  """(n_classes,) inverse-frequency weights over the training slides (mean 1; missing ignored).
-
-  `field='surv_bin'` needs the fitted `preprocessor` (bins are cut on the training split).
-  """
-  idx = np.asarray(train_indices, np.int64)
-  if field == "surv_bin":
-    if preprocessor is None:
-      raise CohortError("class_weights for 'surv_bin' needs the fitted preprocessor")
-    y = preprocessor.survival_bins(cohort.slides["surv_time"].to_numpy()[idx])
-  else:
-    y = cohort.slides[field].to_numpy()[idx]
-  counts = np.bincount(y[y >= 0], minlength=n_classes).astype(np.float64)
-  w = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
-  return (w / w[counts > 0].mean()).astype(np.float32)
