@@ -56,7 +56,7 @@ class GenomicTrainConfig:
   num_classes: int
   epochs: int = 30
   batch_size: int = 32
-  learning_rate: float = 5e-4
+  learning_rate: float = 1e-3
   weight_decay: float = 1e-4
   select_on_val: bool = True
   coordination_mode: Literal["pcgrad", "reference"] = "pcgrad"
