@@ -166,6 +166,16 @@ def cell_config(args: argparse.Namespace, configs: Sequence[Mapping[str, Any]], 
   return make_config(*layers, overrides=args.set)
 
 
+def _first_difference(stored: Any, current: Any, key: str = "") -> str:
+  if isinstance(stored, dict) and isinstance(current, dict):
+    for k in sorted(set(stored) | set(current)):
+      found = _first_difference(stored.get(k), current.get(k), f"{key}{k}.")
+      if found:
+        return found
+    return ""
+  return "" if stored == current else f"{key.rstrip('.')}: stored {stored!r}, now {current!r}"
+
+
 def _run_cell(config, run_dir: pathlib.Path, *, overwrite: bool,
               log) -> str:
   """Trains one cell unless it is finished; returns 'skipped', 'resumed' or 'trained'."""
@@ -176,15 +186,19 @@ def _run_cell(config, run_dir: pathlib.Path, *, overwrite: bool,
   stored = json.loads(config_path.read_text()) if config_path.exists() else None
   stale = stored is not None and stored != config_to_dict(config)
   if stale and not overwrite:
-    raise CompareError(f"{run_dir} holds a run with a different config; pass --overwrite to "
-                       "retrain it, or use another --out")
+    raise CompareError(f"{run_dir} holds a run with a different config "
+                       f"({_first_difference(stored, config_to_dict(config))}); pass --overwrite "
+                       "to retrain it, or use another --out")
   if (run_dir / SUMMARY_FILE).exists() and not stale:
     return "skipped"
   resume = stored is not None and not stale
+  cell_path = run_dir / CELL_FILE
+  before = json.loads(cell_path.read_text()).get("wall_s", 0.0) if (
+      resume and cell_path.exists()) else 0.0
   t0 = time.perf_counter()
   train(config, run_dir, resume=resume, overwrite=stale, log=log)
   wall = time.perf_counter() - t0
-  (run_dir / CELL_FILE).write_text(json.dumps({"wall_s": wall, "resumed": resume}))
+  (run_dir / CELL_FILE).write_text(json.dumps({"wall_s": before + wall, "resumed": resume}))
   return "resumed" if resume else "trained"
 
 

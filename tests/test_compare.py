@@ -162,6 +162,17 @@ def test_quick_comparison_end_to_end_and_resumes(tmp_path, capsys):
   assert f"0 trained, 0 resumed, {len(QUICK_MODELS) * 2} skipped" in second
   assert _mtimes(out) == before  # nothing in any run directory was rewritten
 
+  # An interrupted cell (no summary.json) continues from its checkpoint; the others stay put.
+  interrupted = comparison.cell_dir(out, QUICK_MODELS[1], 1, 0)
+  (interrupted / "summary.json").unlink()
+  assert compare.main(argv) == 0
+  assert f"0 trained, 1 resumed, {len(QUICK_MODELS) * 2 - 1} skipped" in capsys.readouterr().out
+  assert (interrupted / "summary.json").exists()
+  after = _mtimes(out)
+  assert {k: v for k, v in after.items() if not k.startswith(str(interrupted.relative_to(out)))
+          } == {k: v for k, v in before.items()
+                if not k.startswith(str(interrupted.relative_to(out)))}
+
   # A changed config refuses to mix with the stored cells.
   assert compare.main(argv + ["--set", "train.epochs=2"]) == 2
-  assert "different config" in capsys.readouterr().err
+  assert "train.epochs: stored 1, now 2" in capsys.readouterr().err
