@@ -359,6 +359,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
       return {"stopped_after_epoch": epoch}
   ckpts.close()
   summary = summarise(config, history, best)
+  summary["n_params"] = int(sum(np.size(x) for x in jax.tree.leaves(state.params)))
   if is_main_process():
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
   return summary
