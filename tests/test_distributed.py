@@ -56,9 +56,12 @@ def _run_single(root: pathlib.Path, out: pathlib.Path, *extra: str, devices: int
   assert "worker 0/1 done, 4 devices" in proc.stdout
 
 
+def _metric_rows(run: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def _train_rows(run: pathlib.Path) -> dict[int, list[float]]:
-  rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-  return {r["epoch"]: r["step_losses"] for r in rows if r["split"] == "train"}
+  return {r["epoch"]: r["step_losses"] for r in _metric_rows(run) if r["split"] == "train"}
 
 
 def _state(checkpoint_step_dir: pathlib.Path) -> dict:
@@ -109,6 +112,15 @@ def test_two_processes_match_one_process(runs):
   _assert_trees_close(multi_state["params"], ref_state["params"], "params after epoch 0")
   _assert_trees_close(multi_state["opt_state"], ref_state["opt_state"], "optimiser state")
   np.testing.assert_array_equal(multi_state["rng"], ref_state["rng"])
+  # Evaluation metrics cover the whole split (every slide, gathered from both hosts).
+  val_rows = {name: [r for r in _metric_rows(run) if r["split"] != "train" and r["epoch"] == 0]
+              for name, run in (("multi", multi), ("reference", reference))}
+  assert [r["split"] for r in val_rows["multi"]] == ["val", "test"]
+  for m, r in zip(val_rows["multi"], val_rows["reference"]):
+    assert m["num_examples"] == r["num_examples"] > 0
+    for k, v in r.items():
+      if isinstance(v, float):
+        np.testing.assert_allclose(m[k], v, rtol=1e-4, atol=1e-5, err_msg=f"{m['split']} {k}")
   # Only process 0 wrote the run records, once.
   assert (multi / "config.json").is_file() and (multi / "predictions_val.jsonl").is_file()
 
