@@ -26,7 +26,7 @@ from smml_jax.losses.survival import survival_curve
 from smml_jax.models.registry import ModelSpec, build_model
 from smml_jax.optim.coordination import ModalitySplit, coordinate_gradients
 from smml_jax.optim.factory import make_optimizer, trainable_mask_from_predicate
-from smml_jax.train import sharding
+from smml_jax.train import distributed, sharding
 from smml_jax.train.checkpoints import RunCheckpoints
 from smml_jax.train.config import ConfigError, RunConfig, config_from_dict, config_to_dict
 from smml_jax.train.state import TrainState
@@ -52,9 +52,14 @@ def selection_metric(config: RunConfig) -> str:
 
 def prepare_run_dir(out_dir: pathlib.Path, config: RunConfig, *, resume: bool,
                     overwrite: bool) -> None:
-  """Refuses a directory that holds another run unless --resume (same config) or --overwrite."""
+  """Refuses a directory that holds another run unless --resume (same config) or --overwrite.
+
+  Collective: every process checks before process 0 changes anything, and all leave together.
+  """
   config_path = out_dir / CONFIG_FILE
-  if config_path.exists():
+  exists = config_path.exists()
+  distributed.barrier("prepare_run_dir:checked")
+  if exists:
     if overwrite:
       if is_main_process():
         shutil.rmtree(out_dir)
@@ -67,7 +72,9 @@ def prepare_run_dir(out_dir: pathlib.Path, config: RunConfig, *, resume: bool,
         diff = _diff(stored, config_to_dict(config))
         raise RunDirError(f"{out_dir} holds a run with a different config ({diff}); "
                           "--resume needs the same config (or use another --out)")
-  out_dir.mkdir(parents=True, exist_ok=True)
+  if is_main_process():
+    out_dir.mkdir(parents=True, exist_ok=True)
+  distributed.barrier("prepare_run_dir:ready")
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> str:
@@ -113,7 +120,8 @@ def _class_weights(config: RunConfig, cohort, train_idx) -> Optional[tuple[float
 
 def build_experiment(config: RunConfig, mesh=None) -> Experiment:
   d = config.data
-  cohort = load_cohort(d.data, d.data_dir)
+  with distributed.main_process_first("build_cohort"):  # one writer of the shared record cache
+    cohort = load_cohort(d.data, d.data_dir)
   parts = splits_lib.make_splits(cohort, d.split, seed=d.split_seed, fold=d.fold,
                                  n_folds=d.n_folds, stratify=d.stratify,
                                  val_fraction=d.val_fraction, test_fraction=d.test_fraction,
@@ -336,6 +344,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
     train_time = time.perf_counter() - t0
     history.append({"epoch": epoch, "step": int(state.step), "split": "train",
                     **{k: _mean([r[k] for r in train_rows]) for k in train_rows[0]},
+                    "step_losses": [float(r["loss"]) for r in train_rows],
                     "slides_per_s": seen / train_time})
     results = evaluate(epoch, int(state.step))
     val_value = results["val"][0].get(metric)
