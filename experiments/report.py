@@ -53,8 +53,8 @@ def gene_importance(apply_fn: Callable[..., Any], params: Any, batches: Iterable
     max_slides: stop after this many real slides.
 
   Returns:
-    {'tumour': DataFrame, 'micro': DataFrame} of `interpret.top_genes` (every gene, ranked), with
-    the per-slide attributions under `.attrs['attributions']` ((n, G) arrays).
+    {'tumour': DataFrame, 'micro': DataFrame} of `interpret.top_genes` (every gene, ranked) over
+    the first min(max_slides, number of slides) slides.
   """
   import jax
   import jax.numpy as jnp
@@ -81,9 +81,7 @@ def gene_importance(apply_fn: Callable[..., Any], params: Any, batches: Iterable
   tables = {}
   for s in ("tumour", "micro"):
     attributions = np.concatenate(chunks[f"genes_{s}"])[:max_slides]
-    table = interpret.top_genes(attributions, list(gene_names[s]))
-    table.attrs["attributions"] = attributions
-    tables[s] = table
+    tables[s] = interpret.top_genes(attributions, list(gene_names[s]))
   return tables
 
 
@@ -134,8 +132,9 @@ def region_concentrations(geometry: Mapping[str, Mapping[str, np.ndarray]],
                           outputs: Mapping[str, np.ndarray], grid_side: int) -> dict[str, float]:
   """Sampling-point concentration of each branch on each planted region (chance = 1).
 
-  Returns {'<branch>_on_<region>': ratio, ..., 'micro_over_tumour_on_immune': ratio of ratios}
-  for the regions the cohort carries (`immune_mask`, `tumour_mask`).
+  Returns {'<branch>_on_<region>': ratio of the sampling points, '<branch>_attention_on_<region>':
+  the same for the attention mass per patch, ..., 'micro_over_tumour_on_immune': ratio of the
+  point ratios} for the regions the cohort carries (`immune_mask`, `tumour_mask`).
   """
   from smml_jax.evaluate import interpret
   result: dict[str, float] = {}
@@ -146,6 +145,12 @@ def region_concentrations(geometry: Mapping[str, Mapping[str, np.ndarray]],
     for s in ("tumour", "micro"):
       result[f"{s}_on_{region}"] = interpret.region_concentration(geometry[s]["points"], mask,
                                                                   grid_side)
+    for s in ("tumour", "micro"):  # where the attention goes, not only where points sit
+      mass = np.asarray(geometry[s]["patch_mass"], np.float64).reshape(len(mask), -1)
+      area = np.asarray(mask, np.float64).reshape(len(mask), -1)
+      chance = np.sum(mass.sum(axis=1) * area.mean(axis=1))
+      if chance > 0:
+        result[f"{s}_attention_on_{region}"] = float(np.sum(mass * area) / chance)
   if "micro_on_immune" in result:
     result["micro_over_tumour_on_immune"] = result["micro_on_immune"] / result["tumour_on_immune"]
   return result
@@ -191,48 +196,56 @@ def _section(title: str, text: str = "", tables=None, images=()):
   return Section(title=title, text=text, tables=tables or {}, images=list(images))
 
 
-def _cohort_figures(run, table: pd.DataFrame, outputs, cohort, out: pathlib.Path,
-                    metrics: dict) -> tuple[list, str]:
-  """ROC + confusion (classification) or KM + time-dependent AUC (survival)."""
+def cohort_figures(table: pd.DataFrame, out: pathlib.Path, *, survival: bool,
+                   class_names: Sequence[str] = (), train_time: Optional[np.ndarray] = None,
+                   train_event: Optional[np.ndarray] = None,
+                   cut_points: Sequence[float] = ()) -> tuple[list[pathlib.Path], dict, str]:
+  """Cohort-level figures of a prediction table (`inference.prediction_table`).
+
+  Classification (needs `label`, `prob_<k>`): roc.png, confusion.png and the task metrics.
+  Survival (needs `risk`, `time`, `event`): kaplan_meier.png (median-split risk groups, log-rank
+  p-value) and time_dependent_auc.png at the survival cut points and the quintiles of the times,
+  with the censoring distribution from the training split (`train_time`, `train_event`).
+
+  Returns:
+    (images written, metrics, a note on what could not be drawn).
+  """
   from smml_jax.evaluate import figures
   from smml_jax.evaluate import metrics as metrics_lib
-  images, notes = [], []
-  if not run.survival:
+  images, notes, metrics = [], [], {}
+  if not survival:
     if "label" not in table.columns:
-      return [], "The slides carry no label for this task; no ROC / confusion matrix."
-    probs = table[[f"prob_{k}" for k in range(run.num_classes)]].to_numpy()
+      return [], {}, "The slides carry no label for this task; no ROC / confusion matrix."
+    k = len(class_names)
+    probs = table[[f"prob_{j}" for j in range(k)]].to_numpy()
     labels = table["label"].to_numpy()
-    images.append(figures.plot_roc(out / "roc.png", labels, probs, run.class_names))
-    m = metrics_lib.classification_metrics(labels, probs, run.num_classes)
+    images.append(figures.plot_roc(out / "roc.png", labels, probs, class_names))
+    m = metrics_lib.classification_metrics(labels, probs, k)
     images.append(figures.plot_confusion(out / "confusion.png", np.asarray(m["confusion_matrix"]),
-                                         run.class_names))
-    metrics["cohort"] = {k: v for k, v in m.items() if v is None or isinstance(v, (int, float))}
-    return images, ""
+                                         class_names))
+    metrics = {key: v for key, v in m.items() if v is None or isinstance(v, (int, float))}
+    return images, metrics, ""
   if "time" not in table.columns:
-    return [], "The slides carry no survival times; no Kaplan-Meier / time-dependent AUC."
+    return [], {}, "The slides carry no survival times; no Kaplan-Meier / time-dependent AUC."
   risk, time, event = (table[c].to_numpy() for c in ("risk", "time", "event"))
   try:
-    p = figures.plot_km_risk_groups(out / "kaplan_meier.png", risk, time, event)
+    metrics["logrank_p"] = figures.plot_km_risk_groups(out / "kaplan_meier.png", risk, time, event)
     images.append(out / "kaplan_meier.png")
-    metrics["logrank_p"] = p
   except ValueError as e:
     notes.append(f"Kaplan-Meier: {e}.")
-  train_idx = np.flatnonzero(cohort.slides["slide_id"].astype(str).isin(run.splits.get("train", [])))
-  train = cohort.slides.iloc[train_idx]
-  train = train[train["surv_time"] >= 0]
-  times = np.unique(np.concatenate([np.asarray(run.preprocessor.surv_cuts, np.float64),
-                                    np.quantile(time, [0.2, 0.4, 0.6, 0.8])]))
-  try:
-    used, auc, mean_auc = figures.time_dependent_auc(risk, time, event, train["surv_time"],
-                                                     train["event"], times)
-    figures.plot_time_dependent_auc(out / "time_dependent_auc.png", risk, time, event,
-                                    train["surv_time"], train["event"], times)
-    images.append(out / "time_dependent_auc.png")
-    metrics["time_dependent_auc"] = {"times": used.tolist(), "auc": auc.tolist(),
-                                     "mean_auc": mean_auc}
-  except ValueError as e:
-    notes.append(f"Time-dependent AUC: {e}.")
-  return images, " ".join(notes)
+  if train_time is not None and train_event is not None:
+    times = np.unique(np.concatenate([np.asarray(cut_points, np.float64),
+                                      np.quantile(time, [0.2, 0.4, 0.6, 0.8])]))
+    try:
+      used, auc, mean_auc = figures.time_dependent_auc(risk, time, event, train_time, train_event,
+                                                       times)
+      images.append(figures.plot_time_dependent_auc(out / "time_dependent_auc.png", risk, time,
+                                                    event, train_time, train_event, times))
+      metrics["time_dependent_auc"] = {"times": used.tolist(), "auc": auc.tolist(),
+                                       "mean_auc": mean_auc}
+    except ValueError as e:
+      notes.append(f"Time-dependent AUC: {e}.")
+  return images, metrics, " ".join(notes)
 
 
 def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOptions(),
@@ -262,12 +275,16 @@ def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOpt
                        f"{len(table)} slides of the `{options.split}` split of `{cohort.path}`.")]
 
   # Cohort level.
-  cohort_images, note = _cohort_figures(run, table, outputs, cohort, out, metrics)
-  scalar = {k: v for k, v in metrics.get("cohort", {}).items()}
-  if "logrank_p" in metrics:
-    scalar["logrank_p"] = metrics["logrank_p"]
-  if "time_dependent_auc" in metrics:
-    scalar["mean_time_dependent_auc"] = metrics["time_dependent_auc"]["mean_auc"]
+  train = cohort.slides[cohort.slides["slide_id"].astype(str).isin(run.splits.get("train", []))]
+  train = train[train["surv_time"] >= 0]
+  cohort_images, cohort_metrics, note = cohort_figures(
+      table, out, survival=run.survival, class_names=run.class_names,
+      train_time=train["surv_time"].to_numpy(), train_event=train["event"].to_numpy(),
+      cut_points=run.preprocessor.surv_cuts)
+  metrics["cohort"] = cohort_metrics
+  scalar = {k: v for k, v in cohort_metrics.items() if not isinstance(v, dict)}
+  if "time_dependent_auc" in cohort_metrics:
+    scalar["mean_time_dependent_auc"] = cohort_metrics["time_dependent_auc"]["mean_auc"]
   tables = {"cohort metrics": pd.DataFrame([scalar])} if scalar else {}
   sections.append(_section("Cohort", note, tables, cohort_images))
 
@@ -319,7 +336,7 @@ def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOpt
   csv = gene_importance_csv(tables, out / "gene_importance.csv")
   bars = figures.plot_gene_importance(out / "gene_importance.png", tables["tumour"],
                                       tables["micro"], k=options.top_k)
-  n_ig = len(tables["tumour"].attrs["attributions"])
+  n_ig = min(options.ig_slides, len(indices))
   metrics["top_genes"] = {s: t["gene"].head(options.top_k).tolist() for s, t in tables.items()}
   target = "risk" if run.survival else "probability of the predicted class"
   sections.append(_section(
