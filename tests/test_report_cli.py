@@ -56,15 +56,17 @@ def survival_report(tmp_path_factory):
 def test_report_writes_every_output(survival_report):
   run_dir, out = survival_report
   for name in ("slide_00_sampling.png", "slide_01_sampling.png", "gene_importance.png",
-               "kaplan_meier.png", "training_curves.png"):
+               "kaplan_meier.png", "time_dependent_auc.png", "training_curves.png"):
     assert_non_trivial_png(out / name)
   html = (out / "report.html").read_text()
   assert html.count("data:image/png;base64,") >= 5 and 'src="http' not in html
   metrics = json.loads((out / "report_metrics.json").read_text())
   assert metrics["task"] == "survival" and metrics["split"] == "test"
   assert 0.0 <= metrics["cohort"]["logrank_p"] <= 1.0
+  assert 0.0 <= metrics["cohort"]["time_dependent_auc"]["mean_auc"] <= 1.0
   conc = metrics["region_concentration"]
-  for key in ("micro_on_immune", "tumour_on_immune", "micro_over_tumour_on_immune"):
+  for key in ("micro_on_immune", "tumour_on_immune", "micro_over_tumour_on_immune",
+              "micro_attention_on_immune", "tumour_attention_on_tumour"):
     assert np.isfinite(conc[key]) and conc[key] > 0
   assert conc["micro_over_tumour_on_immune"] == pytest.approx(
       conc["micro_on_immune"] / conc["tumour_on_immune"])
