@@ -19,7 +19,7 @@ from tqdm import tqdm
 from smml_jax.data import normalise, splits as splits_lib
 from smml_jax.data.labels import TASK_LABEL_FIELD
 from smml_jax.data.pipeline import BatchIterator
-from smml_jax.data.spec import load_cohort
+from smml_jax.data.spec import load_cohort, read_spec
 from smml_jax.evaluate.metrics import classification_metrics, survival_metrics
 from smml_jax.losses.classification import ORIGINAL_CLASS_WEIGHTS, class_weights_from_labels
 from smml_jax.losses.survival import survival_curve
@@ -289,6 +289,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
     (out_dir / COHORT_FILE).write_text(json.dumps({
         "path": str(exp.cohort.path), "grid_side": exp.cohort.grid_side,
         "feature_dim": exp.cohort.feature_dim, "gene_names": exp.cohort.gene_names,
+        "spec": _cohort_spec(config.data.data),
         "splits": {k: exp.cohort.slides["slide_id"].to_numpy()[v].tolist()
                    for k, v in exp.splits.items()}}, indent=1))
 
@@ -372,6 +373,13 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
   if is_main_process():
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
   return summary
+
+
+def _cohort_spec(data: str) -> dict[str, Any]:
+  """The cohort spec (how slides were read: grid layout, HDF5 datasets), kept for inference."""
+  if str(data) == "synthetic":
+    return {"layout": "synthetic"}
+  return read_spec(data)
 
 
 def _fmt(v) -> str:

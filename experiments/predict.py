@@ -1,0 +1,98 @@
+"""Predict new slides with a trained run: `python -m experiments.predict --run DIR --input ...`.
+
+Inputs: a cohort (`--input synthetic` or a cohort spec YAML/JSON, optionally one of the run's stored
+splits with `--split`), or one slide (`--features slide.h5 --genes expression.tsv`). The run's own
+preprocessing (gene order and normalisation, grid layout, survival cut points) is applied.
+Writes predictions.csv (one row per slide), patients.csv (slides of one patient averaged) and
+predictions.json (both, plus what produced them) to --out (default DIR/predictions/<input name>).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from typing import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m experiments.predict", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  where = p.add_mutually_exclusive_group(required=True)
+  where.add_argument("--run", help="training run directory (uses checkpoints/<--which>)")
+  where.add_argument("--checkpoint", help="a checkpoint folder, e.g. DIR/checkpoints/best")
+  p.add_argument("--which", choices=("best", "latest"), default="best",
+                 help="which checkpoint of --run (default: best, selected on validation)")
+  p.add_argument("--input", help="'synthetic' or a cohort spec file (YAML/JSON)")
+  p.add_argument("--data-dir", help="where cohort records are written (default: the run's)")
+  p.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
+                 help="predict only the run's stored split of the cohort (default: all slides)")
+  p.add_argument("--features", help="one slide's HDF5 feature file (Res_feature or features)")
+  p.add_argument("--genes", help="that slide's expression: gene/value table or GDC STAR TSV")
+  p.add_argument("--slide-id", help="slide id of --features (default: the file name's stem)")
+  p.add_argument("--patient-id", help="patient id of --features (default: the slide id)")
+  p.add_argument("--grid-layout", choices=("sample", "coords"),
+                 help="override the run's grid layout for --features")
+  p.add_argument("--missing-genes", choices=("error", "zero"), default="error",
+                 help="genes the run needs but the input lacks: error (default) or zero = fill "
+                      "with the training mean")
+  p.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
+  p.add_argument("--out", help="output folder (default DIR/predictions/<input name>)")
+  return p
+
+
+def predict(args: argparse.Namespace) -> dict[str, pathlib.Path]:
+  from smml_jax.data.spec import load_cohort
+  from smml_jax.evaluate import inference as inf
+
+  if args.run:
+    run_dir, which = pathlib.Path(args.run), args.which
+  else:
+    run_dir, which = inf.resolve_run_dir(args.checkpoint)
+  one_slide = args.features is not None or args.genes is not None
+  if one_slide and args.input:
+    raise inf.InferenceError("give either --input (a cohort) or --features/--genes (one slide)")
+  if one_slide and not (args.features and args.genes):
+    raise inf.InferenceError("one slide needs both --features and --genes")
+  if not one_slide and not args.input:
+    raise inf.InferenceError("nothing to predict: give --input (a cohort) or --features and "
+                             "--genes (one slide)")
+  run = inf.load_run(run_dir, which)
+  if one_slide:
+    example = inf.slide_example(run, args.features, args.genes, slide_id=args.slide_id,
+                                patient_id=args.patient_id, missing_genes=args.missing_genes,
+                                grid_layout=args.grid_layout)
+    batches = inf.example_batches(run, [example], args.batch_size)
+    source, name = f"{args.features} + {args.genes}", str(example["slide_id"])
+  else:
+    data_dir = args.data_dir or run.config.data.data_dir
+    cohort = load_cohort(args.input, data_dir)
+    indices = inf.split_indices(run, cohort, args.split)
+    batches = inf.cohort_batches(run, cohort, indices, batch_size=args.batch_size,
+                                 missing_genes=args.missing_genes)
+    stem = "synthetic" if args.input == "synthetic" else pathlib.Path(args.input).stem
+    source, name = f"{args.input} ({args.split})", f"{stem}-{args.split}"
+  outputs = inf.run_model(run, batches)
+  slides = inf.prediction_table(run, outputs)
+  patients = inf.patient_table(run, slides)
+  out = pathlib.Path(args.out) if args.out else run_dir / "predictions" / name
+  return inf.write_predictions(out, run, slides, patients, source)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  from smml_jax.data.errors import CohortError
+  from smml_jax.evaluate.inference import InferenceError
+  from smml_jax.train.config import ConfigError
+  try:
+    paths = predict(args)
+  except (InferenceError, CohortError, ConfigError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for path in paths.values():
+    print(f"wrote {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,141 @@
+"""experiments.report: a tiny trained survival run end to end, cohort figures, planted-gene IG."""
+
+from __future__ import annotations
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments import report as report_cli
+from smml_jax.models.outputs import ModelOutput
+from smml_jax.train.config import make_config
+from smml_jax.train.loop import train
+
+TINY_SPEC = {"layout": "synthetic", "n_patients": 40, "grid_side": 8, "feature_dim": 16,
+             "n_genes_tumour": 6, "n_genes_micro": 8}
+TINY_MODEL = {"heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8,
+              "snn_widths": [8, 8, 8, 32], "dim": 32, "dropout": 0.0, "snn_dropout": 0.0}
+
+
+def assert_non_trivial_png(path) -> None:
+  """Exists, and is a picture rather than a blank canvas: many non-white pixels, varied colour."""
+  assert path.is_file(), f"{path} was not written"
+  image = matplotlib.image.imread(path)[..., :3]
+  assert image.shape[0] > 100 and image.shape[1] > 100, f"{path}: tiny image {image.shape}"
+  ink = np.any(image < 0.9, axis=-1).mean()
+  assert ink > 0.02, f"{path}: only {ink:.1%} of the pixels are not white"
+  assert len(np.unique(image[::3, ::3].reshape(-1, 3).round(2), axis=0)) > 20, f"{path}: nearly one colour"
+
+
+@pytest.fixture(scope="module")
+def survival_report(tmp_path_factory):
+  root = tmp_path_factory.mktemp("tiny_report")
+  spec = root / "spec.json"
+  spec.write_text(json.dumps(TINY_SPEC))
+  config = make_config({
+      "task": "survival", "model_options": TINY_MODEL,
+      "data": {"data": str(spec), "data_dir": str(root / "data"), "val_fraction": 0.2,
+               "test_fraction": 0.25},
+      "train": {"epochs": 1, "batch_size": 4, "eval_batch_size": 4, "progress": False,
+                "selection_metric": "num_examples"}})  # always defined: epoch 0 is kept
+  run_dir = root / "run"
+  train(config, run_dir, log=lambda _: None)
+  out = root / "report"
+  code = report_cli.main(["--run", str(run_dir), "--out", str(out), "--slides", "2",
+                          "--ig-slides", "4", "--ig-steps", "4", "--top-k", "5"])
+  assert code == 0
+  return run_dir, out
+
+
+def test_report_writes_every_output(survival_report):
+  run_dir, out = survival_report
+  for name in ("slide_00_sampling.png", "slide_01_sampling.png", "gene_importance.png",
+               "kaplan_meier.png", "time_dependent_auc.png", "training_curves.png"):
+    assert_non_trivial_png(out / name)
+  html = (out / "report.html").read_text()
+  assert html.count("data:image/png;base64,") >= 5 and 'src="http' not in html
+  metrics = json.loads((out / "report_metrics.json").read_text())
+  assert metrics["task"] == "survival" and metrics["split"] == "test"
+  assert 0.0 <= metrics["cohort"]["logrank_p"] <= 1.0
+  assert 0.0 <= metrics["cohort"]["time_dependent_auc"]["mean_auc"] <= 1.0
+  conc = metrics["region_concentration"]
+  for key in ("micro_on_immune", "tumour_on_immune", "micro_over_tumour_on_immune",
+              "micro_attention_on_immune", "tumour_attention_on_tumour"):
+    assert np.isfinite(conc[key]) and conc[key] > 0
+  assert conc["micro_over_tumour_on_immune"] == pytest.approx(
+      conc["micro_on_immune"] / conc["tumour_on_immune"])
+  assert f"{conc['micro_over_tumour_on_immune']:.3f}" in html
+
+
+def test_report_gene_table_and_predictions(survival_report):
+  run_dir, out = survival_report
+  genes = pd.read_csv(out / "gene_importance.csv")
+  cohort = json.loads((run_dir / "cohort.json").read_text())
+  for s in ("tumour", "micro"):
+    part = genes[genes["subspace"] == s]
+    assert sorted(part["gene"]) == sorted(cohort["gene_names"][s])
+    assert list(part["rank"]) == list(range(1, len(part) + 1))
+    assert np.all(np.diff(part["mean_abs_attribution"].to_numpy()) <= 0)
+  assert genes["mean_abs_attribution"].max() > 0
+  preds = pd.read_csv(out / "predictions_test.csv")
+  logged = pd.DataFrame([json.loads(line) for line in
+                         (run_dir / "predictions_test.jsonl").read_text().splitlines()])
+  assert list(preds["slide_id"]) == list(logged["slide_id"])
+  np.testing.assert_allclose(preds["risk"], logged["risk"], rtol=1e-5, atol=1e-6)
+  hazards = [f"hazard_{k}" for k in range(4)]
+  np.testing.assert_allclose(preds[hazards], logged[hazards], atol=1e-6)
+  curve = preds[[f"surv_{k}" for k in range(4)]].to_numpy()
+  assert np.all(np.diff(curve, axis=1) <= 0) and np.all((curve >= 0) & (curve <= 1))
+
+
+def test_classification_cohort_figures(tmp_path):
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(3), 10)
+  logits = rng.normal(size=(30, 3)) + 2.0 * np.eye(3)[labels]
+  probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+  table = pd.DataFrame({f"prob_{k}": probs[:, k] for k in range(3)}).assign(label=labels)
+  images, metrics, note = report_cli.cohort_figures(table, tmp_path, survival=False,
+                                                    class_names=("G2", "G3", "G4"))
+  assert [p.name for p in images] == ["roc.png", "confusion.png"] and note == ""
+  for path in images:
+    assert_non_trivial_png(path)
+  assert metrics["num_examples"] == 30 and metrics["auc"] > 0.7
+
+
+class PlantedGeneModel(nn.Module):
+  """Logits depend on one microenvironment gene only (through a small nonlinear head)."""
+  planted: int
+
+  @nn.compact
+  def __call__(self, batch, train: bool = False):
+    x = batch["genes_micro"][:, self.planted:self.planted + 1]
+    h = nn.tanh(nn.Dense(4)(x))
+    logits = nn.Dense(3)(h) + 0.0 * jnp.mean(batch["patches"], axis=(1, 2))[:, None]
+    return ModelOutput(logits=logits)
+
+
+def test_planted_gene_ranks_first(tmp_path):
+  planted, n_micro, n_tumour = 5, 9, 4
+  model = PlantedGeneModel(planted)
+  rng = np.random.default_rng(1)
+  batch = {"patches": rng.normal(size=(6, 16, 4)).astype(np.float32),
+           "genes_tumour": rng.normal(size=(6, n_tumour)).astype(np.float32),
+           "genes_micro": rng.normal(size=(6, n_micro)).astype(np.float32),
+           "mask": np.array([True] * 5 + [False])}
+  params = model.init(jax.random.PRNGKey(0), batch)["params"]
+  names = {"tumour": [f"T{i}" for i in range(n_tumour)], "micro": [f"M{i}" for i in range(n_micro)]}
+  tables = report_cli.gene_importance(model.apply, params, [batch, batch], names,
+                                      survival=False, steps=16)
+  micro = tables["micro"]
+  assert micro["gene"].iloc[0] == f"M{planted}"
+  assert micro["mean_abs_attribution"].iloc[0] > 0
+  np.testing.assert_allclose(micro["mean_abs_attribution"].iloc[1:], 0.0, atol=1e-7)
+  np.testing.assert_allclose(tables["tumour"]["mean_abs_attribution"], 0.0, atol=1e-7)
+  path = report_cli.gene_importance_csv(tables, tmp_path / "genes.csv")
+  assert len(pd.read_csv(path)) == n_micro + n_tumour
