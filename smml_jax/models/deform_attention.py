@@ -153,7 +153,7 @@ class DeformCrossAttention(nn.Module):
     out, key_mass = cpb_attention(
         heads(q), heads(k), heads(v), pos_q, pos_k, self._cpb_params(),
         dropout_rate=cfg.dropout, dropout_rng=dropout_rng, implementation=cfg.attention_impl,
-        query_tile=cfg.query_tile)
+        query_tile=cfg.query_tile, cpb_dtype=self.dtype)
     out = out.transpose(0, 2, 1, 3).reshape(b, n, inner)
     out = TorchDense(c, dtype=self.dtype, name="to_out")(out)
     grid = jnp.moveaxis(vgrid, -1, 1)  # (B*G, ndim, *lattice), the original's layout

@@ -21,15 +21,18 @@ from smml_jax.ops.cpb import CPBParams, relative_position_bias
 IMPLEMENTATIONS = ("reference", "chunked")
 
 
-def _attend_block(q, k, v, pos_q, pos_k, cpb_params, valid, dropout_rate, rng, softmax_dtype):
+def _attend_block(q, k, v, pos_q, pos_k, cpb_params, valid, dropout_rate, rng, softmax_dtype,
+                  cpb_dtype):
   """Attention for one block of queries.
 
   q (B, H, T, Dh), k/v (B, H, M, Dh), pos_q (T, D), pos_k (B, G, M, D), valid (T,) bool.
   Returns out (B, H, T, Dh) and the attention mass per key summed over valid queries (B, H, M).
+  The logits q.k are accumulated in `softmax_dtype` and the bias is added in it, so with bf16
+  q/k only the matmul inputs are rounded.
   """
-  sim = jnp.einsum("bhtd,bhmd->bhtm", q, k)
-  sim = sim + relative_position_bias(pos_q, pos_k, cpb_params).astype(sim.dtype)
-  attn = jax.nn.softmax(sim.astype(softmax_dtype), axis=-1)
+  sim = jnp.einsum("bhtd,bhmd->bhtm", q, k, preferred_element_type=softmax_dtype)
+  bias = relative_position_bias(pos_q, pos_k, cpb_params, compute_dtype=cpb_dtype)
+  attn = jax.nn.softmax(sim + bias.astype(softmax_dtype), axis=-1)
   mass = jnp.einsum("bhtm,t->bhm", attn, valid.astype(attn.dtype))
   if rng is not None and dropout_rate > 0.0:
     keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, attn.shape)
@@ -51,6 +54,7 @@ def cpb_attention(
     implementation: str = "chunked",
     query_tile: int = 256,
     softmax_dtype=jnp.float32,
+    cpb_dtype=jnp.float32,
 ) -> tuple[jax.Array, jax.Array]:
   """softmax(q k^T + CPB(pos_q - pos_k)) v, with attention dropout when `dropout_rng` is given.
 
@@ -65,6 +69,7 @@ def cpb_attention(
     implementation: "reference" (materialised) or "chunked" (query tiles, rematerialised).
     query_tile: queries per tile for "chunked".
     softmax_dtype: dtype of the logits entering the softmax (float32 under mixed precision).
+    cpb_dtype: dtype of the CPB MLP's hidden layers (its distances and output stay float32).
 
   Returns:
     out (B, H, N, Dh) and the attention mass each sampled key receives, summed over queries,
@@ -76,7 +81,7 @@ def cpb_attention(
   n = q.shape[2]
   if implementation == "reference" or n <= query_tile:
     return _attend_block(q, k, v, pos_q, pos_k, cpb_params, jnp.ones((n,), bool),
-                         dropout_rate, dropout_rng, softmax_dtype)
+                         dropout_rate, dropout_rng, softmax_dtype, cpb_dtype)
 
   n_tiles = -(-n // query_tile)
   pad = n_tiles * query_tile - n
@@ -90,7 +95,7 @@ def cpb_attention(
   def tile_fn(q_t, pos_t, valid_t, index, k, v, pos_k, cpb_params):
     rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
     return _attend_block(q_t, k, v, pos_t, pos_k, cpb_params, valid_t, dropout_rate, rng,
-                         softmax_dtype)
+                         softmax_dtype, cpb_dtype)
 
   def body(xs):
     q_t, pos_t, valid_t, index = xs

@@ -66,18 +66,22 @@ def cpb_mlp(t: jax.Array, params: CPBParams) -> jax.Array:
   return h.reshape(*lead, h.shape[-1])
 
 
-def relative_position_bias(pos_q: jax.Array, pos_k: jax.Array, params: CPBParams) -> jax.Array:
+def relative_position_bias(pos_q: jax.Array, pos_k: jax.Array, params: CPBParams,
+                           compute_dtype=jnp.float32) -> jax.Array:
   """Bias logits for every (query, key) pair.
 
   Args:
     pos_q: (T, D) query positions.
     pos_k: (B, G, M, D) sampled key positions per batch row and offset group.
     params: CPB MLP parameters; the last layer has `o` = heads per group outputs.
+    compute_dtype: dtype of the MLP's activations (the distances are formed in float32 and the
+      parameters stay float32, cast at use).
 
   Returns:
-    (B, G * o, T, M) bias, head h = g * o + j (group-major), as the original's rearrange.
+    (B, G * o, T, M) bias in `compute_dtype`, head h = g * o + j (group-major), as the
+    original's rearrange.
   """
   delta = pos_q[None, None, :, None, :] - pos_k[:, :, None, :, :]
-  bias = cpb_mlp(sign_log(delta), params)  # (B, G, T, M, o)
+  bias = cpb_mlp(sign_log(delta).astype(compute_dtype), params)  # (B, G, T, M, o)
   b, g, t, m, o = bias.shape
   return jnp.transpose(bias, (0, 1, 4, 2, 3)).reshape(b, g * o, t, m)

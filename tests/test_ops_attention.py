@@ -1,0 +1,79 @@
+"""cpb_attention: the chunked path equals the reference; mixed precision keeps float32 where it must."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from smml_jax.models.registry import build_model
+from smml_jax.ops.attention import cpb_attention
+from smml_jax.ops.cpb import query_positions
+
+
+def _inputs(b=2, g=2, heads_per_group=2, side=6, m=5, dh=4, seed=0):
+  rng = np.random.default_rng(seed)
+  h = g * heads_per_group
+  f = lambda *s, scale=1.0: jnp.asarray(scale * rng.normal(size=s), jnp.float32)
+  q, k, v = f(b, h, side * side, dh, scale=0.5), f(b, h, m, dh), f(b, h, m, dh)
+  pos_k = jnp.tanh(f(b, g, m, 2))
+  params = [(f(2, 8, scale=0.7), f(8, scale=0.1)), (f(8, 8, scale=0.4), f(8, scale=0.1)),
+            (f(8, heads_per_group, scale=0.4), f(heads_per_group, scale=0.1))]
+  return q, k, v, query_positions(side, 2), pos_k, params
+
+
+@pytest.mark.parametrize("query_tile", [5, 7, 36])
+def test_chunked_equals_reference_values_and_gradients(query_tile):
+  q, k, v, pos_q, pos_k, params = _inputs()
+
+  def loss(impl):
+    def fn(q, k, v, pos_k, params):
+      out, mass = cpb_attention(q, k, v, pos_q, pos_k, params, implementation=impl,
+                                query_tile=query_tile)
+      return jnp.sum(jnp.sin(out)) + jnp.sum(mass**2)
+    return jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3, 4)))
+
+  want = loss("reference")(q, k, v, pos_k, params)
+  got = loss("chunked")(q, k, v, pos_k, params)
+  leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(want)]
+  floor = 1e-5 * np.sqrt(sum(np.sum(x**2) for x in leaves))
+  for a, b in zip(jax.tree.leaves(got), leaves):
+    # <= 1e-5 relative to each leaf's norm, or to the whole gradient's for leaves that are zero
+    # up to rounding (the last CPB bias: softmax is shift-invariant)
+    assert np.linalg.norm(a - b) <= max(1e-5 * np.linalg.norm(b), floor)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=max(floor, 1e-6))
+
+
+def test_bf16_inputs_keep_float32_logits_and_bias():
+  q, k, v, pos_q, pos_k, params = _inputs()
+  out32, mass32 = cpb_attention(q, k, v, pos_q, pos_k, params)
+  bf = lambda t: t.astype(jnp.bfloat16)
+  out16, mass16 = cpb_attention(bf(q), bf(k), bf(v), pos_q, pos_k, params,
+                                cpb_dtype=jnp.bfloat16)
+  assert out16.dtype == jnp.bfloat16
+  assert mass16.dtype == jnp.float32  # softmax (hence the key mass) stays float32
+  np.testing.assert_allclose(np.asarray(out16, np.float32), out32, rtol=0.05, atol=0.03)
+  np.testing.assert_allclose(mass16, mass32, rtol=0.03, atol=0.03)
+
+
+def test_unknown_implementation_is_a_clear_error():
+  q, k, v, pos_q, pos_k, params = _inputs()
+  with pytest.raises(ValueError, match="unknown attention implementation"):
+    cpb_attention(q, k, v, pos_q, pos_k, params, implementation="flash")
+
+
+def test_bf16_model_stays_close_to_float32_with_float32_params():
+  spec = build_model("subspace", num_classes=4, n_genes_tumour=5, n_genes_micro=7,
+                     feature_dim=16, options={"query_tile": 24})
+  rng = np.random.default_rng(0)
+  batch = {"patches": jnp.asarray(rng.normal(size=(2, 64, 16)), jnp.float32),
+           "genes_tumour": jnp.asarray(rng.normal(size=(2, 5)), jnp.float32),
+           "genes_micro": jnp.asarray(rng.normal(size=(2, 7)), jnp.float32)}
+  params = spec.module.init({"params": jax.random.PRNGKey(0)}, batch)["params"]
+  bf16 = spec.module.clone(dtype=jnp.bfloat16)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(
+      bf16.init({"params": jax.random.PRNGKey(0)}, batch)["params"]))
+  want = spec.module.apply({"params": params}, batch).logits
+  got = bf16.apply({"params": params}, batch).logits.astype(jnp.float32)
+  scale = float(jnp.max(jnp.abs(want)))
+  np.testing.assert_allclose(got, want, atol=0.05 * scale + 0.02)
+  np.testing.assert_array_equal(jnp.argmax(got, -1), jnp.argmax(want, -1))
