@@ -166,28 +166,18 @@ def cell_config(args: argparse.Namespace, configs: Sequence[Mapping[str, Any]], 
   return make_config(*layers, overrides=args.set)
 
 
-def _first_difference(stored: Any, current: Any, key: str = "") -> str:
-  if isinstance(stored, dict) and isinstance(current, dict):
-    for k in sorted(set(stored) | set(current)):
-      found = _first_difference(stored.get(k), current.get(k), f"{key}{k}.")
-      if found:
-        return found
-    return ""
-  return "" if stored == current else f"{key.rstrip('.')}: stored {stored!r}, now {current!r}"
-
-
 def _run_cell(config, run_dir: pathlib.Path, *, overwrite: bool,
               log) -> str:
   """Trains one cell unless it is finished; returns 'skipped', 'resumed' or 'trained'."""
   from smml_jax.evaluate.comparison import CELL_FILE, SUMMARY_FILE
-  from smml_jax.train.config import config_to_dict
+  from smml_jax.train.config import config_difference, config_to_dict
   from smml_jax.train.loop import CONFIG_FILE, train
   config_path = run_dir / CONFIG_FILE
   stored = json.loads(config_path.read_text()) if config_path.exists() else None
   stale = stored is not None and stored != config_to_dict(config)
   if stale and not overwrite:
     raise CompareError(f"{run_dir} holds a run with a different config "
-                       f"({_first_difference(stored, config_to_dict(config))}); pass --overwrite "
+                       f"({config_difference(stored, config_to_dict(config))}); pass --overwrite "
                        "to retrain it, or use another --out")
   if (run_dir / SUMMARY_FILE).exists() and not stale:
     return "skipped"

@@ -201,3 +201,14 @@ def make_config(*layers: Mapping[str, Any], overrides: Sequence[str] = ()) -> Ru
 
 def config_from_dict(values: Mapping[str, Any]) -> RunConfig:
   return _build(RunConfig, values, "")
+
+
+def config_difference(stored: Any, current: Any, key: str = "") -> str:
+  """The first differing dotted key of two config dicts, as 'key: stored X, now Y' ('' if equal)."""
+  if isinstance(stored, Mapping) and isinstance(current, Mapping):
+    for k in sorted(set(stored) | set(current)):
+      found = config_difference(stored.get(k), current.get(k), f"{key}{k}.")
+      if found:
+        return found
+    return ""
+  return "" if stored == current else f"{key.rstrip('.')}: stored {stored!r}, now {current!r}"

@@ -28,7 +28,8 @@ from smml_jax.optim.coordination import ModalitySplit, coordinate_gradients
 from smml_jax.optim.factory import make_optimizer, trainable_mask_from_predicate
 from smml_jax.train import distributed, sharding
 from smml_jax.train.checkpoints import RunCheckpoints
-from smml_jax.train.config import ConfigError, RunConfig, config_from_dict, config_to_dict
+from smml_jax.train.config import (ConfigError, RunConfig, config_difference, config_from_dict,
+                                   config_to_dict)
 from smml_jax.train.state import TrainState
 from smml_jax.train.steps import LossConfig, make_eval_step, make_train_step, model_inputs
 
@@ -69,22 +70,12 @@ def prepare_run_dir(out_dir: pathlib.Path, config: RunConfig, *, resume: bool,
     else:
       stored = json.loads(config_path.read_text())
       if stored != config_to_dict(config):
-        diff = _diff(stored, config_to_dict(config))
+        diff = config_difference(stored, config_to_dict(config))
         raise RunDirError(f"{out_dir} holds a run with a different config ({diff}); "
                           "--resume needs the same config (or use another --out)")
   if is_main_process():
     out_dir.mkdir(parents=True, exist_ok=True)
   distributed.barrier("prepare_run_dir:ready")
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> str:
-  if isinstance(a, dict) and isinstance(b, dict):
-    for k in sorted(set(a) | set(b)):
-      d = _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-      if d:
-        return d
-    return ""
-  return "" if a == b else f"{prefix.rstrip('.')}: stored {a!r}, now {b!r}"
 
 
 @dataclasses.dataclass
