@@ -69,19 +69,20 @@ def test_single_subspace_ablation():
 
 
 @pytest.mark.parametrize("ndim", [1, 2])
-def test_chunked_attention_equals_reference(ndim):
+@pytest.mark.parametrize("impl", ["chunked", "fused"])
+def test_tiled_attention_equals_reference(ndim, impl):
   """Same outputs and gradients (<= 1e-5 relative) with and without query tiling."""
   batch = small_batch(n=SIDE * SIDE)
   models = {impl: SubspaceNet(small_config(ndim=ndim, attention_impl=impl, query_tile=24))
-            for impl in ("reference", "chunked")}
+            for impl in ("reference", impl)}
   params = models["reference"].init(jax.random.PRNGKey(0), batch)
 
   def loss(p, impl):
     out = models[impl].apply(p, batch)
     return jnp.sum(out.logits**2) + jnp.sum(jnp.sin(out.grid_tumour))
 
-  results = {impl: jax.value_and_grad(loss)(params, impl) for impl in models}
-  (v_ref, g_ref), (v_chk, g_chk) = results["reference"], results["chunked"]
+  results = {name: jax.value_and_grad(loss)(params, name) for name in models}
+  (v_ref, g_ref), (v_chk, g_chk) = results["reference"], results[impl]
   np.testing.assert_allclose(v_chk, v_ref, rtol=1e-5)
   flat_chk = flax.traverse_util.flatten_dict(g_chk, sep="/")
   for path, b in flax.traverse_util.flatten_dict(g_ref, sep="/").items():

@@ -1,4 +1,4 @@
-"""cpb_attention: the chunked path equals the reference; mixed precision keeps float32 where it must."""
+"""cpb_attention: chunked and fused paths equal the reference; mixed precision keeps float32 where it must."""
 
 import jax
 import jax.numpy as jnp
@@ -10,30 +10,27 @@ from smml_jax.ops.attention import cpb_attention
 from smml_jax.ops.cpb import query_positions
 
 
-def _inputs(b=2, g=2, heads_per_group=2, side=6, m=5, dh=4, seed=0):
+def _inputs(b=2, g=2, heads_per_group=2, side=6, m=5, dh=4, seed=0, hidden=(8, 8)):
   rng = np.random.default_rng(seed)
   h = g * heads_per_group
   f = lambda *s, scale=1.0: jnp.asarray(scale * rng.normal(size=s), jnp.float32)
   q, k, v = f(b, h, side * side, dh, scale=0.5), f(b, h, m, dh), f(b, h, m, dh)
   pos_k = jnp.tanh(f(b, g, m, 2))
-  params = [(f(2, 8, scale=0.7), f(8, scale=0.1)), (f(8, 8, scale=0.4), f(8, scale=0.1)),
-            (f(8, heads_per_group, scale=0.4), f(heads_per_group, scale=0.1))]
+  widths = (2,) + tuple(hidden) + (heads_per_group,)
+  params = [(f(i, o, scale=0.7 if i == 2 else 0.4), f(o, scale=0.1))
+            for i, o in zip(widths[:-1], widths[1:])]
   return q, k, v, query_positions(side, 2), pos_k, params
 
 
-@pytest.mark.parametrize("query_tile", [5, 7, 36])
-def test_chunked_equals_reference_values_and_gradients(query_tile):
-  q, k, v, pos_q, pos_k, params = _inputs()
+def _loss(impl, pos_q, query_tile, dropout_rng=None):
+  def fn(q, k, v, pos_k, params):
+    out, mass = cpb_attention(q, k, v, pos_q, pos_k, params, implementation=impl,
+                              query_tile=query_tile, dropout_rate=0.25, dropout_rng=dropout_rng)
+    return jnp.sum(jnp.sin(out)) + jnp.sum(mass**2)
+  return jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3, 4)))
 
-  def loss(impl):
-    def fn(q, k, v, pos_k, params):
-      out, mass = cpb_attention(q, k, v, pos_q, pos_k, params, implementation=impl,
-                                query_tile=query_tile)
-      return jnp.sum(jnp.sin(out)) + jnp.sum(mass**2)
-    return jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3, 4)))
 
-  want = loss("reference")(q, k, v, pos_k, params)
-  got = loss("chunked")(q, k, v, pos_k, params)
+def _assert_same_values_and_gradients(got, want):
   leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(want)]
   floor = 1e-5 * np.sqrt(sum(np.sum(x**2) for x in leaves))
   for a, b in zip(jax.tree.leaves(got), leaves):
@@ -41,6 +38,45 @@ def test_chunked_equals_reference_values_and_gradients(query_tile):
     # up to rounding (the last CPB bias: softmax is shift-invariant)
     assert np.linalg.norm(a - b) <= max(1e-5 * np.linalg.norm(b), floor)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=max(floor, 1e-6))
+
+
+@pytest.mark.parametrize("query_tile", [5, 7, 36])
+def test_chunked_equals_reference_values_and_gradients(query_tile):
+  q, k, v, pos_q, pos_k, params = _inputs()
+  want = _loss("reference", pos_q, query_tile)(q, k, v, pos_k, params)
+  _assert_same_values_and_gradients(_loss("chunked", pos_q, query_tile)(q, k, v, pos_k, params),
+                                    want)
+
+
+@pytest.mark.parametrize("query_tile,heads_per_group,hidden", [
+    (5, 2, (8, 8)), (36, 1, (8, 8)), (7, 1, (8,)), (7, 2, (8, 6, 8)), (11, 1, (40, 40))])
+def test_fused_equals_reference_values_and_gradients(query_tile, heads_per_group, hidden):
+  # Covers the original's MLP (2 -> w -> w -> o), one and three hidden layers, o = 1 and 2, and
+  # a hidden width over 32 (two mask words per pair).
+  q, k, v, pos_q, pos_k, params = _inputs(heads_per_group=heads_per_group, hidden=hidden)
+  want = _loss("reference", pos_q, query_tile)(q, k, v, pos_k, params)
+  _assert_same_values_and_gradients(_loss("fused", pos_q, query_tile)(q, k, v, pos_k, params),
+                                    want)
+
+
+def test_fused_equals_chunked_with_attention_dropout():
+  # Same dropout stream (one key per query tile), so the two tiled paths agree exactly in law
+  # and to rounding in value, gradients included.
+  q, k, v, pos_q, pos_k, params = _inputs()
+  rng = jax.random.PRNGKey(3)
+  want = _loss("chunked", pos_q, 7, rng)(q, k, v, pos_k, params)
+  got = _loss("fused", pos_q, 7, rng)(q, k, v, pos_k, params)
+  assert not np.isclose(float(want[0]), float(_loss("chunked", pos_q, 7)(q, k, v, pos_k,
+                                                                      params)[0]))
+  _assert_same_values_and_gradients(got, want)
+
+
+def test_mask_bits_round_trip():
+  from smml_jax.ops.fused_attention import pack_bits, unpack_bits
+  mask = jnp.asarray(np.random.default_rng(0).random((9, 45)) > 0.5)
+  words = pack_bits(mask)
+  assert words.shape == (9, 2) and words.dtype == jnp.uint32
+  np.testing.assert_array_equal(unpack_bits(words, 45), mask)
 
 
 def test_bf16_inputs_keep_float32_logits_and_bias():

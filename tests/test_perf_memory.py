@@ -1,4 +1,4 @@
-"""The chunked attention never materialises the (B, H, N, M, hidden) CPB activations.
+"""The tiled attention paths never materialise the (B, H, N, M, hidden) CPB activations.
 
 Checked on XLA's own buffer assignment of the compiled gradient (no timing): the reference keeps
 several (B, G, N, M, hidden) tensors alive, the chunked path's temporaries are a fraction of that
@@ -13,8 +13,8 @@ from smml_jax.ops.attention import cpb_attention
 from smml_jax.ops.cpb import query_positions
 
 
-def _temp_bytes(impl: str, query_tile: int) -> tuple[int, int]:
-  b, g, side, m, dh, hidden = 2, 2, 16, 16, 8, 32
+def _temp_bytes(impl: str, query_tile: int, side: int = 16) -> tuple[int, int]:
+  b, g, m, dh, hidden = 2, 2, 16, 8, 32
   rng = np.random.default_rng(0)
   f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
   q, k, v = f(b, g, side * side, dh), f(b, g, m, dh), f(b, g, m, dh)
@@ -40,3 +40,12 @@ def test_chunked_gradient_keeps_no_full_hidden_activation():
   assert ref > 2 * hidden_tensor  # the reference stores (B, G, N, M, hidden) activations
   assert chunked < ref / 4
   assert smaller_tiles < 0.75 * chunked
+
+
+def test_fused_gradient_keeps_bits_not_hidden_activations():
+  # What the fused backward keeps per (query, key) pair is the probability and one bit per hidden
+  # unit (4 + 4 bytes here, against 128 for one hidden activation): with 4x the queries and the
+  # same tile, its temporaries grow by far less than one hidden tensor would.
+  small, hidden_small = _temp_bytes("fused", 32, side=16)
+  large, hidden_large = _temp_bytes("fused", 32, side=32)
+  assert large - small < (hidden_large - hidden_small) / 8

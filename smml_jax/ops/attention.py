@@ -7,6 +7,8 @@ of B * G * N * M positions with 32-wide hidden activations. Two implementations 
 * `chunked`: walks over tiles of queries with `lax.map`, each tile under `jax.checkpoint`, so only
   one tile's activations are ever alive and the backward pass recomputes them instead of storing
   B * G * N * M * hidden floats.
+* `fused`: the same tiles, each with the hand-written backward pass of `fused_attention`, which
+  keeps the probabilities and one bit per hidden unit instead of recomputing the MLP.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from smml_jax.ops.cpb import CPBParams, relative_position_bias
+from smml_jax.ops.fused_attention import attend_tile
 
-IMPLEMENTATIONS = ("reference", "chunked")
+IMPLEMENTATIONS = ("reference", "chunked", "fused")
 
 
 def _attend_block(q, k, v, pos_q, pos_k, cpb_params, valid, dropout_rate, rng, softmax_dtype,
@@ -66,8 +69,9 @@ def cpb_attention(
     cpb_params: CPB MLP parameters.
     dropout_rate: attention-probability dropout (train mode only).
     dropout_rng: PRNG key; None disables dropout.
-    implementation: "reference" (materialised) or "chunked" (query tiles, rematerialised).
-    query_tile: queries per tile for "chunked".
+    implementation: "reference" (materialised), "chunked" (query tiles, rematerialised) or
+      "fused" (query tiles, hand-written backward).
+    query_tile: queries per tile for "chunked" and "fused".
     softmax_dtype: dtype of the logits entering the softmax (float32 under mixed precision).
     cpb_dtype: dtype of the CPB MLP's hidden layers (its distances and output stay float32).
 
@@ -79,10 +83,11 @@ def cpb_attention(
     raise ValueError(f"unknown attention implementation {implementation!r}; "
                      f"expected one of {IMPLEMENTATIONS}")
   n = q.shape[2]
-  if implementation == "reference" or n <= query_tile:
+  if implementation == "reference" or (implementation == "chunked" and n <= query_tile):
     return _attend_block(q, k, v, pos_q, pos_k, cpb_params, jnp.ones((n,), bool),
                          dropout_rate, dropout_rng, softmax_dtype, cpb_dtype)
 
+  query_tile = min(query_tile, n)
   n_tiles = -(-n // query_tile)
   pad = n_tiles * query_tile - n
   b, h, _, dh = q.shape
@@ -90,11 +95,21 @@ def cpb_attention(
   q_tiles = q_tiles.reshape(b, h, n_tiles, query_tile, dh).transpose(2, 0, 1, 3, 4)
   pos_tiles = jnp.pad(pos_q, ((0, pad), (0, 0))).reshape(n_tiles, query_tile, -1)
   valid_tiles = (jnp.arange(n_tiles * query_tile) < n).reshape(n_tiles, query_tile)
+  cpb_params = list(cpb_params)
 
-  @jax.checkpoint
-  def tile_fn(q_t, pos_t, valid_t, index, k, v, pos_k, cpb_params):
-    rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
-    return _attend_block(q_t, k, v, pos_t, pos_k, cpb_params, valid_t, dropout_rate, rng,
+  if implementation == "chunked":
+    @jax.checkpoint
+    def tile_fn(q_t, pos_t, valid_t, index, k, v, pos_k, cpb_params):
+      rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
+      return _attend_block(q_t, k, v, pos_t, pos_k, cpb_params, valid_t, dropout_rate, rng,
+                           softmax_dtype, cpb_dtype)
+  else:
+    def tile_fn(q_t, pos_t, valid_t, index, k, v, pos_k, cpb_params):
+      keep = None
+      if dropout_rng is not None and dropout_rate > 0.0:
+        keep = jax.random.bernoulli(jax.random.fold_in(dropout_rng, index), 1.0 - dropout_rate,
+                                    (b, h, query_tile, k.shape[2]))
+      return attend_tile(q_t, k, v, pos_t, pos_k, cpb_params, valid_t, keep, dropout_rate,
                          softmax_dtype, cpb_dtype)
 
   def body(xs):

@@ -46,21 +46,29 @@ def query_positions(side: int, ndim: int, geometry: str = "reference") -> jax.Ar
   return jnp.stack([cols.reshape(-1), rows.reshape(-1)], axis=-1)
 
 
+def dense_layer(h: jax.Array, layer: tuple[jax.Array, jax.Array]) -> jax.Array:
+  """h (P, fan_in) @ kernel + bias in h's dtype; fan-in <= 2 as broadcast multiply-adds.
+
+  XLA's CPU and GPU backends run a K = 1 or 2 contraction far slower than the equivalent
+  elementwise multiply-adds.
+  """
+  kernel, bias = layer
+  kernel = kernel.astype(h.dtype)
+  if kernel.shape[0] <= 2:
+    return bias.astype(h.dtype) + sum(h[:, d:d + 1] * kernel[d] for d in range(kernel.shape[0]))
+  return h @ kernel + bias.astype(h.dtype)
+
+
 def cpb_mlp(t: jax.Array, params: CPBParams) -> jax.Array:
   """The CPB MLP on transformed distances t (..., ndim) -> (..., heads_per_group).
 
-  Runs on a flat (positions, features) view: the first layer (fan-in 1 or 2) as broadcast
-  multiply-adds rather than a K = 2 matmul, the rest as plain 2D matmuls, which XLA's CPU and
-  GPU backends both run far faster than the same contraction over 5 batch dimensions.
+  Runs on a flat (positions, features) view as plain 2D matmuls, which XLA's CPU and GPU
+  backends both run far faster than the same contraction over 5 batch dimensions.
   """
   lead = t.shape[:-1]
   h = t.reshape(-1, t.shape[-1])
-  kernel0, bias0 = params[0]
-  kernel0 = kernel0.astype(h.dtype)
-  z = bias0.astype(h.dtype) + sum(h[:, d:d + 1] * kernel0[d] for d in range(h.shape[-1]))
-  h = jax.nn.relu(z) if len(params) > 1 else z
-  for i, (kernel, bias) in enumerate(params[1:], start=1):
-    h = h @ kernel.astype(h.dtype) + bias.astype(h.dtype)
+  for i, layer in enumerate(params):
+    h = dense_layer(h, layer)
     if i < len(params) - 1:
       h = jax.nn.relu(h)
   return h.reshape(*lead, h.shape[-1])
