@@ -38,8 +38,8 @@ class BenchConfig:
   n_genes_tumour: int = FULL_SHAPE["n_genes_tumour"]
   n_genes_micro: int = FULL_SHAPE["n_genes_micro"]
   num_classes: int = FULL_SHAPE["num_classes"]
-  attention_impl: str = "chunked"
-  query_tile: int = 256
+  attention_impl: str = "fused"
+  query_tile: int = 32
   sampler: str = "gather"
   compute_dtype: str = "float32"
   steps: int = 5
@@ -202,7 +202,8 @@ def _table(records: list[dict[str, Any]]) -> str:
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
-  p.add_argument("--impl", nargs="+", default=["chunked"], choices=["reference", "chunked"])
+  p.add_argument("--impl", nargs="+", default=["fused"],
+                 choices=["reference", "chunked", "fused"])
   p.add_argument("--query-tile", type=int, default=BenchConfig.query_tile)
   p.add_argument("--sampler", default=BenchConfig.sampler, choices=["gather", "matmul"])
   p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])

@@ -41,8 +41,8 @@ class DeformAttentionConfig:
   cpb_depth: int = 2
   dropout: float = 0.1
   cpb_geometry: str = "reference"  # or "consistent": see cpb.query_positions
-  attention_impl: str = "chunked"  # or "reference"
-  query_tile: int = 256
+  attention_impl: str = "fused"  # or "chunked", "reference": see ops/attention.py
+  query_tile: int = 32
   sampler: str = "gather"  # or "matmul"
 
   @classmethod

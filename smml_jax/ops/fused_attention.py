@@ -158,7 +158,8 @@ def _attend_tile_bwd(dropout_rate, softmax_dtype, cpb_dtype, residuals, cotangen
   x, prefix_vjp = _prefix_with_vjp(t_in, params[:-2])
   (w_h, b_h), (w_out, b_out) = params[-2], params[-1]
   mask = unpack_bits(bits, w_h.shape[1])
-  g_bias = _heads_to_pairs(g_logits, groups)  # (P, o) float32
+  # Materialised once: XLA would otherwise fuse the softmax backward into every hidden unit's use.
+  g_bias = jax.lax.optimization_barrier(_heads_to_pairs(g_logits, groups))  # (P, o) float32
   w_h32, w_out32 = w_h.astype(f32), w_out.astype(f32)
   g_w_h = jnp.zeros(w_h.shape, f32)
   g_w_out_cols, g_b_h, g_x = [], 0.0, 0.0
