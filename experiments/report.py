@@ -130,30 +130,63 @@ def sampling_geometry(outputs: Mapping[str, np.ndarray], grid_side: int) -> dict
 
 def region_concentrations(geometry: Mapping[str, Mapping[str, np.ndarray]],
                           outputs: Mapping[str, np.ndarray], grid_side: int) -> dict[str, float]:
-  """Sampling-point concentration of each branch on each planted region (chance = 1).
+  """Concentration of each branch's sampling on each planted region (chance = 1), with two nulls.
 
-  Returns {'<branch>_on_<region>': ratio of the sampling points, '<branch>_attention_on_<region>':
-  the same for the attention mass per patch, ..., 'micro_over_tumour_on_immune': ratio of the
-  point ratios} for the regions the cohort carries (`immune_mask`, `tumour_mask`).
+  For the regions the cohort carries (`immune_mask`, `tumour_mask`) and s in (tumour, micro):
+    '<s>_on_<region>': the sampling POINTS (each with its bilinear weights);
+    '<s>_attention_on_<region>': the ATTENTION MASS per patch (each point weighted by the mass
+      its key receives), i.e. where the branch looks, not only where its points sit;
+    'lattice_on_<region>': the undeformed lattice (offsets zero) on the same slides; it is not 1
+      because the lattice puts part of its mass on the grid's border rows/columns;
+    '<s>_on_<region>_mismatched', '<s>_attention_on_<region>_mismatched': each slide's points /
+      mass scored on the NEXT slide's region (needs >= 2 slides): what content-blind placement
+      (e.g. drifting off the border) gives with the same geometry;
+  and 'micro_over_tumour_on_immune' = micro_on_immune / tumour_on_immune.
   """
   from smml_jax.evaluate import interpret
   result: dict[str, float] = {}
+  if not geometry:
+    return result
   for region in ("immune", "tumour"):
     mask = outputs.get(f"{region}_mask")
-    if mask is None or not geometry:
+    if mask is None:
       continue
+    mask = np.asarray(mask, np.float64).reshape(len(mask), -1)
+    others = np.roll(mask, 1, axis=0) if len(mask) > 1 else None
     for s in ("tumour", "micro"):
-      result[f"{s}_on_{region}"] = interpret.region_concentration(geometry[s]["points"], mask,
-                                                                  grid_side)
-    for s in ("tumour", "micro"):  # where the attention goes, not only where points sit
-      mass = np.asarray(geometry[s]["patch_mass"], np.float64).reshape(len(mask), -1)
-      area = np.asarray(mask, np.float64).reshape(len(mask), -1)
-      chance = np.sum(mass.sum(axis=1) * area.mean(axis=1))
-      if chance > 0:
-        result[f"{s}_attention_on_{region}"] = float(np.sum(mass * area) / chance)
+      points = geometry[s]["points"]
+      result[f"{s}_on_{region}"] = interpret.region_concentration(points, mask, grid_side)
+      result[f"{s}_attention_on_{region}"] = interpret.mass_concentration(
+          geometry[s]["patch_mass"], mask)
+      if others is not None:
+        result[f"{s}_on_{region}_mismatched"] = interpret.region_concentration(points, others,
+                                                                               grid_side)
+        result[f"{s}_attention_on_{region}_mismatched"] = interpret.mass_concentration(
+            geometry[s]["patch_mass"], others)
+    batch, groups, m, _ = geometry["micro"]["points"].shape
+    side = int(round(m ** 0.5))
+    lattice = interpret.grid_points_to_pixels(interpret.lattice_grid(batch * groups, side),
+                                              grid_side, side, groups)
+    result[f"lattice_on_{region}"] = interpret.region_concentration(lattice, mask, grid_side)
   if "micro_on_immune" in result:
     result["micro_over_tumour_on_immune"] = result["micro_on_immune"] / result["tumour_on_immune"]
   return result
+
+
+def immune_sentence(concentration: Mapping[str, float]) -> str:
+  """One sentence with both immune-region measures of both branches and the lattice baseline."""
+  c = concentration
+  text = (f"Immune regions, chance = 1: microenvironment branch sampling points "
+          f"{c['micro_on_immune']:.3f}x, attention-weighted {c['micro_attention_on_immune']:.3f}x; "
+          f"tumour branch points {c['tumour_on_immune']:.3f}x, attention-weighted "
+          f"{c['tumour_attention_on_immune']:.3f}x; micro/tumour point ratio "
+          f"{c['micro_over_tumour_on_immune']:.3f}; undeformed lattice "
+          f"{c['lattice_on_immune']:.3f}x")
+  if "micro_on_immune_mismatched" in c:
+    text += (f"; micro points on another slide's immune regions "
+             f"{c['micro_on_immune_mismatched']:.3f}x (attention-weighted "
+             f"{c['micro_attention_on_immune_mismatched']:.3f}x)")
+  return text + "."
 
 
 def _slide_background(outputs: Mapping[str, np.ndarray], i: int, n: int) -> tuple[np.ndarray, str]:
@@ -314,12 +347,12 @@ def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOpt
     conc_tables = {}
     if concentration:
       text += ("\n\nRegion concentration = sampling mass inside a planted region / (mass on the "
-               "grid x the region's area fraction), pooled over slides; chance = 1.")
+               "grid x the region's area fraction), pooled over slides; chance = 1. `<branch>_on_` "
+               "counts the sampling points, `<branch>_attention_on_` weights each point by the "
+               "attention mass its key receives; `lattice_on_` is the undeformed lattice and "
+               "`_mismatched` scores each slide on another slide's region (content-blind nulls).")
       if "micro_over_tumour_on_immune" in concentration:
-        text += (f" **Microenvironment branch on immune regions: "
-                 f"{concentration['micro_on_immune']:.3f}x chance, tumour branch "
-                 f"{concentration['tumour_on_immune']:.3f}x; ratio "
-                 f"{concentration['micro_over_tumour_on_immune']:.3f}.**")
+        text += f" **{immune_sentence(concentration)}**"
       conc_tables["region concentration (chance = 1)"] = pd.DataFrame(
           [{"measure": k, "value": v} for k, v in concentration.items()])
     sections.append(_section("Sampling points and attention mass per slide", text, conc_tables,
@@ -397,8 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   conc = metrics.get("region_concentration", {})
   if "micro_over_tumour_on_immune" in conc:
-    print(f"immune-region concentration: micro {conc['micro_on_immune']:.3f}x chance, tumour "
-          f"{conc['tumour_on_immune']:.3f}x, ratio {conc['micro_over_tumour_on_immune']:.3f}")
+    print(immune_sentence(conc))
   return 0
 
 

@@ -206,3 +206,38 @@ def test_model_gene_attributions_on_a_flax_model(survival):
   np.testing.assert_array_equal(np.asarray(attr["genes_tumour"]), 0.0)
   with pytest.raises(ValueError, match="batch lacks"):
     interpret.model_gene_attributions(model.apply, variables, {"patches": batch["patches"]}, survival)
+
+
+def test_lattice_grid_is_the_attention_grid_without_offsets():
+  """With the offset projection zeroed, the module's grid is exactly `lattice_grid`."""
+  from smml_jax.models.deform_attention import DeformAttentionConfig, DeformCrossAttention
+  cfg = DeformAttentionConfig(heads=2, dim_head=4, offset_groups=2, cpb_hidden=4, dropout=0.0)
+  module = DeformCrossAttention(cfg)
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 8 * 8, 8))
+  params = module.init(jax.random.PRNGKey(1), x, x)["params"]
+  _, moved, _ = module.apply({"params": params}, x, x)
+  params = jax.tree_util.tree_map(jnp.asarray, params)  # a copy to edit
+  params["offset_proj"]["kernel"] = jnp.zeros_like(params["offset_proj"]["kernel"])
+  _, grid, _ = module.apply({"params": params}, x, x)
+  side = grid.shape[-1]
+  lattice = interpret.lattice_grid(grid.shape[0], side)
+  assert lattice.shape == grid.shape == (3 * 2, 2, side, side)
+  np.testing.assert_allclose(np.asarray(grid), lattice, atol=1e-6)
+  assert np.abs(np.asarray(moved) - lattice).max() > 1e-3  # the initial offsets do move points
+
+
+def test_mass_concentration_against_area():
+  n = 6
+  mask = np.zeros((2, n * n), bool)
+  mask[0, :9] = True  # area 1/4
+  mask[1, :18] = True  # area 1/2
+  uniform = np.full((2, n * n), 3.0)
+  assert interpret.mass_concentration(uniform, mask) == pytest.approx(1.0)
+  inside = uniform * mask  # all mass in the region of each slide
+  # (3*9 + 3*18) / (27 * 1/4 + 54 * 1/2) = 81 / 33.75
+  assert interpret.mass_concentration(inside, mask) == pytest.approx(81 / 33.75)
+  assert interpret.mass_concentration(inside, ~mask) == 0.0
+  with pytest.raises(ValueError, match="does not match"):
+    interpret.mass_concentration(uniform, mask[:, :10])
+  with pytest.raises(ValueError, match="undefined"):
+    interpret.mass_concentration(np.zeros_like(uniform), mask)

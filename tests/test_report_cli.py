@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html as html_lib
 import json
 
 import flax.linen as nn
@@ -66,11 +67,13 @@ def test_report_writes_every_output(survival_report):
   assert 0.0 <= metrics["cohort"]["time_dependent_auc"]["mean_auc"] <= 1.0
   conc = metrics["region_concentration"]
   for key in ("micro_on_immune", "tumour_on_immune", "micro_over_tumour_on_immune",
-              "micro_attention_on_immune", "tumour_attention_on_tumour"):
+              "micro_attention_on_immune", "tumour_attention_on_tumour", "lattice_on_immune",
+              "micro_on_immune_mismatched", "micro_attention_on_immune_mismatched"):
     assert np.isfinite(conc[key]) and conc[key] > 0
   assert conc["micro_over_tumour_on_immune"] == pytest.approx(
       conc["micro_on_immune"] / conc["tumour_on_immune"])
   assert f"{conc['micro_over_tumour_on_immune']:.3f}" in html
+  assert html_lib.escape(report_cli.immune_sentence(conc)) in html
 
 
 def test_report_gene_table_and_predictions(survival_report):
@@ -139,3 +142,56 @@ def test_planted_gene_ranks_first(tmp_path):
   np.testing.assert_allclose(tables["tumour"]["mean_abs_attribution"], 0.0, atol=1e-7)
   path = report_cli.gene_importance_csv(tables, tmp_path / "genes.csv")
   assert len(pd.read_csv(path)) == n_micro + n_tumour
+
+
+def test_region_concentrations_points_attention_and_nulls():
+  """Points half inside each slide's own immune region, attention mass on the inside half."""
+  from smml_jax.evaluate import interpret
+  n, groups, side, batch = 8, 2, 3, 3
+  m = side * side
+  rng = np.random.default_rng(0)
+  immune = np.zeros((batch, n, n), bool)
+  immune[0, :3, :3] = immune[1, 5:, 5:] = immune[2, :3, 5:] = True  # disjoint corners
+  tumour = np.zeros_like(immune)
+  tumour[:, 3:5, :] = True
+  points = np.zeros((batch, groups, m, 2), np.float32)
+  inside = np.zeros((batch, groups, m), bool)
+  inside[:, :, : m // 2 + 1] = True
+  for b in range(batch):
+    rows, cols = np.nonzero(immune[b])
+    pick = rng.integers(0, len(rows), size=(groups, m))
+    points[b, ..., 0], points[b, ..., 1] = rows[pick], cols[pick]
+    out_rows, out_cols = np.nonzero(~immune.any(0) & ~tumour[b])  # no slide's immune corner
+    pick = rng.integers(0, len(out_rows), size=(groups, m))
+    points[b, ..., 0] = np.where(inside[b], points[b, ..., 0], out_rows[pick])
+    points[b, ..., 1] = np.where(inside[b], points[b, ..., 1], out_cols[pick])
+  point_mass = np.where(inside, 10.0, 1.0).astype(np.float32)
+  entry = {"points": points, "point_mass": point_mass,
+           "patch_mass": np.asarray(interpret.patch_mass(points, point_mass, n))}
+  geometry = {"tumour": entry, "micro": entry}
+  outputs = {"immune_mask": immune.reshape(batch, -1), "tumour_mask": tumour.reshape(batch, -1)}
+  conc = report_cli.region_concentrations(geometry, outputs, n)
+
+  area = immune.reshape(batch, -1).mean(1)  # 9 / 64 each
+  share = (m // 2 + 1) / m
+  assert conc["micro_on_immune"] == pytest.approx(share / area.mean(), rel=1e-5)
+  weighted = 10 * (m // 2 + 1) / (10 * (m // 2 + 1) + (m - m // 2 - 1))
+  assert conc["micro_attention_on_immune"] == pytest.approx(weighted / area.mean(), rel=1e-5)
+  assert conc["micro_on_immune_mismatched"] == 0.0  # the other slides' corners are never sampled
+  assert conc["micro_attention_on_immune_mismatched"] == 0.0
+  assert conc["tumour_on_tumour"] == 0.0 and conc["micro_over_tumour_on_immune"] == 1.0
+  lattice = np.asarray(interpret.grid_points_to_pixels(
+      interpret.lattice_grid(batch * groups, side), n, side, groups))
+  assert conc["lattice_on_immune"] == pytest.approx(
+      interpret.region_concentration(lattice, immune, n))
+  assert conc["lattice_on_immune"] != pytest.approx(1.0, abs=1e-3)  # border points: not chance
+
+  sentence = report_cli.immune_sentence(conc)
+  for key in ("micro_on_immune", "micro_attention_on_immune", "tumour_on_immune",
+              "tumour_attention_on_immune", "lattice_on_immune", "micro_on_immune_mismatched"):
+    assert f"{conc[key]:.3f}x" in sentence, key
+  single = report_cli.region_concentrations(
+      {s: {k: v[:1] for k, v in entry.items()} for s in geometry},
+      {k: v[:1] for k, v in outputs.items()}, n)
+  assert "micro_on_immune_mismatched" not in single and "micro_on_immune" in single
+  assert "mismatched" not in report_cli.immune_sentence(single)

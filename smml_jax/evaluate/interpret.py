@@ -259,6 +259,41 @@ def patch_mass(points: Array, mass: Array, grid_side: int) -> Array:
   return bilinear_splat(points, mass, grid_side).reshape(batch, grid_side, grid_side)
 
 
+def lattice_grid(rows: int, offset_side: int) -> np.ndarray:
+  """The undeformed sampling lattice (all offsets zero) in the layout of `ModelOutput.grid_*`.
+
+  Returns:
+    (rows, 2, S, S) float32: channel 0 = x (column index ox), channel 1 = y (row index oy), the
+    base grid the deformable attention adds its offsets to.
+  """
+  oy, ox = np.meshgrid(np.arange(offset_side), np.arange(offset_side), indexing="ij")
+  return np.broadcast_to(np.stack([ox, oy]).astype(np.float32),
+                         (rows, 2, offset_side, offset_side)).copy()
+
+
+def mass_concentration(mass: Array, region_mask: Array) -> float:
+  """How much more of a per-patch mass lies in a region than its area predicts (chance = 1.0).
+
+  Pooled over the batch: sum(mass in the region) / sum_b(mass of slide b * region area fraction
+  of slide b), so each slide's chance level uses its own region's area.
+
+  Args:
+    mass: (B, n * n) or (B, n, n) non-negative mass per patch (sampling density, attention mass).
+    region_mask: the same shape, boolean / {0, 1} region per slide, row-major.
+  """
+  mass = np.asarray(mass, np.float64)
+  mask = np.asarray(region_mask, np.float64)
+  if mass.ndim not in (2, 3) or mask.size != mass.size or mask.shape[0] != mass.shape[0]:
+    raise ValueError(f"mass_concentration: region_mask {mask.shape} does not match the per-patch "
+                     f"mass {mass.shape}; expected (B, n * n) or (B, n, n) for both")
+  mass, mask = mass.reshape(len(mass), -1), mask.reshape(len(mask), -1)
+  chance = np.sum(mass.sum(axis=1) * mask.mean(axis=1))
+  if chance <= 0:
+    raise ValueError("mass_concentration: no mass inside the grid on any slide with a non-empty "
+                     "region; the ratio is undefined")
+  return float(np.sum(mass * mask) / chance)
+
+
 def region_concentration(points: Array, region_mask: Array, grid_side: int) -> float:
   """How much more often sampling points land in a region than chance (chance = 1.0).
 
@@ -276,15 +311,12 @@ def region_concentration(points: Array, region_mask: Array, grid_side: int) -> f
   if mask.shape not in ((batch, grid_side * grid_side), (batch, grid_side, grid_side)):
     raise ValueError(f"region_concentration: region_mask must be ({batch}, {grid_side * grid_side}) or "
                      f"({batch}, {grid_side}, {grid_side}), got {mask.shape}")
-  mask = mask.reshape(batch, -1)
-  density = np.asarray(bilinear_splat(points, jnp.ones(np.asarray(points).shape[:-1]), grid_side),
-                       np.float64)
-  in_region = np.sum(density * mask)
-  chance = np.sum(density.sum(axis=1) * mask.mean(axis=1))
-  if chance <= 0:
+  density = bilinear_splat(points, jnp.ones(np.asarray(points).shape[:-1]), grid_side)
+  try:
+    return mass_concentration(density, mask.reshape(batch, -1))
+  except ValueError:
     raise ValueError("region_concentration: no sampling mass inside the grid on any slide with a "
-                     "non-empty region; the ratio is undefined")
-  return float(in_region / chance)
+                     "non-empty region; the ratio is undefined") from None
 
 
 # ----------------------------------------------------------------------------- gene ranking
