@@ -10,7 +10,9 @@ with the log-rank p-value and the time-dependent AUC (survival); the training cu
 metrics.jsonl; report_metrics.json; and one self-contained report.html.
 
 When the cohort has planted regions (the synthetic cohort's `immune_mask`), it measures how much
-more often each branch's sampling points land in them than chance (`region_concentration`).
+more often each branch's sampling points land in them than chance, and how much more of its
+attention mass does (`region_concentrations`), beside two content-blind nulls: the undeformed
+lattice and the same points scored on another slide's regions.
 """
 
 from __future__ import annotations
