@@ -39,7 +39,7 @@ class BenchConfig:
   n_genes_micro: int = FULL_SHAPE["n_genes_micro"]
   num_classes: int = FULL_SHAPE["num_classes"]
   attention_impl: str = "fused"
-  query_tile: int = 32
+  query_tile: int = 0  # 0: the model's default, tiles of about `tile_pairs` (query, key) pairs
   sampler: str = "gather"
   compute_dtype: str = "float32"
   steps: int = 5
@@ -91,6 +91,15 @@ def build(cfg: BenchConfig):
   train_step = make_train_step(spec, tx, loss_cfg)
   forward = jax.jit(lambda p, x: spec.module.apply({"params": p}, x, train=False).logits)
   return spec, train_step, forward, state, batch
+
+
+def _effective_tile(cfg: BenchConfig) -> int:
+  """Queries per attention tile the model uses for this configuration."""
+  from smml_jax.models.deform_attention import DeformAttentionConfig, offset_grid_side
+  attn = DeformAttentionConfig(query_tile=cfg.query_tile)
+  side = int(round(cfg.n_patches**0.5))
+  keys = offset_grid_side(side, attn.offset_kernel, attn.downsample)**attn.ndim
+  return attn.tile_for(cfg.batch * attn.offset_groups, keys)
 
 
 def _rss_mb() -> float:
@@ -148,7 +157,7 @@ def measure(cfg: BenchConfig) -> dict[str, Any]:
   return {
       "batch": cfg.batch,
       "attention_impl": cfg.attention_impl,
-      "query_tile": cfg.query_tile,
+      "query_tile": _effective_tile(cfg),
       "sampler": cfg.sampler,
       "compute_dtype": cfg.compute_dtype,
       "step_s_median": step_s,

@@ -42,8 +42,16 @@ class DeformAttentionConfig:
   dropout: float = 0.1
   cpb_geometry: str = "reference"  # or "consistent": see cpb.query_positions
   attention_impl: str = "fused"  # or "chunked", "reference": see ops/attention.py
-  query_tile: int = 32
+  # Queries per attention tile; 0 sizes tiles to about `tile_pairs` (query, key) pairs of the
+  # batch (at least 16 queries), which keeps a tile's (pairs, cpb_hidden) workspace cache-sized
+  # (benchmarks/RESULTS.md: tile size against batch size).
+  query_tile: int = 0
+  tile_pairs: int = 73_728
   sampler: str = "gather"  # or "matmul"
+
+  def tile_for(self, rows: int, keys: int) -> int:
+    """Queries per tile for `rows` = B * G offset-group rows attending to `keys` sampled keys."""
+    return self.query_tile or max(16, self.tile_pairs // (rows * keys))
 
   @classmethod
   def original_1d(cls, **overrides) -> "DeformAttentionConfig":
@@ -153,7 +161,7 @@ class DeformCrossAttention(nn.Module):
     out, key_mass = cpb_attention(
         heads(q), heads(k), heads(v), pos_q, pos_k, self._cpb_params(),
         dropout_rate=cfg.dropout, dropout_rng=dropout_rng, implementation=cfg.attention_impl,
-        query_tile=cfg.query_tile, cpb_dtype=self.dtype)
+        query_tile=cfg.tile_for(b * g, m), cpb_dtype=self.dtype)
     out = out.transpose(0, 2, 1, 3).reshape(b, n, inner)
     out = TorchDense(c, dtype=self.dtype, name="to_out")(out)
     grid = jnp.moveaxis(vgrid, -1, 1)  # (B*G, ndim, *lattice), the original's layout
