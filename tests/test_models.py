@@ -212,3 +212,11 @@ def _torch_shape(rule, flax_shape):
   if t is convert._depthwise:
     return (flax_shape[-1], 1, *flax_shape[:-2])
   return flax_shape
+
+
+def test_attention_tile_is_sized_by_pairs_unless_given():
+  cfg = DeformAttentionConfig()
+  assert cfg.tile_for(rows=2 * 8, keys=144) == 32  # 73 728 pairs at the full shape, batch 2
+  assert cfg.tile_for(rows=1 * 8, keys=144) == 64
+  assert cfg.tile_for(rows=64 * 8, keys=144) == 16  # floor
+  assert DeformAttentionConfig(query_tile=24).tile_for(rows=16, keys=144) == 24
