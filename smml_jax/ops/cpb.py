@@ -89,7 +89,21 @@ def relative_position_bias(pos_q: jax.Array, pos_k: jax.Array, params: CPBParams
     (B, G * o, T, M) bias in `compute_dtype`, head h = g * o + j (group-major), as the
     original's rearrange.
   """
+  delta, t = pair_inputs(pos_q, pos_k, compute_dtype)
+  b, g, n, m, _ = delta.shape
+  return bias_to_heads(cpb_mlp(t, params), (b, g, n, m))
+
+
+def pair_inputs(pos_q: jax.Array, pos_k: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+  """delta = pos_q - pos_k (B, G, T, M, D) in float32 and the MLP input sign_log(delta) as a flat
+  (P, D) array in `dtype`, P = B * G * T * M."""
   delta = pos_q[None, None, :, None, :] - pos_k[:, :, None, :, :]
-  bias = cpb_mlp(sign_log(delta).astype(compute_dtype), params)  # (B, G, T, M, o)
-  b, g, t, m, o = bias.shape
-  return jnp.transpose(bias, (0, 1, 4, 2, 3)).reshape(b, g * o, t, m)
+  return delta, sign_log(delta).astype(dtype).reshape(-1, delta.shape[-1])
+
+
+def bias_to_heads(bias: jax.Array, lead: tuple[int, int, int, int]) -> jax.Array:
+  """(P, o) MLP outputs -> (B, G * o, T, M), head h = g * o + j (group-major), as the original's
+  rearrange; lead = (B, G, T, M)."""
+  b, g, t, m = lead
+  o = bias.shape[-1]
+  return bias.reshape(b, g, t, m, o).transpose(0, 1, 4, 2, 3).reshape(b, g * o, t, m)

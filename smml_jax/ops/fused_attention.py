@@ -24,7 +24,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from smml_jax.ops.cpb import CPBParams, dense_layer, sign_log
+from smml_jax.ops.cpb import CPBParams, bias_to_heads, dense_layer, pair_inputs
 
 
 def pack_bits(mask: jax.Array) -> jax.Array:
@@ -51,37 +51,31 @@ def _prefix(t: jax.Array, params: CPBParams) -> jax.Array:
 
 
 def _prefix_with_vjp(t: jax.Array, params: CPBParams):
-  """`_prefix` and its pullback; the original's single broadcast first layer written out."""
-  if len(params) != 1 or params[0][0].shape[0] > 2:
-    return jax.vjp(_prefix, t, params)
-  kernel, bias = params[0]
-  z = dense_layer(t, params[0])
+  """`_prefix` (recomputed) and its pullback g_x -> (g_t, [(g_kernel, g_bias), ...]), written out:
+  autodiff of the broadcast first layer makes one pass over the (P, W) cotangent per input
+  feature and output, where one where-and-contract per layer is enough."""
+  inputs, pre_activations = [], []
+  for layer in params:
+    inputs.append(t)
+    pre_activations.append(dense_layer(t, layer))
+    t = jax.nn.relu(pre_activations[-1])
 
-  def pullback(g_x):
-    g_z = jnp.where(z > 0, g_x, 0.0)
-    g_kernel = jnp.einsum("pd,pi->di", t, g_z, preferred_element_type=jnp.float32)
-    g_bias = jnp.sum(g_z, axis=0, dtype=jnp.float32)
-    g_t = jnp.einsum("pi,di->pd", g_z, kernel.astype(g_z.dtype), preferred_element_type=jnp.float32)
-    return g_t, [(g_kernel.astype(kernel.dtype), g_bias.astype(bias.dtype))]
+  def pullback(g):
+    grads = []
+    for x, z, (kernel, bias) in reversed(list(zip(inputs, pre_activations, params))):
+      g_z = jnp.where(z > 0, g, 0.0)
+      g_kernel = jnp.einsum("pd,pi->di", x, g_z, preferred_element_type=jnp.float32)
+      g_bias = jnp.sum(g_z, axis=0, dtype=jnp.float32)
+      grads.append((g_kernel.astype(kernel.dtype), g_bias.astype(bias.dtype)))
+      g = jnp.einsum("pi,di->pd", g_z, kernel.astype(g_z.dtype),
+                     preferred_element_type=jnp.float32).astype(x.dtype)
+    return g, grads[::-1]
 
-  return jax.nn.relu(z), pullback
-
-
-def _pair_inputs(pos_q, pos_k, dtype):
-  """delta (B, G, T, M, D) float32 and the MLP input sign_log(delta) as (P, D) in `dtype`."""
-  delta = pos_q[None, None, :, None, :] - pos_k[:, :, None, :, :]
-  return delta, sign_log(delta).astype(dtype).reshape(-1, delta.shape[-1])
-
-
-def _bias_to_heads(bias: jax.Array, lead: tuple[int, ...]) -> jax.Array:
-  """(P, o) -> (B, G * o, T, M), head h = g * o + j as in `relative_position_bias`."""
-  b, g, t, m = lead
-  o = bias.shape[-1]
-  return bias.reshape(b, g, t, m, o).transpose(0, 1, 4, 2, 3).reshape(b, g * o, t, m)
+  return t, pullback
 
 
 def _heads_to_pairs(g_bias: jax.Array, groups: int) -> jax.Array:
-  """Inverse layout of `_bias_to_heads`: (B, G * o, T, M) -> (P, o)."""
+  """Inverse layout of `cpb.bias_to_heads`: (B, G * o, T, M) -> (P, o)."""
   b, h, t, m = g_bias.shape
   o = h // groups
   return g_bias.reshape(b, groups, o, t, m).transpose(0, 1, 3, 4, 2).reshape(-1, o)
@@ -89,12 +83,12 @@ def _heads_to_pairs(g_bias: jax.Array, groups: int) -> jax.Array:
 
 def _forward(q, k, v, pos_q, pos_k, params, valid, keep, dropout_rate, softmax_dtype, cpb_dtype):
   b, g, m, _ = pos_k.shape
-  _, t_in = _pair_inputs(pos_q, pos_k, cpb_dtype)
+  _, t_in = pair_inputs(pos_q, pos_k, cpb_dtype)
   x = _prefix(t_in, params[:-2])
   z = dense_layer(x, params[-2])
   mask = z > 0
   bias = dense_layer(jnp.where(mask, z, 0), params[-1])
-  bias = _bias_to_heads(bias, (b, g, q.shape[2], m))
+  bias = bias_to_heads(bias, (b, g, q.shape[2], m))
   sim = jnp.einsum("bhtd,bhmd->bhtm", q, k, preferred_element_type=softmax_dtype)
   attn = jax.nn.softmax(sim + bias.astype(softmax_dtype), axis=-1)
   mass = jnp.einsum("bhtm,t->bhm", attn, valid.astype(attn.dtype))
@@ -154,7 +148,7 @@ def _attend_tile_bwd(dropout_rate, softmax_dtype, cpb_dtype, residuals, cotangen
   g_k = jnp.einsum("bhtm,bhtd->bhmd", g_logits.astype(q.dtype), q, preferred_element_type=f32)
 
   # CPB: bias = W_out^T relu(x W_h + b_h) + b_out, x = prefix(sign_log(delta)).
-  delta, t_in = _pair_inputs(pos_q, pos_k, cpb_dtype)
+  delta, t_in = pair_inputs(pos_q, pos_k, cpb_dtype)
   x, prefix_vjp = _prefix_with_vjp(t_in, params[:-2])
   (w_h, b_h), (w_out, b_out) = params[-2], params[-1]
   mask = unpack_bits(bits, w_h.shape[1])
@@ -183,9 +177,7 @@ def _attend_tile_bwd(dropout_rate, softmax_dtype, cpb_dtype, residuals, cotangen
   g_pos_q = jnp.sum(g_delta, axis=(0, 1, 3))
   g_pos_k = -jnp.sum(g_delta, axis=2)
 
-  g_params = [tuple(gp.astype(p.dtype) for gp, p in zip(layer_g, layer))
-              for layer_g, layer in zip(g_prefix, params[:-2])]
-  g_params += [(g_w_h.astype(w_h.dtype), g_b_h.astype(b_h.dtype)),
+  g_params = g_prefix + [(g_w_h.astype(w_h.dtype), g_b_h.astype(b_h.dtype)),
                (g_w_out.astype(w_out.dtype), g_b_out.astype(b_out.dtype))]
   g_params = type(params)(g_params) if isinstance(params, (list, tuple)) else g_params
   return (g_q.astype(q.dtype), g_k.astype(k.dtype), g_v.astype(v.dtype),
