@@ -38,7 +38,7 @@ class BenchConfig:
   n_genes_tumour: int = FULL_SHAPE["n_genes_tumour"]
   n_genes_micro: int = FULL_SHAPE["n_genes_micro"]
   num_classes: int = FULL_SHAPE["num_classes"]
-  attention_impl: str = "fused"
+  attention_impl: str = "auto"
   query_tile: int = 0  # 0: the model's default, tiles of about `tile_pairs` (query, key) pairs
   sampler: str = "gather"
   compute_dtype: str = "float32"
@@ -211,8 +211,8 @@ def _table(records: list[dict[str, Any]]) -> str:
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
-  p.add_argument("--impl", nargs="+", default=["fused"],
-                 choices=["reference", "chunked", "fused"])
+  p.add_argument("--impl", nargs="+", default=["auto"],
+                 choices=["auto", "reference", "chunked", "fused", "native"])
   p.add_argument("--query-tile", type=int, default=BenchConfig.query_tile)
   p.add_argument("--sampler", default=BenchConfig.sampler, choices=["gather", "matmul"])
   p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])

@@ -1,4 +1,4 @@
-"""cpb_attention: chunked and fused paths equal the reference; mixed precision keeps float32 where it must."""
+"""cpb_attention: chunked, fused and native paths equal the reference; mixed precision keeps float32 where it must."""
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +57,27 @@ def test_fused_equals_reference_values_and_gradients(query_tile, heads_per_group
   want = _loss("reference", pos_q, query_tile)(q, k, v, pos_k, params)
   _assert_same_values_and_gradients(_loss("fused", pos_q, query_tile)(q, k, v, pos_k, params),
                                     want)
+
+
+@pytest.mark.parametrize("hidden", [(8, 8), (16, 16), (24, 24), (32, 32)])
+def test_native_equals_reference_values_and_gradients(hidden):
+  q, k, v, pos_q, pos_k, params = _inputs(heads_per_group=1, hidden=hidden)
+  want = _loss("reference", pos_q, 36)(q, k, v, pos_k, params)
+  _assert_same_values_and_gradients(_loss("native", pos_q, 36)(q, k, v, pos_k, params), want)
+
+
+@pytest.mark.parametrize("heads_per_group,hidden,dtype", [
+    (2, (8, 8), jnp.float32), (1, (40, 40), jnp.float32), (1, (8, 6, 8), jnp.float32),
+    (1, (8, 8), jnp.bfloat16)])
+def test_native_refuses_what_it_does_not_implement_and_auto_falls_back(heads_per_group, hidden,
+                                                                       dtype):
+  q, k, v, pos_q, pos_k, params = _inputs(heads_per_group=heads_per_group, hidden=hidden)
+  with pytest.raises(ValueError, match="native"):
+    cpb_attention(q, k, v, pos_q, pos_k, params, implementation="native", cpb_dtype=dtype)
+  got, _ = cpb_attention(q, k, v, pos_q, pos_k, params, implementation="auto", cpb_dtype=dtype)
+  want, _ = cpb_attention(q, k, v, pos_q, pos_k, params, implementation="fused", query_tile=256,
+                          cpb_dtype=dtype)
+  np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
 
 
 def test_fused_equals_chunked_with_attention_dropout():

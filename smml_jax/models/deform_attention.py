@@ -41,7 +41,7 @@ class DeformAttentionConfig:
   cpb_depth: int = 2
   dropout: float = 0.1
   cpb_geometry: str = "reference"  # or "consistent": see cpb.query_positions
-  attention_impl: str = "fused"  # or "chunked", "reference": see ops/attention.py
+  attention_impl: str = "auto"  # or "native", "fused", "chunked", "reference": ops/attention.py
   # Queries per attention tile; 0 sizes tiles to about `tile_pairs` (query, key) pairs of the
   # batch (at least 16 queries), which keeps a tile's (pairs, cpb_hidden) workspace cache-sized
   # (benchmarks/RESULTS.md: tile size against batch size).

@@ -9,6 +9,10 @@ of B * G * N * M positions with 32-wide hidden activations. Two implementations 
   B * G * N * M * hidden floats.
 * `fused`: the same tiles, each with the hand-written backward pass of `fused_attention`, which
   keeps the probabilities and one bit per hidden unit instead of recomputing the MLP.
+* `native`: the bias from the CPU kernels of `native_cpb` (the MLP never leaves registers and L1;
+  one bit per hidden unit kept), the attention around it in XLA over all queries at once.
+* `auto`: `native` where it is available (CPU backend, the original's MLP shape, float32, a C++
+  compiler), else `fused`.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from smml_jax.ops import native_cpb
 from smml_jax.ops.cpb import CPBParams, relative_position_bias
 from smml_jax.ops.fused_attention import attend_tile
 
-IMPLEMENTATIONS = ("reference", "chunked", "fused")
+IMPLEMENTATIONS = ("auto", "reference", "chunked", "fused", "native")
 
 
 def _attend_block(q, k, v, pos_q, pos_k, cpb_params, valid, dropout_rate, rng, softmax_dtype,
@@ -30,11 +35,16 @@ def _attend_block(q, k, v, pos_q, pos_k, cpb_params, valid, dropout_rate, rng, s
 
   q (B, H, T, Dh), k/v (B, H, M, Dh), pos_q (T, D), pos_k (B, G, M, D), valid (T,) bool.
   Returns out (B, H, T, Dh) and the attention mass per key summed over valid queries (B, H, M).
-  The logits q.k are accumulated in `softmax_dtype` and the bias is added in it, so with bf16
-  q/k only the matmul inputs are rounded.
   """
-  sim = jnp.einsum("bhtd,bhmd->bhtm", q, k, preferred_element_type=softmax_dtype)
   bias = relative_position_bias(pos_q, pos_k, cpb_params, compute_dtype=cpb_dtype)
+  return _attend_with_bias(q, k, v, bias, valid, dropout_rate, rng, softmax_dtype)
+
+
+def _attend_with_bias(q, k, v, bias, valid, dropout_rate, rng, softmax_dtype):
+  """softmax(q k^T + bias) v and the key mass, bias (B, H, T, M). The logits q.k are accumulated
+  in `softmax_dtype` and the bias is added in it, so with bf16 q/k only the matmul inputs are
+  rounded."""
+  sim = jnp.einsum("bhtd,bhmd->bhtm", q, k, preferred_element_type=softmax_dtype)
   attn = jax.nn.softmax(sim + bias.astype(softmax_dtype), axis=-1)
   mass = jnp.einsum("bhtm,t->bhm", attn, valid.astype(attn.dtype))
   if rng is not None and dropout_rate > 0.0:
@@ -69,8 +79,9 @@ def cpb_attention(
     cpb_params: CPB MLP parameters.
     dropout_rate: attention-probability dropout (train mode only).
     dropout_rng: PRNG key; None disables dropout.
-    implementation: "reference" (materialised), "chunked" (query tiles, rematerialised) or
-      "fused" (query tiles, hand-written backward).
+    implementation: "reference" (materialised), "chunked" (query tiles, rematerialised),
+      "fused" (query tiles, hand-written backward), "native" (CPU kernels for the bias) or
+      "auto" ("native" where available, else "fused").
     query_tile: queries per tile for "chunked" and "fused".
     softmax_dtype: dtype of the logits entering the softmax (float32 under mixed precision).
     cpb_dtype: dtype of the CPB MLP's hidden layers (its distances and output stay float32).
@@ -82,7 +93,16 @@ def cpb_attention(
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention implementation {implementation!r}; "
                      f"expected one of {IMPLEMENTATIONS}")
+  if implementation == "auto":
+    implementation = "native" if native_cpb.available(cpb_params, cpb_dtype) else "fused"
   n = q.shape[2]
+  if implementation == "native":
+    if not native_cpb.available(cpb_params, cpb_dtype):
+      raise ValueError("attention implementation 'native' is unavailable: "
+                       + native_cpb.why_unavailable(cpb_params, cpb_dtype))
+    bias = native_cpb.relative_position_bias(pos_q, pos_k, list(cpb_params))
+    return _attend_with_bias(q, k, v, bias, jnp.ones((n,), bool), dropout_rate, dropout_rng,
+                             softmax_dtype)
   if implementation == "reference" or (implementation == "chunked" and n <= query_tile):
     return _attend_block(q, k, v, pos_q, pos_k, cpb_params, jnp.ones((n,), bool),
                          dropout_rate, dropout_rng, softmax_dtype, cpb_dtype)

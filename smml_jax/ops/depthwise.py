@@ -4,13 +4,22 @@ XLA's CPU backend runs grouped convolutions (feature_group_count = channels) and
 gradients slowly, and a sum of kernel_size^ndim strided slices has a gradient of as many pads
 that XLA fuses into one slow loop. Here the offset network's 6 x 6 stride-4 depthwise conv is
 two small contractions per spatial dim with constant 0/1 selection matrices (which also apply
-the zero padding): a few MFLOP, and the gradient is matmuls too.
+the zero padding): a few MFLOP, and the gradient is matmuls too. On the CPU the 2D case runs in
+the native kernel of `ops/native/depthwise.cc` instead, where the selection form spends most of its
+time transposing its (B, OH, KH, W, C) intermediate.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from smml_jax.ops import native
+
+IMPLEMENTATIONS = ("auto", "selection", "native")
 
 
 def _selection(size: int, out: int, ksize: int, stride: int, padding: int, dtype) -> jax.Array:
@@ -21,8 +30,47 @@ def _selection(size: int, out: int, ksize: int, stride: int, padding: int, dtype
   return (h == stride * o + a - padding).astype(dtype)
 
 
+def native_available(x: jax.Array) -> bool:
+  """True when the native kernel runs this conv: 2D, float32, CPU backend, kernels built."""
+  return (x.ndim == 4 and x.dtype == jnp.float32 and jax.default_backend() == "cpu"
+          and native.load())
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _native_conv2d(x, kernel, bias, stride, padding):
+  return _native_forward(x, kernel, bias, stride, padding)
+
+
+def _native_forward(x, kernel, bias, stride, padding):
+  b, h, w, c = x.shape
+  kh, kw = kernel.shape[:2]
+  out = jax.ShapeDtypeStruct((b, (h + 2 * padding - kh) // stride + 1,
+                              (w + 2 * padding - kw) // stride + 1, c), jnp.float32)
+  return jax.ffi.ffi_call(native.DEPTHWISE_FORWARD_TARGET, out, vmap_method="sequential")(
+      x, kernel.reshape(kh, kw, c), bias, stride=np.int64(stride), padding=np.int64(padding))
+
+
+def _native_fwd(x, kernel, bias, stride, padding):
+  return _native_forward(x, kernel, bias, stride, padding), (x, kernel)
+
+
+def _native_bwd(stride, padding, residuals, g):
+  x, kernel = residuals
+  kh, kw, c = kernel.shape[0], kernel.shape[1], x.shape[-1]
+  shapes = (jax.ShapeDtypeStruct(x.shape, jnp.float32),
+            jax.ShapeDtypeStruct((kh, kw, c), jnp.float32), jax.ShapeDtypeStruct((c,), jnp.float32))
+  g_x, g_kernel, g_bias = jax.ffi.ffi_call(
+      native.DEPTHWISE_BACKWARD_TARGET, shapes, vmap_method="sequential")(
+          x, kernel.reshape(kh, kw, c), g.astype(jnp.float32), stride=np.int64(stride),
+          padding=np.int64(padding))
+  return g_x, g_kernel.reshape(kernel.shape), g_bias
+
+
+_native_conv2d.defvjp(_native_fwd, _native_bwd)
+
+
 def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int,
-                   padding: int) -> jax.Array:
+                   padding: int, implementation: str = "auto") -> jax.Array:
   """Cross-correlation of each channel with its own filter, zero padding, channel-last.
 
   Args:
@@ -30,11 +78,23 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int
     kernel: (*kernel_size, 1, C) (Flax HWIO layout with one input channel per group).
     bias: (C,).
     stride, padding: the same on every spatial dim.
+    implementation: "selection" (the matmuls, any backend), "native" (the CPU kernel; 2D float32)
+      or "auto" ("native" where it runs, else "selection").
 
   Returns:
     (B, *out, C) with out = (size + 2 * padding - k) // stride + 1, equal to
     `lax.conv_general_dilated(..., feature_group_count=C)`.
   """
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown depthwise implementation {implementation!r}; "
+                     f"expected one of {IMPLEMENTATIONS}")
+  if implementation == "native" or (implementation == "auto" and native_available(x)):
+    if not native_available(x):
+      raise ValueError("native depthwise conv needs a 2D float32 input on the CPU backend and the "
+                       f"built kernels; got x {x.shape} {x.dtype} on {jax.default_backend()} "
+                       f"({native.unavailable_reason() or 'kernels built'})")
+    return _native_conv2d(x, kernel.astype(jnp.float32), bias.astype(jnp.float32), stride,
+                          padding)
   ndim = x.ndim - 2
   ksize = kernel.shape[:ndim]
   w = kernel.reshape(*ksize, kernel.shape[-1]).astype(x.dtype)
