@@ -71,6 +71,24 @@ def test_native_bias_matches_reference_and_is_closer_to_float64(b, g, side, m, d
     assert native_err <= max(2 * xla_err, 2e-6)  # no worse than XLA's float32 beyond rounding
 
 
+def test_native_bias_with_four_coordinates_and_many_activation_regions():
+  # D = 4 inputs and a first layer spread over the inputs' range: these 16 384 pairs fall in
+  # ~3 300 first-layer activation regions, more than the kernel's per-item region cache holds
+  # (1 536), so the later blocks take the register-tiled product path instead.
+  rng = np.random.default_rng(4)
+  pos_q = jnp.asarray(rng.uniform(-3, 3, size=(1024, 4)), jnp.float32)
+  pos_k = jnp.asarray(rng.uniform(-3, 3, size=(1, 1, 16, 4)), jnp.float32)
+  params = _cpb_params(4, 32, seed=4)
+  params[0] = (params[0][0] / 0.7, params[0][1] * 10.0)  # w1 ~ N(0, 1), b1 ~ N(0, 1)
+  cotangent = jnp.asarray(rng.normal(size=(1, 1, 1024, 16)), jnp.float32)
+  np.testing.assert_allclose(native_cpb.relative_position_bias(pos_q, pos_k, params),
+                             relative_position_bias(pos_q, pos_k, params), rtol=1e-5, atol=1e-5)
+  got = _value_and_grads(native_cpb.relative_position_bias, pos_q, pos_k, params, cotangent)[1]
+  want = _value_and_grads(relative_position_bias, pos_q, pos_k, params, cotangent)[1]
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert float(jnp.max(jnp.abs(a - b))) <= 1e-5 * float(jnp.max(jnp.abs(b))) + 1e-6
+
+
 def test_native_bias_is_deterministic():
   pos_q, pos_k, params, cotangent = _bias_case(2, 8, 10, 144, 2, 32)
   grad = jax.jit(lambda a, b, c: _value_and_grads(native_cpb.relative_position_bias, a, b, c,

@@ -240,31 +240,134 @@ inline void PairInputs(const float* query, const float* keys, int m, float* t, f
 #endif
 }
 
+#if SMML_AVX2
+// The second layer as an affine map of t within each activation region of the first.
+//
+// Layer 1 is affine in t (D inputs), so its ReLU pattern S (a W-bit mask) cuts t-space into
+// regions, at most 1 + W + W (W - 1) / 2 = 529 of them for D = 2, W = 32, and within one
+//   z2 = W2^T (S * (t W1 + b1)) + b2 = sum_k t_k (W2^T (S * W1[k])) + (W2^T (S * b1) + b2).
+// The cache keeps these D + 1 vectors per pattern met, so a pair costs D + 1 FMAs per 8 units of
+// layer 2 instead of W: the same function, rounded differently (reassociated sums).
+template <int W, int D>
+class RegionCache {
+ public:
+  static constexpr int kSlots = 2048;  // open addressing, power of two
+  static constexpr int kCapacity = 1536;
+
+  void Clear() {
+    std::memset(used_, 0, sizeof(used_));
+    size_ = 0;
+  }
+
+  // The (D + 1, W) coefficients of pattern `mask`, or nullptr when the cache is full.
+  const float (*Find(const Weights<W>& w, uint32_t mask))[W] {
+    uint32_t slot = (mask * 0x9E3779B1u) >> (32 - 11);
+    for (;; slot = (slot + 1) & (kSlots - 1)) {
+      if (!used_[slot]) break;
+      if (keys_[slot] == mask) return coef_[index_[slot]];
+    }
+    if (size_ == kCapacity) return nullptr;
+    used_[slot] = 1;
+    keys_[slot] = mask;
+    index_[slot] = size_;
+    Fill(w, mask, coef_[size_]);
+    return coef_[size_++];
+  }
+
+ private:
+  static void Fill(const Weights<W>& w, uint32_t mask, float (*coef)[W]) {
+    constexpr int NV = W / kLanes;
+    __m256 acc[D + 1][NV];
+    for (int v = 0; v < NV; ++v) {
+      for (int k = 0; k < D; ++k) acc[k][v] = _mm256_setzero_ps();
+      acc[D][v] = _mm256_load_ps(w.b2 + v * kLanes);
+    }
+    for (int i = 0; i < W; ++i) {
+      if (!((mask >> i) & 1u)) continue;
+      for (int v = 0; v < NV; ++v) {
+        const __m256 row = _mm256_load_ps(&w.w2[i][v * kLanes]);
+        for (int k = 0; k < D; ++k)
+          acc[k][v] = _mm256_fmadd_ps(_mm256_set1_ps(w.w1[k][i]), row, acc[k][v]);
+        acc[D][v] = _mm256_fmadd_ps(_mm256_set1_ps(w.b1[i]), row, acc[D][v]);
+      }
+    }
+    for (int k = 0; k <= D; ++k)
+      for (int v = 0; v < NV; ++v) _mm256_store_ps(&coef[k][v * kLanes], acc[k][v]);
+  }
+
+  alignas(32) float coef_[kCapacity][D + 1][W];
+  uint32_t keys_[kSlots];
+  uint16_t index_[kSlots];
+  uint8_t used_[kSlots];
+  int size_ = 0;
+};
+
+// Layer 2's activation bits and w3 . relu(z) + b3 for one pair with z (NV vectors).
+template <int W>
+inline void Output(const Weights<W>& w, const __m256* z, float* bias, uint32_t* bits) {
+  constexpr int NV = W / kLanes;
+  __m256 acc = _mm256_setzero_ps();
+  uint32_t word = 0;
+  for (int v = 0; v < NV; ++v) {
+    const __m256 positive = _mm256_cmp_ps(z[v], _mm256_setzero_ps(), _CMP_GT_OQ);
+    word |= static_cast<uint32_t>(_mm256_movemask_ps(positive)) << (8 * v);
+    acc = _mm256_fmadd_ps(_mm256_and_ps(positive, z[v]), _mm256_load_ps(w.w3 + v * kLanes), acc);
+  }
+  *bias = HorizontalSum(acc) + w.b3;
+  *bits = word;
+}
+#else
+template <int W, int D>
+class RegionCache {  // the portable path computes every pair's products
+ public:
+  void Clear() {}
+};
+#endif  // SMML_AVX2
+
 // bias[k] and bits[k] for the m keys of one (row, query), t (m, D) its MLP inputs.
 template <int W, int D>
-void ForwardQuery(const Weights<W>& w, const float* t, int m, float* bias, uint32_t* bits) {
+void ForwardQuery(const Weights<W>& w, const float* t, int m, float* bias, uint32_t* bits,
+                  RegionCache<W, D>* cache) {
 #if SMML_AVX2
   constexpr int NV = W / kLanes;
   alignas(32) float h1[kBlock][W];
   for (int start = 0; start < m; start += kBlock) {
     const int nb = std::min(kBlock, m - start);
+    bool all_cached = true;
+    for (int p = start; p < start + nb && all_cached; ++p) {
+      __m256 tk[D];
+      for (int k = 0; k < D; ++k) tk[k] = _mm256_set1_ps(t[p * D + k]);
+      uint32_t mask = 0;
+      for (int v = 0; v < NV; ++v) {
+        __m256 a = _mm256_load_ps(w.b1 + v * kLanes);
+        for (int k = 0; k < D; ++k) a = _mm256_fmadd_ps(tk[k], _mm256_load_ps(&w.w1[k][v * kLanes]), a);
+        mask |= static_cast<uint32_t>(
+                    _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_GT_OQ)))
+                << (8 * v);
+      }
+      const float (*coef)[W] = cache->Find(w, mask);
+      if (coef == nullptr) {
+        all_cached = false;
+        break;
+      }
+      __m256 z[NV];
+      for (int v = 0; v < NV; ++v) {
+        z[v] = _mm256_load_ps(&coef[D][v * kLanes]);
+        for (int k = 0; k < D; ++k) z[v] = _mm256_fmadd_ps(tk[k], _mm256_load_ps(&coef[k][v * kLanes]), z[v]);
+      }
+      Output<W>(w, z, bias + p, bits + p);
+    }
+    if (all_cached) continue;
+    // Cache full (more regions than kCapacity): the block by register-tiled products.
     Layer1<W, D>(w, t + start * D, nb, h1);
     for (int p = nb; p < kBlock && p < nb + kRows; ++p) std::memset(h1[p], 0, sizeof(h1[p]));
     for (int p = 0; p < nb; p += kRows) {
       alignas(32) float z[kRows][W];
       RowsProduct<W>(h1 + p, w.w2, w.b2, z);
       for (int r = 0; r < kRows && p + r < nb; ++r) {
-        __m256 acc = _mm256_setzero_ps();
-        uint32_t word = 0;
-        for (int v = 0; v < NV; ++v) {
-          const __m256 zv = _mm256_load_ps(&z[r][v * kLanes]);
-          const __m256 positive = _mm256_cmp_ps(zv, _mm256_setzero_ps(), _CMP_GT_OQ);
-          word |= static_cast<uint32_t>(_mm256_movemask_ps(positive)) << (8 * v);
-          acc = _mm256_fmadd_ps(_mm256_and_ps(positive, zv), _mm256_load_ps(w.w3 + v * kLanes),
-                                acc);
-        }
-        bias[start + p + r] = HorizontalSum(acc) + w.b3;
-        bits[start + p + r] = word;
+        __m256 zv[NV];
+        for (int v = 0; v < NV; ++v) zv[v] = _mm256_load_ps(&z[r][v * kLanes]);
+        Output<W>(w, zv, bias + start + p + r, bits + start + p + r);
       }
     }
   }
@@ -501,10 +604,13 @@ void Forward(ffi::ThreadPool* pool, const Shapes& s, const float* pos_q, const f
     const int64_t nk = s.keys * D;
     AlignedFloats keys(nk), t(nk);
     std::memcpy(keys.data(), pos_k + row * nk, sizeof(float) * nk);
+    auto cache = std::make_unique<RegionCache<W, D>>();
+    cache->Clear();
     for (int64_t q = q0; q < q1; ++q) {
       PairInputs<D>(pos_q + q * D, keys.data(), static_cast<int>(s.keys), t.data(), nullptr);
       const int64_t base = (row * s.queries + q) * s.keys;
-      ForwardQuery<W, D>(w, t.data(), static_cast<int>(s.keys), bias + base, bits + base);
+      ForwardQuery<W, D>(w, t.data(), static_cast<int>(s.keys), bias + base, bits + base,
+                         cache.get());
     }
   });
 }
