@@ -93,8 +93,21 @@ def build(cfg: BenchConfig):
   return spec, train_step, forward, state, batch
 
 
-def _effective_tile(cfg: BenchConfig) -> int:
-  """Queries per attention tile the model uses for this configuration."""
+def _attention_path(cfg: BenchConfig) -> str:
+  """The attention implementation `cfg.attention_impl` resolves to ("auto" picks one)."""
+  if cfg.attention_impl != "auto":
+    return cfg.attention_impl
+  import jax
+  from smml_jax.ops import native
+  native_runs = (jax.default_backend() == "cpu" and cfg.compute_dtype == "float32"
+                 and native.load())
+  return "native" if native_runs else "fused"
+
+
+def _effective_tile(cfg: BenchConfig) -> Optional[int]:
+  """Queries per attention tile the model uses for this configuration (None: no tiling)."""
+  if _attention_path(cfg) in ("native", "reference"):
+    return None
   from smml_jax.models.deform_attention import DeformAttentionConfig, offset_grid_side
   attn = DeformAttentionConfig(query_tile=cfg.query_tile)
   side = int(round(cfg.n_patches**0.5))
@@ -157,6 +170,7 @@ def measure(cfg: BenchConfig) -> dict[str, Any]:
   return {
       "batch": cfg.batch,
       "attention_impl": cfg.attention_impl,
+      "attention_path": _attention_path(cfg),
       "query_tile": _effective_tile(cfg),
       "sampler": cfg.sampler,
       "compute_dtype": cfg.compute_dtype,
@@ -197,7 +211,7 @@ def _run_child(cfg: BenchConfig) -> tuple[Optional[dict[str, Any]], str]:
 
 
 def _table(records: list[dict[str, Any]]) -> str:
-  cols = [("batch", "{:>5}"), ("attention_impl", "{:>9}"), ("compute_dtype", "{:>8}"),
+  cols = [("batch", "{:>5}"), ("attention_path", "{:>9}"), ("compute_dtype", "{:>8}"),
           ("step_s_median", "{:>8.3f}"), ("train_slides_per_s", "{:>8.2f}"),
           ("forward_s_median", "{:>8.3f}"), ("forward_slides_per_s", "{:>8.2f}"),
           ("compile_train_s", "{:>8.1f}"), ("peak_rss_mb", "{:>8.0f}")]
