@@ -23,8 +23,10 @@ import tempfile
 from typing import Optional
 
 import jax
+import jaxlib
 
 SOURCES = tuple(sorted(pathlib.Path(__file__).parent.glob("*.cc")))
+HEADERS = tuple(sorted(pathlib.Path(__file__).parent.glob("*.h")))
 FORWARD_TARGET = "smml_cpb_bias_fwd"
 BACKWARD_TARGET = "smml_cpb_bias_bwd"
 DEPTHWISE_FORWARD_TARGET = "smml_depthwise2d_fwd"
@@ -58,11 +60,10 @@ def _compile_command(output: pathlib.Path) -> list[str]:
 def _library_path() -> pathlib.Path:
   cache = pathlib.Path(os.environ.get("SMML_JAX_CACHE", "~/.cache/smml_jax")).expanduser()
   key = hashlib.sha256()
-  for source in SOURCES:
+  for source in SOURCES + HEADERS:
     key.update(source.read_bytes())
   key.update(" ".join(_compile_command(pathlib.Path("out"))).encode())
-  key.update(jax.lib.__version__.encode() if hasattr(jax.lib, "__version__") else b"")
-  key.update(jax.__version__.encode())
+  key.update(jaxlib.__version__.encode())  # the FFI headers compiled against
   key.update(_cpu_signature().encode())
   key.update(platform.machine().encode())
   return cache / "native" / key.hexdigest()[:16] / "libsmml_jax_native.so"

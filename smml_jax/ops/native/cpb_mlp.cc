@@ -35,43 +35,19 @@
 #define SMML_AVX2 0
 #endif
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
+using smml_native::ParallelFor;
+
 constexpr int64_t kChunk = 16384;  // pairs per work item, about (fixed: independent of threads)
 constexpr int64_t kFlush = 1024;   // pairs summed in float before the double partial sums
 constexpr int kRows = 6;           // pairs per matrix-product micro-kernel call
 constexpr int kBlock = 60;         // pairs whose hidden vectors are kept in L1 at once (kRows | kBlock)
-
-// Runs work(item) for item in [0, n_items) on the caller and the XLA intra-op pool. Waits for the
-// items, never for the helper tasks: a task that starts after all items are taken touches only
-// the shared counters it owns a reference to, so a busy pool cannot deadlock the call.
-template <typename Work>
-void ParallelFor(ffi::ThreadPool* pool, int64_t n_items, const Work& work) {
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-  };
-  auto state = std::make_shared<State>();
-  auto run = [state, n_items, &work]() {
-    // `work` is only called while items remain, i.e. before ParallelFor returns.
-    for (int64_t i; (i = state->next.fetch_add(1)) < n_items;) {
-      work(i);
-      state->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  int64_t helpers = 0;
-  if (pool != nullptr) helpers = std::min<int64_t>(pool->num_threads(), n_items - 1);
-  for (int64_t h = 0; h < helpers; ++h) {
-    auto task = run;
-    pool->Schedule(std::move(task));
-  }
-  run();
-  while (state->done.load(std::memory_order_acquire) < n_items) std::this_thread::yield();
-}
 
 // Weights in the layouts the micro-kernels read, 32-byte aligned.
 template <int W>

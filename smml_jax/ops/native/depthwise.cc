@@ -17,11 +17,14 @@
 #include <thread>
 #include <vector>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
+
+using smml_native::ParallelFor;
 
 struct ConvShape {
   int64_t b, h, w, c, kh, kw, oh, ow, stride, padding;
@@ -42,30 +45,6 @@ ffi::Error CheckConv(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>
   return ffi::Error::Success();
 }
 
-// Runs work(row) for every batch row on the caller and the XLA intra-op pool; waits for the rows,
-// never for the helper tasks (a late task finds no rows left and touches only `state`).
-template <typename Work>
-void ParallelRows(ffi::ThreadPool* pool, int64_t rows, const Work& work) {
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-  };
-  auto state = std::make_shared<State>();
-  auto run = [state, rows, &work]() {
-    for (int64_t i; (i = state->next.fetch_add(1)) < rows;) {
-      work(i);
-      state->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool->num_threads(), rows - 1);
-  for (int64_t i = 0; i < helpers; ++i) {
-    auto task = run;
-    pool->Schedule(std::move(task));
-  }
-  run();
-  while (state->done.load(std::memory_order_acquire) < rows) std::this_thread::yield();
-}
-
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                        ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> bias,
                        ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t padding) {
@@ -78,7 +57,7 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const float* kp = kernel.typed_data();
   const float* bp = bias.typed_data();
   float* yp = y->typed_data();
-  ParallelRows(&pool, s.b, [&](int64_t b) {
+  ParallelFor(&pool, s.b, [&](int64_t b) {
     for (int64_t i = 0; i < s.oh; ++i)
       for (int64_t j = 0; j < s.ow; ++j) {
         float* out = yp + ((b * s.oh + i) * s.ow + j) * s.c;
@@ -113,7 +92,7 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   float* gxp = g_x->typed_data();
   const int64_t kn = s.kh * s.kw * s.c;
   std::vector<float> g_kernel_rows(s.b * kn, 0.f), g_bias_rows(s.b * s.c, 0.f);
-  ParallelRows(&pool, s.b, [&](int64_t b) {
+  ParallelFor(&pool, s.b, [&](int64_t b) {
     float* gx = gxp + b * s.h * s.w * s.c;
     std::memset(gx, 0, sizeof(float) * s.h * s.w * s.c);
     float* gk = g_kernel_rows.data() + b * kn;
