@@ -95,11 +95,11 @@ def cpb_attention(
                      f"expected one of {IMPLEMENTATIONS}")
   if implementation == "auto":
     implementation = "native" if native_cpb.available(cpb_params, cpb_dtype) else "fused"
+  elif implementation == "native" and not native_cpb.available(cpb_params, cpb_dtype):
+    raise ValueError("attention implementation 'native' is unavailable: "
+                     + native_cpb.why_unavailable(cpb_params, cpb_dtype))
   n = q.shape[2]
   if implementation == "native":
-    if not native_cpb.available(cpb_params, cpb_dtype):
-      raise ValueError("attention implementation 'native' is unavailable: "
-                       + native_cpb.why_unavailable(cpb_params, cpb_dtype))
     bias = native_cpb.relative_position_bias(pos_q, pos_k, list(cpb_params))
     return _attend_with_bias(q, k, v, bias, jnp.ones((n,), bool), dropout_rate, dropout_rng,
                              softmax_dtype)

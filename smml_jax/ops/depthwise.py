@@ -88,11 +88,13 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"unknown depthwise implementation {implementation!r}; "
                      f"expected one of {IMPLEMENTATIONS}")
-  if implementation == "native" or (implementation == "auto" and native_available(x)):
-    if not native_available(x):
-      raise ValueError("native depthwise conv needs a 2D float32 input on the CPU backend and the "
-                       f"built kernels; got x {x.shape} {x.dtype} on {jax.default_backend()} "
-                       f"({native.unavailable_reason() or 'kernels built'})")
+  if implementation == "auto":
+    implementation = "native" if native_available(x) else "selection"
+  elif implementation == "native" and not native_available(x):
+    raise ValueError("native depthwise conv needs a 2D float32 input on the CPU backend and the "
+                     f"built kernels; got x {x.shape} {x.dtype} on {jax.default_backend()} "
+                     f"({native.unavailable_reason() or 'kernels built'})")
+  if implementation == "native":
     return _native_conv2d(x, kernel.astype(jnp.float32), bias.astype(jnp.float32), stride,
                           padding)
   ndim = x.ndim - 2

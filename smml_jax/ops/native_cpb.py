@@ -54,15 +54,11 @@ def _require(params: CPBParams) -> None:
     raise ValueError("native CPB kernels unavailable: " + why_unavailable(params, jnp.float32))
 
 
-def _kernel_forward(pos_q, pos_k, params):
-  _require(params)
+def _kernel_inputs(pos_q, pos_k, params) -> list[jax.Array]:
+  """pos_q (T, D), pos_k as (B * G, M, D) and the six weight arrays, float32."""
   b, g, m, d = pos_k.shape
-  shape = (b * g, pos_q.shape[0], m)
-  return jax.ffi.ffi_call(
-      native.FORWARD_TARGET,
-      (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape, jnp.uint32)),
-      vmap_method="sequential")(pos_q.astype(jnp.float32),
-                                pos_k.reshape(b * g, m, d).astype(jnp.float32), *_flat(params))
+  return [pos_q.astype(jnp.float32), pos_k.reshape(b * g, m, d).astype(jnp.float32),
+          *_flat(params)]
 
 
 @jax.custom_vjp
@@ -77,26 +73,27 @@ def relative_position_bias(pos_q: jax.Array, pos_k: jax.Array, params: CPBParams
   Returns:
     (B, G, T, M) float32 bias, one head per offset group.
   """
-  bias, _ = _kernel_forward(pos_q, pos_k, params)
-  return bias.reshape(pos_k.shape[0], pos_k.shape[1], *bias.shape[1:])
+  return _bias_fwd(pos_q, pos_k, params)[0]
 
 
 def _bias_fwd(pos_q, pos_k, params):
-  bias, bits = _kernel_forward(pos_q, pos_k, params)
-  return bias.reshape(pos_k.shape[0], pos_k.shape[1], *bias.shape[1:]), (pos_q, pos_k, params, bits)
+  _require(params)
+  b, g, m, _ = pos_k.shape
+  shape = (b * g, pos_q.shape[0], m)
+  bias, bits = jax.ffi.ffi_call(
+      native.FORWARD_TARGET,
+      (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape, jnp.uint32)),
+      vmap_method="sequential")(*_kernel_inputs(pos_q, pos_k, params))
+  return bias.reshape(b, g, *shape[1:]), (pos_q, pos_k, params, bits)
 
 
 def _bias_bwd(residuals, g_bias):
   pos_q, pos_k, params, bits = residuals
-  b, g, m, d = pos_k.shape
-  flat = _flat(params)
-  shapes = [jax.ShapeDtypeStruct(pos_q.shape, jnp.float32),
-            jax.ShapeDtypeStruct((b * g, m, d), jnp.float32)]
-  shapes += [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in flat]
+  inputs = _kernel_inputs(pos_q, pos_k, params)
+  shapes = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in inputs]
   g_pos_q, g_pos_k, *g_flat = jax.ffi.ffi_call(
       native.BACKWARD_TARGET, shapes, vmap_method="sequential")(
-          pos_q.astype(jnp.float32), pos_k.reshape(b * g, m, d).astype(jnp.float32), *flat, bits,
-          g_bias.reshape(bits.shape).astype(jnp.float32))
+          *inputs, bits, g_bias.reshape(bits.shape).astype(jnp.float32))
   g_params = [(g_flat[2 * i].astype(k.dtype), g_flat[2 * i + 1].astype(bb.dtype))
               for i, (k, bb) in enumerate(params)]
   g_params = type(params)(g_params) if isinstance(params, (list, tuple)) else g_params

@@ -11,8 +11,9 @@
 // Why: per (query, key) pair the MLP is one W x W matrix-vector product forward and two backward,
 // ~5.8 M pairs per branch per step at the paper's shape. XLA's CPU backend runs these small matmuls
 // at a fraction of the machine's FMA peak and spends as long again on elementwise passes over
-// (pairs, W) tensors. Here a block of pairs' hidden vectors stays in L1, the forward product is a
-// register-tiled FMA micro-kernel, and the backward pass needs no W x W products at all (see
+// (pairs, W) tensors. Here the forward pass evaluates layer 2 as an affine map of t per
+// first-layer activation region (see RegionCache; register-tiled FMA products when a work item
+// meets too many regions), and the backward pass needs no W x W products at all (see
 // BackwardAccumulator): it only keeps the bits, recomputing the distances and the first layer.
 //
 // Determinism: work items (row, block of queries) are fixed by the shapes, not the thread count;
@@ -20,12 +21,11 @@
 // its own slot; slots are reduced in item order, so results do not depend on scheduling.
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <thread>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -95,11 +95,13 @@ inline float HorizontalSum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Lane masks of bits [8 v, 8 v + 8) of `word`, as all-ones float lanes.
-inline __m256 BitMask(uint32_t word, int v) {
-  const __m256i lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-  const __m256i w = _mm256_set1_epi32(static_cast<int>((word >> (8 * v)) & 0xffu));
-  return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(w, lane_bits), lane_bits));
+// Layer 1's pre-activations t W1 + b1 (NV vectors) for one pair, tk its D inputs broadcast.
+template <int W, int D>
+inline void PreActivation(const Weights<W>& w, const __m256* tk, __m256* a) {
+  for (int v = 0; v < W / kLanes; ++v) {
+    a[v] = _mm256_load_ps(w.b1 + v * kLanes);
+    for (int k = 0; k < D; ++k) a[v] = _mm256_fmadd_ps(tk[k], _mm256_load_ps(&w.w1[k][v * kLanes]), a[v]);
+  }
 }
 
 // h1 (n, W) = relu(t W1 + b1) for n pairs.
@@ -107,13 +109,11 @@ template <int W, int D>
 inline void Layer1(const Weights<W>& w, const float* t, int n, float (*h1)[W]) {
   constexpr int NV = W / kLanes;
   for (int p = 0; p < n; ++p) {
-    __m256 tk[D];
+    __m256 tk[D], a[NV];
     for (int k = 0; k < D; ++k) tk[k] = _mm256_set1_ps(t[p * D + k]);
-    for (int v = 0; v < NV; ++v) {
-      __m256 z = _mm256_load_ps(w.b1 + v * kLanes);
-      for (int k = 0; k < D; ++k) z = _mm256_fmadd_ps(tk[k], _mm256_load_ps(&w.w1[k][v * kLanes]), z);
-      _mm256_store_ps(&h1[p][v * kLanes], _mm256_max_ps(z, _mm256_setzero_ps()));
-    }
+    PreActivation<W, D>(w, tk, a);
+    for (int v = 0; v < NV; ++v)
+      _mm256_store_ps(&h1[p][v * kLanes], _mm256_max_ps(a[v], _mm256_setzero_ps()));
   }
 }
 
@@ -230,6 +230,7 @@ class RegionCache {
   static constexpr int kSlots = 2048;  // open addressing, power of two
   static constexpr int kCapacity = 1536;
 
+  RegionCache() { Clear(); }
   void Clear() {
     std::memset(used_, 0, sizeof(used_));
     size_ = 0;
@@ -313,14 +314,13 @@ void ForwardQuery(const Weights<W>& w, const float* t, int m, float* bias, uint3
     for (int p = start; p < start + nb && all_cached; ++p) {
       __m256 tk[D];
       for (int k = 0; k < D; ++k) tk[k] = _mm256_set1_ps(t[p * D + k]);
+      __m256 a[NV];
+      PreActivation<W, D>(w, tk, a);
       uint32_t mask = 0;
-      for (int v = 0; v < NV; ++v) {
-        __m256 a = _mm256_load_ps(w.b1 + v * kLanes);
-        for (int k = 0; k < D; ++k) a = _mm256_fmadd_ps(tk[k], _mm256_load_ps(&w.w1[k][v * kLanes]), a);
+      for (int v = 0; v < NV; ++v)
         mask |= static_cast<uint32_t>(
-                    _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_GT_OQ)))
+                    _mm256_movemask_ps(_mm256_cmp_ps(a[v], _mm256_setzero_ps(), _CMP_GT_OQ)))
                 << (8 * v);
-      }
       const float (*coef)[W] = cache->Find(w, mask);
       if (coef == nullptr) {
         all_cached = false;
@@ -443,10 +443,9 @@ void BackwardQuery(const Weights<W>& w, const float* t, const uint32_t* bits, co
     const __m256 gv = _mm256_set1_ps(gp);
     const uint32_t word = bits[p];
     __m256 h[NV], gh[NV];
+    PreActivation<W, D>(w, tk, h);
     for (int v = 0; v < NV; ++v) {
-      __m256 z = _mm256_load_ps(w.b1 + v * kLanes);
-      for (int k = 0; k < D; ++k) z = _mm256_fmadd_ps(tk[k], _mm256_load_ps(&w.w1[k][v * kLanes]), z);
-      h[v] = _mm256_max_ps(z, _mm256_setzero_ps());
+      h[v] = _mm256_max_ps(h[v], _mm256_setzero_ps());
       gh[v] = _mm256_setzero_ps();
     }
     for (int q = 0; q < NQ; ++q) {
@@ -581,7 +580,6 @@ void Forward(ffi::ThreadPool* pool, const Shapes& s, const float* pos_q, const f
     AlignedFloats keys(nk), t(nk);
     std::memcpy(keys.data(), pos_k + row * nk, sizeof(float) * nk);
     auto cache = std::make_unique<RegionCache<W, D>>();
-    cache->Clear();
     for (int64_t q = q0; q < q1; ++q) {
       PairInputs<D>(pos_q + q * D, keys.data(), static_cast<int>(s.keys), t.data(), nullptr);
       const int64_t base = (row * s.queries + q) * s.keys;

@@ -9,12 +9,8 @@
 // (ops/depthwise.py) spends ~100 ms per step transposing its (B, OH, KH, W, C) intermediate.
 // Deterministic: per-batch-row partial sums of d kernel and d bias, reduced in row order.
 
-#include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 #include <vector>
 
 #include "parallel.h"
