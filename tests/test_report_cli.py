@@ -74,6 +74,14 @@ def test_report_writes_every_output(survival_report):
       conc["micro_on_immune"] / conc["tumour_on_immune"])
   assert f"{conc['micro_over_tumour_on_immune']:.3f}" in html
   assert html_lib.escape(report_cli.immune_sentence(conc)) in html
+  use = metrics["sampling_use"]
+  assert use["metric"] == "c_index" and 0.0 <= use["trained"] <= 1.0
+  for s in ("tumour", "micro"):
+    for ablation in ("offsets_zero", "attention_off"):
+      assert 0.0 <= use[f"{s}_{ablation}"] <= 1.0
+      assert use[f"{s}_{ablation}_change"] == pytest.approx(use[f"{s}_{ablation}"] - use["trained"])
+    assert use["offsets"][s]["mean_abs_offset"] > 0
+  assert "Does the prediction use the sampling points?" in html
 
 
 def test_report_gene_table_and_predictions(survival_report):

@@ -13,6 +13,7 @@ training mean (0 after normalisation).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
@@ -487,8 +488,12 @@ def example_batches(run: TrainedRun, examples: Sequence[Mapping[str, np.ndarray]
 
 
 def forward_fn(run: TrainedRun) -> Callable[[Any, Mapping[str, jax.Array]], ModelOutput]:
-  """jit-compiled (params, batch) -> ModelOutput in eval mode."""
-  module = run.spec.module
+  """jit-compiled (params, batch) -> ModelOutput in eval mode (one per model, reused)."""
+  return _forward(run.spec.module)
+
+
+@functools.lru_cache(maxsize=8)
+def _forward(module) -> Callable[[Any, Mapping[str, jax.Array]], ModelOutput]:
   return jax.jit(lambda params, batch: module.apply({"params": params}, batch, train=False))
 
 
@@ -497,13 +502,14 @@ CARRIED_FIELDS = ("slide_id", "patient_id", "coords", "tissue_mask", "immune_mas
                   "tumour_mask", "surv_time") + INT_LABELS
 
 
-def run_model(run: TrainedRun, batches: Iterable[Batch],
-              fields: Sequence[str] = ("logits",)) -> dict[str, np.ndarray]:
+def run_model(run: TrainedRun, batches: Iterable[Batch], fields: Sequence[str] = ("logits",),
+              params: Any = None) -> dict[str, np.ndarray]:
   """Model outputs over batches, padding removed, plus the batches' ids, labels and masks.
 
   Args:
     fields: ModelOutput fields to keep (e.g. OUTPUT_FIELDS); per-example fields are (B, ...);
       a grid (B * G, ...) is returned as (B, G, ...).
+    params: the params to run (default: the run's own; e.g. an `ablation.ablated_params` copy).
 
   Returns:
     field -> (n, ...) arrays over the real (unpadded) examples, in batch order, with
@@ -513,7 +519,8 @@ def run_model(run: TrainedRun, batches: Iterable[Batch],
   chunks: dict[str, list[np.ndarray]] = {}
   for batch in batches:
     mask = np.asarray(batch["mask"], bool)
-    out = forward(run.params, {k: jnp.asarray(batch[k]) for k in MODEL_INPUTS})
+    out = forward(run.params if params is None else params,
+                  {k: jnp.asarray(batch[k]) for k in MODEL_INPUTS})
     b = mask.shape[0]
     for name in fields:
       value = getattr(out, name)
