@@ -182,13 +182,13 @@ def sampling_use(run, batches: Callable[[], Iterable[Mapping]], table: pd.DataFr
   from smml_jax.evaluate import ablation
   use = ablation.ablation_metrics(run, batches, table)
   use["offsets"] = {s: ablation.offset_statistics(outputs[f"grid_{s}"], run.grid_side)
-                    for s in ("tumour", "micro")}
+                    for s in ablation.BRANCHES}
   return use
 
 
 def sampling_use_table(use: Mapping[str, Any]) -> pd.DataFrame:
   rows = []
-  for s in ("tumour", "micro"):
+  for s in use["offsets"]:
     off = use["offsets"][s]
     rows.append({"branch": SUBSPACE_TITLES[s], f"{use['metric']} offsets zeroed":
                  use[f"{s}_offsets_zero"], f"{use['metric']} attention removed":

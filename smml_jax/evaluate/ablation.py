@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 from flax import traverse_util
 
-BRANCHES = ("tumour", "micro")
+from smml_jax.data.normalise import SUBSPACES as BRANCHES
+
 ABLATIONS = {
     "offsets_zero": (("offset_proj", "kernel"),),
     "attention_off": (("to_out", "kernel"), ("to_out", "bias")),
