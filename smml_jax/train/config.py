@@ -1,18 +1,23 @@
 """Run configuration as data: nested frozen dataclasses, loaded from YAML/JSON and `key=value`.
 
-Unknown keys, wrong types and bad values raise `ConfigError` naming the dotted key.
+Everything is checked when the config is parsed, before a run touches its directory: unknown
+keys (with a did-you-mean), wrong types, bad choices, non-positive sizes and rates, the model's
+name and its `model_options`, and the selection metric for the task. Each raises `ConfigError`
+naming the dotted key. `optim.epochs` is not a key: the schedule always spans `train.epochs`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 import typing
 from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
+from smml_jax.data.errors import did_you_mean
 from smml_jax.data.labels import TASK_NUM_CLASSES
 from smml_jax.optim.factory import OptimConfig
 
@@ -68,6 +73,15 @@ class RunConfig:
   optim: OptimConfig = OptimConfig()
   train: TrainConfig = TrainConfig()
 
+  def __post_init__(self):
+    # The cosine schedule's length is the run's epoch count, never a second, separate setting.
+    if self.optim.epochs != self.train.epochs and self.train.epochs >= 1:
+      try:
+        object.__setattr__(self, "optim", dataclasses.replace(self.optim,
+                                                              epochs=self.train.epochs))
+      except ValueError as e:
+        raise ConfigError(f"config key 'optim.warmup_epochs': {e}") from None
+
   @property
   def num_classes(self) -> int:
     return TASK_NUM_CLASSES[self.task]
@@ -81,6 +95,18 @@ _CHOICES = {
     "train.coordination": ("pcgrad", "reference", "none"),
     "train.compute_dtype": ("float32", "bfloat16"),
 }
+# Keys that must be > 0.
+_POSITIVE = ("train.epochs", "train.batch_size", "train.eval_batch_size", "optim.learning_rate",
+             "data.n_folds")
+# Validation metrics a run can select its epoch on (higher is better), per kind of task.
+SELECTION_METRICS = {
+    "classification": ("auc", "auc_micro", "accuracy", "balanced_accuracy", "f1", "precision",
+                       "sensitivity", "specificity"),
+    "survival": ("c_index", "c_index_ipcw"),
+}
+# Keys that no longer exist -> what to use instead.
+_REMOVED = {"optim.epochs": "the learning-rate schedule always spans train.epochs; set "
+                            "train.epochs (--epochs) instead"}
 
 
 def _check_type(value: Any, hint: Any, key: str) -> Any:
@@ -123,10 +149,16 @@ def _build(cls, values: Mapping[str, Any], prefix: str):
                       f"got {values!r}")
   hints = typing.get_type_hints(cls)
   fields = {f.name: f for f in dataclasses.fields(cls)}
+  for name in values:
+    if prefix + name in _REMOVED:
+      raise ConfigError(f"config key {prefix + name!r} was removed: {_REMOVED[prefix + name]}")
+  if cls is OptimConfig:
+    fields.pop("epochs")
   unknown = sorted(set(values) - set(fields))
   if unknown:
-    raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]}; valid keys under "
-                      f"{prefix.rstrip('.') or 'the root'}: {sorted(fields)}")
+    hints_ = "".join(did_you_mean(k, fields, f" (did you mean {prefix}{{}}?)") for k in unknown)
+    raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]}{hints_}; valid keys "
+                      f"under {prefix.rstrip('.') or 'the root'}: {sorted(fields)}")
   kwargs = {}
   for name, value in values.items():
     key, hint = prefix + name, hints[name]
@@ -135,15 +167,44 @@ def _build(cls, values: Mapping[str, Any], prefix: str):
     else:
       kwargs[name] = _check_type(value, hint, key)
       if key in _CHOICES and kwargs[name] not in _CHOICES[key]:
-        raise ConfigError(f"config key {key!r}: expected one of {_CHOICES[key]}, got {value!r}")
+        raise ConfigError(f"config key {key!r}: expected one of {_CHOICES[key]}, got "
+                          f"{value!r}{did_you_mean(str(value), _CHOICES[key])}")
+      if key in _POSITIVE and not (kwargs[name] > 0 and math.isfinite(kwargs[name])):
+        raise ConfigError(f"config key {key!r}: expected a positive number, got {value!r}")
+  if cls is OptimConfig:  # a placeholder length: RunConfig sets it to train.epochs and checks it
+    kwargs["epochs"] = max(OptimConfig.epochs, kwargs.get("warmup_epochs", 0) + 1)
   try:
     return cls(**kwargs)
   except ValueError as e:  # a dataclass's own validation (e.g. OptimConfig)
     raise ConfigError(f"config {prefix.rstrip('.') or 'root'}: {e}") from e
 
 
+def _check_run(config: RunConfig) -> RunConfig:
+  """The checks that need more than one key: the model and its options, the selection metric."""
+  from smml_jax.models.registry import build_model, model_names  # models load jax: lazily
+  if config.model not in model_names():
+    raise ConfigError(f"config key 'model': unknown model {config.model!r}"
+                      f"{did_you_mean(config.model, model_names())}; expected one of "
+                      f"{list(model_names())}")
+  try:  # builds the module (no parameters), so every option name and value is checked now
+    build_model(config.model, num_classes=config.num_classes, n_genes_tumour=1, n_genes_micro=1,
+                feature_dim=1, options=config.model_options)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config key 'model_options' (model {config.model!r}): {e}") from None
+  metric = config.train.selection_metric
+  allowed = SELECTION_METRICS["survival" if config.task == "survival" else "classification"]
+  if metric != "auto" and metric not in allowed:
+    raise ConfigError(f"config key 'train.selection_metric': {metric!r} is not a validation "
+                      f"metric of task {config.task!r}{did_you_mean(metric, allowed)}; expected "
+                      f"'auto' or one of {allowed}")
+  return config
+
+
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
-  return json.loads(json.dumps(dataclasses.asdict(config)))
+  """The stored form (config.json); `optim.epochs` is derived from train.epochs, so not stored."""
+  values = json.loads(json.dumps(dataclasses.asdict(config)))
+  values["optim"].pop("epochs", None)
+  return values
 
 
 def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -196,11 +257,16 @@ def make_config(*layers: Mapping[str, Any], overrides: Sequence[str] = ()) -> Ru
     values = merge(values, layer)
   for item in overrides:
     values = merge(values, parse_override(item))
-  return _build(RunConfig, values, "")
+  return _check_run(_build(RunConfig, values, ""))
 
 
 def config_from_dict(values: Mapping[str, Any]) -> RunConfig:
-  return _build(RunConfig, values, "")
+  """A stored config.json. Runs written before `optim.epochs` was removed store it with a value
+  that never took effect (the loop always used train.epochs), so it is dropped here."""
+  values = dict(values)
+  if isinstance(values.get("optim"), Mapping):
+    values["optim"] = {k: v for k, v in values["optim"].items() if k != "epochs"}
+  return _check_run(_build(RunConfig, values, ""))
 
 
 def config_difference(stored: Any, current: Any, key: str = "") -> str:
