@@ -9,7 +9,6 @@ one rebuilds. `data_dir` defaults to $SMML_DATA_DIR or ~/.cache/smml_jax/tfds.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
@@ -21,9 +20,8 @@ from smml_jax.data import cohort as cohort_lib
 from smml_jax.data.clam_layout import ClamSource
 from smml_jax.data.errors import CohortError
 from smml_jax.data.original_layout import OriginalSource
+from smml_jax.data.spec_fields import LAYOUTS, validate_spec
 from smml_jax.data.synthetic import SyntheticConfig, SyntheticSource
-
-LAYOUTS = ("synthetic", "original", "clam")
 
 
 def read_spec(path: str | os.PathLike) -> dict[str, Any]:
@@ -40,19 +38,16 @@ def read_spec(path: str | os.PathLike) -> dict[str, Any]:
   return spec
 
 
-def source_from_spec(spec: Mapping[str, Any], base: pathlib.Path):
-  """The CohortSource a spec describes; `base` resolves relative paths."""
-  layout = spec.get("layout")
-  if layout not in LAYOUTS:
-    raise CohortError(f"cohort spec: `layout` is {layout!r}; expected one of {LAYOUTS}")
+def source_from_spec(spec: Mapping[str, Any], base: pathlib.Path, where: str = "cohort spec"):
+  """The CohortSource a spec describes; `base` resolves relative paths.
+
+  Every key and value is checked first (spec_fields.py), so nothing is read or written for a
+  spec with a typo.
+  """
+  validate_spec(spec, where)
+  layout = spec["layout"]
   if layout == "synthetic":
-    fields = {f.name for f in dataclasses.fields(SyntheticConfig)}
-    options = {k: v for k, v in spec.items() if k != "layout"}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-      raise CohortError(f"synthetic cohort spec: unknown options {unknown}; expected some of "
-                        f"{sorted(fields)}")
-    return SyntheticSource(SyntheticConfig(**options))
+    return SyntheticSource(SyntheticConfig(**{k: v for k, v in spec.items() if k != "layout"}))
   root = pathlib.Path(os.path.expanduser(str(spec.get("root", "."))))
   root = (root if root.is_absolute() else base / root).resolve()
   body = {k: v for k, v in spec.items() if k not in ("layout", "root")}
@@ -68,5 +63,5 @@ def load_cohort(data: str | os.PathLike | Mapping[str, Any] = "synthetic",
     source = SyntheticSource()
   else:
     path = pathlib.Path(data).resolve()
-    source = source_from_spec(read_spec(path), path.parent)
+    source = source_from_spec(read_spec(path), path.parent, f"cohort spec {path}")
   return cohort_lib.build_cohort(source, data_dir)
