@@ -57,8 +57,10 @@ def make_layout(root: pathlib.Path, rng: np.random.Generator, n_tcga: int = 5,
     n = int(rng.integers(5, 40))
     feats = rng.standard_normal((1, n, D)).astype(np.float32)
     _write_h5(root / "TCGA/Res50_feature_16_fixdim0_norm" / f"{slide}.h5", feats)
-    rows.append([patient, slide, hist[i % 4], grades[i % 3], idh[i % 2], codel[(i // 2) % 2],
-                 cn[i % 3], 0, 0, 0, 0, gene_dir, gene_file, i % 2, 100.0 + 50 * i])
+    p = i // 2  # a patient's slides carry the same labels (conflicts are an error)
+    rows.append([patient, slide, hist[p % 4], grades[p % 3], idh[(p + 1) % 2],
+                 codel[(p // 2) % 2], cn[p % 3], 0, 0, 0, 0, gene_dir, gene_file, p % 2,
+                 100.0 + 50 * p])
     truth["slides"].append(slide)
     truth["feats"][slide] = feats[0]
     truth["genes"][slide] = values
@@ -234,3 +236,72 @@ def test_original_layout_unmatched_ivygap_specimen(layout, tmp_path):
   _write_h5(root / "IvYGAP/Res50_feature_16_fixdim0_norm/W77-9-9-E.02.h5",
             np.zeros((1, 16, D), np.float32))
   _expect_error(spec_for(root), tmp_path / "r", "W77-9-9-E.02", "columns-samples.csv")
+
+
+def _edit_labels(root, edit, cohort="TCGA", **to_csv):
+  path = root / f"{cohort}/labels.csv"
+  table = edit(pd.read_csv(path))
+  table.to_csv(path, index=False, **to_csv)
+  return path
+
+
+def test_original_layout_labels_are_read_by_header_name_not_position(layout, tmp_path):
+  root, _ = layout
+  want = spec_lib.load_cohort(spec_for(root), tmp_path / "a").slides
+  _edit_labels(root, lambda t: t[t.columns[::-1]])  # every column moved
+  got = spec_lib.load_cohort(spec_for(root), tmp_path / "b").slides
+  pd.testing.assert_frame_equal(got, want)
+
+
+def test_original_layout_missing_label_column_is_an_error_naming_it(layout, tmp_path):
+  root, _ = layout
+  # By position the original would read CDKN2A from the next column and shift every later field.
+  _edit_labels(root, lambda t: t.drop(columns=["CDKN2A"]))
+  _expect_error(spec_for(root), tmp_path / "r", "TCGA/labels.csv", "'cdkn2a'",
+                "columns: positional")
+  assert not (tmp_path / "r").exists()
+
+
+def test_original_layout_columns_rename_and_drop(layout, tmp_path):
+  root, _ = layout
+  _edit_labels(root, lambda t: t.rename(columns={"grade": "WHO grade", "CDKN2A": "cn"}))
+  spec = spec_for(root)
+  spec["cohorts"][0]["columns"] = {"grade": "WHO grade", "cdkn2a": None}
+  _edit_labels(root, lambda t: t.drop(columns=["CDKN2A"]), cohort="IvYGAP")
+  spec["cohorts"][1]["columns"] = {"cdkn2a": None}
+  s = spec_lib.load_cohort(spec, tmp_path / "r").slides
+  raw = pd.read_csv(root / "TCGA/labels.csv")
+  np.testing.assert_array_equal(s["grade"][:len(raw)], raw["WHO grade"].map(
+      {"G2": 0, "G3": 1, "G4": 2}))
+  assert (s["cdkn2a"] == -1).all()
+  spec["cohorts"][0]["columns"] = {"grade": "WHO_grade"}
+  _expect_error(spec, tmp_path / "r2", "no column 'WHO_grade'", "columns.grade")
+
+
+def test_original_layout_positional_columns_only_when_asked(layout, tmp_path):
+  root, _ = layout
+  want = spec_lib.load_cohort(spec_for(root), tmp_path / "a").slides
+  for cohort in ("TCGA", "IvYGAP"):
+    _edit_labels(root, lambda t: t, cohort=cohort, header=False)
+  spec = spec_for(root)
+  for c in spec["cohorts"]:
+    c["columns"] = "positional"
+  got = spec_lib.load_cohort(spec, tmp_path / "b").slides
+  pd.testing.assert_frame_equal(got, want)
+
+
+def test_original_layout_label_csv_without_rows(layout, tmp_path):
+  root, _ = layout
+  _edit_labels(root, lambda t: t.iloc[:0])
+  _expect_error(spec_for(root), tmp_path / "r", "TCGA/labels.csv", "no data rows")
+
+
+def test_original_layout_conflicting_labels_of_one_patient(layout, tmp_path):
+  root, truth = layout
+
+  def conflict(t):
+    t.loc[1, "grade"] = "G4" if t.loc[0, "grade"] != "G4" else "G2"
+    return t
+  _edit_labels(root, conflict)
+  _expect_error(spec_for(root), tmp_path / "r", "TCGA/labels.csv", "TCGA-AA-0000", "'grade'",
+                "data row 0", "data row 1", truth["slides"][1])

@@ -86,6 +86,8 @@ class ClamSource:
     csv = tabular.resolve(self.root, spec["csv"])
     where = str(csv)
     raw = genes_lib.read_table(csv, "CLAM CSV")
+    if raw.empty:
+      raise CohortError(f"CLAM CSV {where} has no data rows (expected one row per slide)")
     missing = [c for c in REQUIRED if c not in raw.columns]
     if missing:
       raise CohortError(f"{where}: missing columns {missing}; expected {list(REQUIRED)}")
@@ -128,6 +130,9 @@ class ClamSource:
                         "0 (event) or 1 (censored)")
     months = tabular.numeric(raw["survival_months"], "survival_months", where)
     event = np.where(np.isnan(censorship), -1, 1 - np.nan_to_num(censorship)).astype(np.int64)
+    tabular.check_patient_labels(pd.DataFrame({
+        "patient_id": raw["case_id"].astype(str).str.strip(), "slide_id": raw["slide_id"],
+        **status, "censorship": censorship, "survival_months": months}), where)
     table = tabular.slide_table(raw["case_id"].astype(str).str.strip(), raw["slide_id"], status,
                                 months * DAYS_PER_MONTH, event, where)
 

@@ -8,8 +8,11 @@ value `fpkm_uq_unstranded`) or as the Allen Institute IvYGAP tables (`rows-genes
 first three dash-separated parts). One gene signature table (gene symbol, Type = Tumor / Immune)
 orders the genes of every cohort (see genes.py for duplicated / missing genes).
 
-Label CSV columns default to the original's positions; override any by name or position with
-`columns:` (null drops a field, which is then missing = -1).
+Label CSV fields are read by HEADER NAME, never by position, so a missing column cannot shift the
+later ones: each field looks for the names in `HEADER_NAMES` (case-insensitive); `columns: {field:
+header name}` sets others and `{field: null}` drops a field (then missing = -1). A field whose
+column is absent is an error naming it. Only `columns: positional` reads a header-less CSV by the
+original's positions (`POSITIONS`).
 """
 
 from __future__ import annotations
@@ -27,10 +30,26 @@ from smml_jax.data.bags import GRID_LAYOUTS
 from smml_jax.data.errors import CohortError
 from smml_jax.data.h5features import check_h5, read_h5_grid
 
-# The original reads its CSV by position: LIST[i, 0], [i, 1], ... [i, -2], [i, -1].
-DEFAULT_COLUMNS: dict[str, int] = {
+# The original reads its CSV by position: LIST[i, 0], [i, 1], ... [i, -2], [i, -1]. Used only
+# with `columns: positional` (a header-less file).
+POSITIONS: dict[str, int] = {
     "patient": 0, "slide": 1, "histology": 2, "grade": 3, "idh": 4, "codel": 5, "cdkn2a": 6,
     "gene_dir": 11, "gene_file": 12, "vital_status": -2, "survival_days": -1}
+# The original's CSV headers are not published (its code reads positions; it names the slide
+# column `WSI_ID` once), so each field accepts these header names, compared case-insensitively.
+HEADER_NAMES: dict[str, tuple[str, ...]] = {
+    "patient": ("patient", "patient_id", "case_id"),
+    "slide": ("slide", "slide_id", "wsi_id"),
+    "histology": ("histology",),
+    "grade": ("grade",),
+    "idh": ("idh", "idh_status"),
+    "codel": ("1p19q", "codel", "1p19q_codel"),
+    "cdkn2a": ("cdkn2a",),
+    "gene_dir": ("gene_dir", "folder"),
+    "gene_file": ("gene_file", "file"),
+    "vital_status": ("vital_status", "vital"),
+    "survival_days": ("survival_days", "days", "survival"),
+}
 GENE_FORMATS = ("gdc_star", "allen")
 
 
@@ -113,9 +132,15 @@ class OriginalSource:
   def _read_cohort(self, c: Mapping[str, Any], feature_dataset: str, feature_dim: int,
                    coords_dataset: str | None, need_coords: bool):
     path = tabular.resolve(self.root, c["labels"])
-    raw = genes_lib.read_table(path, "label CSV")
-    cols = {**DEFAULT_COLUMNS, **(c.get("columns") or {})}
+    positional = c.get("columns") == "positional"
+    raw = genes_lib.read_table(path, "label CSV", **({"header": None} if positional else {}))
     where = str(path)
+    if raw.empty:
+      raise CohortError(f"label CSV {where} has no data rows (expected one row per slide)")
+    needed = [f for f in POSITIONS if c["genes"]["format"] == "gdc_star"
+              or f not in ("gene_dir", "gene_file")]
+    cols = (dict(POSITIONS) if positional
+            else _header_columns(raw, c.get("columns") or {}, needed, where))
 
     def col(field):
       return None if cols.get(field) is None else tabular.column(raw, cols[field], field, where)
@@ -136,6 +161,7 @@ class OriginalSource:
     surv = np.full(n, math.nan) if days is None else tabular.numeric(days, "survival_days", where)
     table = pd.DataFrame({"patient_id": col("patient").astype(str).str.strip(), "slide_id": slide,
                           **status, "event": event, "surv_days": surv})
+    tabular.check_patient_labels(table, where)
 
     feat_dir = tabular.resolve(self.root, c["features"])
     h5_paths = [feat_dir / f"{s}.h5" for s in slide]
@@ -156,3 +182,31 @@ class OriginalSource:
       allen = genes_lib.AllenExpression(folder)
       expr = [allen.for_slide(s) for s in slide]
     return table, expr, h5_paths
+
+
+def _header_columns(raw: pd.DataFrame, overrides: Mapping[str, Any], needed: list[str],
+                    where: str) -> dict[str, Any]:
+  """field -> header name of the label CSV (None: dropped); a needed field's absence is an error."""
+  by_lower: dict[str, list[str]] = {}
+  for name in raw.columns:
+    by_lower.setdefault(str(name).strip().lower(), []).append(name)
+  cols: dict[str, Any] = {}
+  for field in needed:
+    if field in overrides:
+      cols[field] = overrides[field]
+      if cols[field] is not None and cols[field] not in raw.columns:
+        raise CohortError(f"label CSV {where}: no column {cols[field]!r} (set by columns.{field}); "
+                          f"columns: {list(raw.columns)}")
+      continue
+    found = [n for alias in HEADER_NAMES[field] for n in by_lower.get(alias, [])]
+    if not found:
+      raise CohortError(
+          f"label CSV {where}: no column for field {field!r} (looked for headers "
+          f"{list(HEADER_NAMES[field])}; columns: {list(raw.columns)}). Name it with "
+          f"`columns: {{{field}: <header>}}`, drop it with `columns: {{{field}: null}}`, or use "
+          "`columns: positional` for a header-less file")
+    if len(found) > 1:
+      raise CohortError(f"label CSV {where}: columns {found} all name field {field!r}; pick one "
+                        f"with `columns: {{{field}: <header>}}`")
+    cols[field] = found[0]
+  return cols

@@ -83,3 +83,22 @@ def slide_table(patient_id, slide_id, status: Mapping[str, np.ndarray], surv_day
       "event": np.where(np.isnan(surv_days), labels_lib.MISSING, event).astype(np.int64),
       "surv_time": np.where(np.isnan(surv_days), -1.0, surv_days).astype(np.float32),
   })
+
+
+def check_patient_labels(table: pd.DataFrame, where: str) -> None:
+  """A patient's slides must carry the same labels; a conflict is an error naming the rows.
+
+  table: one row per slide (data row order of `where`) with patient_id, slide_id and label
+  columns (every column but the ids is compared; NaN equals NaN).
+  """
+  fields = [c for c in table.columns if c not in ("patient_id", "slide_id")]
+  patients = table["patient_id"].astype(str).to_numpy()
+  for field in fields:
+    values = table[field].astype(str).to_numpy()
+    for patient in pd.unique(patients[pd.Series(patients).duplicated(keep=False).to_numpy()]):
+      rows = np.flatnonzero(patients == patient)
+      if len(set(values[rows])) > 1:
+        shown = ", ".join(f"data row {r} (slide {table['slide_id'].iloc[r]!r}): "
+                          f"{table[field].iloc[r]!r}" for r in rows)
+        raise CohortError(f"{where}: patient {patient!r} has conflicting {field!r} labels across "
+                          f"its slides: {shown}; a patient's slides must agree")
