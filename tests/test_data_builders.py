@@ -124,6 +124,9 @@ def test_wrong_patch_shape_from_a_reader_is_an_error(tmp_path):
     def fingerprint(self):
       return {"broken": True}
 
+    def input_files(self):
+      return []
+
     def prepare(self):
       return builders.PreparedCohort(**{**prepared.__dict__, "read_slide": read})
 

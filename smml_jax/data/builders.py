@@ -1,8 +1,9 @@
 """Shared tfds machinery: one GeneratorBasedBuilder for every cohort layout.
 
-A layout supplies a `CohortSource`: a JSON-able fingerprint (hashed, together with the record
-format version, into the builder config name, so a changed spec rebuilds and the same spec reuses
-the records) and `prepare()`, which validates the inputs and returns a `PreparedCohort` (slide
+A layout supplies a `CohortSource`: a JSON-able fingerprint of its spec (hashed, together with the
+record format version, into the builder config name, so a changed spec rebuilds and the same spec
+reuses the records), the list of its input files (stamped into the sidecar; a changed, added or
+deleted file makes the records stale, see `build`) and `prepare()`, which validates the inputs and returns a `PreparedCohort` (slide
 table, raw gene matrices, shapes and a per-slide reader for the patch features). The builder writes
 `array_record` files plus sidecars `smml_cohort.json` (table, gene names) and
 `smml_genes.npz` (raw gene matrices, so normalisation is fitted without reading the patches);
@@ -15,9 +16,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import pathlib
-from typing import Any, Callable, Mapping, Protocol
+import shutil
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,7 +28,10 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from smml_jax.data import features as features_lib
+from smml_jax.data import fingerprint as fingerprint_lib
 from smml_jax.data.errors import CohortError
+
+log = logging.getLogger(__name__)
 
 RECORD_FORMAT_VERSION = "1.0.0"
 SPLIT_NAME = "cohort"
@@ -60,7 +66,10 @@ class CohortSource(Protocol):
   layout: str
 
   def fingerprint(self) -> dict[str, Any]:
-    """JSON-able description of everything the records depend on."""
+    """JSON-able identity of the cohort (its spec); names the records folder."""
+
+  def input_files(self) -> Sequence[os.PathLike]:
+    """Every file the records are built from; their stamps decide whether records are stale."""
 
   def prepare(self) -> PreparedCohort:
     """Validate the inputs and load the cheap parts (tables, genes)."""
@@ -152,11 +161,13 @@ class SmmlCohort(tfds.core.GeneratorBasedBuilder):
       yield i, example
 
 
-def _meta_of(source: CohortSource, prepared: PreparedCohort) -> dict[str, Any]:
+def _meta_of(source: CohortSource, prepared: PreparedCohort,
+             inputs: Mapping[str, Any]) -> dict[str, Any]:
   table = prepared.table
   return {
       "layout": source.layout,
       "fingerprint": source.fingerprint(),
+      "inputs": dict(inputs),
       "grid_side": prepared.grid_side,
       "feature_dim": prepared.feature_dim,
       "patch_dtype": prepared.patch_dtype,
@@ -191,15 +202,33 @@ def _validate_prepared(p: PreparedCohort) -> None:
 
 
 def build(source: CohortSource, data_dir: str | os.PathLike | None = None) -> pathlib.Path:
-  """Writes the cohort's records unless they exist; returns the dataset version directory."""
+  """Writes the cohort's records unless they exist and are current; returns the version directory.
+
+  Records are reused only when every input file (source.input_files()) has the stamp it had when
+  they were built (fingerprint.py). Otherwise they are rebuilt, with a warning naming each
+  changed, added or deleted file, or, when the source says `on_stale: refuse`, a CohortError.
+  """
   data_dir = pathlib.Path(data_dir or default_data_dir())
   name = config_name(source)
   version_dir = data_dir / "smml_cohort" / name / RECORD_FORMAT_VERSION
+  inputs = fingerprint_lib.stamps(source.input_files())
   if (version_dir / SIDECAR).is_file() and (version_dir / "dataset_info.json").is_file():
-    return version_dir
-  prepared = source.prepare()
-  _validate_prepared(prepared)
-  builder = SmmlCohort(prepared=prepared, meta=_meta_of(source, prepared),
+    found = fingerprint_lib.changes(read_sidecar(version_dir).get("inputs", {}), inputs)
+    if not found:
+      return version_dir
+    what = (f"the cohort records in {version_dir} were built from other input files: "
+            f"{fingerprint_lib.summary(found)}")
+    if getattr(source, "on_stale", "rebuild") == "refuse":
+      raise CohortError(f"{what}. Refusing to use them (on_stale: refuse); restore the files, "
+                        "or set on_stale: rebuild to rebuild the records")
+    prepared = source.prepare()  # validate the new inputs before the old records go
+    _validate_prepared(prepared)
+    log.warning("%s; rebuilding them", what)
+    shutil.rmtree(version_dir)  # our own cache folder: only records this function wrote
+  else:
+    prepared = source.prepare()
+    _validate_prepared(prepared)
+  builder = SmmlCohort(prepared=prepared, meta=_meta_of(source, prepared, inputs),
                        config=tfds.core.BuilderConfig(name=name), data_dir=str(data_dir),
                        file_format="array_record")
   builder.download_and_prepare(

@@ -51,12 +51,30 @@ class ClamSource:
   root: pathlib.Path
   layout: str = "clam"
 
+  @property
+  def on_stale(self) -> str:
+    return self.spec.get("on_stale", "rebuild")
+
   def fingerprint(self) -> dict[str, Any]:
-    files = [tabular.file_stamp(tabular.resolve(self.root, self.spec["csv"]))]
+    """The spec's identity (names the records folder); the files' stamps are `input_files`."""
+    spec = {k: v for k, v in self.spec.items() if k != "on_stale"}  # not part of the identity
+    return {"spec": spec, "root": str(self.root)}
+
+  def input_files(self) -> list[pathlib.Path]:
+    """Every file the records are built from: the CSV, the signature and each slide's .h5."""
+    csv = tabular.resolve(self.root, self.spec["csv"])
+    files = [csv]
     sig = self.spec.get("signature", {})
     if "path" in sig:
-      files.append(tabular.file_stamp(tabular.resolve(self.root, sig["path"])))
-    return {"spec": dict(self.spec), "root": str(self.root), "files": files}
+      files.append(tabular.resolve(self.root, sig["path"]))
+    raw = genes_lib.read_table(csv, "CLAM CSV")
+    if "slide_id" not in raw.columns:
+      raise CohortError(f"{csv}: missing columns ['slide_id']; expected {list(REQUIRED)}")
+    slides = raw["slide_id"].astype(str).str.strip()
+    if self.spec.get("slides") is not None:
+      slides = [s for s in slides if s in {str(x) for x in self.spec["slides"]}]
+    feat_dir = tabular.resolve(self.root, self.spec["features"])
+    return files + [feat_dir / f"{slide_file_stem(s)}.h5" for s in slides]
 
   def _label(self, raw: pd.DataFrame, field: str, ref: Any, where: str) -> np.ndarray:
     if isinstance(ref, Mapping):

@@ -151,6 +151,9 @@ def read_gdc_star(path: str | os.PathLike, value_column: str = "fpkm_uq_unstrand
   return pd.Series(values.to_numpy(np.float64), index=table["gene_name"].astype(str).to_numpy())
 
 
+ALLEN_FILES = ("rows-genes.csv", "columns-samples.csv", "fpkm_table.csv")
+
+
 class AllenExpression:
   """IvYGAP tables: rows-genes.csv, columns-samples.csv, fpkm_table.csv in one folder."""
 

@@ -74,12 +74,38 @@ class OriginalSource:
                           f"expected one of {GENE_FORMATS}")
     return list(cohorts)
 
+  @property
+  def on_stale(self) -> str:
+    return self.spec.get("on_stale", "rebuild")
+
   def fingerprint(self) -> dict[str, Any]:
-    stamps = [tabular.file_stamp(tabular.resolve(self.root, c["labels"])) for c in self._cohorts()]
+    """The spec's identity (names the records folder); the files' stamps are `input_files`."""
+    spec = {k: v for k, v in self.spec.items() if k != "on_stale"}  # not part of the identity
+    return {"spec": spec, "root": str(self.root)}
+
+  def input_files(self) -> list[pathlib.Path]:
+    """Every file the records are built from: label CSVs, signature, features, expression."""
+    files = []
     sig = self.spec.get("signature", {})
     if "path" in sig:
-      stamps.append(tabular.file_stamp(tabular.resolve(self.root, sig["path"])))
-    return {"spec": dict(self.spec), "root": str(self.root), "files": stamps}
+      files.append(tabular.resolve(self.root, sig["path"]))
+    for c in self._cohorts():
+      files.append(tabular.resolve(self.root, c["labels"]))
+      raw, col, where = self._label_table(c)
+      if col("slide") is None:
+        raise CohortError(f"{where}: `patient` and `slide` columns are required")
+      slides = col("slide").astype(str).str.strip()
+      feat_dir = tabular.resolve(self.root, c["features"])
+      files += [feat_dir / f"{s}.h5" for s in slides]
+      folder = tabular.resolve(self.root, c["genes"].get("folder", "."))
+      if c["genes"]["format"] == "gdc_star":
+        if col("gene_dir") is None or col("gene_file") is None:
+          raise CohortError(f"{where}: gdc_star genes need the gene_dir and gene_file columns")
+        files += [folder / str(d).strip() / str(f).strip()
+                  for d, f in zip(col("gene_dir"), col("gene_file"))]
+      else:
+        files += [folder / name for name in genes_lib.ALLEN_FILES]
+    return files
 
   def prepare(self) -> builders.PreparedCohort:
     spec = self.spec
@@ -129,8 +155,8 @@ class OriginalSource:
         info={"missing_genes": dropped, "cohorts": [str(c.get("name", c["labels"]))
                                                          for c in self._cohorts()]})
 
-  def _read_cohort(self, c: Mapping[str, Any], feature_dataset: str, feature_dim: int,
-                   coords_dataset: str | None, need_coords: bool):
+  def _label_table(self, c: Mapping[str, Any]):
+    """(raw label table, field -> column Series or None, the file's name for messages)."""
     path = tabular.resolve(self.root, c["labels"])
     positional = c.get("columns") == "positional"
     raw = genes_lib.read_table(path, "label CSV", **({"header": None} if positional else {}))
@@ -144,7 +170,11 @@ class OriginalSource:
 
     def col(field):
       return None if cols.get(field) is None else tabular.column(raw, cols[field], field, where)
+    return raw, col, where
 
+  def _read_cohort(self, c: Mapping[str, Any], feature_dataset: str, feature_dim: int,
+                   coords_dataset: str | None, need_coords: bool):
+    raw, col, where = self._label_table(c)
     slide = col("slide")
     if slide is None or col("patient") is None:
       raise CohortError(f"{where}: `patient` and `slide` columns are required")

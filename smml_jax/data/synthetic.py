@@ -189,6 +189,9 @@ class SyntheticSource:
   def fingerprint(self) -> dict[str, Any]:
     return dataclasses.asdict(self.config)
 
+  def input_files(self) -> list:
+    return []  # generated from the config alone
+
   def prepare(self) -> builders.PreparedCohort:
     cohort = generate(self.config)
     c = self.config

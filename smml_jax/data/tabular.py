@@ -18,15 +18,6 @@ def resolve(root: pathlib.Path, path: str | os.PathLike) -> pathlib.Path:
   return path if path.is_absolute() else root / path
 
 
-def file_stamp(path: pathlib.Path) -> list[Any]:
-  """(path, size, mtime) so a changed input table rebuilds the records."""
-  try:
-    st = path.stat()
-    return [str(path), st.st_size, int(st.st_mtime)]
-  except OSError:
-    return [str(path), None, None]
-
-
 def column(table: pd.DataFrame, ref: int | str, field: str, where: str) -> pd.Series:
   """A column by position (int, negative from the end) or by name."""
   if isinstance(ref, (int, np.integer)):
