@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+import warnings
 from typing import Sequence
 
 
@@ -34,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--grid-layout", choices=("sample", "coords"),
                  help="override the run's grid layout for --features")
   p.add_argument("--missing-genes", choices=("error", "zero"), default="error",
-                 help="genes the run needs but the input lacks: error (default) or zero = fill "
-                      "with the training mean")
+                 help="features are matched by exact name (modality suffix included; an "
+                      "expression file's symbols are the _rnaseq features). Run features the input "
+                      "lacks: error (default, listing them) or zero = fill with the training mean "
+                      "(the count is printed)")
   p.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
   p.add_argument("--out", help="output folder (default DIR/predictions/<input name>)")
   return p
@@ -82,10 +85,17 @@ def predict(args: argparse.Namespace) -> dict[str, pathlib.Path]:
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   from smml_jax.data.errors import CohortError
-  from smml_jax.evaluate.inference import InferenceError
+  from smml_jax.evaluate.inference import InferenceError, MissingGenesFilled
   from smml_jax.train.config import ConfigError
   try:
-    paths = predict(args)
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always", MissingGenesFilled)
+      paths = predict(args)
+    for w in caught:  # --missing-genes zero: say how many genes were filled
+      if issubclass(w.category, MissingGenesFilled):
+        print(f"note: {w.message}", file=sys.stderr)
+      else:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
   except (InferenceError, CohortError, ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

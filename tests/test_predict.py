@@ -179,3 +179,17 @@ def test_feature_dimension_mismatch_is_a_clear_error(tiny, tmp_path):
   with pytest.raises(inf.InferenceError, match="feature dimension 12 .the run needs 16."):
     _predict(["--run", run_dir, "--input", bad_cohort, "--data-dir", tmp_path / "d",
               "--out", tmp_path / "o"])
+
+
+def test_zero_filled_genes_are_counted_on_the_console(tiny, tmp_path, capsys):
+  run_dir, _, _, cohort = tiny
+  h5, genes = _write_slide(tmp_path, cohort, 0, clam=False)
+  table = pd.read_csv(genes)
+  dropped = [cohort.gene_names["micro"][1], cohort.gene_names["tumour"][4]]
+  table[~table["gene"].isin(dropped)].to_csv(genes, index=False)
+  assert predict_cli.main(["--run", str(run_dir), "--features", str(h5), "--genes", str(genes),
+                           "--missing-genes", "zero", "--out", str(tmp_path / "o")]) == 0
+  err = capsys.readouterr().err
+  total = len(cohort.gene_names["tumour"]) + len(cohort.gene_names["micro"])
+  assert f"2 of {total} gene(s)" in err and "training mean" in err
+  assert all(g in err for g in dropped)

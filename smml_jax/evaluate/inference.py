@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import warnings
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import h5py
@@ -240,12 +241,13 @@ def load_run(run_dir: str | pathlib.Path, checkpoint: str = "best") -> TrainedRu
 # ----------------------------------------------------------------------------- gene matching
 
 
-def _base_symbol(name: str) -> str:
-  """'IDH1_rnaseq' -> 'IDH1' (CLAM cohorts name their gene columns <GENE>_<omic>)."""
-  for omic in ("_rnaseq", "_cnv", "_mut"):
-    if name.endswith(omic):
-      return name[:-len(omic)]
-  return name
+# An expression file (GDC STAR table or gene/value table) holds RNA values: for a run whose genes are
+# named <GENE>_<omic> (CLAM cohorts) its symbol G is the feature G_rnaseq, never G_cnv or G_mut.
+EXPRESSION_FILE_OMIC = "rnaseq"
+
+
+class MissingGenesFilled(UserWarning):
+  """`missing_genes='zero'` filled genes the input lacks with the training mean."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,32 +291,39 @@ def align_genes(run: TrainedRun, available: Mapping[str, Sequence[str]] | Sequen
       training mean, i.e. 0 after normalisation).
     where: names the input in error messages.
 
-  A run gene matches an input gene of the same name, else (a CLAM `<GENE>_rnaseq` column against a
-  plain symbol table) the same base symbol.
+  A run gene matches an input gene of exactly the same name (modality suffix included). A flat
+  list is an expression file, whose symbol G also serves as G_rnaseq (EXPRESSION_FILE_OMIC). With
+  'zero', a MissingGenesFilled warning says how many genes were filled.
   """
   if missing_genes not in MISSING_GENE_POLICIES:
     raise InferenceError(f"missing_genes must be one of {MISSING_GENE_POLICIES}, got "
                          f"{missing_genes!r}")
+  flat = not isinstance(available, Mapping)
   columns, fill, missing = {}, {}, {}
   for s in SUBSPACES:
-    names = list(available[s] if isinstance(available, Mapping) else available)
-    position = {}
+    names = [str(n) for n in (available if flat else available[s])]
+    position: dict[str, int] = {}
     for i, name in enumerate(names):
-      position.setdefault(str(name), i)
-    for i, name in enumerate(names):
-      position.setdefault(_base_symbol(str(name)), i)
-    idx = np.array([position.get(g, position.get(_base_symbol(g), -1))
-                    for g in run.gene_names[s]], np.int64)
+      position.setdefault(name, i)
+    if flat:
+      for i, name in enumerate(names):
+        position.setdefault(f"{name}_{EXPRESSION_FILE_OMIC}", i)
+    idx = np.array([position.get(g, -1) for g in run.gene_names[s]], np.int64)
     columns[s] = idx
     missing[s] = [g for g, j in zip(run.gene_names[s], idx) if j < 0]
     fill[s] = training_mean_raw(run.preprocessor, s)
   n_missing = sum(len(v) for v in missing.values())
+  listing = "; ".join(f"{s} ({len(v)} of {len(run.gene_names[s])}): {', '.join(v)}"
+                      for s, v in missing.items() if v)
   if n_missing and missing_genes == "error":
-    listing = "; ".join(f"{s} ({len(v)} of {len(run.gene_names[s])}): {', '.join(v)}"
-                        for s, v in missing.items() if v)
     raise InferenceError(f"{where} lacks {n_missing} gene(s) the run {run.run_dir} was trained "
                          f"on: {listing}. Provide them, or pass --missing-genes zero to fill "
                          "them with the training mean")
+  if n_missing:
+    total = sum(len(run.gene_names[s]) for s in SUBSPACES)
+    warnings.warn(MissingGenesFilled(
+        f"{where}: {n_missing} of {total} gene(s) the run was trained on were missing and "
+        f"filled with the training mean (--missing-genes zero): {listing}"), stacklevel=2)
   return GeneAlignment(columns, fill, missing)
 
 
