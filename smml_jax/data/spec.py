@@ -38,6 +38,12 @@ def read_spec(path: str | os.PathLike) -> dict[str, Any]:
   return spec
 
 
+def check_spec_file(path: str | os.PathLike) -> None:
+  """Reads a spec file and checks its keys and values (no input file is opened)."""
+  path = pathlib.Path(path).resolve()
+  validate_spec(read_spec(path), f"cohort spec {path}")
+
+
 def source_from_spec(spec: Mapping[str, Any], base: pathlib.Path, where: str = "cohort spec"):
   """The CohortSource a spec describes; `base` resolves relative paths.
 

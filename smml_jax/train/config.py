@@ -257,7 +257,15 @@ def make_config(*layers: Mapping[str, Any], overrides: Sequence[str] = ()) -> Ru
     values = merge(values, layer)
   for item in overrides:
     values = merge(values, parse_override(item))
-  return _check_run(_build(RunConfig, values, ""))
+  config = _check_run(_build(RunConfig, values, ""))
+  if config.data.data != "synthetic":  # the spec's keys and values now, its files when loaded
+    from smml_jax.data.errors import CohortError
+    from smml_jax.data.spec import check_spec_file
+    try:
+      check_spec_file(config.data.data)
+    except CohortError as e:
+      raise ConfigError(f"config key 'data.data': {e}") from None
+  return config
 
 
 def config_from_dict(values: Mapping[str, Any]) -> RunConfig:
