@@ -366,3 +366,17 @@ def test_stale_records_can_be_refused(layout, tmp_path):
   assert (first.path / "smml_cohort.json").is_file()  # the old records are left alone
   path.unlink()
   _expect_error(spec_for(root, on_stale="refuse"), tmp_path / "r", f"deleted {path}")
+
+
+def test_records_without_input_stamps_are_rebuilt(layout, tmp_path, caplog):
+  import json
+  root, _ = layout
+  first = spec_lib.load_cohort(spec_for(root), tmp_path / "r")
+  sidecar = first.path / "smml_cohort.json"
+  meta = json.loads(sidecar.read_text())
+  del meta["inputs"]  # as written before input files were stamped
+  sidecar.write_text(json.dumps(meta))
+  with caplog.at_level("WARNING"):
+    again = spec_lib.load_cohort(spec_for(root), tmp_path / "r")
+  assert "predate input-file stamps" in caplog.text
+  assert "inputs" in json.loads((again.path / "smml_cohort.json").read_text())

@@ -213,11 +213,14 @@ def build(source: CohortSource, data_dir: str | os.PathLike | None = None) -> pa
   version_dir = data_dir / "smml_cohort" / name / RECORD_FORMAT_VERSION
   inputs = fingerprint_lib.stamps(source.input_files())
   if (version_dir / SIDECAR).is_file() and (version_dir / "dataset_info.json").is_file():
-    found = fingerprint_lib.changes(read_sidecar(version_dir).get("inputs", {}), inputs)
+    stored = read_sidecar(version_dir).get("inputs")
+    found = fingerprint_lib.changes(stored or {}, inputs)
     if not found:
       return version_dir
     what = (f"the cohort records in {version_dir} were built from other input files: "
-            f"{fingerprint_lib.summary(found)}")
+            f"{fingerprint_lib.summary(found)}" if stored is not None else
+            f"the cohort records in {version_dir} predate input-file stamps, so whether their "
+            f"{len(inputs)} input files changed is unknown")
     if getattr(source, "on_stale", "rebuild") == "refuse":
       raise CohortError(f"{what}. Refusing to use them (on_stale: refuse); restore the files, "
                         "or set on_stale: rebuild to rebuild the records")
