@@ -27,7 +27,9 @@ def _h5_structure(path: pathlib.Path) -> str:
     if isinstance(obj, h5py.Dataset):
       h.update(f"{obj.shape}{obj.dtype.str}".encode())
     for key in sorted(obj.attrs):
-      h.update(key.encode() + np.asarray(obj.attrs[key]).tobytes())
+      # repr of the values, not their bytes: variable-length string attributes come back as
+      # object arrays, whose bytes are pointers.
+      h.update(key.encode() + repr(np.asarray(obj.attrs[key]).tolist()).encode())
 
   with h5py.File(path, "r") as f:
     add("/", f)
