@@ -37,3 +37,19 @@ def test_changes_name_added_deleted_and_changed_files(tmp_path):
   found = fingerprint.changes(before, fingerprint.stamps([a, b, c]))
   assert found[0].startswith(f"changed {a} (") and "content" in found[0]  # mtime may tie
   assert found[1:] == [f"deleted {b}", f"added {c}"]
+
+
+def test_a_feature_file_that_appears_rebuilds_the_records(tmp_path, caplog):
+  from smml_jax.data import spec as spec_lib
+  from test_bad_input import make_clam
+  spec = make_clam(tmp_path / "raw", np.random.default_rng(0))
+  spec["missing_features"] = "skip"
+  h5 = sorted((tmp_path / "raw" / "h5").glob("*.h5"))[-1]
+  kept = h5.read_bytes()
+  h5.unlink()
+  assert len(spec_lib.load_cohort(spec, tmp_path / "records")) == 5
+  h5.write_bytes(kept)  # the missing slide's features arrive
+  with caplog.at_level("WARNING"):
+    cohort = spec_lib.load_cohort(spec, tmp_path / "records")
+  assert f"added {h5}" in caplog.text
+  assert len(cohort) == 6
