@@ -191,7 +191,8 @@ FIELDS: tuple[Field, ...] = (
           "`drop` it everywhere (listed in the cohort info) or `error`",
           _choice(("drop", "error"))),
     Field("signature", _REAL, "mapping", None,
-          "which genes form the two subspaces, in order: `{path, sheet, symbol_column, type_column}` (Type = Tumor / Immune), `{path, "
+          "which genes form the two subspaces, in order: `{path, sheet, symbol_column, "
+          "type_column}` (Type = Tumor / Immune), `{path, "
           "families: {tumour: [...], micro: [...]}}`, or inline `{tumour: [...], micro: [...]}`",
           _signature, required=True),
     Field("cohorts", ("original",), "list", None, "per cohort: `name`, `labels` (label CSV), "
