@@ -20,7 +20,7 @@
 // float32 (the region cache's reassociated sums round differently again), and the gradient jumps
 // there by a whole unit's contribution: ~1e-4 of a weight gradient's largest entry for a single
 // pair at the paper's shape. Units whose float32 pre-activation is within kNear of their scale
-// (rare: ~1e-5 of the pairs' units) are therefore decided by a float64 evaluation of the pair
+// (rare: ~1e-3 of the pairs) are therefore decided by a float64 evaluation of the pair
 // (ExactPreActivations), so the bits and masks are those of the float64 function.
 //
 // Determinism: work items (row, block of queries) are fixed by the shapes, not the thread count;
@@ -55,9 +55,10 @@ constexpr int64_t kChunk = 16384;  // pairs per work item, about (fixed: indepen
 constexpr int64_t kFlush = 1024;   // pairs summed in float before the double partial sums
 constexpr int kRows = 6;           // pairs per matrix-product micro-kernel call
 constexpr int kBlock = 60;         // pairs whose hidden vectors are kept in L1 at once (kRows | kBlock)
-// A unit is decided in float64 when |float32 pre-activation| < kNear * (its input's scale), far
-// above float32 rounding (~1e-6 of the scale at worst, the log1p and 32-term sums included).
-constexpr float kNear = 1e-5f;
+// A unit is decided in float64 when |float32 pre-activation| < kNear * (a bound on its terms'
+// magnitudes), well above float32 rounding (a few epsilons of those magnitudes, the log1p and
+// the 32-term sums included); a wider band costs speed (1e-5 made the forward ~1.5x slower).
+constexpr float kNear = 2e-6f;
 
 // Weights in the layouts the micro-kernels read, 32-byte aligned.
 template <int W>
@@ -135,7 +136,7 @@ void ExactPreActivations(const Weights<W>& w, const float* query, const float* k
 
 // Replaces the bits of the units in `near` (layer 2) by the float64 function's.
 template <int W, int D>
-uint32_t ExactBits(const Weights<W>& w, const float* query, const float* key, uint32_t word,
+__attribute__((noinline)) uint32_t ExactBits(const Weights<W>& w, const float* query, const float* key, uint32_t word,
                    uint32_t near) {
   double z1[W], z2[W];
   ExactPreActivations<W, D>(w, query, key, z1, z2);
@@ -146,7 +147,7 @@ uint32_t ExactBits(const Weights<W>& w, const float* query, const float* key, ui
 
 // Layer 1's activation mask of one pair (bit i = unit i active), units in `near` by float64.
 template <int W, int D>
-uint32_t ExactMask1(const Weights<W>& w, const float* query, const float* key, uint32_t word,
+__attribute__((noinline)) uint32_t ExactMask1(const Weights<W>& w, const float* query, const float* key, uint32_t word,
                     uint32_t near) {
   double z1[W];
   ExactPreActivations<W, D>(w, query, key, z1, nullptr);
@@ -367,18 +368,24 @@ template <int W>
 inline uint32_t Output(const Weights<W>& w, const __m256* z, float* bias, uint32_t* bits) {
   constexpr int NV = W / kLanes;
   const __m256 sign_bit = _mm256_set1_ps(-0.f);
-  __m256 acc = _mm256_setzero_ps();
-  uint32_t word = 0, near = 0;
+  __m256 acc = _mm256_setzero_ps(), any_near = _mm256_setzero_ps();
+  uint32_t word = 0;
   for (int v = 0; v < NV; ++v) {
     const __m256 positive = _mm256_cmp_ps(z[v], _mm256_setzero_ps(), _CMP_GT_OQ);
     word |= static_cast<uint32_t>(_mm256_movemask_ps(positive)) << (8 * v);
-    near |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(
-                _mm256_andnot_ps(sign_bit, z[v]), _mm256_load_ps(w.near2 + v * kLanes),
-                _CMP_LT_OQ))) << (8 * v);
+    any_near = _mm256_or_ps(any_near, _mm256_cmp_ps(_mm256_andnot_ps(sign_bit, z[v]),
+                                                    _mm256_load_ps(w.near2 + v * kLanes),
+                                                    _CMP_LT_OQ));
     acc = _mm256_fmadd_ps(_mm256_and_ps(positive, z[v]), _mm256_load_ps(w.w3 + v * kLanes), acc);
   }
   *bias = HorizontalSum(acc) + w.b3;
   *bits = word;
+  if (_mm256_testz_ps(any_near, any_near)) [[likely]] return 0;
+  uint32_t near = 0;  // rare: which units
+  for (int v = 0; v < NV; ++v)
+    near |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(
+                _mm256_andnot_ps(sign_bit, z[v]), _mm256_load_ps(w.near2 + v * kLanes),
+                _CMP_LT_OQ))) << (8 * v);
   return near;
 }
 #else
@@ -420,7 +427,7 @@ void ForwardQuery(const Weights<W>& w, const float* t, int m, float* bias, uint3
         z[v] = _mm256_load_ps(&coef[D][v * kLanes]);
         for (int k = 0; k < D; ++k) z[v] = _mm256_fmadd_ps(tk[k], _mm256_load_ps(&coef[k][v * kLanes]), z[v]);
       }
-      if (const uint32_t near = Output<W>(w, z, bias + p, bits + p))
+      if (const uint32_t near = Output<W>(w, z, bias + p, bits + p)) [[unlikely]]
         bits[p] = ExactBits<W, D>(w, query, keys + p * D, bits[p], near);
     }
     if (all_cached) continue;
@@ -434,7 +441,7 @@ void ForwardQuery(const Weights<W>& w, const float* t, int m, float* bias, uint3
         __m256 zv[NV];
         for (int v = 0; v < NV; ++v) zv[v] = _mm256_load_ps(&z[r][v * kLanes]);
         const int64_t k = start + p + r;
-        if (const uint32_t near = Output<W>(w, zv, bias + k, bits + k))
+        if (const uint32_t near = Output<W>(w, zv, bias + k, bits + k)) [[unlikely]]
           bits[k] = ExactBits<W, D>(w, query, keys + k * D, bits[k], near);
       }
     }
@@ -536,30 +543,38 @@ void BackwardQuery(const Weights<W>& w, const float* t, const uint32_t* bits, co
     const float gp = g[p];
     const __m256 gv = _mm256_set1_ps(gp);
     const uint32_t word = bits[p];
-    __m256 h[NV], gh[NV], active[NV];
+    __m256 h[NV], gh[NV];
     PreActivation<W, D>(w, tk, h);
     const __m256 sign_bit = _mm256_set1_ps(-0.f);
-    uint32_t near = 0;
-    for (int v = 0; v < NV; ++v) {
-      active[v] = _mm256_cmp_ps(h[v], _mm256_setzero_ps(), _CMP_GT_OQ);
-      near |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(
-                  _mm256_andnot_ps(sign_bit, h[v]), _mm256_load_ps(w.near1 + v * kLanes),
-                  _CMP_LT_OQ))) << (8 * v);
-      h[v] = _mm256_max_ps(h[v], _mm256_setzero_ps());
-      gh[v] = _mm256_setzero_ps();
-    }
-    if (near) {  // rare: the float64 function decides these units' masks
+    __m256 any_near = _mm256_setzero_ps();
+    for (int v = 0; v < NV; ++v)
+      any_near = _mm256_or_ps(any_near, _mm256_cmp_ps(_mm256_andnot_ps(sign_bit, h[v]),
+                                                      _mm256_load_ps(w.near1 + v * kLanes),
+                                                      _CMP_LT_OQ));
+    if (!_mm256_testz_ps(any_near, any_near)) [[unlikely]] {
+      uint32_t near = 0;
+      for (int v = 0; v < NV; ++v)
+        near |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(
+                    _mm256_andnot_ps(sign_bit, h[v]), _mm256_load_ps(w.near1 + v * kLanes),
+                    _CMP_LT_OQ))) << (8 * v);
+      // The float64 function decides these units' masks; the mask below is h > 0, so an active
+      // unit gets at least the smallest normal float (its value, ~0, is below rounding anyway).
       uint32_t mask = 0;
       for (int v = 0; v < NV; ++v)
-        mask |= static_cast<uint32_t>(_mm256_movemask_ps(active[v])) << (8 * v);
+        mask |= static_cast<uint32_t>(_mm256_movemask_ps(
+                    _mm256_cmp_ps(h[v], _mm256_setzero_ps(), _CMP_GT_OQ))) << (8 * v);
       mask = ExactMask1<W, D>(w, query, keys + p * D, mask, near);
       const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
       for (int v = 0; v < NV; ++v) {
         const __m256i byte = _mm256_set1_epi32(static_cast<int>((mask >> (8 * v)) & 255u));
-        active[v] = _mm256_castsi256_ps(
+        const __m256 active = _mm256_castsi256_ps(
             _mm256_cmpeq_epi32(_mm256_and_si256(byte, lane_bit), lane_bit));
-        h[v] = _mm256_and_ps(active[v], h[v]);
+        h[v] = _mm256_and_ps(active, _mm256_max_ps(h[v], _mm256_set1_ps(1.17549435e-38f)));
       }
+    }
+    for (int v = 0; v < NV; ++v) {
+      h[v] = _mm256_max_ps(h[v], _mm256_setzero_ps());
+      gh[v] = _mm256_setzero_ps();
     }
     for (int q = 0; q < NQ; ++q) {
       const uint32_t nibble = (word >> (4 * q)) & 15u;
@@ -574,7 +589,8 @@ void BackwardQuery(const Weights<W>& w, const float* t, const uint32_t* bits, co
     __m256 gt[D];
     for (int k = 0; k < D; ++k) gt[k] = _mm256_setzero_ps();
     for (int v = 0; v < NV; ++v) {
-      const __m256 gz = _mm256_and_ps(active[v], _mm256_mul_ps(gh[v], gv));
+      const __m256 active = _mm256_cmp_ps(h[v], _mm256_setzero_ps(), _CMP_GT_OQ);
+      const __m256 gz = _mm256_and_ps(active, _mm256_mul_ps(gh[v], gv));
       gb1[v] = _mm256_add_ps(gb1[v], gz);
       for (int k = 0; k < D; ++k) {
         gw1[k][v] = _mm256_fmadd_ps(tk[k], gz, gw1[k][v]);
