@@ -7,14 +7,16 @@ and the gradients w.r.t. q, k, v, the key positions and all six CPB weight array
 the reference path run in float64 on the same (float32-representable) inputs.
 
 Tolerance, per array: max |got - exact| <= RTOL * max |exact| + flip bound.
-* RTOL = 1e-5 is float32 rounding: the float32 machine epsilon (6e-8) times the growth of the
-  longest reductions in these functions (the CPB weight gradients sum over every pair).
+* RTOL = 1e-5 is float32 rounding of these functions at small sizes. The CPB weight gradients
+  are sums over all P pairs, which XLA reduces in float32: their rounding grows like a random
+  walk, eps32 * sqrt(P) of the result's scale (2e-4 at the full grid, batch 3; measured there:
+  reference 2.8e-5 on grad w3). The XLA paths get max(RTOL, eps32 * sqrt(P)).
 * The flip bound covers the ReLU kinks: a hidden unit whose pre-activation lies within rounding of
   zero may take either side in any float32 evaluation, and the gradient then jumps by that unit's
   whole contribution. `_flip_bounds` sums, in float64, the magnitudes of those contributions for
   the units within NEAR of zero relative to their terms' scale (NEAR far above float32 rounding);
   it is zero when no unit is that close (the usual case on the small grids).
-* The native kernels decide the units within their own such band in float64, so they get no flip
+* The native kernels sum in double and decide the units within their own such band in float64, so they get no flip
   bound: RTOL alone (`STRICT`). `test_cpb_paths_at_relu_kinks` puts 64 units exactly at a kink.
 """
 
@@ -181,13 +183,15 @@ def _check(case, impl):
   exact, g_bias = _exact(case)
   bounds = _flip_bounds(case, g_bias)
   got = _grads(case, impl, jnp.float32)
+  pairs = g_bias.size
+  rtol = RTOL if impl in STRICT else max(RTOL, float(np.finfo(np.float32).eps) * pairs ** 0.5)
   failures = []
   for name, a, e, bound in zip(NAMES, got, exact, bounds):
     assert a.shape == e.shape, name
     err = np.abs(a - e).max()
-    allowed = RTOL * np.abs(e).max() + (0.0 if impl in STRICT else bound.max())
+    allowed = rtol * np.abs(e).max() + (0.0 if impl in STRICT else bound.max())
     if name == "grad b3":  # mathematically zero (softmax is shift invariant): rounding only
-      allowed = RTOL * np.abs(g_bias).sum()
+      allowed = rtol * np.abs(g_bias).sum()
     if not err <= allowed:
       failures.append(f"{name}: max abs error {err:.3g} > {allowed:.3g} "
                       f"({err / max(np.abs(e).max(), 1e-300):.3g} of its largest entry)")
