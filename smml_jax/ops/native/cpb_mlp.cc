@@ -16,6 +16,13 @@
 // meets too many regions), and the backward pass needs no W x W products at all (see
 // BackwardAccumulator): it only keeps the bits, recomputing the distances and the first layer.
 //
+// Activation boundaries: a ReLU whose input is within rounding of zero may take either side in
+// float32 (the region cache's reassociated sums round differently again), and the gradient jumps
+// there by a whole unit's contribution: ~1e-4 of a weight gradient's largest entry for a single
+// pair at the paper's shape. Units whose float32 pre-activation is within kNear of their scale
+// (rare: ~1e-3 of the pairs) are therefore decided by a float64 evaluation of the pair
+// (ExactPreActivations), so the bits and masks are those of the float64 function.
+//
 // Determinism: work items (row, block of queries) are fixed by the shapes, not the thread count;
 // each item sums its weight gradients in float for at most kFlush pairs and then in double, into
 // its own slot; slots are reduced in item order, so results do not depend on scheduling.
@@ -48,6 +55,10 @@ constexpr int64_t kChunk = 16384;  // pairs per work item, about (fixed: indepen
 constexpr int64_t kFlush = 1024;   // pairs summed in float before the double partial sums
 constexpr int kRows = 6;           // pairs per matrix-product micro-kernel call
 constexpr int kBlock = 60;         // pairs whose hidden vectors are kept in L1 at once (kRows | kBlock)
+// A unit is decided in float64 when |float32 pre-activation| < kNear * (a bound on its terms'
+// magnitudes), well above float32 rounding (a few epsilons of those magnitudes, the log1p and
+// the 32-term sums included); a wider band costs speed (1e-5 made the forward ~1.5x slower).
+constexpr float kNear = 2e-6f;
 
 // Weights in the layouts the micro-kernels read, 32-byte aligned.
 template <int W>
@@ -61,10 +72,15 @@ struct Weights {
   // lookup[q][n] = sum of the rows w2w3t[4 q + b] over the set bits b of the nibble n, so
   // d h1 = g * sum_q lookup[q][nibble q of the pair's bits]: W / 4 row loads, not W FMAs.
   alignas(32) float lookup[W / 4][16][W];
+  // kNear times a bound on the sum of the magnitudes of each pre-activation's terms for inputs
+  // |t_k| <= t_max: layer 1 |b1| + t_max sum_k |W1[k]|, layer 2 |b2| + sum_i |W2[i]| scale1_i.
+  alignas(32) float near1[W];
+  alignas(32) float near2[W];
   float b3;
+  int d;
 
-  Weights(int d, const float* w1_, const float* b1_, const float* w2_, const float* b2_,
-          const float* w3_, const float* b3_) {
+  Weights(int d_, const float* w1_, const float* b1_, const float* w2_, const float* b2_,
+          const float* w3_, const float* b3_, float t_max) : d(d_) {
     std::memset(w1, 0, sizeof(w1));
     std::memcpy(w1, w1_, sizeof(float) * d * W);
     std::memcpy(b1, b1_, sizeof(b1));
@@ -82,8 +98,75 @@ struct Weights {
             if ((n >> b) & 1) sum += w2w3t[4 * q + b][i];
           lookup[q][n][i] = sum;
         }
+    double scale1[W];
+    for (int i = 0; i < W; ++i) {
+      scale1[i] = std::fabs(b1[i]);
+      for (int k = 0; k < d; ++k) scale1[i] += t_max * std::fabs(w1[k][i]);
+      near1[i] = kNear * static_cast<float>(scale1[i]);
+    }
+    for (int j = 0; j < W; ++j) {
+      double scale2 = std::fabs(b2[j]);
+      for (int i = 0; i < W; ++i) scale2 += std::fabs(w2[i][j]) * scale1[i];
+      near2[j] = kNear * static_cast<float>(scale2);
+    }
   }
 };
+
+// Layer 1's (z1) and, when z2 is given, layer 2's pre-activations of one pair in float64, from
+// the float32 positions: the float64 function the bits and masks of near-zero units follow.
+template <int W, int D>
+void ExactPreActivations(const Weights<W>& w, const float* query, const float* key, double* z1,
+                         double* z2) {
+  double t[D];
+  for (int k = 0; k < D; ++k) {
+    const double delta = static_cast<double>(query[k]) - static_cast<double>(key[k]);
+    t[k] = std::copysign(std::log1p(std::fabs(delta)), delta);
+  }
+  for (int i = 0; i < W; ++i) {
+    z1[i] = w.b1[i];
+    for (int k = 0; k < D; ++k) z1[i] += t[k] * static_cast<double>(w.w1[k][i]);
+  }
+  if (z2 == nullptr) return;
+  for (int j = 0; j < W; ++j) {
+    z2[j] = w.b2[j];
+    for (int i = 0; i < W; ++i)
+      if (z1[i] > 0.0) z2[j] += z1[i] * static_cast<double>(w.w2[i][j]);
+  }
+}
+
+// Replaces the bits of the units in `near` (layer 2) by the float64 function's.
+template <int W, int D>
+__attribute__((noinline)) uint32_t ExactBits(const Weights<W>& w, const float* query, const float* key, uint32_t word,
+                   uint32_t near) {
+  double z1[W], z2[W];
+  ExactPreActivations<W, D>(w, query, key, z1, z2);
+  for (int j = 0; j < W; ++j)
+    if ((near >> j) & 1u) word = z2[j] > 0.0 ? word | (1u << j) : word & ~(1u << j);
+  return word;
+}
+
+// Layer 1's activation mask of one pair (bit i = unit i active), units in `near` by float64.
+template <int W, int D>
+__attribute__((noinline)) uint32_t ExactMask1(const Weights<W>& w, const float* query, const float* key, uint32_t word,
+                    uint32_t near) {
+  double z1[W];
+  ExactPreActivations<W, D>(w, query, key, z1, nullptr);
+  for (int i = 0; i < W; ++i)
+    if ((near >> i) & 1u) word = z1[i] > 0.0 ? word | (1u << i) : word & ~(1u << i);
+  return word;
+}
+
+// The largest |t| over all pairs: log1p of max_k (max |pos_q[:, k]| + max |pos_k[..., k]|).
+inline float MaxInput(const float* pos_q, int64_t nq, const float* pos_k, int64_t nk, int d) {
+  float largest = 0.f;
+  for (int k = 0; k < d; ++k) {
+    float mq = 0.f, mk = 0.f;
+    for (int64_t e = k; e < nq * d; e += d) mq = std::max(mq, std::fabs(pos_q[e]));
+    for (int64_t e = k; e < nk * d; e += d) mk = std::max(mk, std::fabs(pos_k[e]));
+    largest = std::max(largest, mq + mk);
+  }
+  return std::log1p(largest) * 1.0001f;
+}
 
 #if SMML_AVX2
 constexpr int kLanes = 8;
@@ -279,19 +362,31 @@ class RegionCache {
   int size_ = 0;
 };
 
-// Layer 2's activation bits and w3 . relu(z) + b3 for one pair with z (NV vectors).
+// Layer 2's activation bits and w3 . relu(z) + b3 for one pair with z (NV vectors); returns the
+// units within the float64 decision band (|z| < near2).
 template <int W>
-inline void Output(const Weights<W>& w, const __m256* z, float* bias, uint32_t* bits) {
+inline uint32_t Output(const Weights<W>& w, const __m256* z, float* bias, uint32_t* bits) {
   constexpr int NV = W / kLanes;
-  __m256 acc = _mm256_setzero_ps();
+  const __m256 sign_bit = _mm256_set1_ps(-0.f);
+  __m256 acc = _mm256_setzero_ps(), any_near = _mm256_setzero_ps();
   uint32_t word = 0;
   for (int v = 0; v < NV; ++v) {
     const __m256 positive = _mm256_cmp_ps(z[v], _mm256_setzero_ps(), _CMP_GT_OQ);
     word |= static_cast<uint32_t>(_mm256_movemask_ps(positive)) << (8 * v);
+    any_near = _mm256_or_ps(any_near, _mm256_cmp_ps(_mm256_andnot_ps(sign_bit, z[v]),
+                                                    _mm256_load_ps(w.near2 + v * kLanes),
+                                                    _CMP_LT_OQ));
     acc = _mm256_fmadd_ps(_mm256_and_ps(positive, z[v]), _mm256_load_ps(w.w3 + v * kLanes), acc);
   }
   *bias = HorizontalSum(acc) + w.b3;
   *bits = word;
+  if (_mm256_testz_ps(any_near, any_near)) [[likely]] return 0;
+  uint32_t near = 0;  // rare: which units
+  for (int v = 0; v < NV; ++v)
+    near |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(
+                _mm256_andnot_ps(sign_bit, z[v]), _mm256_load_ps(w.near2 + v * kLanes),
+                _CMP_LT_OQ))) << (8 * v);
+  return near;
 }
 #else
 template <int W, int D>
@@ -301,10 +396,11 @@ class RegionCache {  // the portable path computes every pair's products
 };
 #endif  // SMML_AVX2
 
-// bias[k] and bits[k] for the m keys of one (row, query), t (m, D) its MLP inputs.
+// bias[k] and bits[k] for the m keys of one (row, query), t (m, D) its MLP inputs, formed from
+// the query's position and the keys' (m, D).
 template <int W, int D>
 void ForwardQuery(const Weights<W>& w, const float* t, int m, float* bias, uint32_t* bits,
-                  RegionCache<W, D>* cache) {
+                  RegionCache<W, D>* cache, const float* query, const float* keys) {
 #if SMML_AVX2
   constexpr int NV = W / kLanes;
   alignas(32) float h1[kBlock][W];
@@ -331,7 +427,8 @@ void ForwardQuery(const Weights<W>& w, const float* t, int m, float* bias, uint3
         z[v] = _mm256_load_ps(&coef[D][v * kLanes]);
         for (int k = 0; k < D; ++k) z[v] = _mm256_fmadd_ps(tk[k], _mm256_load_ps(&coef[k][v * kLanes]), z[v]);
       }
-      Output<W>(w, z, bias + p, bits + p);
+      if (const uint32_t near = Output<W>(w, z, bias + p, bits + p)) [[unlikely]]
+        bits[p] = ExactBits<W, D>(w, query, keys + p * D, bits[p], near);
     }
     if (all_cached) continue;
     // Cache full (more regions than kCapacity): the block by register-tiled products.
@@ -343,7 +440,9 @@ void ForwardQuery(const Weights<W>& w, const float* t, int m, float* bias, uint3
       for (int r = 0; r < kRows && p + r < nb; ++r) {
         __m256 zv[NV];
         for (int v = 0; v < NV; ++v) zv[v] = _mm256_load_ps(&z[r][v * kLanes]);
-        Output<W>(w, zv, bias + start + p + r, bits + start + p + r);
+        const int64_t k = start + p + r;
+        if (const uint32_t near = Output<W>(w, zv, bias + k, bits + k)) [[unlikely]]
+          bits[k] = ExactBits<W, D>(w, query, keys + k * D, bits[k], near);
       }
     }
   }
@@ -356,17 +455,18 @@ void ForwardQuery(const Weights<W>& w, const float* t, int m, float* bias, uint3
       h1[i] = z > 0.f ? z : 0.f;
     }
     float acc = 0.f;
-    uint32_t word = 0;
+    uint32_t word = 0, near = 0;
     for (int j = 0; j < W; ++j) {
       float z = w.b2[j];
       for (int i = 0; i < W; ++i) z += h1[i] * w.w2[i][j];
+      if (std::fabs(z) < w.near2[j]) near |= 1u << j;
       if (z > 0.f) {
         word |= 1u << j;
         acc += z * w.w3[j];
       }
     }
     bias[p] = acc + w.b3;
-    bits[p] = word;
+    bits[p] = near ? ExactBits<W, D>(w, query, keys + p * D, word, near) : word;
   }
 #endif
 }
@@ -427,7 +527,8 @@ struct BackwardAccumulator {
 // d loss / d t (m, D) to g_t.
 template <int W, int D>
 void BackwardQuery(const Weights<W>& w, const float* t, const uint32_t* bits, const float* g,
-                   int m, float* g_t, BackwardAccumulator<W, D>* acc, Partial<W>* out) {
+                   int m, float* g_t, BackwardAccumulator<W, D>* acc, Partial<W>* out,
+                   const float* query, const float* keys) {
   constexpr int NQ = W / 4;
 #if SMML_AVX2
   constexpr int NV = W / kLanes;
@@ -444,6 +545,33 @@ void BackwardQuery(const Weights<W>& w, const float* t, const uint32_t* bits, co
     const uint32_t word = bits[p];
     __m256 h[NV], gh[NV];
     PreActivation<W, D>(w, tk, h);
+    const __m256 sign_bit = _mm256_set1_ps(-0.f);
+    __m256 any_near = _mm256_setzero_ps();
+    for (int v = 0; v < NV; ++v)
+      any_near = _mm256_or_ps(any_near, _mm256_cmp_ps(_mm256_andnot_ps(sign_bit, h[v]),
+                                                      _mm256_load_ps(w.near1 + v * kLanes),
+                                                      _CMP_LT_OQ));
+    if (!_mm256_testz_ps(any_near, any_near)) [[unlikely]] {
+      uint32_t near = 0;
+      for (int v = 0; v < NV; ++v)
+        near |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(
+                    _mm256_andnot_ps(sign_bit, h[v]), _mm256_load_ps(w.near1 + v * kLanes),
+                    _CMP_LT_OQ))) << (8 * v);
+      // The float64 function decides these units' masks; the mask below is h > 0, so an active
+      // unit gets at least the smallest normal float (its value, ~0, is below rounding anyway).
+      uint32_t mask = 0;
+      for (int v = 0; v < NV; ++v)
+        mask |= static_cast<uint32_t>(_mm256_movemask_ps(
+                    _mm256_cmp_ps(h[v], _mm256_setzero_ps(), _CMP_GT_OQ))) << (8 * v);
+      mask = ExactMask1<W, D>(w, query, keys + p * D, mask, near);
+      const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+      for (int v = 0; v < NV; ++v) {
+        const __m256i byte = _mm256_set1_epi32(static_cast<int>((mask >> (8 * v)) & 255u));
+        const __m256 active = _mm256_castsi256_ps(
+            _mm256_cmpeq_epi32(_mm256_and_si256(byte, lane_bit), lane_bit));
+        h[v] = _mm256_and_ps(active, _mm256_max_ps(h[v], _mm256_set1_ps(1.17549435e-38f)));
+      }
+    }
     for (int v = 0; v < NV; ++v) {
       h[v] = _mm256_max_ps(h[v], _mm256_setzero_ps());
       gh[v] = _mm256_setzero_ps();
@@ -479,10 +607,18 @@ void BackwardQuery(const Weights<W>& w, const float* t, const uint32_t* bits, co
 #else
   for (int p = 0; p < m; ++p) {
     float h1[W];
+    uint32_t mask = 0, near = 0;
     for (int i = 0; i < W; ++i) {
       float z = w.b1[i];
       for (int k = 0; k < D; ++k) z += t[p * D + k] * w.w1[k][i];
       h1[i] = z > 0.f ? z : 0.f;
+      if (z > 0.f) mask |= 1u << i;
+      if (std::fabs(z) < w.near1[i]) near |= 1u << i;
+    }
+    if (near) {
+      mask = ExactMask1<W, D>(w, query, keys + p * D, mask, near);
+      for (int i = 0; i < W; ++i)
+        if (!((mask >> i) & 1u)) h1[i] = 0.f;
     }
     float gh[W] = {};
     for (int q = 0; q < NQ; ++q) {
@@ -495,7 +631,7 @@ void BackwardQuery(const Weights<W>& w, const float* t, const uint32_t* bits, co
     }
     float gt[D] = {};
     for (int i = 0; i < W; ++i) {
-      const float gz = h1[i] > 0.f ? gh[i] * g[p] : 0.f;
+      const float gz = (mask >> i) & 1u ? gh[i] * g[p] : 0.f;
       acc->g_b1[i] += gz;
       for (int k = 0; k < D; ++k) {
         acc->g_w1[k][i] += t[p * D + k] * gz;
@@ -584,7 +720,7 @@ void Forward(ffi::ThreadPool* pool, const Shapes& s, const float* pos_q, const f
       PairInputs<D>(pos_q + q * D, keys.data(), static_cast<int>(s.keys), t.data(), nullptr);
       const int64_t base = (row * s.queries + q) * s.keys;
       ForwardQuery<W, D>(w, t.data(), static_cast<int>(s.keys), bias + base, bits + base,
-                         cache.get());
+                         cache.get(), pos_q + q * D, keys.data());
     }
   });
 }
@@ -613,7 +749,7 @@ void Backward(ffi::ThreadPool* pool, const Shapes& s, const float* pos_q, const 
       PairInputs<D>(pos_q + q * D, keys.data(), static_cast<int>(s.keys), t.data(), slope.data());
       const int64_t base = (row * s.queries + q) * s.keys;
       BackwardQuery<W, D>(w, t.data(), bits + base, g + base, static_cast<int>(s.keys), g_t.data(),
-                          acc.get(), out);
+                          acc.get(), out, pos_q + q * D, keys.data());
       float g_query[D] = {};
       for (int64_t e = 0; e < nk; ++e) {
         const float g_delta = g_t.data()[e] * slope.data()[e];  // d = query - key
@@ -691,9 +827,11 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pos_q,
     return ffi::Error::InvalidArgument("smml_cpb_bias_fwd: outputs must be (R, T, M)");
   Dispatch(s, [&](auto width, auto inputs) {
     constexpr int W = decltype(width)::value, D = decltype(inputs)::value;
+    const float t_max = MaxInput(pos_q.typed_data(), s.queries, pos_k.typed_data(),
+                                 s.rows * s.keys, D);
     const auto weights = std::make_unique<Weights<W>>(D, w1.typed_data(), b1.typed_data(),
                                                       w2.typed_data(), b2.typed_data(),
-                                                      w3.typed_data(), b3.typed_data());
+                                                      w3.typed_data(), b3.typed_data(), t_max);
     Forward<W, D>(&pool, s, pos_q.typed_data(), pos_k.typed_data(), *weights,
                   bias->typed_data(), bits->typed_data());
   });
@@ -717,9 +855,11 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pos_q,
     return ffi::Error::InvalidArgument("smml_cpb_bias_bwd: bits and g must be (R, T, M)");
   Dispatch(s, [&](auto width, auto inputs) {
     constexpr int W = decltype(width)::value, D = decltype(inputs)::value;
+    const float t_max = MaxInput(pos_q.typed_data(), s.queries, pos_k.typed_data(),
+                                 s.rows * s.keys, D);
     const auto weights = std::make_unique<Weights<W>>(D, w1.typed_data(), b1.typed_data(),
                                                       w2.typed_data(), b2.typed_data(),
-                                                      w3.typed_data(), b3.typed_data());
+                                                      w3.typed_data(), b3.typed_data(), t_max);
     Backward<W, D>(&pool, s, pos_q.typed_data(), pos_k.typed_data(), *weights, bits.typed_data(),
                    g.typed_data(), g_pos_q->typed_data(), g_pos_k->typed_data(),
                    g_w1->typed_data(), g_b1->typed_data(), g_w2->typed_data(),
