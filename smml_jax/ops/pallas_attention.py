@@ -69,9 +69,12 @@ def _sign_log(d):
   return jnp.where(d < 0, -value, value), jnp.where(d == 0, 0.0, 1.0 / (1.0 + mag))
 
 
-def _distances(posq_ref, poskt_ref, r0):
-  """delta = pos_q - pos_k for 8 query rows: D arrays (8, M)."""
-  return [posq_ref[pl.ds(r0, ROWS), e:e + 1] - poskt_ref[e:e + 1, :]
+def _distances(posq_ref, poskt_ref, r0, limit):
+  """delta = pos_q - pos_k for 8 query rows: D arrays (8, M); 0 on rows from `limit` (the tile's
+  number of queries) on, where the last tile's block overhangs the arrays and holds undefined
+  values."""
+  valid = r0 + jax.lax.broadcasted_iota(jnp.int32, (ROWS, 1), 0) < limit
+  return [jnp.where(valid, posq_ref[pl.ds(r0, ROWS), e:e + 1] - poskt_ref[e:e + 1, :], 0.0)
           for e in range(poskt_ref.shape[0])]
 
 
@@ -89,13 +92,13 @@ def _mlp_forward(t, k_refs, dtype):
   return z, inputs
 
 
-def _fill_bias(posq_ref, poskt_ref, k_refs, bias_scr, dtype):
+def _fill_bias(posq_ref, poskt_ref, k_refs, bias_scr, dtype, limit):
   """bias_scr (o, T, M) <- CPB(pos_q - pos_k) for the tile, 8 rows at a time."""
   heads, tile, _ = bias_scr.shape
 
   def body(c, carry):
     r0 = pl.multiple_of(c * ROWS, ROWS)
-    t = [_sign_log(d)[0] for d in _distances(posq_ref, poskt_ref, r0)]
+    t = [_sign_log(d)[0] for d in _distances(posq_ref, poskt_ref, r0, limit)]
     z, _ = _mlp_forward(t, k_refs, dtype)
     for j in range(heads):
       bias_scr[j, pl.ds(r0, ROWS), :] = z[j * ROWS:(j + 1) * ROWS]
@@ -112,9 +115,15 @@ def _probabilities(q, k, bias):
   return e / jnp.sum(e, axis=1, keepdims=True)
 
 
-def _valid_rows(tile, n):
-  rows = pl.program_id(2) * tile + jax.lax.broadcasted_iota(jnp.int32, (tile, 1), 0)
-  return rows < n
+def _tile_limit(tile, n):
+  """Number of this grid step's tile rows that are queries (< tile only in an overhanging last
+  tile). Read at the kernel's top level: the interpreter resolves program_id only there."""
+  return n - pl.program_id(2) * tile
+
+
+def _valid_rows(tile, limit):
+  """(tile, 1) bool: the rows of this tile that are queries."""
+  return jax.lax.broadcasted_iota(jnp.int32, (tile, 1), 0) < limit
 
 
 def _forward_kernel(*refs, n, n_layers, has_keep, dropout_rate, cpb_dtype):
@@ -129,8 +138,9 @@ def _forward_kernel(*refs, n, n_layers, has_keep, dropout_rate, cpb_dtype):
   def _():
     mass_ref[...] = jnp.zeros_like(mass_ref)
 
-  _fill_bias(posq_ref, poskt_ref, k_refs, bias_scr, cpb_dtype)
-  valid = _valid_rows(tile, n)
+  limit = _tile_limit(tile, n)
+  _fill_bias(posq_ref, poskt_ref, k_refs, bias_scr, cpb_dtype, limit)
+  valid = _valid_rows(tile, limit)
   for j in range(heads):
     p = _probabilities(q_ref[j], k_ref[j], bias_scr[j])
     mass_ref[j:j + 1, :] += jnp.sum(jnp.where(valid, p, 0.0), axis=0, keepdims=True)
@@ -165,12 +175,16 @@ def _backward_kernel(*refs, n, n_layers, has_keep, with_posq, dropout_rate, cpb_
       ref[...] = jnp.zeros_like(ref)
 
   # Attention backward for the whole tile, the bias recomputed.
-  _fill_bias(posq_ref, poskt_ref, k_refs, bias_scr, cpb_dtype)
-  valid = _valid_rows(tile, n)
+  limit = _tile_limit(tile, n)
+  _fill_bias(posq_ref, poskt_ref, k_refs, bias_scr, cpb_dtype, limit)
+  valid = _valid_rows(tile, limit)
   scale = 1.0 / (1.0 - dropout_rate) if has_keep else 1.0
   for j in range(heads):
-    q, k, v, g_out = q_ref[j], k_ref[j], v_ref[j], gout_ref[j]
-    p = _probabilities(q, k, bias_scr[j])
+    # Rows past the N queries hold undefined values (NaN * 0 is NaN): zeroed before any sum.
+    q = jnp.where(valid, q_ref[j], 0)
+    g_out = jnp.where(valid, gout_ref[j], 0)
+    k, v = k_ref[j], v_ref[j]
+    p = jnp.where(valid, _probabilities(q, k, bias_scr[j]), 0.0)
     if has_keep:
       keep = keep_ref[j] != 0
       dropped = jnp.where(keep, p * scale, 0.0)
@@ -195,7 +209,7 @@ def _backward_kernel(*refs, n, n_layers, has_keep, with_posq, dropout_rate, cpb_
 
   def body(c, carry):
     r0 = pl.multiple_of(c * ROWS, ROWS)
-    deltas = _distances(posq_ref, poskt_ref, r0)
+    deltas = _distances(posq_ref, poskt_ref, r0, limit)
     t, slopes = zip(*[_sign_log(d) for d in deltas])
     _, inputs = _mlp_forward(t, k_refs, cpb_dtype)
     g_z = jnp.concatenate([gs_scr[j, pl.ds(r0, ROWS), :] for j in range(heads)], axis=0)
@@ -253,7 +267,8 @@ _SEMANTICS = pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "
 
 def _forward_call(qg, kg, vg, posq, poskt, keep, k_mats, *, n, tile, dropout_rate, cpb_dtype,
                   interpret):
-  bsz, groups, heads, n_pad, dh = qg.shape
+  bsz, groups, heads, n_q, dh = qg.shape
+  n_pad = _round_up(n_q, tile)
   m, dims = kg.shape[3], posq.shape[1]
   has_keep = keep is not None
   kernel = functools.partial(_forward_kernel, n=n, n_layers=len(k_mats), has_keep=has_keep,
@@ -269,7 +284,7 @@ def _forward_call(qg, kg, vg, posq, poskt, keep, k_mats, *, n, tile, dropout_rat
       bytes_accessed=_nbytes(*inputs) + _nbytes(*out_shape))
   return pl.pallas_call(
       kernel,
-      grid=(bsz, groups, n_pad // tile),
+      grid=(bsz, groups, n_pad // tile),  # the last block may overhang N: masked in-kernel
       in_specs=_specs((bsz, groups), heads, tile, dh, m, dims, has_keep, k_mats),
       out_specs=(pl.BlockSpec((sq, sq, heads, tile, dh), lambda b, g, i: (b, g, 0, i, 0)),
                  pl.BlockSpec((sq, sq, heads, m), lambda b, g, i: (b, g, 0, 0))),
@@ -284,7 +299,8 @@ def _forward_call(qg, kg, vg, posq, poskt, keep, k_mats, *, n, tile, dropout_rat
 
 def _backward_call(qg, kg, vg, posq, poskt, keep, k_mats, g_out, g_mass, *, n, tile,
                    dropout_rate, cpb_dtype, with_posq, interpret):
-  bsz, groups, heads, n_pad, dh = qg.shape
+  bsz, groups, heads, n_q, dh = qg.shape
+  n_pad = _round_up(n_q, tile)
   m, dims = kg.shape[3], posq.shape[1]
   has_keep = keep is not None
   kernel = functools.partial(_backward_kernel, n=n, n_layers=len(k_mats), has_keep=has_keep,
@@ -309,7 +325,7 @@ def _backward_call(qg, kg, vg, posq, poskt, keep, k_mats, g_out, g_mass, *, n, t
     out_shape.append(jax.ShapeDtypeStruct((bsz, groups) + k.shape, f32))
     out_specs.append(pl.BlockSpec((sq, sq) + k.shape, lambda b, g, i: (b, g, 0, 0)))
   if with_posq:
-    out_shape.append(jax.ShapeDtypeStruct((bsz, groups, n_pad, dims), f32))
+    out_shape.append(jax.ShapeDtypeStruct((bsz, groups, n_q, dims), f32))
     out_specs.append(pl.BlockSpec((sq, sq, tile, dims), lambda b, g, i: (b, g, i, 0)))
   pairs = bsz * groups * n_pad * m
   # MLP: forward twice (bias, then inside its backward), backward two matmuls per layer.
@@ -319,7 +335,7 @@ def _backward_call(qg, kg, vg, posq, poskt, keep, k_mats, g_out, g_mass, *, n, t
       bytes_accessed=_nbytes(*inputs) + _nbytes(*out_shape))
   return pl.pallas_call(
       kernel,
-      grid=(bsz, groups, n_pad // tile),
+      grid=(bsz, groups, n_pad // tile),  # the last block may overhang N: masked in-kernel
       in_specs=in_specs,
       out_specs=out_specs,
       out_shape=out_shape,
@@ -428,16 +444,14 @@ def pallas_cpb_attention(
                      f"{cpb_params[-1][0].shape[1]} (the CPB MLP's outputs)")
   heads = h // groups
   tile = _round_up(min(max(query_tile, 1), n), TILE_MULTIPLE)
-  n_pad = _round_up(n, tile)
-  pad = ((0, 0),) * 3 + ((0, n_pad - n), (0, 0))
-  qg = jnp.pad(q.reshape(b, groups, heads, n, dh), pad)
+  qg = q.reshape(b, groups, heads, n, dh)
   kg, vg = (t.reshape(b, groups, heads, m, dh) for t in (k, v))
-  posq = jnp.pad(pos_q.astype(jnp.float32), ((0, n_pad - n), (0, 0)))
+  posq = pos_q.astype(jnp.float32)
   poskt = jnp.swapaxes(pos_k.astype(jnp.float32), 2, 3)
   keep = None
   if dropout_rng is not None and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, (b, h, n, m))
-    keep = jnp.pad(keep.reshape(b, groups, heads, n, m).astype(jnp.int8), pad)
+    keep = keep.reshape(b, groups, heads, n, m).astype(jnp.int8)
   else:
     dropout_rate = 0.0
   k_mats = kron_layers(cpb_params, cpb_dtype)
@@ -449,5 +463,5 @@ def pallas_cpb_attention(
         default=lambda *a: _attention(*a, *static, True))
   else:
     out, mass = _attention(*args, *static, interpret)
-  out = out[:, :, :, :n].reshape(b, h, n, dh)
+  out = out.reshape(b, h, n, dh)
   return out, mass.reshape(b, h, m)
