@@ -16,7 +16,9 @@ the XLA depthwise conv, so it sets SMML_JAX_NATIVE=0.
 
 Cost analysis of XLA programs counts a while loop's body once: `fused` walks its query tiles with
 `lax.map`, so its numbers undercount by about the number of tiles (`loop_undercount`). The
-`fused-1tile` path is `fused` with a single tile (no loop), counted in full. The Pallas kernels are
+`fused-1tile` path is `fused` with a single tile (no loop), counted in full; `fused-tile` compiles
+one of `fused`'s tiles (its query count, nothing else changed) and multiplies its cost by the
+number of tiles, an estimate of `fused`'s true cost (its memory is one tile's). The Pallas kernels are
 counted from their `pl.CostEstimate` (the MXU FLOPs they execute, their HBM reads and writes).
 """
 
@@ -46,14 +48,15 @@ def _attention_step(path, dtype, mesh, per_chip_batch):
   from smml_jax.ops.cpb import query_positions
 
   n = SIDE * SIDE
-  if path == "fused":
+  if path in ("fused", "fused-tile"):
     tile = DeformAttentionConfig().tile_for(per_chip_batch * GROUPS, KEYS)
+    n = tile if path == "fused-tile" else n
   elif path == "fused-1tile":
     tile = n
   else:
     tile = DeformAttentionConfig(attention_impl=path).tile_for(per_chip_batch * GROUPS, KEYS)
   impl = "fused" if path.startswith("fused") else path
-  pos_q = query_positions(SIDE, 2)
+  pos_q = query_positions(SIDE, 2)[:n]
   chips = mesh.devices.size
 
   def loss(q, k, v, pos_k, params, rng):
@@ -149,6 +152,10 @@ def measure(what, path, dtype_name, topology_name, per_chip_batch):
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   mb = lambda x: round(x / 2**20, 1)
   flops, nbytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+  if path == "fused-tile":  # one tile compiled, counted as many times as lax.map runs it
+    tiles = -(-SIDE * SIDE // tile)
+    flops, nbytes = flops * tiles, nbytes * tiles
+    record.update(tiles=tiles)
   peak_flops, hbm_bw, _ = CHIPS[topology_name.split(":")[0]]
   record.update(
       temp_mb=mb(mem.temp_size_in_bytes), argument_mb=mb(mem.argument_size_in_bytes),
