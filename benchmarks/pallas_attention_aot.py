@@ -42,7 +42,9 @@ def _attention_step(path, dtype, mesh, per_chip_batch):
   """(jitted step, abstract arguments) for one attention block's loss + gradient."""
   import jax
   import jax.numpy as jnp
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
   from smml_jax.models.deform_attention import DeformAttentionConfig
   from smml_jax.ops.attention import cpb_attention
   from smml_jax.ops.cpb import query_positions
@@ -85,9 +87,12 @@ def _attention_step(path, dtype, mesh, per_chip_batch):
 def _model_step(path, dtype, mesh, per_chip_batch):
   """(jitted step, abstract arguments) for the subspace model's loss + gradient."""
   import dataclasses
+
   import jax
   import jax.numpy as jnp
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
   from benchmarks.throughput import FULL_SHAPE
   from smml_jax.models.registry import build_model
   from smml_jax.train.steps import LossConfig, loss_fn
@@ -128,7 +133,7 @@ def _model_step(path, dtype, mesh, per_chip_batch):
 
 
 def measure(what, path, dtype_name, topology_name, per_chip_batch):
-  import jax
+  """One JSON-able record: compile the step for `topology_name` and read its analyses."""
   import jax.numpy as jnp
   from jax.experimental import topologies
 

@@ -132,7 +132,8 @@ def _tpu_topology():
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_pallas_kernel_compiles_for_tpu(dtype):
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
   topologies, topology = _tpu_topology()
   mesh = topologies.make_mesh(topology, (4,), ("data",))
   b, g, n, m, dh = 4, 2, 64, 36, 64

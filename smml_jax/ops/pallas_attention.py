@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -438,7 +438,7 @@ def pallas_cpb_attention(
     raise ValueError("the pallas CPB attention needs a CPB MLP with at least one hidden layer; "
                      f"got {len(cpb_params)} layer(s)")
   b, h, n, dh = q.shape
-  _, groups, m, dims = pos_k.shape
+  groups, m = pos_k.shape[1:3]
   if h % groups or cpb_params[-1][0].shape[1] != h // groups:
     raise ValueError(f"{h} heads do not split into {groups} offset groups of "
                      f"{cpb_params[-1][0].shape[1]} (the CPB MLP's outputs)")
