@@ -163,3 +163,12 @@ def test_pallas_kernel_compiles_for_tpu(dtype):
   # interpret=None chose by the compile target, not the (CPU) host: the Mosaic kernels
   assert text.count('custom_call_target="tpu_custom_call"') == 2
   assert compiled.cost_analysis()["flops"] > 0
+
+
+def test_attention_impl_is_validated_when_the_model_is_configured():
+  from smml_jax.models.deform_attention import DeformAttentionConfig
+  from smml_jax.models.registry import build_model
+  assert DeformAttentionConfig(attention_impl="pallas").attention_impl == "pallas"
+  with pytest.raises(ValueError, match="attention_impl.*'flash'.*pallas"):
+    build_model("subspace", num_classes=4, n_genes_tumour=5, n_genes_micro=7, feature_dim=16,
+                options={"attention_impl": "flash"})

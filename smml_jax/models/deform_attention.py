@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from smml_jax.models.init import torch_uniform
 from smml_jax.models.layers import GroupedDense, TorchDense
 from smml_jax.ops import pallas_attention
-from smml_jax.ops.attention import cpb_attention
+from smml_jax.ops.attention import IMPLEMENTATIONS, cpb_attention
 from smml_jax.ops.cpb import query_positions
 from smml_jax.ops.depthwise import depthwise_conv
 from smml_jax.ops.sampling import grid_sample_2d, linear_sample_1d
@@ -50,6 +50,11 @@ class DeformAttentionConfig:
   query_tile: int = 0
   tile_pairs: int = 73_728
   sampler: str = "gather"  # or "matmul"
+
+  def __post_init__(self):
+    if self.attention_impl not in IMPLEMENTATIONS:
+      raise ValueError(f"attention_impl: unknown attention implementation "
+                       f"{self.attention_impl!r}; expected one of {IMPLEMENTATIONS}")
 
   def tile_for(self, rows: int, keys: int) -> int:
     """Queries per tile for `rows` = B * G offset-group rows attending to `keys` sampled keys
