@@ -69,7 +69,7 @@ def test_single_subspace_ablation():
 
 
 @pytest.mark.parametrize("ndim", [1, 2])
-@pytest.mark.parametrize("impl", ["chunked", "fused", "native"])
+@pytest.mark.parametrize("impl", ["chunked", "fused", "native", "pallas"])
 def test_tiled_attention_equals_reference(ndim, impl):
   """Same outputs and gradients (<= 1e-5 relative) with and without query tiling."""
   batch = small_batch(n=SIDE * SIDE)

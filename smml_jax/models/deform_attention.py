@@ -18,7 +18,8 @@ import jax.numpy as jnp
 
 from smml_jax.models.init import torch_uniform
 from smml_jax.models.layers import GroupedDense, TorchDense
-from smml_jax.ops.attention import cpb_attention
+from smml_jax.ops import pallas_attention
+from smml_jax.ops.attention import IMPLEMENTATIONS, cpb_attention
 from smml_jax.ops.cpb import query_positions
 from smml_jax.ops.depthwise import depthwise_conv
 from smml_jax.ops.sampling import grid_sample_2d, linear_sample_1d
@@ -41,7 +42,8 @@ class DeformAttentionConfig:
   cpb_depth: int = 2
   dropout: float = 0.1
   cpb_geometry: str = "reference"  # or "consistent": see cpb.query_positions
-  attention_impl: str = "auto"  # or "native", "fused", "chunked", "reference": ops/attention.py
+  # or "native", "fused", "chunked", "reference", "pallas": ops/attention.py
+  attention_impl: str = "auto"
   # Queries per attention tile; 0 sizes tiles to about `tile_pairs` (query, key) pairs of the
   # batch (at least 16 queries), which keeps a tile's (pairs, cpb_hidden) workspace cache-sized
   # (benchmarks/RESULTS.md: tile size against batch size).
@@ -49,8 +51,16 @@ class DeformAttentionConfig:
   tile_pairs: int = 73_728
   sampler: str = "gather"  # or "matmul"
 
+  def __post_init__(self):
+    if self.attention_impl not in IMPLEMENTATIONS:
+      raise ValueError(f"attention_impl: unknown attention implementation "
+                       f"{self.attention_impl!r}; expected one of {IMPLEMENTATIONS}")
+
   def tile_for(self, rows: int, keys: int) -> int:
-    """Queries per tile for `rows` = B * G offset-group rows attending to `keys` sampled keys."""
+    """Queries per tile for `rows` = B * G offset-group rows attending to `keys` sampled keys
+    (`pallas` tiles one row at a time in VMEM: its own default, not the CPU cache-sized one)."""
+    if self.attention_impl == "pallas":
+      return self.query_tile or pallas_attention.DEFAULT_QUERY_TILE
     return self.query_tile or max(16, self.tile_pairs // (rows * keys))
 
   @classmethod

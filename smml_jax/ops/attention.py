@@ -11,6 +11,9 @@ of B * G * N * M positions with 32-wide hidden activations. Two implementations 
   keeps the probabilities and one bit per hidden unit instead of recomputing the MLP.
 * `native`: the bias from the CPU kernels of `native_cpb` (the MLP never leaves registers and L1;
   one bit per hidden unit kept), the attention around it in XLA over all queries at once.
+* `pallas`: one Pallas kernel per (batch row, offset group, query tile) evaluating the bias MLP
+  inside the attention tile, with a hand-written recomputing backward (`pallas_attention`); compiled
+  for TPU, interpreted elsewhere (tests), refused on a GPU host.
 * `auto`: `native` where it is available (CPU backend, the original's MLP shape, float32, a C++
   compiler), else `fused`.
 """
@@ -22,11 +25,11 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from smml_jax.ops import native_cpb
+from smml_jax.ops import native_cpb, pallas_attention
 from smml_jax.ops.cpb import CPBParams, relative_position_bias
 from smml_jax.ops.fused_attention import attend_tile
 
-IMPLEMENTATIONS = ("auto", "reference", "chunked", "fused", "native")
+IMPLEMENTATIONS = ("auto", "reference", "chunked", "fused", "native", "pallas")
 
 
 def _attend_block(q, k, v, pos_q, pos_k, cpb_params, valid, dropout_rate, rng, softmax_dtype,
@@ -80,9 +83,10 @@ def cpb_attention(
     dropout_rate: attention-probability dropout (train mode only).
     dropout_rng: PRNG key; None disables dropout.
     implementation: "reference" (materialised), "chunked" (query tiles, rematerialised),
-      "fused" (query tiles, hand-written backward), "native" (CPU kernels for the bias) or
-      "auto" ("native" where available, else "fused").
-    query_tile: queries per tile for "chunked" and "fused".
+      "fused" (query tiles, hand-written backward), "native" (CPU kernels for the bias),
+      "pallas" (TPU kernel, `pallas_attention`) or "auto" ("native" where available, else
+      "fused").
+    query_tile: queries per tile for "chunked", "fused" and "pallas".
     softmax_dtype: dtype of the logits entering the softmax (float32 under mixed precision).
     cpb_dtype: dtype of the CPB MLP's hidden layers (its distances and output stay float32).
 
@@ -98,6 +102,13 @@ def cpb_attention(
   elif implementation == "native" and not native_cpb.available(cpb_params, cpb_dtype):
     raise ValueError("attention implementation 'native' is unavailable: "
                      + native_cpb.why_unavailable(cpb_params, cpb_dtype))
+  if implementation == "pallas":
+    if jax.default_backend() == "gpu":
+      raise ValueError("attention implementation 'pallas' is unavailable: "
+                       + pallas_attention.why_unavailable("gpu"))
+    return pallas_attention.pallas_cpb_attention(
+        q, k, v, pos_q, pos_k, cpb_params, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+        query_tile=query_tile, softmax_dtype=softmax_dtype, cpb_dtype=cpb_dtype)
   n = q.shape[2]
   if implementation == "native":
     bias = native_cpb.relative_position_bias(pos_q, pos_k, list(cpb_params))
