@@ -364,6 +364,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
     _write_jsonl(out_dir / run_dir.METRICS_FILE, history)
     return results
 
+  step = int(state.step)  # 1-based count of train steps done, kept on the host
   try:
     for epoch in range(start_epoch, config.train.epochs):
       t0, seen, losses = time.perf_counter(), 0, []
@@ -372,7 +373,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
                  disable=not (config.train.progress and is_main_process()), leave=False)
       train_rows = []
       for batch in bar:
-        step = int(state.step) + 1  # 1-based count of train steps
+        step += 1
         state, m = train_step(state, sharding.shard_batch(batch, exp.mesh))
         seen += batch_size
         train_rows.append(m)
@@ -387,8 +388,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
         if (config.train.eval_every_steps and step % config.train.eval_every_steps == 0):
           _check_finite(m, step, epoch, len(train_rows), steps_per_epoch, ckpts)
           evaluate(epoch, step)
-      _check_finite(train_rows[-1], int(state.step), epoch, len(train_rows), steps_per_epoch,
-                    ckpts)
+      _check_finite(train_rows[-1], step, epoch, len(train_rows), steps_per_epoch, ckpts)
       train_time = time.perf_counter() - t0
       history.append({"epoch": epoch, "step": int(state.step), "split": "train",
                       **{k: _mean([r[k] for r in train_rows]) for k in train_rows[0]
