@@ -2,7 +2,11 @@
 
 With no data given it runs on the embedded synthetic glioma cohort; `--data SPEC.yaml` takes a
 real cohort (see README). Prints a metrics table; the run directory keeps the resolved config,
-metrics.jsonl, checkpoints, predictions and summary.json.
+metrics.jsonl, checkpoints, predictions and summary.json (layout: smml_jax/train/run_dir.py).
+
+Exit status: 0 done; 2 refused before anything was written to --out (bad config, cohort or run
+directory; the message names the file, key or field); 3 the run could not train (a non-finite
+loss or gradient: the message names the step and the last good checkpoint).
 """
 
 from __future__ import annotations

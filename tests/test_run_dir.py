@@ -121,6 +121,7 @@ def test_prepare_refuses_to_replace_a_foreign_folder(tmp_path):
     (["--set", "train.epochz=1"], "train.epochz"),
     (["--data", "nowhere.yaml"], "nowhere.yaml"),
     (["--batch-size", "1000"], "batch size"),
+    (["--set", "model_options.nope=1"], "nope"),
 ])
 def test_a_failed_start_writes_nothing_into_out(tmp_path, capsys, overrides, message):
   spec = _spec(tmp_path / "tiny.yaml")

@@ -118,9 +118,12 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
   preprocessor = normalise.fit_preprocessor(
       cohort, parts["train"], gene_transform=d.gene_transform, survival_cuts=d.survival_cuts,
       clip=d.gene_clip)
-  spec = build_model(config.model, num_classes=config.num_classes,
-                     n_genes_tumour=cohort.n_genes_tumour, n_genes_micro=cohort.n_genes_micro,
-                     feature_dim=cohort.feature_dim, options=config.model_options)
+  try:
+    spec = build_model(config.model, num_classes=config.num_classes,
+                       n_genes_tumour=cohort.n_genes_tumour, n_genes_micro=cohort.n_genes_micro,
+                       feature_dim=cohort.feature_dim, options=config.model_options)
+  except (TypeError, ValueError) as e:  # unknown model, unknown or ill-typed model_options
+    raise ConfigError(f"config key 'model' / 'model_options': {e}") from e
   check_grid_side(spec, cohort.grid_side, config)
   if config.train.compute_dtype == "bfloat16":
     if not hasattr(spec.module, "dtype"):
