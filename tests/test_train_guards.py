@@ -30,3 +30,24 @@ def test_non_finite_loss_stops_the_run_at_that_step(tmp_path, capsys):
   assert "Traceback" not in err
   assert not (out / "summary.json").exists()
   assert not list((out / "checkpoints" / "latest").glob("*"))  # nothing non-finite was saved
+
+
+def test_divergence_message_names_step_parts_and_last_good_checkpoint(tmp_path):
+  import jax.numpy as jnp
+  from smml_jax.train.checkpoints import RunCheckpoints
+  from smml_jax.train.loop import TrainingDiverged, _check_finite
+  ckpts = RunCheckpoints(tmp_path / "checkpoints")
+  ckpts.save_latest(1, {"w": jnp.ones(3)}, {"epoch": 1})
+  metrics = {"task_loss": jnp.float32(0.7), "consistency_tumour": jnp.float32(jnp.inf),
+             "loss": jnp.float32(jnp.nan), "grad_norm": jnp.float32(3.0),
+             "score_tumour": jnp.float32(0.5), "finite": jnp.bool_(False)}
+  with pytest.raises(TrainingDiverged) as err:
+    _check_finite(metrics, 17, 2, 5, 6, ckpts)
+  message = str(err.value)
+  assert "step 17 (epoch 3, batch 5 of 6)" in message
+  assert "consistency_tumour=inf" in message and "loss=nan" in message
+  assert "task_loss" not in message and "grad_norm" not in message  # only the non-finite parts
+  assert str(tmp_path / "checkpoints" / "latest" / "1") in message
+  metrics["finite"] = jnp.bool_(True)
+  _check_finite(metrics, 17, 2, 5, 6, ckpts)  # a finite step passes
+  ckpts.close()

@@ -276,8 +276,7 @@ def _check_finite(metrics: dict, step: int, epoch: int, batch: int, steps_per_ep
   """TrainingDiverged when a step's loss parts or gradient norm are not finite."""
   if bool(metrics["finite"]):
     return
-  values = {k: float(v) for k, v in metrics.items()
-            if k != "finite" and (k == "grad_norm" or "loss" in k)}
+  values = {k: float(v) for k, v in metrics.items() if k != "finite"}  # loss parts, grad norm
   bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
   newest = ckpts.newest()
   raise TrainingDiverged(
