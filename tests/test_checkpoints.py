@@ -76,3 +76,18 @@ def test_resume_with_every_checkpoint_damaged_starts_over(tmp_path):
   assert any("starts again" in line for line in logs)
   assert ckpts.steps("latest") == [] and ckpts.steps("best") == []
   ckpts.close()
+
+
+def test_predict_and_report_refuse_a_damaged_checkpoint_naming_the_file(tmp_path):
+  from smml_jax.evaluate import inference as inf
+  ckpts = RunCheckpoints(tmp_path / "checkpoints")
+  ckpts.save_best(3, {"params": {"w": jnp.arange(64, dtype=jnp.float32)}}, {"epoch": 3})
+  ckpts.close()
+  template = {"w": jnp.zeros((64,), jnp.float32)}
+  params, meta = inf.restore_params(tmp_path / "checkpoints", template, "best")
+  assert meta["epoch"] == 3 and np.all(np.asarray(params["w"]) == np.arange(64))
+  victim = _largest_file(tmp_path / "checkpoints" / "best" / "3")
+  victim.write_bytes(victim.read_bytes()[:-7])
+  with pytest.raises(inf.InferenceError) as err:
+    inf.restore_params(tmp_path / "checkpoints", template, "best")
+  assert "best/3" in str(err.value) and str(victim) in str(err.value)

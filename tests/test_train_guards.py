@@ -26,7 +26,7 @@ def test_non_finite_loss_stops_the_run_at_that_step(tmp_path, capsys):
   err = capsys.readouterr().err
   assert "training diverged at step" in err and "epoch 1" in err, err
   assert "non-finite" in err and "loss=nan" in err, err
-  assert "none was saved" in err, err  # it diverged before the first checkpoint
+  assert "Last good checkpoint: none" in err, err  # it diverged before the first checkpoint
   assert "Traceback" not in err
   assert not (out / "summary.json").exists()
   assert not list((out / "checkpoints" / "latest").glob("*"))  # nothing non-finite was saved
@@ -47,7 +47,7 @@ def test_divergence_message_names_step_parts_and_last_good_checkpoint(tmp_path):
   assert "step 17 (epoch 3, batch 5 of 6)" in message
   assert "consistency_tumour=inf" in message and "loss=nan" in message
   assert "task_loss" not in message and "grad_norm" not in message  # only the non-finite parts
-  assert str(tmp_path / "checkpoints" / "latest" / "1") in message
+  assert f"Last good checkpoint: {tmp_path / 'checkpoints' / 'latest' / '1'}" in message
   metrics["finite"] = jnp.bool_(True)
   _check_finite(metrics, 17, 2, 5, 6, ckpts)  # a finite step passes
   ckpts.close()

@@ -281,9 +281,9 @@ def _check_finite(metrics: dict, step: int, epoch: int, batch: int, steps_per_ep
   newest = ckpts.newest()
   raise TrainingDiverged(
       f"training diverged at step {step} (epoch {epoch + 1}, batch {batch} of {steps_per_epoch}):"
-      f" non-finite {bad}; nothing after the last good checkpoint was kept: "
-      + (newest if newest else "none was saved (it diverged in the first epoch)")
-      + ". Lower optim.learning_rate or check the inputs.")
+      f" non-finite {bad}. Last good checkpoint: "
+      + (newest if newest else "none (it diverged in the first epoch)")
+      + "; nothing after it was saved. Lower optim.learning_rate or check the inputs.")
 
 
 def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = False,
