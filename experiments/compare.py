@@ -166,29 +166,25 @@ def cell_config(args: argparse.Namespace, configs: Sequence[Mapping[str, Any]], 
   return make_config(*layers, overrides=args.set)
 
 
-def _run_cell(config, run_dir: pathlib.Path, *, overwrite: bool,
+def _run_cell(config, cell_dir: pathlib.Path, *, overwrite: bool,
               log) -> str:
   """Trains one cell unless it is finished; returns 'skipped', 'resumed' or 'trained'."""
-  from smml_jax.evaluate.comparison import CELL_FILE, SUMMARY_FILE
-  from smml_jax.train.config import config_difference, config_to_dict
-  from smml_jax.train.loop import CONFIG_FILE, train
-  config_path = run_dir / CONFIG_FILE
-  stored = json.loads(config_path.read_text()) if config_path.exists() else None
-  stale = stored is not None and stored != config_to_dict(config)
-  if stale and not overwrite:
-    raise CompareError(f"{run_dir} holds a run with a different config "
-                       f"({config_difference(stored, config_to_dict(config))}); pass --overwrite "
-                       "to retrain it, or use another --out")
-  if (run_dir / SUMMARY_FILE).exists() and not stale:
+  from smml_jax.train import run_dir
+  from smml_jax.train.loop import train
+  diff = run_dir.config_mismatch(cell_dir, config)
+  if diff and not overwrite:
+    raise CompareError(f"{cell_dir} holds a run with a different config ({diff}); pass "
+                       "--overwrite to retrain it, or use another --out")
+  if run_dir.is_finished(cell_dir) and not diff:
     return "skipped"
-  resume = stored is not None and not stale
-  cell_path = run_dir / CELL_FILE
+  resume = run_dir.is_run_dir(cell_dir) and not diff
+  cell_path = cell_dir / run_dir.CELL_FILE
   before = json.loads(cell_path.read_text()).get("wall_s", 0.0) if (
       resume and cell_path.exists()) else 0.0
   t0 = time.perf_counter()
-  train(config, run_dir, resume=resume, overwrite=stale, log=log)
+  train(config, cell_dir, resume=resume, overwrite=bool(diff), log=log)
   wall = time.perf_counter() - t0
-  (run_dir / CELL_FILE).write_text(json.dumps({"wall_s": before + wall, "resumed": resume}))
+  run_dir.write_json(cell_path, {"wall_s": before + wall, "resumed": resume}, indent=None)
   return "resumed" if resume else "trained"
 
 
@@ -254,13 +250,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_genomic_compare(args)
   from smml_jax.data.errors import CohortError
   from smml_jax.evaluate.comparison import ComparisonError
+  from smml_jax.train.checkpoints import CheckpointError
   from smml_jax.train.config import ConfigError
-  from smml_jax.train.loop import RunDirError
+  from smml_jax.train.loop import TrainingDiverged
+  from smml_jax.train.run_dir import RunDirError
   try:
     return run_compare(args)
   except (CompareError, ComparisonError, ConfigError, RunDirError, CohortError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except (TrainingDiverged, CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

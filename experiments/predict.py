@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 def predict(args: argparse.Namespace) -> dict[str, pathlib.Path]:
   from smml_jax.data.spec import load_cohort
   from smml_jax.evaluate import inference as inf
+  from smml_jax.train import run_dir as run_dir_lib
 
   if args.run:
     run_dir, which = pathlib.Path(args.run), args.which
@@ -78,7 +79,7 @@ def predict(args: argparse.Namespace) -> dict[str, pathlib.Path]:
   outputs = inf.run_model(run, batches)
   slides = inf.prediction_table(run, outputs)
   patients = inf.patient_table(run, slides)
-  out = pathlib.Path(args.out) if args.out else run_dir / "predictions" / name
+  out = pathlib.Path(args.out) if args.out else run_dir / run_dir_lib.PREDICT_DIR / name
   return inf.write_predictions(out, run, slides, patients, source)
 
 

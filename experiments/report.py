@@ -146,7 +146,14 @@ def region_concentrations(geometry: Mapping[str, Mapping[str, np.ndarray]],
   and 'micro_over_tumour_on_immune' = micro_on_immune / tumour_on_immune.
   """
   from smml_jax.evaluate import interpret
-  result: dict[str, float] = {}
+
+  def defined(fn, *args) -> Optional[float]:
+    try:
+      return fn(*args)
+    except interpret.UndefinedRatio:  # an empty denominator: not available
+      return None
+
+  result: dict[str, Optional[float]] = {}
   if not geometry:
     return result
   for region in ("immune", "tumour"):
@@ -157,21 +164,24 @@ def region_concentrations(geometry: Mapping[str, Mapping[str, np.ndarray]],
     others = np.roll(mask, 1, axis=0) if len(mask) > 1 else None
     for s in ("tumour", "micro"):
       points = geometry[s]["points"]
-      result[f"{s}_on_{region}"] = interpret.region_concentration(points, mask, grid_side)
-      result[f"{s}_attention_on_{region}"] = interpret.mass_concentration(
-          geometry[s]["patch_mass"], mask)
+      result[f"{s}_on_{region}"] = defined(interpret.region_concentration, points, mask, grid_side)
+      result[f"{s}_attention_on_{region}"] = defined(interpret.mass_concentration,
+                                                     geometry[s]["patch_mass"], mask)
       if others is not None:
-        result[f"{s}_on_{region}_mismatched"] = interpret.region_concentration(points, others,
-                                                                               grid_side)
-        result[f"{s}_attention_on_{region}_mismatched"] = interpret.mass_concentration(
-            geometry[s]["patch_mass"], others)
+        result[f"{s}_on_{region}_mismatched"] = defined(interpret.region_concentration, points,
+                                                        others, grid_side)
+        result[f"{s}_attention_on_{region}_mismatched"] = defined(
+            interpret.mass_concentration, geometry[s]["patch_mass"], others)
     batch, groups, m, _ = geometry["micro"]["points"].shape
     side = int(round(m ** 0.5))
     lattice = interpret.grid_points_to_pixels(interpret.lattice_grid(batch * groups, side),
                                               grid_side, side, groups)
-    result[f"lattice_on_{region}"] = interpret.region_concentration(lattice, mask, grid_side)
+    result[f"lattice_on_{region}"] = defined(interpret.region_concentration, lattice, mask,
+                                             grid_side)
   if "micro_on_immune" in result:
-    result["micro_over_tumour_on_immune"] = result["micro_on_immune"] / result["tumour_on_immune"]
+    micro, tumour = result["micro_on_immune"], result["tumour_on_immune"]
+    result["micro_over_tumour_on_immune"] = (
+        micro / tumour if micro is not None and tumour is not None and tumour > 0 else None)
   return result
 
 
@@ -208,19 +218,25 @@ def sampling_use_text(use: Mapping[str, Any]) -> str:
           "RMS offset (0: one fixed shift on every slide, content-blind).")
 
 
-def immune_sentence(concentration: Mapping[str, float]) -> str:
-  """One sentence with both immune-region measures of both branches and the lattice baseline."""
+def _times(value: Optional[float], suffix: str = "x") -> str:
+  return "n/a" if value is None else f"{value:.3f}{suffix}"
+
+
+def immune_sentence(concentration: Mapping[str, Optional[float]]) -> str:
+  """One sentence with both immune-region measures of both branches and the lattice baseline;
+  a measure with an empty denominator reads 'n/a'."""
   c = concentration
   text = (f"Immune regions, chance = 1: microenvironment branch sampling points "
-          f"{c['micro_on_immune']:.3f}x, attention-weighted {c['micro_attention_on_immune']:.3f}x; "
-          f"tumour branch points {c['tumour_on_immune']:.3f}x, attention-weighted "
-          f"{c['tumour_attention_on_immune']:.3f}x; micro/tumour point ratio "
-          f"{c['micro_over_tumour_on_immune']:.3f}; undeformed lattice "
-          f"{c['lattice_on_immune']:.3f}x")
+          f"{_times(c['micro_on_immune'])}, attention-weighted "
+          f"{_times(c['micro_attention_on_immune'])}; tumour branch points "
+          f"{_times(c['tumour_on_immune'])}, attention-weighted "
+          f"{_times(c['tumour_attention_on_immune'])}; micro/tumour point ratio "
+          f"{_times(c['micro_over_tumour_on_immune'], '')}; undeformed lattice "
+          f"{_times(c['lattice_on_immune'])}")
   if "micro_on_immune_mismatched" in c:
     text += (f"; micro points on another slide's immune regions "
-             f"{c['micro_on_immune_mismatched']:.3f}x (attention-weighted "
-             f"{c['micro_attention_on_immune_mismatched']:.3f}x)")
+             f"{_times(c['micro_on_immune_mismatched'])} (attention-weighted "
+             f"{_times(c['micro_attention_on_immune_mismatched'])})")
   return text + "."
 
 
@@ -323,10 +339,11 @@ def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOpt
   from smml_jax.data.spec import load_cohort
   from smml_jax.evaluate import ablation, figures, inference as inf, interpret
   from smml_jax.evaluate.report import write_report
+  from smml_jax.train import run_dir as run_dir_lib
 
   run_dir = pathlib.Path(run_dir)
   run = inf.load_run(run_dir, options.checkpoint)
-  out = pathlib.Path(out_dir) if out_dir else run_dir / "report"
+  out = pathlib.Path(out_dir) if out_dir else run.run_dir / run_dir_lib.REPORT_DIR
   out.mkdir(parents=True, exist_ok=True)
   cohort = load_cohort(run.config.data.data, options.data_dir or run.config.data.data_dir)
   indices = inf.split_indices(run, cohort, options.split)
@@ -356,7 +373,7 @@ def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOpt
   tables = {"cohort metrics": pd.DataFrame([scalar])} if scalar else {}
   sections.append(_section("Cohort", note, tables, cohort_images))
 
-  metrics_path = run_dir / "metrics.jsonl"
+  metrics_path = run.run_dir / run_dir_lib.METRICS_FILE
   if metrics_path.is_file() and metrics_path.read_text().strip():
     curves = figures.plot_training_curves(out / "training_curves.png", metrics_path)
     sections.append(_section("Training and validation curves", "From `metrics.jsonl`.",

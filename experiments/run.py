@@ -2,13 +2,16 @@
 
 With no data given it runs on the embedded synthetic glioma cohort; `--data SPEC.yaml` takes a
 real cohort (see README). Prints a metrics table; the run directory keeps the resolved config,
-metrics.jsonl, checkpoints, predictions and summary.json.
+metrics.jsonl, checkpoints, predictions and summary.json (layout: smml_jax/train/run_dir.py).
+
+Exit status: 0 done; 2 refused before anything was written to --out (bad config, cohort or run
+directory; the message names the file, key or field); 3 the run could not train (a non-finite
+loss or gradient: the message names the step and the last good checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 from typing import Any, Sequence
@@ -39,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="override a config key, e.g. --set train.consistency_weight=0")
   p.add_argument("--resume", action="store_true", help="continue the run in --out")
-  p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace the run in --out (removes only the files a run writes; a folder "
+                 "that is not a run directory is refused)")
+  p.add_argument("--keep-checkpoints", type=int, default=2, metavar="N",
+                 help="keep the latest N epochs' checkpoints (plus the best); default 2")
   p.add_argument("--no-progress", action="store_true", help="no per-epoch progress bar")
   distributed = p.add_argument_group("multi-process (see README: scale-out)")
   distributed.add_argument("--coordinator-address")
@@ -88,17 +95,23 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   from smml_jax.train import distributed
   distributed.maybe_initialize(args.coordinator_address, args.num_processes, args.process_id)
+  from smml_jax.train.checkpoints import CheckpointError
   from smml_jax.train.config import ConfigError
-  from smml_jax.train.loop import RunDirError, is_main_process, train
+  from smml_jax.train.loop import TrainingDiverged, is_main_process, train
+  from smml_jax.train.run_dir import RunDirError
   from smml_jax.data.errors import CohortError
   try:
     config = resolve_config(args)
     out = pathlib.Path(args.out or f"runs/{config.task}-{config.model}-seed{config.train.seed}")
     summary = train(config, out, resume=args.resume, overwrite=args.overwrite,
+                    keep_checkpoints=args.keep_checkpoints,
                     log=print if is_main_process() else (lambda _: None))
-  except (ConfigError, RunDirError, CohortError) as e:
+  except (ConfigError, RunDirError, CohortError) as e:  # refused: nothing was written to --out
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except (TrainingDiverged, CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 3
   if is_main_process():
     print(format_table(summary))
     print(f"run directory: {out}")

@@ -81,6 +81,23 @@ def test_resume_ends_with_exactly_the_uninterrupted_metrics(full_run, tiny_spec,
   assert untimed(_jsonl(out / "metrics.jsonl")) == untimed(_jsonl(full_run[0] / "metrics.jsonl"))
 
 
+@pytest.mark.slow
+def test_resume_falls_back_past_a_corrupted_checkpoint_to_the_same_metrics(full_run, tiny_spec,
+                                                                          data_dir, tmp_path):
+  _, summary = full_run
+  config = tiny_config(tiny_spec, data_dir)
+  out = tmp_path / "corrupted"
+  train(config, out, stop_after_epoch=1, log=lambda _: None)
+  step_dir = out / "checkpoints" / "latest" / "1"
+  victim = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  victim.write_bytes(victim.read_bytes()[:100])  # truncated, e.g. by a full disk
+  logs = []
+  resumed = train(config, out, resume=True, log=logs.append)
+  assert any("latest/1" in line and str(victim) in line for line in logs), logs
+  assert any("resumed" in line and "after epoch 1" in line for line in logs), logs
+  assert resumed == summary  # epoch 1 trained again from epoch 0's checkpoint, identically
+
+
 def test_run_directory_holding_another_run_is_refused(full_run, tiny_spec, data_dir):
   out, _ = full_run
   with pytest.raises(RunDirError, match="--resume"):

@@ -17,7 +17,6 @@ Outputs (see `write_comparison`):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pathlib
 from typing import Any, Mapping, Optional, Sequence
@@ -25,11 +24,13 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from smml_jax.train import run_dir as run_dir_lib
+
 RESULT_COLUMNS = ("model", "task", "metric", "mean", "std", "n_folds")
 TASK_METRICS = {"classification": ("auc", "accuracy", "f1"), "survival": ("c_index",)}
-SUMMARY_FILE, METRICS_FILE, PREDICTIONS_FILE = ("summary.json", "metrics.jsonl",
-                                                "predictions_test.jsonl")
-CELL_FILE = "compare_cell.json"  # written by experiments.compare: wall time of the cell
+SUMMARY_FILE, METRICS_FILE = run_dir_lib.SUMMARY_FILE, run_dir_lib.METRICS_FILE
+PREDICTIONS_FILE = run_dir_lib.predictions_file("test")
+CELL_FILE = run_dir_lib.CELL_FILE  # written by experiments.compare: wall time of the cell
 
 
 class ComparisonError(ValueError):
@@ -66,26 +67,19 @@ class CellResult:
 
 
 def _read_json(path: pathlib.Path) -> Any:
+  if not path.exists():
+    raise ComparisonError(f"{path} does not exist: the run has not finished")
   try:
-    return json.loads(path.read_text())
-  except FileNotFoundError:
-    raise ComparisonError(f"{path} does not exist: the run has not finished") from None
-  except json.JSONDecodeError as e:
-    raise ComparisonError(f"{path} is not valid JSON: {e}") from e
+    return run_dir_lib.read_json(path, "a run record")
+  except run_dir_lib.RunDirError as e:
+    raise ComparisonError(str(e)) from e
 
 
 def _read_jsonl(path: pathlib.Path) -> list[dict]:
-  if not path.exists():
-    raise ComparisonError(f"{path} does not exist")
-  rows = []
-  for n, line in enumerate(path.read_text().splitlines(), 1):
-    if not line.strip():
-      continue
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError as e:
-      raise ComparisonError(f"{path} line {n}: not valid JSON: {e}") from e
-  return rows
+  try:
+    return run_dir_lib.read_jsonl(path)
+  except run_dir_lib.RunDirError as e:
+    raise ComparisonError(str(e)) from e
 
 
 def _number(value: Any) -> Optional[float]:

@@ -35,7 +35,9 @@ from smml_jax.data.normalise import SUBSPACES, Preprocessor
 from smml_jax.data.pipeline import BatchIterator
 from smml_jax.models.outputs import ModelOutput
 from smml_jax.models.registry import ModelSpec, build_model
-from smml_jax.train.config import RunConfig, config_from_dict
+from smml_jax.train import run_dir as run_dir_lib
+from smml_jax.train.checkpoints import MANIFEST_DIR, CheckpointError, verify_step
+from smml_jax.train.config import RunConfig
 
 Batch = dict[str, np.ndarray]
 MISSING_GENE_POLICIES = ("error", "zero")
@@ -124,16 +126,6 @@ class TrainedRun:
     return class_names(self.task, self.num_classes)
 
 
-def _read_json(path: pathlib.Path, what: str) -> Any:
-  if not path.is_file():
-    raise InferenceError(f"{path.parent} is not a training run directory: {path.name} ({what}) "
-                         "is missing")
-  try:
-    return json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise InferenceError(f"{path} ({what}) is not valid JSON: {e}") from e
-
-
 def slide_format_of(cohort_record: Mapping[str, Any], config: RunConfig) -> SlideFormat:
   """The slide reading options of the training cohort (cohort.json's `spec`, else config's spec)."""
   spec = cohort_record.get("spec")
@@ -180,16 +172,26 @@ def restore_params(checkpoint_dir: str | pathlib.Path, params_template: Any,
     step = manager.latest_step()
     if step is None:
       raise InferenceError(f"{folder} holds no checkpoint step")
+    what = f"checkpoint {which}/{step} (saved after epoch {step + 1})"
+    try:
+      verify_step(folder / str(step), folder.parent / MANIFEST_DIR / f"{which}-{step}.json",
+                  what)
+    except CheckpointError as e:
+      raise InferenceError(str(e)) from e
     device = jax.local_devices()[0]
     sharding = jax.sharding.SingleDeviceSharding(device)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                             params_template)
     restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), abstract)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item={"params": abstract},
-                                     restore_args={"params": restore_args},
-                                     partial_restore=True),
-        meta=ocp.args.JsonRestore()))
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(item={"params": abstract},
+                                       restore_args={"params": restore_args},
+                                       partial_restore=True),
+          meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax / tensorstore raise many types for unreadable files
+      raise InferenceError(f"{what} in {folder / str(step)} cannot be read: "
+                           f"{type(e).__name__}: {e}") from e
   return restored["state"]["params"], dict(restored["meta"])
 
 
@@ -198,28 +200,22 @@ def resolve_run_dir(path: str | pathlib.Path) -> tuple[pathlib.Path, str]:
 
   Accepts DIR, DIR/checkpoints, DIR/checkpoints/best|latest and DIR/checkpoints/best|latest/<step>.
   """
-  path = pathlib.Path(path).resolve()
-  which = "best"
-  for candidate in (path, *path.parents[:3]):
-    if (candidate / "config.json").is_file() and (candidate / "checkpoints").is_dir():
-      rel = path.relative_to(candidate).parts
-      if len(rel) >= 2 and rel[0] == "checkpoints" and rel[1] in CHECKPOINTS:
-        which = rel[1]
-      return candidate, which
-  raise InferenceError(f"{path} is neither a training run directory (config.json + checkpoints/) "
-                       "nor a checkpoint folder inside one")
+  try:
+    found, kind = run_dir_lib.locate(path, CHECKPOINTS)
+  except run_dir_lib.RunDirError as e:
+    raise InferenceError(str(e)) from e
+  return found, kind or "best"
 
 
 def load_run(run_dir: str | pathlib.Path, checkpoint: str = "best") -> TrainedRun:
-  """Reads a run directory and restores its params from `checkpoints/<checkpoint>`."""
-  run_dir = pathlib.Path(run_dir)
-  config = config_from_dict(_read_json(run_dir / "config.json", "the run config"))
-  preprocessor = Preprocessor.from_json(
-      json.dumps(_read_json(run_dir / "preprocessor.json", "the fitted preprocessing")))
-  record = _read_json(run_dir / "cohort.json", "the training cohort's shapes and gene names")
-  for key in ("grid_side", "feature_dim", "gene_names"):
-    if key not in record:
-      raise InferenceError(f"{run_dir / 'cohort.json'}: no field {key!r}")
+  """Reads a run directory (`smml_jax.train.run_dir.load`) and restores its params from
+  `checkpoints/<checkpoint>`."""
+  try:
+    stored = run_dir_lib.load(run_dir)
+  except run_dir_lib.RunDirError as e:
+    raise InferenceError(f"{run_dir} is not a usable training run directory: {e}") from e
+  config, record = stored.config, stored.cohort
+  preprocessor = Preprocessor.from_json(json.dumps(stored.preprocessor))
   gene_names = {s: list(record["gene_names"][s]) for s in SUBSPACES}
   spec = build_model(config.model, num_classes=config.num_classes,
                      n_genes_tumour=len(gene_names["tumour"]),
@@ -229,8 +225,8 @@ def load_run(run_dir: str | pathlib.Path, checkpoint: str = "best") -> TrainedRu
     spec = dataclasses.replace(spec, module=spec.module.clone(dtype=jnp.bfloat16))
   template = model_template(spec, int(record["grid_side"]), int(record["feature_dim"]),
                             {s: len(v) for s, v in gene_names.items()})
-  params, meta = restore_params(run_dir / "checkpoints", template, checkpoint)
-  return TrainedRun(run_dir=run_dir, config=config, preprocessor=preprocessor,
+  params, meta = restore_params(stored.checkpoints, template, checkpoint)
+  return TrainedRun(run_dir=stored.path, config=config, preprocessor=preprocessor,
                     gene_names=gene_names, grid_side=int(record["grid_side"]),
                     feature_dim=int(record["feature_dim"]), splits=record.get("splits", {}),
                     slide_format=slide_format_of(record, config), spec=spec, params=params,

@@ -259,6 +259,10 @@ def patch_mass(points: Array, mass: Array, grid_side: int) -> Array:
   return bilinear_splat(points, mass, grid_side).reshape(batch, grid_side, grid_side)
 
 
+class UndefinedRatio(ValueError):
+  """A concentration whose denominator (chance level) is zero: not available, not an error."""
+
+
 def lattice_grid(rows: int, offset_side: int) -> np.ndarray:
   """The undeformed sampling lattice (all offsets zero) in the layout of `ModelOutput.grid_*`.
 
@@ -289,8 +293,8 @@ def mass_concentration(mass: Array, region_mask: Array) -> float:
   mass, mask = mass.reshape(len(mass), -1), mask.reshape(len(mask), -1)
   chance = np.sum(mass.sum(axis=1) * mask.mean(axis=1))
   if chance <= 0:
-    raise ValueError("mass_concentration: no mass inside the grid on any slide with a non-empty "
-                     "region; the ratio is undefined")
+    raise UndefinedRatio("mass_concentration: no mass inside the grid on any slide with a "
+                         "non-empty region; the ratio is undefined")
   return float(np.sum(mass * mask) / chance)
 
 
@@ -314,9 +318,9 @@ def region_concentration(points: Array, region_mask: Array, grid_side: int) -> f
   density = bilinear_splat(points, jnp.ones(np.asarray(points).shape[:-1]), grid_side)
   try:
     return mass_concentration(density, mask.reshape(batch, -1))
-  except ValueError:
-    raise ValueError("region_concentration: no sampling mass inside the grid on any slide with a "
-                     "non-empty region; the ratio is undefined") from None
+  except UndefinedRatio:
+    raise UndefinedRatio("region_concentration: no sampling mass inside the grid on any slide "
+                         "with a non-empty region; the ratio is undefined") from None
 
 
 # ----------------------------------------------------------------------------- gene ranking

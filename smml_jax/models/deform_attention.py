@@ -76,6 +76,15 @@ def offset_grid_side(side: int, kernel: int, stride: int) -> int:
   return (side + 2 * pad - kernel) // stride + 1
 
 
+def min_grid_side(kernel: int, stride: int) -> int:
+  """The smallest token-grid side whose offset lattice has at least 2 points per side.
+
+  Sampling points are normalised by (S - 1), S the lattice side: S = 1 divides by zero (NaN).
+  """
+  pad = (kernel - stride) // 2
+  return kernel + stride - 2 * pad
+
+
 class DeformCrossAttention(nn.Module):
   """Deformable cross-attention, channel-last.
 

@@ -1,59 +1,175 @@
-"""Orbax checkpoints of a run: the latest epoch (to resume) and the best one (by validation)."""
+"""Orbax checkpoints of a run: the last N epochs (to resume) and the best one (by validation).
+
+Every saved step gets a manifest (size and SHA-256 of each of its files, in
+`checkpoints/manifests/<kind>-<step>.json`), so a truncated or altered file is found before orbax
+reads it, and named.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pathlib
-from typing import Any, Optional
+import shutil
+from typing import Any, Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
+from smml_jax.train import distributed
+
+KINDS = ("latest", "best")
+MANIFEST_DIR = "manifests"
+QUARANTINE_DIR = "damaged"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be restored (missing, truncated or altered files)."""
+
+
+def _sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with path.open("rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def step_files(step_dir: pathlib.Path) -> dict[str, dict[str, Any]]:
+  """{relative path: {'size', 'sha256'}} of every file under one checkpoint step folder."""
+  return {str(p.relative_to(step_dir)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+          for p in sorted(step_dir.rglob("*")) if p.is_file()}
+
+
+def verify_step(step_dir: pathlib.Path, manifest: pathlib.Path, what: str) -> None:
+  """Raises CheckpointError naming `what` and the first missing, truncated or altered file.
+
+  A step without a manifest (written before manifests existed) is left to orbax's own checks.
+  """
+  if not step_dir.is_dir():
+    raise CheckpointError(f"{what}: folder {step_dir} does not exist")
+  if not manifest.is_file():
+    return
+  try:
+    expected = json.loads(manifest.read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{what}: its manifest {manifest} is not valid JSON ({e})") from e
+  for rel, want in expected.items():
+    path = step_dir / rel
+    if not path.is_file():
+      raise CheckpointError(f"{what}: file {path} is missing")
+    size = path.stat().st_size
+    if size != want["size"]:
+      raise CheckpointError(f"{what}: file {path} is truncated or altered ({size} bytes, "
+                            f"{want['size']} when saved)")
+    if _sha256(path) != want["sha256"]:
+      raise CheckpointError(f"{what}: file {path} is corrupted (its SHA-256 differs from when "
+                            "it was saved)")
+
 
 class RunCheckpoints:
-  """`latest/` and `best/` CheckpointManagers under one run directory.
+  """`latest/` (the last `keep` epochs) and `best/` CheckpointManagers under one run directory.
 
   Each checkpoint holds the TrainState (params, optimiser state, step, dropout RNG) and a JSON
-  `meta` item (epoch, history, best so far, resolved config). The data order needs no RNG
-  state: it is a function of (seed, epoch). Saving and restoring are collective: every process
-  of a multi-process run calls them.
+  `meta` item (epoch, history, best so far, resolved config); steps are epochs (0-based). The
+  data order needs no RNG state: it is a function of (seed, epoch). Saving and restoring are
+  collective: every process of a multi-process run calls them.
   """
 
-  def __init__(self, directory: str | pathlib.Path):
-    directory = pathlib.Path(directory).resolve()
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
-                                           enable_async_checkpointing=False)
-    self.latest = ocp.CheckpointManager(directory / "latest", options=options)
-    self.best = ocp.CheckpointManager(directory / "best", options=options)
+  def __init__(self, directory: str | pathlib.Path, keep: int = 2):
+    if keep < 1:
+      raise ValueError(f"keep: at least 1 latest checkpoint is kept, got {keep}")
+    self.directory = pathlib.Path(directory).resolve()
+    self.managers = {}
+    for kind, n in (("latest", keep), ("best", 1)):
+      options = ocp.CheckpointManagerOptions(max_to_keep=n, create=True,
+                                             enable_async_checkpointing=False)
+      self.managers[kind] = ocp.CheckpointManager(self.directory / kind, options=options)
 
-  @staticmethod
-  def _save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
+  def step_dir(self, kind: str, step: int) -> pathlib.Path:
+    return self.directory / kind / str(step)
+
+  def manifest(self, kind: str, step: int) -> pathlib.Path:
+    return self.directory / MANIFEST_DIR / f"{kind}-{step}.json"
+
+  def _save(self, kind: str, step: int, state: Any, meta: dict) -> None:
+    manager = self.managers[kind]
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                meta=ocp.args.JsonSave(meta)), force=True)
     manager.wait_until_finished()
+    if jax.process_index() == 0:
+      (self.directory / MANIFEST_DIR).mkdir(exist_ok=True)
+      tmp = self.manifest(kind, step).with_suffix(".tmp")
+      tmp.write_text(json.dumps(step_files(self.step_dir(kind, step))))
+      tmp.replace(self.manifest(kind, step))
+      kept = {f"{kind}-{s}.json" for s in manager.all_steps()}
+      for old in (self.directory / MANIFEST_DIR).glob(f"{kind}-*.json"):
+        if old.name not in kept:
+          old.unlink()
 
   def save_latest(self, epoch: int, state: Any, meta: dict) -> None:
-    self._save(self.latest, epoch, state, meta)
+    self._save("latest", epoch, state, meta)
 
   def save_best(self, epoch: int, state: Any, meta: dict) -> None:
-    self._save(self.best, epoch, state, meta)
+    self._save("best", epoch, state, meta)
 
-  @staticmethod
-  def _restore(manager: ocp.CheckpointManager, template: Any,
-               step: Optional[int] = None) -> Optional[tuple[Any, dict]]:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      return None
+  def steps(self, kind: str) -> list[int]:
+    return sorted(self.managers[kind].all_steps())
+
+  def restore(self, kind: str, step: int, template: Any) -> tuple[Any, dict]:
+    """(state, meta) of one checkpoint; CheckpointError naming the step and the damaged file."""
+    what = f"checkpoint {kind}/{step} (saved after epoch {step + 1})"
+    verify_step(self.step_dir(kind, step), self.manifest(kind, step), what)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    try:
+      restored = self.managers[kind].restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax / tensorstore raise many types for unreadable files
+      raise CheckpointError(f"{what} in {self.step_dir(kind, step)} cannot be read: "
+                            f"{type(e).__name__}: {e}") from e
     return restored["state"], dict(restored["meta"])
 
-  def restore_latest(self, template: Any) -> Optional[tuple[Any, dict]]:
-    return self._restore(self.latest, template)
+  def restore_for_resume(self, template: Any, log: Callable[[str], None] = print
+                         ) -> Optional[tuple[Any, dict]]:
+    """The newest intact checkpoint (latest or best), or None when there is none.
 
-  def restore_best(self, template: Any) -> Optional[tuple[Any, dict]]:
-    return self._restore(self.best, template)
+    Damaged checkpoints are reported and skipped. Checkpoints newer than the one restored are
+    moved to `checkpoints/damaged/` (their epochs are trained again, identically), so the
+    managers never hold steps ahead of the run.
+    """
+    candidates = sorted(((s, k) for k in KINDS for s in self.steps(k)), reverse=True)
+    for step, kind in candidates:
+      try:
+        state, meta = self.restore(kind, step, template)
+      except CheckpointError as e:
+        log(f"warning: {e}; falling back to an older checkpoint")
+        continue
+      self._set_aside(lambda s: s > step)
+      return state, meta
+    if candidates:
+      self._set_aside(lambda s: True)
+      log("warning: no intact checkpoint is left; the run starts again from epoch 1")
+    return None
+
+  def _set_aside(self, which: Callable[[int], bool]) -> None:
+    if jax.process_index() == 0:
+      for kind in KINDS:
+        for step in [s for s in self.steps(kind) if which(s)]:
+          target = self.directory / QUARANTINE_DIR / f"{kind}-{step}"
+          if target.exists():
+            shutil.rmtree(target)
+          target.parent.mkdir(exist_ok=True)
+          self.step_dir(kind, step).rename(target)
+          self.manifest(kind, step).unlink(missing_ok=True)
+    distributed.barrier("checkpoints:set_aside")
+    for manager in self.managers.values():
+      manager.reload()
+
+  def newest(self) -> Optional[str]:
+    """'latest/<step>' of the newest saved checkpoint (for messages), or None."""
+    steps = self.steps("latest")
+    return f"{self.directory / 'latest' / str(steps[-1])} (after epoch {steps[-1] + 1})" if steps else None
 
   def close(self) -> None:
-    self.latest.close()
-    self.best.close()
+    for manager in self.managers.values():
+      manager.close()

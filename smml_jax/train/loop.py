@@ -4,10 +4,8 @@ checkpoints, resumption and the run directory's records."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pathlib
-import shutil
 import time
 from typing import Any, Callable, Optional
 
@@ -19,26 +17,27 @@ from tqdm import tqdm
 from smml_jax.data import normalise, splits as splits_lib
 from smml_jax.data.labels import TASK_LABEL_FIELD
 from smml_jax.data.pipeline import BatchIterator
-from smml_jax.data.spec import load_cohort, read_spec
+from smml_jax.data.spec import load_cohort
 from smml_jax.evaluate.metrics import classification_metrics, survival_metrics
 from smml_jax.losses.classification import ORIGINAL_CLASS_WEIGHTS, class_weights_from_labels
 from smml_jax.losses.survival import survival_curve
+from smml_jax.models.deform_attention import (DeformAttentionConfig, min_grid_side,
+                                              offset_grid_side)
 from smml_jax.models.registry import ModelSpec, build_model
 from smml_jax.optim.coordination import ModalitySplit, coordinate_gradients
 from smml_jax.optim.factory import make_optimizer, trainable_mask_from_predicate
-from smml_jax.train import distributed, sharding
+from smml_jax.train import distributed, run_dir, sharding
 from smml_jax.train.checkpoints import RunCheckpoints
-from smml_jax.train.config import (ConfigError, RunConfig, config_difference, config_from_dict,
-                                   config_to_dict)
+from smml_jax.train.config import ConfigError, RunConfig, config_to_dict
+from smml_jax.train.run_dir import RunDirError  # noqa: F401  (re-exported for callers)
 from smml_jax.train.state import TrainState
 from smml_jax.train.steps import LossConfig, make_eval_step, make_train_step, model_inputs
 
-CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
-PREPROCESSOR_FILE, COHORT_FILE = "preprocessor.json", "cohort.json"
+DEFAULT_KEEP_CHECKPOINTS = 2
 
 
-class RunDirError(ValueError):
-  """The run directory holds a different run."""
+class TrainingDiverged(RuntimeError):
+  """A non-finite loss or gradient: the run cannot train further."""
 
 
 def is_main_process() -> bool:
@@ -51,30 +50,24 @@ def selection_metric(config: RunConfig) -> str:
   return "c_index" if config.task == "survival" else "auc"
 
 
-def prepare_run_dir(out_dir: pathlib.Path, config: RunConfig, *, resume: bool,
-                    overwrite: bool) -> None:
-  """Refuses a directory that holds another run unless --resume (same config) or --overwrite.
+def check_run_dir(out_dir: pathlib.Path, config: RunConfig, *, resume: bool,
+                  overwrite: bool) -> str:
+  """`run_dir.check` on every process (read-only); all leave together."""
+  try:
+    mode = run_dir.check(out_dir, config, resume=resume, overwrite=overwrite)
+  finally:
+    distributed.barrier("check_run_dir")
+  return mode
 
-  Collective: every process checks before process 0 changes anything, and all leave together.
-  """
-  config_path = out_dir / CONFIG_FILE
-  exists = config_path.exists()
-  distributed.barrier("prepare_run_dir:checked")
-  if exists:
-    if overwrite:
-      if is_main_process():
-        shutil.rmtree(out_dir)
-    elif not resume:
-      raise RunDirError(f"{out_dir} already holds a run; pass --resume to continue it or "
-                        "--overwrite to replace it")
-    else:
-      stored = json.loads(config_path.read_text())
-      if stored != config_to_dict(config):
-        diff = config_difference(stored, config_to_dict(config))
-        raise RunDirError(f"{out_dir} holds a run with a different config ({diff}); "
-                          "--resume needs the same config (or use another --out)")
+
+def prepare_run_dir(out_dir: pathlib.Path, mode: str, log: Callable[[str], None]) -> None:
+  """Process 0 makes the folder ready (`run_dir.prepare`); collective."""
   if is_main_process():
-    out_dir.mkdir(parents=True, exist_ok=True)
+    removed = run_dir.prepare(out_dir, mode)
+    if removed:
+      kept = run_dir.foreign_entries(out_dir)
+      log(f"--overwrite: removed the previous run's {[p.name for p in removed]} from {out_dir}"
+          + (f"; kept {kept}" if kept else ""))
   distributed.barrier("prepare_run_dir:ready")
 
 
@@ -125,9 +118,13 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
   preprocessor = normalise.fit_preprocessor(
       cohort, parts["train"], gene_transform=d.gene_transform, survival_cuts=d.survival_cuts,
       clip=d.gene_clip)
-  spec = build_model(config.model, num_classes=config.num_classes,
-                     n_genes_tumour=cohort.n_genes_tumour, n_genes_micro=cohort.n_genes_micro,
-                     feature_dim=cohort.feature_dim, options=config.model_options)
+  try:
+    spec = build_model(config.model, num_classes=config.num_classes,
+                       n_genes_tumour=cohort.n_genes_tumour, n_genes_micro=cohort.n_genes_micro,
+                       feature_dim=cohort.feature_dim, options=config.model_options)
+  except (TypeError, ValueError) as e:  # unknown model, unknown or ill-typed model_options
+    raise ConfigError(f"config key 'model' / 'model_options': {e}") from e
+  check_grid_side(spec, cohort.grid_side, config)
   if config.train.compute_dtype == "bfloat16":
     if not hasattr(spec.module, "dtype"):
       raise ConfigError(f"model {config.model!r} has no compute dtype option")
@@ -140,6 +137,25 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
                            coordination=spec.coordination and t.coordination != "none")
   return Experiment(config, cohort, parts, preprocessor, spec, loss_config,
                     mesh if mesh is not None else sharding.make_mesh())
+
+
+def check_grid_side(spec: ModelSpec, grid_side: int, config: RunConfig) -> None:
+  """ConfigError when the cohort's grid is too small for the deformable attention's lattice."""
+  attention = getattr(getattr(getattr(spec.module, "config", None), "branch", None), "attention",
+                      None)
+  if not isinstance(attention, DeformAttentionConfig):
+    return
+  minimum = min_grid_side(attention.offset_kernel, attention.downsample)
+  tokens = grid_side if attention.ndim == 2 else grid_side * grid_side
+  if tokens < minimum:
+    lattice = offset_grid_side(tokens, attention.offset_kernel, attention.downsample)
+    raise ConfigError(
+        f"cohort {config.data.data}: grid_side {grid_side} is too small for model "
+        f"{config.model!r}: its deformable attention's offset lattice (kernel "
+        f"{attention.offset_kernel}, stride {attention.downsample}) would have {max(lattice, 0)} "
+        f"point(s) per side and needs at least 2, i.e. a "
+        f"{'grid_side' if attention.ndim == 2 else 'token count (grid_side^2)'} of at least "
+        f"{minimum}")
 
 
 def _iterator(exp: Experiment, part: str, batch_size: int, *, epoch: int = 0,
@@ -231,7 +247,7 @@ def _mean(values: list) -> float:
 
 def _write_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
   if is_main_process():
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_dir.write_jsonl(path, rows)
 
 
 def _prediction_rows(preds: dict[str, np.ndarray], task: str) -> list[dict[str, Any]]:
@@ -255,56 +271,89 @@ def _prediction_rows(preds: dict[str, np.ndarray], task: str) -> list[dict[str, 
   return rows
 
 
+def _check_finite(metrics: dict, step: int, epoch: int, batch: int, steps_per_epoch: int,
+                  ckpts: RunCheckpoints) -> None:
+  """TrainingDiverged when a step's loss parts or gradient norm are not finite."""
+  if bool(metrics["finite"]):
+    return
+  values = {k: float(v) for k, v in metrics.items() if k != "finite"}  # loss parts, grad norm
+  bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
+  newest = ckpts.newest()
+  raise TrainingDiverged(
+      f"training diverged at step {step} (epoch {epoch + 1}, batch {batch} of {steps_per_epoch}):"
+      f" non-finite {bad}. Last good checkpoint: "
+      + (newest if newest else "none (it diverged in the first epoch)")
+      + "; nothing after it was saved. Lower optim.learning_rate or check the inputs.")
+
+
 def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = False,
           overwrite: bool = False, stop_after_epoch: Optional[int] = None, mesh=None,
+          keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS,
           log: Callable[[str], None] = print) -> dict[str, Any]:
   """Trains, evaluates every epoch, keeps the best epoch by VALIDATION metric.
+
+  Everything is validated (run directory, config, cohort, model, batch size) before `out_dir`
+  is touched; see `smml_jax.train.run_dir` for what is written when.
 
   Args:
     config: the resolved RunConfig.
     out_dir: run directory (config.json, metrics.jsonl, checkpoints/, summary.json, ...).
-    resume: continue from the latest checkpoint in out_dir (same config required).
-    overwrite: replace whatever out_dir holds.
+    resume: continue from the newest intact checkpoint in out_dir (same config required); with
+      no run in out_dir the run starts fresh (and says so).
+    overwrite: replace the run in out_dir (its own files only; a foreign folder is refused).
     stop_after_epoch: return after this epoch (0-based) as if interrupted (used by tests).
     mesh: device mesh; default all devices.
+    keep_checkpoints: how many of the latest epochs' checkpoints are kept (plus the best).
 
   Returns:
     The summary dict (also written to summary.json when the run completes).
+
+  Raises:
+    RunDirError, ConfigError, CohortError: refused before anything is written.
+    TrainingDiverged: a non-finite loss or gradient (names the step and the last checkpoint).
   """
   out_dir = pathlib.Path(out_dir)
-  prepare_run_dir(out_dir, config, resume=resume, overwrite=overwrite)
+  if keep_checkpoints < 1:
+    raise ConfigError(f"keep_checkpoints: expected at least 1, got {keep_checkpoints}")
+  mode = check_run_dir(out_dir, config, resume=resume, overwrite=overwrite)
   exp = build_experiment(config, mesh)
-  if is_main_process():
-    (out_dir / CONFIG_FILE).write_text(json.dumps(config_to_dict(config), indent=2))
-    (out_dir / PREPROCESSOR_FILE).write_text(exp.preprocessor.to_json())
-    (out_dir / COHORT_FILE).write_text(json.dumps({
-        "path": str(exp.cohort.path), "grid_side": exp.cohort.grid_side,
-        "feature_dim": exp.cohort.feature_dim, "gene_names": exp.cohort.gene_names,
-        "spec": _cohort_spec(config.data.data),
-        "splits": {k: exp.cohort.slides["slide_id"].to_numpy()[v].tolist()
-                   for k, v in exp.splits.items()}}, indent=1))
-
   batch_size = _global_batch(config.train.batch_size, exp.mesh)
   steps_per_epoch = len(_iterator(exp, "train", batch_size, train=True))
   if steps_per_epoch == 0:
     raise ConfigError(f"batch size {batch_size} exceeds the {len(exp.splits['train'])} training "
                       "slides")
   state, tx = init_state(exp, steps_per_epoch)
+  cohort_record = {
+      "path": str(exp.cohort.path), "grid_side": exp.cohort.grid_side,
+      "feature_dim": exp.cohort.feature_dim, "gene_names": exp.cohort.gene_names,
+      "spec": run_dir.cohort_spec_record(config.data.data),
+      "splits": {k: exp.cohort.slides["slide_id"].to_numpy()[v].tolist()
+                 for k, v in exp.splits.items()}}
+
+  # Everything is validated: only now is the run directory touched.
+  if resume and mode == run_dir.NEW:
+    log(f"--resume: {out_dir} holds no run yet; starting a fresh run")
+  prepare_run_dir(out_dir, mode, log)
+  if is_main_process():
+    run_dir.write_start(out_dir, config, exp.preprocessor.to_json(), cohort_record)
+
   train_step = make_train_step(exp.spec, tx, exp.loss_config)
   eval_step = make_eval_step(exp.spec)
-  ckpts = RunCheckpoints(out_dir / "checkpoints")
+  ckpts = RunCheckpoints(out_dir / run_dir.CHECKPOINTS_DIR, keep=keep_checkpoints)
   metric = selection_metric(config)
   history: list[dict] = []
   best = {"epoch": -1, "value": -math.inf}
   start_epoch = 0
-  if resume:
-    restored = ckpts.restore_latest(state)
+  if mode == run_dir.RESUME:
+    restored = ckpts.restore_for_resume(state, log=log)
     if restored is not None:
       state, meta = restored
       state = sharding.replicate(state, exp.mesh)
       history, best, start_epoch = meta["history"], meta["best"], meta["epoch"] + 1
-      log(f"resumed {out_dir} after epoch {meta['epoch']}")
-  _write_jsonl(out_dir / METRICS_FILE, history)
+      log(f"resumed {out_dir} after epoch {meta['epoch'] + 1}")
+    else:
+      log(f"--resume: {out_dir} holds no intact checkpoint; training from the first epoch")
+  _write_jsonl(out_dir / run_dir.METRICS_FILE, history)
 
   def evaluate(epoch: int, step: int) -> dict[str, dict]:
     results = {}
@@ -314,63 +363,65 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
     for part, (m, _) in results.items():
       history.append({"epoch": epoch, "step": step, "split": part,
                       **{k: v for k, v in m.items() if not isinstance(v, (list, dict))}})
-    _write_jsonl(out_dir / METRICS_FILE, history)
+    _write_jsonl(out_dir / run_dir.METRICS_FILE, history)
     return results
 
-  for epoch in range(start_epoch, config.train.epochs):
-    t0, seen, losses = time.perf_counter(), 0, []
-    iterator = _iterator(exp, "train", batch_size, epoch=epoch, train=True)
-    bar = tqdm(iterator, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.train.epochs}",
-               disable=not (config.train.progress and is_main_process()), leave=False)
-    train_rows = []
-    for batch in bar:
-      state, m = train_step(state, sharding.shard_batch(batch, exp.mesh))
-      seen += batch_size
-      train_rows.append(m)
-      if len(train_rows) % 5 == 0:
-        losses = [float(r["loss"]) for r in train_rows[-5:]]
-        bar.set_postfix(loss=f"{_mean(losses):.4f}",
-                        slides_per_s=f"{seen / (time.perf_counter() - t0):.1f}")
-      if (config.train.eval_every_steps and int(state.step) % config.train.eval_every_steps == 0):
-        evaluate(epoch, int(state.step))
-    train_time = time.perf_counter() - t0
-    history.append({"epoch": epoch, "step": int(state.step), "split": "train",
-                    **{k: _mean([r[k] for r in train_rows]) for k in train_rows[0]},
-                    "step_losses": [float(r["loss"]) for r in train_rows],
-                    "slides_per_s": seen / train_time})
-    results = evaluate(epoch, int(state.step))
-    val_value = results["val"][0].get(metric)
-    improved = val_value is not None and not math.isnan(val_value) and val_value > best["value"]
-    if improved:
-      best = {"epoch": epoch, "value": float(val_value)}
-    meta = {"epoch": epoch, "history": history, "best": best,
-            "config": config_to_dict(config)}
-    if improved:
-      ckpts.save_best(epoch, state, meta)
-      _write_jsonl(out_dir / "predictions_test.jsonl",
-                   _prediction_rows(results["test"][1], config.task))
-      _write_jsonl(out_dir / "predictions_val.jsonl",
-                   _prediction_rows(results["val"][1], config.task))
-    ckpts.save_latest(epoch, state, meta)
-    log(f"epoch {epoch + 1}: loss {history[-3]['loss']:.4f}  val {metric} "
-        f"{_fmt(val_value)}  test {metric} {_fmt(results['test'][0].get(metric))}  "
-        f"({train_time:.1f}s, {seen / train_time:.1f} slides/s)")
-    if stop_after_epoch is not None and epoch >= stop_after_epoch:
-      ckpts.close()
-      return {"stopped_after_epoch": epoch}
-  ckpts.close()
+  step = int(state.step)  # 1-based count of train steps done, kept on the host
+  try:
+    for epoch in range(start_epoch, config.train.epochs):
+      t0, seen, losses = time.perf_counter(), 0, []
+      iterator = _iterator(exp, "train", batch_size, epoch=epoch, train=True)
+      bar = tqdm(iterator, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.train.epochs}",
+                 disable=not (config.train.progress and is_main_process()), leave=False)
+      train_rows = []
+      for batch in bar:
+        step += 1
+        state, m = train_step(state, sharding.shard_batch(batch, exp.mesh))
+        seen += batch_size
+        train_rows.append(m)
+        # The previous step's flag: checking it here keeps one step in flight.
+        if len(train_rows) > 1:
+          _check_finite(train_rows[-2], step - 1, epoch, len(train_rows) - 1, steps_per_epoch,
+                        ckpts)
+        if len(train_rows) % 5 == 0:
+          losses = [float(r["loss"]) for r in train_rows[-5:]]
+          bar.set_postfix(loss=f"{_mean(losses):.4f}",
+                          slides_per_s=f"{seen / (time.perf_counter() - t0):.1f}")
+        if (config.train.eval_every_steps and step % config.train.eval_every_steps == 0):
+          _check_finite(m, step, epoch, len(train_rows), steps_per_epoch, ckpts)
+          evaluate(epoch, step)
+      _check_finite(train_rows[-1], step, epoch, len(train_rows), steps_per_epoch, ckpts)
+      train_time = time.perf_counter() - t0
+      history.append({"epoch": epoch, "step": int(state.step), "split": "train",
+                      **{k: _mean([r[k] for r in train_rows]) for k in train_rows[0]
+                         if k != "finite"},
+                      "step_losses": [float(r["loss"]) for r in train_rows],
+                      "slides_per_s": seen / train_time})
+      results = evaluate(epoch, int(state.step))
+      val_value = results["val"][0].get(metric)
+      improved = val_value is not None and not math.isnan(val_value) and val_value > best["value"]
+      if improved:
+        best = {"epoch": epoch, "value": float(val_value)}
+      meta = {"epoch": epoch, "history": history, "best": best,
+              "config": config_to_dict(config)}
+      if improved:
+        ckpts.save_best(epoch, state, meta)
+        for part in run_dir.PREDICTION_SPLITS:
+          _write_jsonl(out_dir / run_dir.predictions_file(part),
+                       _prediction_rows(results[part][1], config.task))
+      ckpts.save_latest(epoch, state, meta)
+      log(f"epoch {epoch + 1}: loss {history[-3]['loss']:.4f}  val {metric} "
+          f"{_fmt(val_value)}  test {metric} {_fmt(results['test'][0].get(metric))}  "
+          f"({train_time:.1f}s, {seen / train_time:.1f} slides/s)")
+      if stop_after_epoch is not None and epoch >= stop_after_epoch:
+        return {"stopped_after_epoch": epoch}
+  finally:
+    ckpts.close()
   summary = summarise(config, history, best)
   summary["n_params"] = int(sum(np.size(x) for x in jax.tree.leaves(state.params)))
   if is_main_process():
-    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    run_dir.write_json(out_dir / run_dir.SUMMARY_FILE, summary)
   return summary
-
-
-def _cohort_spec(data: str) -> dict[str, Any]:
-  """The cohort spec (how slides were read: grid layout, HDF5 datasets), kept for inference."""
-  if str(data) == "synthetic":
-    return {"layout": "synthetic"}
-  return read_spec(data)
 
 
 def _fmt(v) -> str:
@@ -387,7 +438,3 @@ def summarise(config: RunConfig, history: list[dict], best: dict) -> dict[str, A
           "selection_metric": selection_metric(config), "best_epoch": best["epoch"],
           "val": at("val", best["epoch"]), "test": at("test", best["epoch"]),
           "last_epoch": {"epoch": last, "val": at("val", last), "test": at("test", last)}}
-
-
-def load_run_config(out_dir: str | pathlib.Path) -> RunConfig:
-  return config_from_dict(json.loads((pathlib.Path(out_dir) / CONFIG_FILE).read_text()))

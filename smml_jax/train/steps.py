@@ -88,6 +88,8 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformationExtraArgs, 
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(parts, grad_norm=optax.tree.norm(grads))
+    # One scalar the loop checks on the host: a non-finite loss part or gradient stops the run.
+    metrics["finite"] = jnp.all(jnp.isfinite(jnp.stack(list(metrics.values()))))
     if "modality_scores" in extra:
       metrics["score_tumour"], metrics["score_micro"] = extra["modality_scores"]
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
