@@ -60,6 +60,30 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImplConfig:
+  """How the model is computed, not what it computes: the same function on every setting (up to
+  float rounding), so these are not part of a run's identity and `--resume` accepts a change.
+  The subspace models use them; the baselines have one implementation."""
+
+  attention: str = "auto"  # 'auto' (by the devices' platform), 'native', 'fused', 'chunked', 'reference'
+  query_tile: int = 0  # queries per attention tile; 0: about `tile_pairs` (query, key) pairs
+  tile_pairs: int = 73_728
+  sampler: str = "gather"  # or 'matmul'
+
+  def model_options(self) -> dict[str, Any]:
+    """As `models.registry.build_model`'s `impl` options."""
+    return {"attention_impl": self.attention, "query_tile": self.query_tile,
+            "tile_pairs": self.tile_pairs, "sampler": self.sampler}
+
+
+# model_options keys of older configs that are implementation knobs now: old key -> impl field.
+_MOVED_TO_IMPL = {"attention_impl": "attention", "query_tile": "query_tile",
+                  "tile_pairs": "tile_pairs", "sampler": "sampler"}
+# Sections of a config that do not change the function trained (not compared on --resume).
+NOT_IDENTITY = ("impl",)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
   task: str = "grading"
   model: str = "subspace"
@@ -67,6 +91,7 @@ class RunConfig:
   data: DataConfig = DataConfig()
   optim: OptimConfig = OptimConfig()
   train: TrainConfig = TrainConfig()
+  impl: ImplConfig = ImplConfig()
 
   @property
   def num_classes(self) -> int:
@@ -80,6 +105,8 @@ _CHOICES = {
     "train.consistency_mode": ("reference", "per_sample"),
     "train.coordination": ("pcgrad", "reference", "none"),
     "train.compute_dtype": ("float32", "bfloat16"),
+    "impl.attention": ("auto", "native", "fused", "chunked", "reference"),
+    "impl.sampler": ("gather", "matmul"),
 }
 
 
@@ -189,18 +216,49 @@ def read_config_file(path: str | pathlib.Path) -> dict[str, Any]:
   return dict(values)
 
 
+def _move_impl_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+  """Older configs' `model_options.attention_impl` / `query_tile` / `tile_pairs` / `sampler` ->
+  the `impl` section (a conflicting value in both places is an error naming both keys)."""
+  values = dict(values)
+  options = values.get("model_options")
+  if not isinstance(options, Mapping) or not set(options) & set(_MOVED_TO_IMPL):
+    return values
+  if not isinstance(values.get("impl") or {}, Mapping):
+    return values  # _build names the bad `impl` value
+  impl = dict(values.get("impl") or {})
+  options = dict(options)
+  for old, new in _MOVED_TO_IMPL.items():
+    if old not in options:
+      continue
+    value = options.pop(old)
+    if new in impl and impl[new] != value:
+      raise ConfigError(f"config keys 'model_options.{old}' ({value!r}) and 'impl.{new}' "
+                        f"({impl[new]!r}) disagree; 'model_options.{old}' is the older name of "
+                        f"'impl.{new}': set only 'impl.{new}'")
+    impl[new] = value
+  values["model_options"], values["impl"] = options, impl
+  return values
+
+
 def make_config(*layers: Mapping[str, Any], overrides: Sequence[str] = ()) -> RunConfig:
   """Merges layers (later wins) and `key=value` overrides into a validated RunConfig."""
   values: dict[str, Any] = {}
-  for layer in layers:
-    values = merge(values, layer)
+  for layer in layers:  # older names move within each layer, so a later layer still wins
+    values = merge(values, _move_impl_keys(layer))
   for item in overrides:
-    values = merge(values, parse_override(item))
+    values = merge(values, _move_impl_keys(parse_override(item)))
   return _build(RunConfig, values, "")
 
 
 def config_from_dict(values: Mapping[str, Any]) -> RunConfig:
-  return _build(RunConfig, values, "")
+  return _build(RunConfig, _move_impl_keys(values), "")
+
+
+def run_identity(values: Mapping[str, Any]) -> dict[str, Any]:
+  """A config dict without the sections that do not change the function trained (`impl`), older
+  names moved to their sections: what `--resume` compares."""
+  values = _move_impl_keys(values)
+  return {k: v for k, v in values.items() if k not in NOT_IDENTITY}
 
 
 def config_difference(stored: Any, current: Any, key: str = "") -> str:

@@ -23,13 +23,14 @@ from smml_jax.data.spec import load_cohort, read_spec
 from smml_jax.evaluate.metrics import classification_metrics, survival_metrics
 from smml_jax.losses.classification import ORIGINAL_CLASS_WEIGHTS, class_weights_from_labels
 from smml_jax.losses.survival import survival_curve
-from smml_jax.models.registry import ModelSpec, build_model
+from smml_jax.models.registry import ModelSpec, build_model, implementations
+from smml_jax.ops import dispatch
 from smml_jax.optim.coordination import ModalitySplit, coordinate_gradients
 from smml_jax.optim.factory import make_optimizer, trainable_mask_from_predicate
 from smml_jax.train import distributed, sharding
 from smml_jax.train.checkpoints import RunCheckpoints
 from smml_jax.train.config import (ConfigError, RunConfig, config_difference, config_from_dict,
-                                   config_to_dict)
+                                   config_to_dict, run_identity)
 from smml_jax.train.state import TrainState
 from smml_jax.train.steps import LossConfig, make_eval_step, make_train_step, model_inputs
 
@@ -68,9 +69,10 @@ def prepare_run_dir(out_dir: pathlib.Path, config: RunConfig, *, resume: bool,
       raise RunDirError(f"{out_dir} already holds a run; pass --resume to continue it or "
                         "--overwrite to replace it")
     else:
-      stored = json.loads(config_path.read_text())
-      if stored != config_to_dict(config):
-        diff = config_difference(stored, config_to_dict(config))
+      stored = run_identity(json.loads(config_path.read_text()))
+      current = run_identity(config_to_dict(config))
+      if stored != current:  # implementation knobs (`impl`) may change
+        diff = config_difference(stored, current)
         raise RunDirError(f"{out_dir} holds a run with a different config ({diff}); "
                           "--resume needs the same config (or use another --out)")
   if is_main_process():
@@ -125,21 +127,26 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
   preprocessor = normalise.fit_preprocessor(
       cohort, parts["train"], gene_transform=d.gene_transform, survival_cuts=d.survival_cuts,
       clip=d.gene_clip)
+  mesh = mesh if mesh is not None else sharding.make_mesh()
+  impl = dict(config.impl.model_options(), platform=dispatch.platform_of(mesh))
   spec = build_model(config.model, num_classes=config.num_classes,
                      n_genes_tumour=cohort.n_genes_tumour, n_genes_micro=cohort.n_genes_micro,
-                     feature_dim=cohort.feature_dim, options=config.model_options)
+                     feature_dim=cohort.feature_dim, options=config.model_options, impl=impl)
   if config.train.compute_dtype == "bfloat16":
     if not hasattr(spec.module, "dtype"):
       raise ConfigError(f"model {config.model!r} has no compute dtype option")
     spec = dataclasses.replace(spec, module=spec.module.clone(dtype=jnp.bfloat16))
+  try:  # e.g. 'native' on a TPU mesh: refused before anything is traced
+    implementations(spec)
+  except dispatch.DispatchError as e:
+    raise ConfigError(f"config key 'impl.attention': {e}") from e
   t = config.train
   loss_config = LossConfig(task=config.task, class_weights=_class_weights(config, cohort,
                                                                           parts["train"]),
                            consistency_weight=t.consistency_weight,
                            consistency_mode=t.consistency_mode, survival_alpha=t.survival_alpha,
                            coordination=spec.coordination and t.coordination != "none")
-  return Experiment(config, cohort, parts, preprocessor, spec, loss_config,
-                    mesh if mesh is not None else sharding.make_mesh())
+  return Experiment(config, cohort, parts, preprocessor, spec, loss_config, mesh)
 
 
 def _iterator(exp: Experiment, part: str, batch_size: int, *, epoch: int = 0,
@@ -361,6 +368,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
   ckpts.close()
   summary = summarise(config, history, best)
   summary["n_params"] = int(sum(np.size(x) for x in jax.tree.leaves(state.params)))
+  summary["implementation"] = implementations(exp.spec)  # what ran: platform, attention, conv
   if is_main_process():
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
   return summary
