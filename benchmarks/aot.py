@@ -154,33 +154,38 @@ def compile_record(cfg, topology: str, mesh=None) -> dict[str, Any]:
   return record
 
 
-def max_batch(cfg, topology: str, start: int = 1, limit: int = 4096, log=None):
+def max_batch(cfg, topology: str, start: int = 1, limit: int = 4096, resolution: int = 1,
+              log=None):
   """The largest per-chip batch whose program compiles and fits the chip's HBM: doubling from
-  `start`, then bisection. Returns (largest fitting batch or None, all records)."""
+  `start` (halving when it does not fit), then bisection until the largest fitting and the
+  smallest failing batch are `resolution` apart. Returns (largest fitting batch or None, all
+  records)."""
   import dataclasses
   mesh = topology_mesh(topology)
   records, fit, fail = [], None, None
-  fits = {}
 
   def probe(b: int) -> bool:
     record = compile_record(dataclasses.replace(cfg, batch=b), topology, mesh)
     records.append(record)
     if log:
       log(record)
-    fits[b] = bool(record.get("fits"))
-    return fits[b]
+    return bool(record.get("fits"))
 
   b = start
-  while b <= limit:
-    if probe(b):
-      fit = b
-      b *= 2
-    else:
+  while b <= limit:  # doubling up from `start` ...
+    if not probe(b):
       fail = b
       break
+    fit, b = b, b * 2
+  while fit is None and b > 1:  # ... or halving down when `start` does not fit
+    b //= 2
+    if probe(b):
+      fit = b
+    else:
+      fail = b
   if fit is None or fail is None:
     return fit, records
-  while fail - fit > 1:
+  while fail - fit > max(1, resolution):
     mid = (fit + fail) // 2
     if probe(mid):
       fit = mid
@@ -189,12 +194,16 @@ def max_batch(cfg, topology: str, start: int = 1, limit: int = 4096, log=None):
   return fit, records
 
 
-def run(cfg, topology: str, batches, *, find_max: bool, print_record) -> Optional[int]:
+def run(cfg, topology: str, batches, *, find_max: bool, print_record,
+        resolution: int = 1) -> Optional[int]:
   """Prints a record per per-chip batch (and the --max-batch search); the max batch or None."""
   if find_max:
-    best, _ = max_batch(cfg, topology, start=min(batches), log=print_record)
+    best, records = max_batch(cfg, topology, start=min(batches), resolution=resolution,
+                              log=print_record)
+    failed = [r["per_chip_batch"] for r in records if not r.get("fits")]
     print_record({"topology": topology, "attention_impl": cfg.attention_impl,
-                  "dtype": cfg.compute_dtype, "max_per_chip_batch": best})
+                  "dtype": cfg.compute_dtype, "max_per_chip_batch": best,
+                  "smallest_failing_batch": min(failed) if failed else None})
     return best
   import dataclasses
   mesh = topology_mesh(topology)

@@ -278,6 +278,8 @@ def main(argv=None) -> None:
   p.add_argument("--max-batch", action="store_true",
                  help="with --aot: find the largest per-chip batch that fits the chip's HBM "
                       "(doubling from the smallest --batch-sizes, then bisection)")
+  p.add_argument("--max-batch-resolution", type=int, default=1,
+                 help="stop the bisection when the fitting and failing batches are this close")
   p.add_argument("--feature-dim", type=int, default=FULL_SHAPE["feature_dim"])
   p.add_argument("--steps", type=int, default=BenchConfig.steps)
   p.add_argument("--warmup", type=int, default=BenchConfig.warmup)
@@ -301,6 +303,7 @@ def main(argv=None) -> None:
                           compute_dtype=dtype)
         try:
           aot.run(cfg, args.aot, args.batch_sizes, find_max=args.max_batch,
+                  resolution=args.max_batch_resolution,
                   print_record=lambda r: print(json.dumps(r), flush=True))
         except aot.AotError as e:
           p.exit(2, f"error: {e}\n")
