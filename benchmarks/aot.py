@@ -154,15 +154,41 @@ def compile_record(cfg, topology: str, mesh=None) -> dict[str, Any]:
   return record
 
 
+def search_max(fits, start: int = 1, limit: int = 4096, resolution: int = 1):
+  """The largest n with fits(n), for a monotone `fits`: doubling from `start` (halving when
+  `start` does not fit), then bisection until the largest fitting and the smallest failing n are
+  at most `resolution` apart. Returns (largest fitting n or None, smallest failing n or None)."""
+  fit = fail = None
+  n = start
+  while n <= limit:
+    if not fits(n):
+      fail = n
+      break
+    fit, n = n, n * 2
+  while fit is None and n > 1:
+    n //= 2
+    if fits(n):
+      fit = n
+    else:
+      fail = n
+  if fit is None or fail is None:
+    return fit, fail
+  while fail - fit > max(1, resolution):
+    mid = (fit + fail) // 2
+    if fits(mid):
+      fit = mid
+    else:
+      fail = mid
+  return fit, fail
+
+
 def max_batch(cfg, topology: str, start: int = 1, limit: int = 4096, resolution: int = 1,
               log=None):
-  """The largest per-chip batch whose program compiles and fits the chip's HBM: doubling from
-  `start` (halving when it does not fit), then bisection until the largest fitting and the
-  smallest failing batch are `resolution` apart. Returns (largest fitting batch or None, all
-  records)."""
+  """The largest per-chip batch whose program compiles and fits the chip's HBM (`search_max`).
+  Returns (largest fitting batch or None, smallest failing batch or None, all records)."""
   import dataclasses
   mesh = topology_mesh(topology)
-  records, fit, fail = [], None, None
+  records = []
 
   def probe(b: int) -> bool:
     record = compile_record(dataclasses.replace(cfg, batch=b), topology, mesh)
@@ -171,39 +197,19 @@ def max_batch(cfg, topology: str, start: int = 1, limit: int = 4096, resolution:
       log(record)
     return bool(record.get("fits"))
 
-  b = start
-  while b <= limit:  # doubling up from `start` ...
-    if not probe(b):
-      fail = b
-      break
-    fit, b = b, b * 2
-  while fit is None and b > 1:  # ... or halving down when `start` does not fit
-    b //= 2
-    if probe(b):
-      fit = b
-    else:
-      fail = b
-  if fit is None or fail is None:
-    return fit, records
-  while fail - fit > max(1, resolution):
-    mid = (fit + fail) // 2
-    if probe(mid):
-      fit = mid
-    else:
-      fail = mid
-  return fit, records
+  fit, fail = search_max(probe, start, limit, resolution)
+  return fit, fail, records
 
 
 def run(cfg, topology: str, batches, *, find_max: bool, print_record,
         resolution: int = 1) -> Optional[int]:
   """Prints a record per per-chip batch (and the --max-batch search); the max batch or None."""
   if find_max:
-    best, records = max_batch(cfg, topology, start=min(batches), resolution=resolution,
+    best, fail, _ = max_batch(cfg, topology, start=min(batches), resolution=resolution,
                               log=print_record)
-    failed = [r["per_chip_batch"] for r in records if not r.get("fits")]
     print_record({"topology": topology, "attention_impl": cfg.attention_impl,
                   "dtype": cfg.compute_dtype, "max_per_chip_batch": best,
-                  "smallest_failing_batch": min(failed) if failed else None})
+                  "smallest_failing_batch": fail})
     return best
   import dataclasses
   mesh = topology_mesh(topology)

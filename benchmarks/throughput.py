@@ -5,6 +5,12 @@ diagnosis task (4 classes), consistency loss and gradient coordination on, Adam.
 
   python -m benchmarks.throughput                       # batch 1, 2, 4, 8: table + JSON lines
   python -m benchmarks.throughput --batch-sizes 2 --json  # JSON lines only
+  python -m benchmarks.throughput --aot v5e:2x2 --batch-sizes 8 [--max-batch]  # TPU, deviceless
+
+The train step is the trainer's (`train/steps.py`), sharded as the trainer shards it
+(`train/sharding.py`): over all devices of all processes, `--batch-sizes` being the global batch
+(a multiple of the device count); records give global and per-device slides/s. `--aot TOPOLOGY`
+compiles it for a TPU slice instead (`benchmarks/aot.py`), with per-chip batch sizes.
 
 Each configuration runs in a fresh subprocess so its peak resident memory (`peak_rss_mb`, the
 process's ru_maxrss) is its own. Timing: compile (lower + compile) first, then warm-up steps, then
@@ -91,23 +97,22 @@ def build_step(cfg: BenchConfig, mesh, *, abstract: bool = False):
     raise ValueError(f"--dtype: expected float32 or bfloat16, got {cfg.compute_dtype!r}")
   loss_cfg = LossConfig(task="diagnosis", consistency_weight=0.5, coordination=True)
   sample = {k: jnp.zeros((1, *shape), dtype) for k, (shape, dtype) in batch_shapes(cfg).items()}
-  width = 2 * 128  # the fused classifier's input: the two branch embeddings
+  init_params = lambda key: spec.module.init({"params": key, "dropout": key},
+                                             model_inputs(sample))["params"]
+  key = jax.random.PRNGKey(0)
+  width = jax.eval_shape(init_params, key)["classifier"]["kernel"].shape[0] // 2
+  coordination = coordinate_gradients({"classifier/kernel": ModalitySplit.concat((width, width))})
+  tx = make_optimizer(OptimConfig(), steps_per_epoch=100, coordination=coordination)
 
   def init_state(key):
-    params = spec.module.init({"params": key, "dropout": key}, model_inputs(sample))["params"]
+    params = init_params(key)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params), rng=key)
 
-  coordination = coordinate_gradients(
-      {"classifier/kernel": ModalitySplit.concat((width // 2, width // 2))})
-  tx = make_optimizer(OptimConfig(), steps_per_epoch=100, coordination=coordination)
-  key = jax.random.PRNGKey(0)
   if abstract:
     state = jax.eval_shape(init_state, key)
   else:
     state = sharding.replicate(jax.jit(init_state)(key), mesh)
-  if state.params["classifier"]["kernel"].shape[0] != width:
-    raise ValueError("the benchmark's coordination split expects a 256-wide classifier input")
   return spec, make_train_step(spec, tx, loss_cfg), state
 
 
