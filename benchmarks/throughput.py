@@ -32,6 +32,8 @@ import sys
 import time
 from typing import Any, Optional
 
+from smml_jax.ops.dispatch import ATTENTION_IMPLEMENTATIONS
+
 FULL_SHAPE = dict(n_patches=2500, feature_dim=1024, n_genes_tumour=59, n_genes_micro=361,
                   num_classes=4)
 
@@ -268,8 +270,7 @@ def _table(records: list[dict[str, Any]]) -> str:
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
-  p.add_argument("--impl", nargs="+", default=["auto"],
-                 choices=["auto", "reference", "chunked", "fused", "native"])
+  p.add_argument("--impl", nargs="+", default=["auto"], choices=ATTENTION_IMPLEMENTATIONS)
   p.add_argument("--query-tile", type=int, default=BenchConfig.query_tile)
   p.add_argument("--sampler", default=BenchConfig.sampler, choices=["gather", "matmul"])
   p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])

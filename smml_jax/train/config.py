@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 import yaml
 
 from smml_jax.data.labels import TASK_NUM_CLASSES
+from smml_jax.ops.dispatch import ATTENTION_IMPLEMENTATIONS
 from smml_jax.optim.factory import OptimConfig
 
 
@@ -105,7 +106,7 @@ _CHOICES = {
     "train.consistency_mode": ("reference", "per_sample"),
     "train.coordination": ("pcgrad", "reference", "none"),
     "train.compute_dtype": ("float32", "bfloat16"),
-    "impl.attention": ("auto", "native", "fused", "chunked", "reference"),
+    "impl.attention": ATTENTION_IMPLEMENTATIONS,
     "impl.sampler": ("gather", "matmul"),
 }
 
