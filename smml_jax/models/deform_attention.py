@@ -61,6 +61,7 @@ class DeformAttentionConfig:
     """(attention, depthwise conv) implementations that run on `platform` in compute `dtype`
     ("auto" where the platform is not known)."""
     native_ok = (self.attention_impl in ("auto", "native")
+                 and self.platform in (None, *dispatch.NATIVE_PLATFORMS)
                  and native_cpb.supports_widths(self.cpb_widths(), dtype) and native.load())
     attention = dispatch.resolve_attention(self.attention_impl, self.platform,
                                            native_supported=native_ok)

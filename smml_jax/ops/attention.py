@@ -94,6 +94,7 @@ def cpb_attention(
     (B, H, M), before dropout.
   """
   native_supported = (implementation in ("auto", "native")
+                      and platform in (None, *dispatch.NATIVE_PLATFORMS)
                       and native_cpb.available(cpb_params, cpb_dtype))
   implementation = dispatch.resolve_attention(implementation, platform,
                                               native_supported=native_supported)
