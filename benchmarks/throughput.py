@@ -5,6 +5,12 @@ diagnosis task (4 classes), consistency loss and gradient coordination on, Adam.
 
   python -m benchmarks.throughput                       # batch 1, 2, 4, 8: table + JSON lines
   python -m benchmarks.throughput --batch-sizes 2 --json  # JSON lines only
+  python -m benchmarks.throughput --aot v5e:2x2 --batch-sizes 8 [--max-batch]  # TPU, deviceless
+
+The train step is the trainer's (`train/steps.py`), sharded as the trainer shards it
+(`train/sharding.py`): over all devices of all processes, `--batch-sizes` being the global batch
+(a multiple of the device count); records give global and per-device slides/s. `--aot TOPOLOGY`
+compiles it for a TPU slice instead (`benchmarks/aot.py`), with per-chip batch sizes.
 
 Each configuration runs in a fresh subprocess so its peak resident memory (`peak_rss_mb`, the
 process's ru_maxrss) is its own. Timing: compile (lower + compile) first, then warm-up steps, then
@@ -26,6 +32,8 @@ import sys
 import time
 from typing import Any, Optional
 
+from smml_jax.ops.dispatch import ATTENTION_IMPLEMENTATIONS
+
 FULL_SHAPE = dict(n_patches=2500, feature_dim=1024, n_genes_tumour=59, n_genes_micro=361,
                   num_classes=4)
 
@@ -46,67 +54,91 @@ class BenchConfig:
   warmup: int = 2
 
 
-def _synthetic_batch(cfg: BenchConfig, seed: int = 0) -> dict[str, Any]:
+def batch_shapes(cfg: BenchConfig) -> dict[str, tuple[tuple[int, ...], str]]:
+  """Per-slide shape and dtype of every batch field."""
+  return {"patches": ((cfg.n_patches, cfg.feature_dim), "float32"),
+          "genes_tumour": ((cfg.n_genes_tumour,), "float32"),
+          "genes_micro": ((cfg.n_genes_micro,), "float32"),
+          "diagnosis": ((), "int32"), "mask": ((), "bool")}
+
+
+def _synthetic_batch(cfg: BenchConfig, batch: int, seed: int = 0) -> dict[str, Any]:
   import numpy as np
   rng = np.random.default_rng(seed)
-  b = cfg.batch
   return {
-      "patches": rng.normal(size=(b, cfg.n_patches, cfg.feature_dim)).astype(np.float32),
-      "genes_tumour": rng.normal(size=(b, cfg.n_genes_tumour)).astype(np.float32),
-      "genes_micro": rng.normal(size=(b, cfg.n_genes_micro)).astype(np.float32),
-      "diagnosis": rng.integers(0, cfg.num_classes, b).astype(np.int32),
-      "mask": np.ones((b,), bool),
+      "patches": rng.normal(size=(batch, cfg.n_patches, cfg.feature_dim)).astype(np.float32),
+      "genes_tumour": rng.normal(size=(batch, cfg.n_genes_tumour)).astype(np.float32),
+      "genes_micro": rng.normal(size=(batch, cfg.n_genes_micro)).astype(np.float32),
+      "diagnosis": rng.integers(0, cfg.num_classes, batch).astype(np.int32),
+      "mask": np.ones((batch,), bool),
   }
 
 
-def build(cfg: BenchConfig):
-  """(spec, train_step, forward, state, batch) for one configuration."""
+def build_step(cfg: BenchConfig, mesh, *, abstract: bool = False):
+  """(spec, train_step, state) through the trainer's code: the model built for the platform of
+  `mesh`'s devices, `train/steps.py`'s jitted step, a `TrainState` replicated on `mesh` (shapes
+  only, `jax.ShapeDtypeStruct`s, when `abstract`)."""
   import jax
   import jax.numpy as jnp
   from smml_jax.models.registry import build_model
+  from smml_jax.ops import dispatch
   from smml_jax.optim.coordination import ModalitySplit, coordinate_gradients
   from smml_jax.optim.factory import OptimConfig, make_optimizer
+  from smml_jax.train import sharding
   from smml_jax.train.state import TrainState
   from smml_jax.train.steps import LossConfig, make_train_step, model_inputs
 
-  options = dict(attention_impl=cfg.attention_impl, query_tile=cfg.query_tile,
-                 sampler=cfg.sampler)
+  impl = dict(attention_impl=cfg.attention_impl, query_tile=cfg.query_tile, sampler=cfg.sampler,
+              platform=dispatch.platform_of(mesh))
   spec = build_model("subspace", num_classes=cfg.num_classes,
                      n_genes_tumour=cfg.n_genes_tumour, n_genes_micro=cfg.n_genes_micro,
-                     feature_dim=cfg.feature_dim, options=options)
+                     feature_dim=cfg.feature_dim, impl=impl)
   if cfg.compute_dtype == "bfloat16":
     spec = dataclasses.replace(spec, module=spec.module.clone(dtype=jnp.bfloat16))
   elif cfg.compute_dtype != "float32":
     raise ValueError(f"--dtype: expected float32 or bfloat16, got {cfg.compute_dtype!r}")
   loss_cfg = LossConfig(task="diagnosis", consistency_weight=0.5, coordination=True)
-  batch = {k: jnp.asarray(v) for k, v in _synthetic_batch(cfg).items()}
+  sample = {k: jnp.zeros((1, *shape), dtype) for k, (shape, dtype) in batch_shapes(cfg).items()}
+  init_params = lambda key: spec.module.init({"params": key, "dropout": key},
+                                             model_inputs(sample))["params"]
   key = jax.random.PRNGKey(0)
-  params = jax.jit(lambda k, x: spec.module.init({"params": k, "dropout": k}, x))(
-      key, {k: v[:1] for k, v in model_inputs(batch).items()})["params"]
-  width = params["classifier"]["kernel"].shape[0] // 2
+  width = jax.eval_shape(init_params, key)["classifier"]["kernel"].shape[0] // 2
   coordination = coordinate_gradients({"classifier/kernel": ModalitySplit.concat((width, width))})
   tx = make_optimizer(OptimConfig(), steps_per_epoch=100, coordination=coordination)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                     rng=key)
-  train_step = make_train_step(spec, tx, loss_cfg)
+
+  def init_state(key):
+    params = init_params(key)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), rng=key)
+
+  if abstract:
+    state = jax.eval_shape(init_state, key)
+  else:
+    state = sharding.replicate(jax.jit(init_state)(key), mesh)
+  return spec, make_train_step(spec, tx, loss_cfg), state
+
+
+def build(cfg: BenchConfig, mesh=None):
+  """(spec, train_step, forward, state, batch) for one configuration over `mesh` (default: all
+  devices of all processes); `cfg.batch` is the global batch, split over the mesh."""
+  import jax
+  from smml_jax.train import sharding
+
+  mesh = mesh if mesh is not None else sharding.make_mesh()
+  n = mesh.devices.size
+  if cfg.batch % n:
+    raise ValueError(f"batch {cfg.batch} is not a multiple of the {n} devices of the mesh")
+  spec, train_step, state = build_step(cfg, mesh)
+  local = _synthetic_batch(cfg, cfg.batch // jax.process_count(), seed=jax.process_index())
+  batch = sharding.shard_batch(local, mesh)
   forward = jax.jit(lambda p, x: spec.module.apply({"params": p}, x, train=False).logits)
   return spec, train_step, forward, state, batch
 
 
-def _attention_path(cfg: BenchConfig) -> str:
-  """The attention implementation `cfg.attention_impl` resolves to ("auto" picks one)."""
-  if cfg.attention_impl != "auto":
-    return cfg.attention_impl
-  import jax
-  from smml_jax.ops import native
-  native_runs = (jax.default_backend() == "cpu" and cfg.compute_dtype == "float32"
-                 and native.load())
-  return "native" if native_runs else "fused"
-
-
-def _effective_tile(cfg: BenchConfig) -> Optional[int]:
-  """Queries per attention tile the model uses for this configuration (None: no tiling)."""
-  if _attention_path(cfg) in ("native", "reference"):
+def _effective_tile(cfg: BenchConfig, path: str) -> Optional[int]:
+  """Queries per attention tile the model uses (None: no tiling). The model sizes tiles by the
+  batch it is traced with: the global batch under data parallelism."""
+  if path in ("native", "reference"):
     return None
   from smml_jax.models.deform_attention import DeformAttentionConfig, offset_grid_side
   attn = DeformAttentionConfig(query_tile=cfg.query_tile)
@@ -121,7 +153,7 @@ def _rss_mb() -> float:
 
 def _device_peak_mb() -> Optional[float]:
   import jax
-  stats = jax.devices()[0].memory_stats()
+  stats = jax.local_devices()[0].memory_stats()
   if not stats or "peak_bytes_in_use" not in stats:
     return None
   return stats["peak_bytes_in_use"] / 2**20
@@ -130,9 +162,14 @@ def _device_peak_mb() -> Optional[float]:
 def measure(cfg: BenchConfig) -> dict[str, Any]:
   """Runs one configuration in this process and returns its JSON record."""
   import jax
+  from smml_jax.models.registry import implementations
+  from smml_jax.train import distributed, sharding
   from smml_jax.train.steps import model_inputs
 
-  _, train_step, forward, state, batch = build(cfg)
+  distributed.maybe_initialize()  # one of several processes (scripts/launch_local.py, a pod)
+  mesh = sharding.make_mesh()
+  spec, train_step, forward, state, batch = build(cfg, mesh)
+  impl = implementations(spec)
   inputs = model_inputs(batch)
 
   t0 = time.perf_counter()
@@ -167,11 +204,17 @@ def measure(cfg: BenchConfig) -> dict[str, Any]:
     flops = float(cost.get("flops")) if cost and cost.get("flops") else None
   except Exception:  # cost analysis is best-effort and backend dependent
     pass
+  devices = int(mesh.devices.size)
   return {
       "batch": cfg.batch,
+      "devices": devices,
+      "processes": jax.process_count(),
+      "per_device_batch": cfg.batch // devices,
       "attention_impl": cfg.attention_impl,
-      "attention_path": _attention_path(cfg),
-      "query_tile": _effective_tile(cfg),
+      "attention_path": impl["attention"],
+      "depthwise_path": impl["depthwise"],
+      "platform": impl["platform"],
+      "query_tile": _effective_tile(cfg, impl["attention"]),
       "sampler": cfg.sampler,
       "compute_dtype": cfg.compute_dtype,
       "step_s_median": step_s,
@@ -181,16 +224,18 @@ def measure(cfg: BenchConfig) -> dict[str, Any]:
       "step_cpu_s_median": statistics.median(step_cpu),
       "loadavg_1min": [load_before, os.getloadavg()[0]],
       "forward_s_median": fwd_s,
-      "train_slides_per_s": cfg.batch / step_s,
+      "train_slides_per_s": cfg.batch / step_s,  # global, all devices of all processes
+      "train_slides_per_s_per_device": cfg.batch / step_s / devices,
       "forward_slides_per_s": cfg.batch / fwd_s,
+      "forward_slides_per_s_per_device": cfg.batch / fwd_s / devices,
       "compile_train_s": compile_s,
       "compile_forward_s": compile_fwd_s,
       "peak_rss_mb": _rss_mb(),
       "peak_device_mb": _device_peak_mb(),
       "xla_flops_per_step": flops,
-      "loss": float(metrics["loss"]),
+      "loss": float(sharding.to_host(metrics["loss"])),
       "backend": jax.default_backend(),
-      "device": str(jax.devices()[0].device_kind),
+      "device": str(jax.local_devices()[0].device_kind),
       "jax": jax.__version__,
       "n_patches": cfg.n_patches,
       "feature_dim": cfg.feature_dim,
@@ -225,13 +270,22 @@ def _table(records: list[dict[str, Any]]) -> str:
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
-  p.add_argument("--impl", nargs="+", default=["auto"],
-                 choices=["auto", "reference", "chunked", "fused", "native"])
+  p.add_argument("--impl", nargs="+", default=["auto"], choices=ATTENTION_IMPLEMENTATIONS)
   p.add_argument("--query-tile", type=int, default=BenchConfig.query_tile)
   p.add_argument("--sampler", default=BenchConfig.sampler, choices=["gather", "matmul"])
   p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
   p.add_argument("--patches", type=int, default=FULL_SHAPE["n_patches"],
                  help="tokens per slide (a square number); default the paper's 2500")
+  p.add_argument("--grid-side", type=int, help="tokens per slide as a grid side (--patches N^2)")
+  p.add_argument("--aot", metavar="TOPOLOGY",
+                 help="compile the sharded train step for a TPU topology (e.g. v5e:2x2, v5e:4x4, "
+                      "v5p:4x4x4, v6e:4x4) ahead of time, deviceless (needs libtpu: the `tpu` "
+                      "extra); --batch-sizes are then PER CHIP")
+  p.add_argument("--max-batch", action="store_true",
+                 help="with --aot: find the largest per-chip batch that fits the chip's HBM "
+                      "(doubling from the smallest --batch-sizes, then bisection)")
+  p.add_argument("--max-batch-resolution", type=int, default=1,
+                 help="stop the bisection when the fitting and failing batches are this close")
   p.add_argument("--feature-dim", type=int, default=FULL_SHAPE["feature_dim"])
   p.add_argument("--steps", type=int, default=BenchConfig.steps)
   p.add_argument("--warmup", type=int, default=BenchConfig.warmup)
@@ -241,6 +295,24 @@ def main(argv=None) -> None:
 
   if args.child:
     print(json.dumps(measure(BenchConfig(**json.loads(args.child)))), flush=True)
+    return
+  if args.grid_side:
+    args.patches = args.grid_side**2
+  if args.max_batch and not args.aot:
+    p.error("--max-batch needs --aot TOPOLOGY (it sizes the program against a chip's HBM)")
+  if args.aot:
+    from benchmarks import aot
+    for impl in args.impl:
+      for dtype in args.dtype:
+        cfg = BenchConfig(n_patches=args.patches, feature_dim=args.feature_dim,
+                          attention_impl=impl, query_tile=args.query_tile, sampler=args.sampler,
+                          compute_dtype=dtype)
+        try:
+          aot.run(cfg, args.aot, args.batch_sizes, find_max=args.max_batch,
+                  resolution=args.max_batch_resolution,
+                  print_record=lambda r: print(json.dumps(r), flush=True))
+        except aot.AotError as e:
+          p.exit(2, f"error: {e}\n")
     return
 
   records = []

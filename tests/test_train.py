@@ -137,3 +137,30 @@ def test_config_errors_name_the_key(override, message, tiny_spec, data_dir, tmp_
     config = make_config({"data": {"data": str(tiny_spec), "data_dir": data_dir}},
                          overrides=[override])
     train(config, tmp_path / "bad", log=lambda _: None)
+
+
+def test_summary_records_what_ran(full_run):
+  _, summary = full_run
+  record = summary["implementation"]
+  assert record["platform"] == "cpu"
+  assert record["attention"] in ("native", "fused")  # `auto` resolved for the mesh's devices
+  assert record["depthwise"] == ("native" if record["attention"] == "native" else "selection")
+
+
+def test_resume_accepts_changed_implementation_knobs(tiny_spec, data_dir, tmp_path):
+  """`impl` is how, not what: changing it does not make --resume refuse; a model option does."""
+  out = tmp_path / "impl"
+  layer = lambda model, impl: {
+      "task": "grading", "model_options": model, "impl": impl,
+      "data": {"data": str(tiny_spec), "data_dir": data_dir},
+      "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 8, "progress": False}}
+  train(make_config(layer(TINY_MODEL, {})), out, stop_after_epoch=0, log=lambda _: None)
+  changed = make_config(layer(TINY_MODEL, {"attention": "reference", "sampler": "matmul",
+                                           "query_tile": 16}))
+  summary = train(changed, out, resume=True, log=lambda _: None)
+  assert summary["implementation"]["attention"] == "reference"
+  assert summary["implementation"]["depthwise"] == "selection"
+  assert json.loads((out / "config.json").read_text())["impl"]["attention"] == "reference"
+  other_model = make_config(layer({**TINY_MODEL, "cpb_hidden": 16}, {}))
+  with pytest.raises(RunDirError, match="model_options.cpb_hidden"):
+    train(other_model, out, resume=True, log=lambda _: None)

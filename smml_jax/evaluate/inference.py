@@ -220,7 +220,7 @@ def load_run(run_dir: str | pathlib.Path, checkpoint: str = "best") -> TrainedRu
   spec = build_model(config.model, num_classes=config.num_classes,
                      n_genes_tumour=len(gene_names["tumour"]),
                      n_genes_micro=len(gene_names["micro"]), feature_dim=int(record["feature_dim"]),
-                     options=config.model_options)
+                     options=config.model_options, impl=config.impl.model_options())
   if config.train.compute_dtype == "bfloat16" and hasattr(spec.module, "dtype"):
     spec = dataclasses.replace(spec, module=spec.module.clone(dtype=jnp.bfloat16))
   template = model_template(spec, int(record["grid_side"]), int(record["feature_dim"]),

@@ -10,6 +10,7 @@ Follows the original (lucidrains' deformable-attention as used by Zhang et al.),
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import chex
 import flax.linen as nn
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 
 from smml_jax.models.init import torch_uniform
 from smml_jax.models.layers import GroupedDense, TorchDense
-from smml_jax.ops import pallas_attention
+from smml_jax.ops import dispatch, native, native_cpb, pallas_attention
 from smml_jax.ops.attention import IMPLEMENTATIONS, cpb_attention
 from smml_jax.ops.cpb import query_positions
 from smml_jax.ops.depthwise import depthwise_conv
@@ -50,6 +51,22 @@ class DeformAttentionConfig:
   query_tile: int = 0
   tile_pairs: int = 73_728
   sampler: str = "gather"  # or "matmul"
+  # The platform the computation is compiled for ('cpu', 'gpu', 'tpu'): `attention_impl: auto`
+  # and the depthwise conv choose by it (ops/dispatch.py); None: per lowering platform.
+  platform: Optional[str] = None
+
+  def cpb_widths(self) -> tuple[int, ...]:
+    return (self.ndim,) + (self.cpb_hidden,) * self.cpb_depth + (self.heads // self.offset_groups,)
+
+  def implementations(self, dtype=jnp.float32) -> tuple[str, str]:
+    """(attention, depthwise conv) implementations that run on `platform` in compute `dtype`
+    ("auto" where the platform is not known)."""
+    native_ok = (self.attention_impl in ("auto", "native")
+                 and self.platform in (None, *dispatch.NATIVE_PLATFORMS)
+                 and native_cpb.supports_widths(self.cpb_widths(), dtype) and native.load())
+    attention = dispatch.resolve_attention(self.attention_impl, self.platform,
+                                           native_supported=native_ok)
+    return attention, dispatch.depthwise_for(attention) if self.ndim == 2 else "selection"
 
   def __post_init__(self):
     if self.attention_impl not in IMPLEMENTATIONS:
@@ -106,14 +123,15 @@ class DeformCrossAttention(nn.Module):
     kernel = self.param("offset_conv_kernel", torch_uniform(fan_in),
                         (cfg.offset_kernel,) * cfg.ndim + (1, cg))
     bias = self.param("offset_conv_bias", torch_uniform(fan_in), (cg,))
-    h = depthwise_conv(grouped_q.astype(self.dtype), kernel, bias, cfg.downsample, pad)
+    h = depthwise_conv(grouped_q.astype(self.dtype), kernel, bias, cfg.downsample, pad,
+                       cfg.implementations(self.dtype)[1], cfg.platform)
     h = nn.gelu(h, approximate=False)
     h = TorchDense(cfg.ndim, use_bias=False, dtype=self.dtype, name="offset_proj")(h)
     return jnp.tanh(h.astype(jnp.float32)) * cfg.offset_scale
 
   def _cpb_params(self):
     cfg = self.config
-    widths = [cfg.ndim] + [cfg.cpb_hidden] * cfg.cpb_depth + [cfg.heads // cfg.offset_groups]
+    widths = cfg.cpb_widths()
     params = []
     for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
       kernel = self.param(f"cpb_{i}_kernel", torch_uniform(fan_in), (fan_in, fan_out))
@@ -180,7 +198,7 @@ class DeformCrossAttention(nn.Module):
     out, key_mass = cpb_attention(
         heads(q), heads(k), heads(v), pos_q, pos_k, self._cpb_params(),
         dropout_rate=cfg.dropout, dropout_rng=dropout_rng, implementation=cfg.attention_impl,
-        query_tile=cfg.tile_for(b * g, m), cpb_dtype=self.dtype)
+        query_tile=cfg.tile_for(b * g, m), cpb_dtype=self.dtype, platform=cfg.platform)
     out = out.transpose(0, 2, 1, 3).reshape(b, n, inner)
     out = TorchDense(c, dtype=self.dtype, name="to_out")(out)
     grid = jnp.moveaxis(vgrid, -1, 1)  # (B*G, ndim, *lattice), the original's layout

@@ -67,11 +67,27 @@ def model_names() -> tuple[str, ...]:
   return SUBSPACE_VARIANTS + tuple(sorted(_baselines()))
 
 
+# Implementation knobs: how the subspace model is computed, not what it computes (the run config's
+# `impl` section; see `train.config.ImplConfig`).
+IMPL_OPTIONS = ("attention_impl", "query_tile", "tile_pairs", "sampler", "platform")
+
+
 def build_model(name: str, *, num_classes: int, n_genes_tumour: int, n_genes_micro: int,
-                feature_dim: int, options: Mapping[str, Any] | None = None) -> ModelSpec:
-  """The model called `name`, e.g. 'subspace' or one of its ablations, or a baseline."""
+                feature_dim: int, options: Mapping[str, Any] | None = None,
+                impl: Mapping[str, Any] | None = None) -> ModelSpec:
+  """The model called `name`, e.g. 'subspace' or one of its ablations, or a baseline.
+
+  `impl` holds implementation knobs (IMPL_OPTIONS: attention path, tiles, sampler, the platform
+  compiled for); they apply to the subspace models and are ignored by the baselines, which have
+  one implementation.
+  """
   options = dict(options or {})
+  impl = dict(impl or {})
+  unknown = sorted(set(impl) - set(IMPL_OPTIONS))
+  if unknown:
+    raise ValueError(f"unknown implementation options {unknown}; valid: {list(IMPL_OPTIONS)}")
   if name in SUBSPACE_VARIANTS:
+    options = {**options, **impl}
     config = _subspace_config(num_classes, options, ndim=1 if name == "subspace-1d" else 2,
                               single=name == "subspace-single")
     frozen = () if config.single_subspace else ("classifier_tumour", "classifier_micro")
@@ -86,3 +102,15 @@ def build_model(name: str, *, num_classes: int, n_genes_tumour: int, n_genes_mic
                                     n_genes_micro=n_genes_micro, feature_dim=feature_dim,
                                     **options))
   raise ValueError(f"unknown model {name!r}; expected one of {list(model_names())}")
+
+
+def implementations(spec: ModelSpec) -> dict[str, Any]:
+  """What runs where, for the run directory's and the benchmarks' records: {'platform',
+  'attention', 'depthwise'} for a deformable-attention model ('auto' where no platform was
+  given), {} for a model without one."""
+  config = getattr(spec.module, "config", None)
+  attention = getattr(getattr(config, "branch", None), "attention", None)
+  if not isinstance(attention, DeformAttentionConfig):
+    return {}
+  path, conv = attention.implementations(getattr(spec.module, "dtype", None) or "float32")
+  return {"platform": attention.platform, "attention": path, "depthwise": conv}

@@ -13,9 +13,9 @@ of B * G * N * M positions with 32-wide hidden activations. Two implementations 
   one bit per hidden unit kept), the attention around it in XLA over all queries at once.
 * `pallas`: one Pallas kernel per (batch row, offset group, query tile) evaluating the bias MLP
   inside the attention tile, with a hand-written recomputing backward (`pallas_attention`); compiled
-  for TPU, interpreted elsewhere (tests), refused on a GPU host.
-* `auto`: `native` where it is available (CPU backend, the original's MLP shape, float32, a C++
-  compiler), else `fused`.
+  for TPU, interpreted elsewhere (tests), refused for GPU targets.
+* `auto`: by the platform the computation is compiled for (`ops/dispatch.py`): `native` on the CPU
+  where it is available (the original's MLP shape, float32, a C++ compiler), else `fused`.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from smml_jax.ops import native_cpb, pallas_attention
+from smml_jax.ops import dispatch, native_cpb, pallas_attention
 from smml_jax.ops.cpb import CPBParams, relative_position_bias
 from smml_jax.ops.fused_attention import attend_tile
 
-IMPLEMENTATIONS = ("auto", "reference", "chunked", "fused", "native", "pallas")
+IMPLEMENTATIONS = dispatch.ATTENTION_IMPLEMENTATIONS
 
 
 def _attend_block(q, k, v, pos_q, pos_k, cpb_params, valid, dropout_rate, rng, softmax_dtype,
@@ -71,6 +71,7 @@ def cpb_attention(
     query_tile: int = 256,
     softmax_dtype=jnp.float32,
     cpb_dtype=jnp.float32,
+    platform: Optional[str] = None,
 ) -> tuple[jax.Array, jax.Array]:
   """softmax(q k^T + CPB(pos_q - pos_k)) v, with attention dropout when `dropout_rng` is given.
 
@@ -84,28 +85,44 @@ def cpb_attention(
     dropout_rng: PRNG key; None disables dropout.
     implementation: "reference" (materialised), "chunked" (query tiles, rematerialised),
       "fused" (query tiles, hand-written backward), "native" (CPU kernels for the bias),
-      "pallas" (TPU kernel, `pallas_attention`) or "auto" ("native" where available, else
-      "fused").
+      "pallas" (TPU kernel, `pallas_attention`) or "auto" (by `platform`: "native" on the CPU
+      where available, else "fused").
     query_tile: queries per tile for "chunked", "fused" and "pallas".
     softmax_dtype: dtype of the logits entering the softmax (float32 under mixed precision).
     cpb_dtype: dtype of the CPB MLP's hidden layers (its distances and output stay float32).
+    platform: the platform the computation is compiled for ('cpu', 'gpu', 'tpu'); None resolves
+      "auto" per lowering platform with `jax.lax.platform_dependent`.
 
   Returns:
     out (B, H, N, Dh) and the attention mass each sampled key receives, summed over queries,
     (B, H, M), before dropout.
   """
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"unknown attention implementation {implementation!r}; "
-                     f"expected one of {IMPLEMENTATIONS}")
-  if implementation == "auto":
-    implementation = "native" if native_cpb.available(cpb_params, cpb_dtype) else "fused"
-  elif implementation == "native" and not native_cpb.available(cpb_params, cpb_dtype):
+  native_supported = (implementation in ("auto", "native")
+                      and platform in (None, *dispatch.NATIVE_PLATFORMS)
+                      and native_cpb.available(cpb_params, cpb_dtype))
+  implementation = dispatch.resolve_attention(implementation, platform,
+                                              native_supported=native_supported)
+  if implementation == "native" and not native_supported:
     raise ValueError("attention implementation 'native' is unavailable: "
                      + native_cpb.why_unavailable(cpb_params, cpb_dtype))
+  if implementation == "pallas" and platform == "gpu":
+    raise ValueError("attention implementation 'pallas' is unavailable: "
+                     + pallas_attention.why_unavailable("gpu"))
+  run = lambda impl: lambda *a: _cpb_attention(
+      impl, *a, dropout_rate=dropout_rate, query_tile=query_tile, softmax_dtype=softmax_dtype,
+      cpb_dtype=cpb_dtype)
+  args = (q, k, v, pos_q, pos_k, list(cpb_params), dropout_rng)
+  if implementation == "auto":  # no platform given: decided where the computation is lowered
+    if not native_supported:
+      return run("fused")(*args)
+    return jax.lax.platform_dependent(*args, cpu=run("native"), default=run("fused"))
+  return run(implementation)(*args)
+
+
+def _cpb_attention(implementation, q, k, v, pos_q, pos_k, cpb_params, dropout_rng, *,
+                   dropout_rate, query_tile, softmax_dtype, cpb_dtype):
+  """`cpb_attention` with a concrete implementation."""
   if implementation == "pallas":
-    if jax.default_backend() == "gpu":
-      raise ValueError("attention implementation 'pallas' is unavailable: "
-                       + pallas_attention.why_unavailable("gpu"))
     return pallas_attention.pallas_cpb_attention(
         q, k, v, pos_q, pos_k, cpb_params, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
         query_tile=query_tile, softmax_dtype=softmax_dtype, cpb_dtype=cpb_dtype)

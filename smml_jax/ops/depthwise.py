@@ -6,18 +6,20 @@ that XLA fuses into one slow loop. Here the offset network's 6 x 6 stride-4 dept
 two small contractions per spatial dim with constant 0/1 selection matrices (which also apply
 the zero padding): a few MFLOP, and the gradient is matmuls too. On the CPU the 2D case runs in
 the native kernel of `ops/native/depthwise.cc` instead, where the selection form spends most of its
-time transposing its (B, OH, KH, W, C) intermediate.
+time transposing its (B, OH, KH, W, C) intermediate. Which one runs is chosen by the platform the
+computation is compiled for (`ops/dispatch.py`), never by the host's default backend.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smml_jax.ops import native
+from smml_jax.ops import dispatch, native
 
 IMPLEMENTATIONS = ("auto", "selection", "native")
 
@@ -31,9 +33,8 @@ def _selection(size: int, out: int, ksize: int, stride: int, padding: int, dtype
 
 
 def native_available(x: jax.Array) -> bool:
-  """True when the native kernel runs this conv: 2D, float32, CPU backend, kernels built."""
-  return (x.ndim == 4 and x.dtype == jnp.float32 and jax.default_backend() == "cpu"
-          and native.load())
+  """True when the native (CPU) kernel implements this conv: 2D, float32, kernels built."""
+  return x.ndim == 4 and x.dtype == jnp.float32 and native.load()
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -70,7 +71,8 @@ _native_conv2d.defvjp(_native_fwd, _native_bwd)
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int,
-                   padding: int, implementation: str = "auto") -> jax.Array:
+                   padding: int, implementation: str = "auto",
+                   platform: Optional[str] = None) -> jax.Array:
   """Cross-correlation of each channel with its own filter, zero padding, channel-last.
 
   Args:
@@ -79,7 +81,9 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int
     bias: (C,).
     stride, padding: the same on every spatial dim.
     implementation: "selection" (the matmuls, any backend), "native" (the CPU kernel; 2D float32)
-      or "auto" ("native" where it runs, else "selection").
+      or "auto" ("native" on the CPU where it implements the conv, else "selection").
+    platform: the platform the computation is compiled for; None resolves "auto" per lowering
+      platform with `jax.lax.platform_dependent`.
 
   Returns:
     (B, *out, C) with out = (size + 2 * padding - k) // stride + 1, equal to
@@ -88,12 +92,21 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"unknown depthwise implementation {implementation!r}; "
                      f"expected one of {IMPLEMENTATIONS}")
+  if implementation == "native" and platform is not None and platform != "cpu":
+    raise dispatch.DispatchError(f"the native depthwise conv runs on the CPU only; this "
+                                 f"computation is compiled for {platform!r} devices")
   if implementation == "auto":
-    implementation = "native" if native_available(x) else "selection"
+    if not native_available(x) or (platform is not None and platform != "cpu"):
+      implementation = "selection"
+    elif platform == "cpu":
+      implementation = "native"
+    else:  # no platform given: decided where the computation is lowered
+      return jax.lax.platform_dependent(
+          x, kernel, bias, cpu=lambda *a: depthwise_conv(*a, stride, padding, "native"),
+          default=lambda *a: depthwise_conv(*a, stride, padding, "selection"))
   elif implementation == "native" and not native_available(x):
-    raise ValueError("native depthwise conv needs a 2D float32 input on the CPU backend and the "
-                     f"built kernels; got x {x.shape} {x.dtype} on {jax.default_backend()} "
-                     f"({native.unavailable_reason() or 'kernels built'})")
+    raise ValueError("native depthwise conv needs a 2D float32 input and the built kernels; got "
+                     f"x {x.shape} {x.dtype} ({native.unavailable_reason() or 'kernels built'})")
   if implementation == "native":
     return _native_conv2d(x, kernel.astype(jnp.float32), bias.astype(jnp.float32), stride,
                           padding)

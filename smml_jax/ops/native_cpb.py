@@ -24,23 +24,27 @@ WIDTHS = (8, 16, 24, 32)
 
 def supports(params: CPBParams, dtype) -> bool:
   """True when the kernels implement this MLP in this compute dtype."""
-  if jnp.dtype(dtype) != jnp.float32 or len(params) != 3:
+  if len(params) != 3:
     return False
   (w1, _), (w2, _), (w3, _) = params
-  return (1 <= w1.shape[0] <= 4 and w1.shape[1] in WIDTHS and w2.shape == (w1.shape[1],) * 2
-          and w3.shape == (w1.shape[1], 1))
+  return (w2.shape == (w1.shape[1],) * 2 and w3.shape[0] == w1.shape[1]
+          and supports_widths((w1.shape[0], w1.shape[1], w2.shape[1], w3.shape[1]), dtype))
+
+
+def supports_widths(widths, dtype) -> bool:
+  """`supports` for an MLP of layer widths (D, W, W, 1), from its shape alone."""
+  return (jnp.dtype(dtype) == jnp.float32 and len(widths) == 4 and 1 <= widths[0] <= 4
+          and widths[1] in WIDTHS and widths[2] == widths[1] and widths[3] == 1)
 
 
 def available(params: CPBParams, dtype) -> bool:
-  """True when the default backend is the CPU, the kernels are built for this machine and they
-  implement this MLP."""
-  return jax.default_backend() == "cpu" and supports(params, dtype) and native.load()
+  """True when the kernels are built for this machine and implement this MLP. They run on the CPU
+  only: which platform a computation runs on is `ops/dispatch.py`'s question, not the host's."""
+  return supports(params, dtype) and native.load()
 
 
 def why_unavailable(params: CPBParams, dtype) -> str:
   """The reason `available` is False, for error messages."""
-  if jax.default_backend() != "cpu":
-    return f"the native kernels run on the CPU only (default backend: {jax.default_backend()})"
   if not supports(params, dtype):
     shapes = [tuple(k.shape) for k, _ in params]
     return (f"the native kernels implement a D -> W -> W -> 1 MLP (W in {WIDTHS}, D <= 4) in "

@@ -19,6 +19,7 @@ import yaml
 
 from smml_jax.data.errors import did_you_mean
 from smml_jax.data.labels import TASK_NUM_CLASSES
+from smml_jax.ops.dispatch import ATTENTION_IMPLEMENTATIONS
 from smml_jax.optim.factory import OptimConfig
 
 
@@ -65,6 +66,30 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImplConfig:
+  """How the model is computed, not what it computes: the same function on every setting (up to
+  float rounding), so these are not part of a run's identity and `--resume` accepts a change.
+  The subspace models use them; the baselines have one implementation."""
+
+  attention: str = "auto"  # 'auto' (by the devices' platform), 'native', 'fused', 'chunked', 'reference'
+  query_tile: int = 0  # queries per attention tile; 0: about `tile_pairs` (query, key) pairs
+  tile_pairs: int = 73_728
+  sampler: str = "gather"  # or 'matmul'
+
+  def model_options(self) -> dict[str, Any]:
+    """As `models.registry.build_model`'s `impl` options."""
+    return {"attention_impl": self.attention, "query_tile": self.query_tile,
+            "tile_pairs": self.tile_pairs, "sampler": self.sampler}
+
+
+# model_options keys of older configs that are implementation knobs now: old key -> impl field.
+_MOVED_TO_IMPL = {"attention_impl": "attention", "query_tile": "query_tile",
+                  "tile_pairs": "tile_pairs", "sampler": "sampler"}
+# Sections of a config that do not change the function trained (not compared on --resume).
+NOT_IDENTITY = ("impl",)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
   task: str = "grading"
   model: str = "subspace"
@@ -72,6 +97,7 @@ class RunConfig:
   data: DataConfig = DataConfig()
   optim: OptimConfig = OptimConfig()
   train: TrainConfig = TrainConfig()
+  impl: ImplConfig = ImplConfig()
 
   def __post_init__(self):
     # The cosine schedule's length is the run's epoch count, never a second, separate setting.
@@ -94,6 +120,8 @@ _CHOICES = {
     "train.consistency_mode": ("reference", "per_sample"),
     "train.coordination": ("pcgrad", "reference", "none"),
     "train.compute_dtype": ("float32", "bfloat16"),
+    "impl.attention": ATTENTION_IMPLEMENTATIONS,
+    "impl.sampler": ("gather", "matmul"),
 }
 # Keys that must be > 0.
 _POSITIVE = ("train.epochs", "train.batch_size", "train.eval_batch_size", "optim.learning_rate",
@@ -250,13 +278,37 @@ def read_config_file(path: str | pathlib.Path) -> dict[str, Any]:
   return dict(values)
 
 
+def _move_impl_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+  """Older configs' `model_options.attention_impl` / `query_tile` / `tile_pairs` / `sampler` ->
+  the `impl` section (a conflicting value in both places is an error naming both keys)."""
+  values = dict(values)
+  options = values.get("model_options")
+  if not isinstance(options, Mapping) or not set(options) & set(_MOVED_TO_IMPL):
+    return values
+  if not isinstance(values.get("impl") or {}, Mapping):
+    return values  # _build names the bad `impl` value
+  impl = dict(values.get("impl") or {})
+  options = dict(options)
+  for old, new in _MOVED_TO_IMPL.items():
+    if old not in options:
+      continue
+    value = options.pop(old)
+    if new in impl and impl[new] != value:
+      raise ConfigError(f"config keys 'model_options.{old}' ({value!r}) and 'impl.{new}' "
+                        f"({impl[new]!r}) disagree; 'model_options.{old}' is the older name of "
+                        f"'impl.{new}': set only 'impl.{new}'")
+    impl[new] = value
+  values["model_options"], values["impl"] = options, impl
+  return values
+
+
 def make_config(*layers: Mapping[str, Any], overrides: Sequence[str] = ()) -> RunConfig:
   """Merges layers (later wins) and `key=value` overrides into a validated RunConfig."""
   values: dict[str, Any] = {}
-  for layer in layers:
-    values = merge(values, layer)
+  for layer in layers:  # older names move within each layer, so a later layer still wins
+    values = merge(values, _move_impl_keys(layer))
   for item in overrides:
-    values = merge(values, parse_override(item))
+    values = merge(values, _move_impl_keys(parse_override(item)))
   config = _check_run(_build(RunConfig, values, ""))
   if config.data.data != "synthetic":  # the spec's keys and values now, its files when loaded
     from smml_jax.data.errors import CohortError
@@ -268,13 +320,25 @@ def make_config(*layers: Mapping[str, Any], overrides: Sequence[str] = ()) -> Ru
   return config
 
 
-def config_from_dict(values: Mapping[str, Any]) -> RunConfig:
-  """A stored config.json. Runs written before `optim.epochs` was removed store it with a value
-  that never took effect (the loop always used train.epochs), so it is dropped here."""
+def _drop_removed_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+  """Runs written before `optim.epochs` was removed store it with a value that never took effect
+  (the loop always used train.epochs): dropped when a stored config is read or compared."""
   values = dict(values)
   if isinstance(values.get("optim"), Mapping):
     values["optim"] = {k: v for k, v in values["optim"].items() if k != "epochs"}
-  return _check_run(_build(RunConfig, values, ""))
+  return values
+
+
+def config_from_dict(values: Mapping[str, Any]) -> RunConfig:
+  """A stored config.json (older names moved to their sections, removed keys dropped)."""
+  return _check_run(_build(RunConfig, _move_impl_keys(_drop_removed_keys(values)), ""))
+
+
+def run_identity(values: Mapping[str, Any]) -> dict[str, Any]:
+  """A config dict without the sections that do not change the function trained (`impl`), older
+  names moved to their sections and removed keys dropped: what `--resume` compares."""
+  values = _move_impl_keys(_drop_removed_keys(values))
+  return {k: v for k, v in values.items() if k not in NOT_IDENTITY}
 
 
 def config_difference(stored: Any, current: Any, key: str = "") -> str:

@@ -23,7 +23,8 @@ from smml_jax.losses.classification import ORIGINAL_CLASS_WEIGHTS, class_weights
 from smml_jax.losses.survival import survival_curve
 from smml_jax.models.deform_attention import (DeformAttentionConfig, min_grid_side,
                                               offset_grid_side)
-from smml_jax.models.registry import ModelSpec, build_model
+from smml_jax.models.registry import ModelSpec, build_model, implementations
+from smml_jax.ops import dispatch
 from smml_jax.optim.coordination import ModalitySplit, coordinate_gradients
 from smml_jax.optim.factory import make_optimizer, trainable_mask_from_predicate
 from smml_jax.train import distributed, run_dir, sharding
@@ -118,10 +119,14 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
   preprocessor = normalise.fit_preprocessor(
       cohort, parts["train"], gene_transform=d.gene_transform, survival_cuts=d.survival_cuts,
       clip=d.gene_clip)
+  mesh = mesh if mesh is not None else sharding.make_mesh()
+  impl = dict(config.impl.model_options(), platform=dispatch.platform_of(mesh))
   try:
     spec = build_model(config.model, num_classes=config.num_classes,
                        n_genes_tumour=cohort.n_genes_tumour, n_genes_micro=cohort.n_genes_micro,
-                       feature_dim=cohort.feature_dim, options=config.model_options)
+                       feature_dim=cohort.feature_dim, options=config.model_options, impl=impl)
+  except dispatch.DispatchError as e:
+    raise ConfigError(f"config key 'impl.attention': {e}") from e
   except (TypeError, ValueError) as e:  # unknown model, unknown or ill-typed model_options
     raise ConfigError(f"config key 'model' / 'model_options': {e}") from e
   check_grid_side(spec, cohort.grid_side, config)
@@ -129,14 +134,17 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
     if not hasattr(spec.module, "dtype"):
       raise ConfigError(f"model {config.model!r} has no compute dtype option")
     spec = dataclasses.replace(spec, module=spec.module.clone(dtype=jnp.bfloat16))
+  try:  # e.g. 'native' on a TPU mesh: refused before anything is traced
+    implementations(spec)
+  except dispatch.DispatchError as e:
+    raise ConfigError(f"config key 'impl.attention': {e}") from e
   t = config.train
   loss_config = LossConfig(task=config.task, class_weights=_class_weights(config, cohort,
                                                                           parts["train"]),
                            consistency_weight=t.consistency_weight,
                            consistency_mode=t.consistency_mode, survival_alpha=t.survival_alpha,
                            coordination=spec.coordination and t.coordination != "none")
-  return Experiment(config, cohort, parts, preprocessor, spec, loss_config,
-                    mesh if mesh is not None else sharding.make_mesh())
+  return Experiment(config, cohort, parts, preprocessor, spec, loss_config, mesh)
 
 
 def check_grid_side(spec: ModelSpec, grid_side: int, config: RunConfig) -> None:
@@ -419,6 +427,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
     ckpts.close()
   summary = summarise(config, history, best)
   summary["n_params"] = int(sum(np.size(x) for x in jax.tree.leaves(state.params)))
+  summary["implementation"] = implementations(exp.spec)  # what ran: platform, attention, conv
   if is_main_process():
     run_dir.write_json(out_dir / run_dir.SUMMARY_FILE, summary)
   return summary

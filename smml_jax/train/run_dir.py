@@ -29,7 +29,7 @@ import shutil
 from typing import Any, Mapping, Optional
 
 from smml_jax.train.config import (ConfigError, RunConfig, config_difference, config_from_dict,
-                                   config_to_dict)
+                                   config_to_dict, run_identity)
 
 MARKER_FILE = "smml_run.json"
 CONFIG_FILE = "config.json"
@@ -121,8 +121,11 @@ def stored_config(path: str | pathlib.Path) -> Optional[dict[str, Any]]:
 def config_mismatch(path: str | pathlib.Path, config: RunConfig) -> str:
   """'' if the run in `path` has no stored config or the same one; else the first difference."""
   stored = stored_config(path)
-  current = config_to_dict(absolute_paths(config))
-  if stored is None or stored == current:
+  if stored is None:
+    return ""
+  stored = run_identity(stored)  # implementation knobs (`impl`) may change between runs
+  current = run_identity(config_to_dict(absolute_paths(config)))
+  if stored == current:
     return ""
   return config_difference(stored, current) or "the stored config differs"
 

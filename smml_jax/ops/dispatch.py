@@ -1,0 +1,71 @@
+"""Which implementation of the attention and the depthwise conv runs, by the platform the
+computation is compiled for.
+
+The host's `jax.default_backend()` says nothing about where a computation runs: a CPU host
+compiles for a TPU topology ahead of time, and a mesh may hold devices of another platform than
+the default one. So the trainer and the benchmarks pass the platform of their mesh's devices
+(`platform_of`); code that passes none gets `auto` resolved per lowering platform by
+`jax.lax.platform_dependent` (the C++ kernels on the CPU, XLA elsewhere).
+
+One choice governs both ops: the native attention runs the native depthwise conv, every other
+attention path the XLA (selection-matmul) conv.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "chunked", "fused", "native", "pallas")
+# What `auto` runs on a GPU or TPU. The one place to switch to "pallas" once the Pallas CPB kernel
+# (issue 17 item 2) is an attention implementation.
+ACCELERATOR_ATTENTION = "fused"
+NATIVE_PLATFORMS = ("cpu",)
+
+
+class DispatchError(ValueError):
+  """An implementation that cannot run on the platform the computation is compiled for."""
+
+
+def platform_of(devices) -> str:
+  """The platform ('cpu', 'gpu', 'tpu') of a mesh's or a device list's devices (one platform)."""
+  devices = getattr(devices, "devices", devices)  # a Mesh
+  platforms = {d.platform for d in np.asarray(devices).reshape(-1)}
+  if len(platforms) != 1:
+    raise DispatchError(f"a mesh over devices of one platform is needed, got {sorted(platforms)}")
+  return platforms.pop()
+
+
+def resolve_attention(implementation: str, platform: Optional[str], *,
+                      native_supported: bool) -> str:
+  """The attention implementation that runs.
+
+  Args:
+    implementation: one of ATTENTION_IMPLEMENTATIONS.
+    platform: the platform the computation is compiled for; None: not known here (then `auto`
+      stays `auto` and is resolved per lowering platform).
+    native_supported: the native kernels implement this MLP in this dtype and are built.
+
+  Returns:
+    A concrete implementation, or "auto" when `platform` is None.
+  """
+  if implementation not in ATTENTION_IMPLEMENTATIONS:
+    raise DispatchError(f"unknown attention implementation {implementation!r}; expected one of "
+                        f"{ATTENTION_IMPLEMENTATIONS}")
+  if implementation == "native" and platform is not None and platform not in NATIVE_PLATFORMS:
+    raise DispatchError(f"attention implementation 'native' runs on the CPU only; this "
+                        f"computation is compiled for {platform!r} devices (use 'auto' or "
+                        f"{ACCELERATOR_ATTENTION!r})")
+  if implementation != "auto" or platform is None:
+    return implementation
+  if platform in NATIVE_PLATFORMS:
+    return "native" if native_supported else "fused"
+  return ACCELERATOR_ATTENTION
+
+
+def depthwise_for(attention: str) -> str:
+  """The depthwise conv implementation that goes with an attention implementation."""
+  if attention in ("auto", "native"):
+    return attention
+  return "selection"
