@@ -55,10 +55,25 @@ def test_disabled_writer_writes_nothing_and_handlers_are_released(tmp_path):
   quiet.info("nothing")
   quiet.close()
   assert not (tmp_path / "off").exists()
-  before = len(logging.getLogger("smml_jax").handlers)
+  before = len(logging.getLogger(events.LOGGER).handlers)
   writer = events.RunEvents(tmp_path / "on")
   writer.close()
-  assert len(logging.getLogger("smml_jax").handlers) == before
+  assert len(logging.getLogger(events.LOGGER).handlers) == before
+
+
+def test_log_lines_go_to_the_file_not_twice_to_the_console(tmp_path, capfd):
+  root = logging.getLogger()
+  handler = logging.StreamHandler()  # what a library's logging.basicConfig() installs
+  root.addHandler(handler)
+  try:
+    writer = events.RunEvents(tmp_path)
+    writer.info("epoch 1/3: loss 0.5")
+    writer.close()
+  finally:
+    root.removeHandler(handler)
+  out, err = capfd.readouterr()
+  assert "epoch 1/3" not in out + err
+  assert "epoch 1/3: loss 0.5" in (tmp_path / events.LOG_FILE).read_text()
 
 
 def test_corrupt_event_file_is_named(tmp_path):

@@ -22,7 +22,9 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 EVENTS_DIR, LOG_FILE = "events", "train.log"
-LOGGER = "smml_jax"
+# Its own logger, not propagated: the console already shows these lines (print / tqdm.write), and
+# a root handler that a library installed (logging.basicConfig) would print them twice.
+LOGGER = "smml_jax.run"
 
 
 def _scalar(value: Any) -> Optional[float]:
@@ -65,8 +67,8 @@ class RunEvents:
     self._handler.setLevel(logging.INFO)
     self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     self._logger.addHandler(self._handler)
-    if self._logger.level == logging.NOTSET or self._logger.level > logging.INFO:
-      self._logger.setLevel(logging.INFO)
+    self._logger.propagate = False
+    self._logger.setLevel(logging.INFO)
 
   def _scalars(self, prefix: str, step: int, values: Mapping[str, Any]) -> None:
     if self._writer is None:
