@@ -82,3 +82,13 @@ def test_corrupt_event_file_is_named(tmp_path):
   (folder / "events.out.tfevents.1.x").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00abc")
   with pytest.raises(ValueError, match="events.out.tfevents.1.x"):
     events.read_scalars(folder)
+
+
+def test_a_run_that_never_closed_does_not_capture_the_next_runs_lines(tmp_path):
+  crashed = events.RunEvents(tmp_path / "crashed")
+  crashed.info("first run")  # ... and it raised before close()
+  writer = events.RunEvents(tmp_path / "next")
+  writer.info("second run")
+  writer.close()
+  assert "second run" not in (tmp_path / "crashed" / events.LOG_FILE).read_text()
+  assert "second run" in (tmp_path / "next" / events.LOG_FILE).read_text()

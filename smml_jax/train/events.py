@@ -63,6 +63,9 @@ class RunEvents:
     # tensorboardX names files by the second; a suffix keeps two writers in one second apart.
     self._writer = SummaryWriter(str(out_dir / EVENTS_DIR), purge_step=purge_step, flush_secs=10,
                                  filename_suffix=f".{os.getpid()}.{time.time_ns()}")
+    for stale in list(self._logger.handlers):  # a run that raised before close(): one run at a time
+      self._logger.removeHandler(stale)
+      stale.close()
     self._handler = logging.FileHandler(out_dir / LOG_FILE, encoding="utf-8")
     self._handler.setLevel(logging.INFO)
     self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

@@ -345,6 +345,8 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
 
     def log_steps():  # host copies of the steps not yet in the event file
       nonlocal logged
+      if not events.enabled:
+        return
       for i, row in enumerate(jax.device_get(train_rows[logged:]), start=logged):
         events.train_step(first_step + i + 1, row)
       logged = len(train_rows)
