@@ -423,7 +423,7 @@ def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOpt
             "the attention mass each patch receives (per-point mass summed over queries and the "
             "group's heads, shared among the sampled patches with the bilinear weights), both "
             "branches on one colour scale, known regions as contours. Points outside the grid read "
-            "zero padding; the figure says how many there are.")
+            "only zero padding (no tissue); the figure says how many there are.")
     conc_tables = {}
     if concentration:
       text += ("\n\nRegion concentration = sampling mass inside a planted region / (mass on the "

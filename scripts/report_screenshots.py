@@ -11,7 +11,9 @@ import pathlib
 import sys
 from typing import Sequence
 
-from smml_jax.evaluate import screenshot
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from smml_jax.evaluate import screenshot  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:

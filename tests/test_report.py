@@ -222,7 +222,7 @@ def test_slide_figure_ticks_regions_one_scale_and_outside_note(tmp_path, drawn):
              for ax in fig.axes if ax.get_images() and ax.get_images()[0].get_cmap().name == "magma")
   texts = " ".join(_texts(fig))
   assert "label G3, predicted G4" in texts
-  assert "25% of the sampling points fall outside the grid" in texts  # 4 of 16 at row -2
+  assert "25% of the sampling points lie outside the grid" in texts  # 4 of 16 at row -2
   drawn.clear()
   inside = np.clip(points, 0, n - 1)
   figures.plot_slide_sampling(tmp_path / "in.png", immune, inside, inside, mass_t, mass_m, "in")
@@ -282,3 +282,8 @@ def test_training_curves_mark_the_selected_epoch_and_drop_empty_panels(tmp_path,
   for ax in fig.axes:
     if ax.axison:
       assert any(list(line.get_xdata()) == [3, 3] for line in ax.get_lines()), ax.get_title()
+
+
+def test_outside_fraction_counts_points_that_read_only_padding():
+  points = np.array([[-0.5, 3.0], [15.5, 0.0], [-1.0, 2.0], [4.0, 16.2], [3.0, 3.0]])
+  assert figures.outside_fraction(points, 16) == pytest.approx(0.4)  # border points are inside

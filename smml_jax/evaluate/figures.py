@@ -60,12 +60,14 @@ def _nearest_cell_positions(points: np.ndarray, coords: np.ndarray, grid_side: i
 
 
 def outside_fraction(points: np.ndarray, grid_side: int) -> float:
-  """Fraction of (..., 2) (row, col) pixel positions outside the grid's [-0.5, n - 0.5] square.
+  """Fraction of (..., 2) (row, col) pixel positions whose bilinear footprint misses the grid.
 
-  Bilinear sampling reads zeros there (zero padding), so such points see no tissue.
+  Patch centres are at 0 .. n - 1; a point at or beyond -1 or n in either coordinate reads only the
+  zero padding, i.e. sees no tissue. (Points between the border and there read part padding; the
+  undeformed lattice puts its outer points on the border, -0.5 and n - 0.5.)
   """
   points = np.asarray(points, np.float64)
-  out = np.any((points < -0.5) | (points > grid_side - 0.5), axis=-1)
+  out = np.any((points <= -1.0) | (points >= grid_side), axis=-1)
   return float(out.mean()) if out.size else 0.0
 
 
@@ -181,8 +183,8 @@ def plot_slide_sampling(
         ax.set_ylabel("slide y (pixels)")
     outside = outside_fraction(pts, n)
     if outside > 0:
-      notes.append(f"{name}: {outside:.0%} of the sampling points fall outside the grid "
-                   "(they read zero padding)")
+      notes.append(f"{name}: {outside:.0%} of the sampling points lie outside the grid "
+                   "(they read only zero padding)")
     ax_pts.set_title(f"{name}: sampling points per offset group")
     ax_pts.legend(loc="upper right", fontsize=6, markerscale=1.5, ncol=2, framealpha=0.7)
     ax_mass.set_title(f"{name}: attention mass per patch")
@@ -447,7 +449,7 @@ def _is_number(value) -> bool:
 
 
 # Metrics that carry nothing over epochs (a split's size), and timing shown beside slides/s.
-_UNINFORMATIVE = ("num_examples", "n_examples", "n_events", "compile_s")
+_UNINFORMATIVE = ("num_examples", "num_events", "compile_s")
 
 
 def plot_training_curves(path: PathLike, metrics_jsonl_path: PathLike,
@@ -469,6 +471,8 @@ def plot_training_curves(path: PathLike, metrics_jsonl_path: PathLike,
       "all", index=frame.index)
   metrics = [c for c in frame.columns if c not in _INDEX_KEYS and c not in _UNINFORMATIVE
              and frame[c].map(_is_number).any()]
+  evaluated = lambda c: bool((frame[c].map(_is_number) & (split != "train")).any())
+  metrics.sort(key=lambda c: not evaluated(c))  # evaluation metrics first, then training ones
   if not metrics:
     raise ValueError(f"plot_training_curves: {metrics_jsonl_path} has no numeric metric besides "
                      f"{list(_INDEX_KEYS) + list(_UNINFORMATIVE)}")
