@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
   out = pathlib.Path(args.out)
   for k, tile in enumerate(screenshot.page_tiles(page, args.tile_height), start=1):
-    path = screenshot.save_png(tile, out / f"page_{k:02d}.png", width=args.width, colors=128)
+    path = screenshot.save_png(tile, out / f"page_{k:02d}.png", width=args.width, colors=256)
     print(f"{path} ({path.stat().st_size // 1024} KiB)")
   return 0
 

@@ -91,7 +91,7 @@ def save_png(image: np.ndarray, path: PathLike, width: Optional[int] = None,
     picture = picture.resize((width, round(picture.height * width / picture.width)),
                              Image.LANCZOS)
   if colors:
-    picture = picture.quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+    picture = picture.quantize(colors=colors, method=Image.Quantize.FASTOCTREE)
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   picture.save(path, optimize=True)
