@@ -188,6 +188,18 @@ def _run_cell(config, cell_dir: pathlib.Path, *, overwrite: bool,
   return "resumed" if resume else "trained"
 
 
+def eta(durations: Sequence[float], remaining: int) -> str:
+  """'ETA 3m20s' from the seconds the runs so far took (mean x remaining); '' before any."""
+  if not durations or remaining <= 0:
+    return "" if remaining > 0 else "ETA 0s"
+  seconds = round(sum(durations) / len(durations) * remaining)
+  minutes, seconds = divmod(seconds, 60)
+  hours, minutes = divmod(minutes, 60)
+  text = f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{seconds:02d}s" if minutes else
+                                                   f"{seconds}s")
+  return f"ETA {text}"
+
+
 def run_compare(args: argparse.Namespace, log=print) -> int:
   """The synthetic / spec-file comparison; returns the process exit code."""
   from smml_jax.evaluate import comparison
@@ -210,22 +222,24 @@ def run_compare(args: argparse.Namespace, log=print) -> int:
   seeds = args.seeds or [int(s) for s in _setting(configs, "seeds", [0])]
   out = pathlib.Path(args.out)
   cells, counts, t_start = [], {"trained": 0, "resumed": 0, "skipped": 0}, time.perf_counter()
-  for model in models:
-    for fold in folds:
-      for seed in seeds:
-        config = cell_config(args, configs, model, split, fold, seed)
-        run_dir = comparison.cell_dir(out, model, fold, seed)
-        log(f"[compare] {model} fold {fold} seed {seed}: starting")
-        t0 = time.perf_counter()
-        status = _run_cell(config, run_dir, overwrite=args.overwrite,
-                           log=lambda line: log(f"  {line}"))
-        counts[status] += 1
-        cell = comparison.read_cell(run_dir, model, fold, seed, args.task)
-        metrics = "  ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}"
-                            for k, v in cell.test_metrics.items())
-        log(f"[compare] {model} fold {fold} seed {seed}: {status} "
-            f"({time.perf_counter() - t0:.1f}s)  test {metrics}")
-        cells.append(cell)
+  grid = [(model, fold, seed) for model in models for fold in folds for seed in seeds]
+  durations: list[float] = []  # of the runs that trained (finished ones are skipped in ~0 s)
+  for k, (model, fold, seed) in enumerate(grid, start=1):
+    config = cell_config(args, configs, model, split, fold, seed)
+    run_dir = comparison.cell_dir(out, model, fold, seed)
+    where = f"[compare {k}/{len(grid)}] {model} fold {fold} seed {seed}"
+    log(f"{where}: starting {eta(durations, len(grid) - k + 1)}".rstrip())
+    t0 = time.perf_counter()
+    status = _run_cell(config, run_dir, overwrite=args.overwrite,
+                       log=lambda line: log(f"  {line}"))
+    counts[status] += 1
+    if status != "skipped":
+      durations.append(time.perf_counter() - t0)
+    cell = comparison.read_cell(run_dir, model, fold, seed, args.task)
+    metrics = "  ".join(f"{name} {'n/a' if v is None else f'{v:.4f}'}"
+                        for name, v in cell.test_metrics.items())
+    log(f"{where}: {status} ({time.perf_counter() - t0:.1f}s)  test {metrics}")
+    cells.append(cell)
   wall = time.perf_counter() - t_start
   header = (f"# {args.task} comparison ({'quick, ' if args.quick else ''}protocol {protocol}, "
             f"folds {folds}, seeds {seeds}, cohort {args.cohort})\n\n"

@@ -23,10 +23,12 @@ import json
 import math
 import pathlib
 import sys
+import time
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 SUBSPACE_TITLES = {"tumour": "tumour", "micro": "microenvironment"}
 
@@ -90,7 +92,9 @@ def gene_importance(apply_fn: Callable[..., Any], params: Any, batches: Iterable
 def gene_importance_csv(tables: Mapping[str, pd.DataFrame], path: pathlib.Path) -> pathlib.Path:
   """Every gene of both subspaces, ranked within its subspace: subspace, rank, gene, ...."""
   frame = pd.concat([t.assign(subspace=s) for s, t in tables.items()], ignore_index=True)
-  frame = frame[["subspace", "rank", "gene", "mean_abs_attribution", "mean_attribution"]]
+  columns = ["subspace", "rank", "gene", "mean_abs_attribution", "mean_attribution",
+             "std_abs_attribution"]
+  frame = frame[[c for c in columns if c in frame.columns]]
   frame.to_csv(path, index=False)
   return path
 
@@ -248,6 +252,30 @@ def _slide_background(outputs: Mapping[str, np.ndarray], i: int, n: int) -> tupl
   return outputs["patch_norm"][i].reshape(n, n).astype(np.float64), "background: patch feature norm"
 
 
+def _slide_regions(outputs: Mapping[str, np.ndarray], i: int, n: int) -> dict[str, np.ndarray]:
+  """The slide's known regions as (n, n) masks (the synthetic cohort's planted ones), else {}."""
+  return {name: np.asarray(outputs[f"{name}_mask"][i], np.float64).reshape(n, n)
+          for name in ("immune", "tumour") if f"{name}_mask" in outputs}
+
+
+def slide_title(table: pd.DataFrame, i: int, class_names: Sequence[str]) -> str:
+  """'<slide>: label X, predicted Y (p = ..)' or, for survival, the follow-up and predicted risk."""
+  row = table.iloc[i]
+  head = str(row["slide_id"])
+  if "risk" in table.columns:
+    known = ""
+    if "time" in table.columns and np.isfinite(row["time"]) and row["time"] >= 0:
+      known = f"{'died' if int(row['event']) else 'censored'} at {row['time']:.0f} days, "
+    rank = int(table["risk"].rank(ascending=False, method="min").iloc[i])
+    return f"{head}: {known}predicted risk {row['risk']:.3f} (rank {rank} of {len(table)})"
+  pred = int(row["pred"])
+  prob = float(row[f"prob_{pred}"])
+  label = ""
+  if "label" in table.columns and int(row["label"]) >= 0:
+    label = f"label {class_names[int(row['label'])]}, "
+  return f"{head}: {label}predicted {class_names[pred]} (p = {prob:.2f})"
+
+
 def _slide_coords(outputs: Mapping[str, np.ndarray], i: int, n: int) -> Optional[np.ndarray]:
   """The slide layout (n*n, 2) when the cohort has real patch coordinates, else None."""
   from smml_jax.data.bags import grid_positions
@@ -334,7 +362,7 @@ def cohort_figures(table: pd.DataFrame, out: pathlib.Path, *, survival: bool,
 
 def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOptions(),
                  out_dir: Optional[str | pathlib.Path] = None,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+                 log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
   """Writes the report of a run (see the module docstring); returns report_metrics.json's content."""
   from smml_jax.data.spec import load_cohort
   from smml_jax.evaluate import ablation, figures, inference as inf, interpret
@@ -342,13 +370,24 @@ def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOpt
   from smml_jax.train import run_dir as run_dir_lib
 
   run_dir = pathlib.Path(run_dir)
+  started = time.perf_counter()
+  stages = iter(range(1, 6))
+
+  def stage(what: str) -> None:  # the report takes a minute on CPU: say what it is doing
+    log(f"report [{next(stages)}/5] {what} ({time.perf_counter() - started:.0f}s)")
+
+  def bar(batches, what: str):
+    return tqdm(batches, total=len(batches), desc=what, unit="batch", leave=False,
+                disable=not progress)
+
   run = inf.load_run(run_dir, options.checkpoint)
   out = pathlib.Path(out_dir) if out_dir else run.run_dir / run_dir_lib.REPORT_DIR
   out.mkdir(parents=True, exist_ok=True)
   cohort = load_cohort(run.config.data.data, options.data_dir or run.config.data.data_dir)
   indices = inf.split_indices(run, cohort, options.split)
-  log(f"report: {len(indices)} {options.split} slides of {cohort.path}")
-  outputs = inf.run_model(run, inf.cohort_batches(run, cohort, indices), fields=inf.OUTPUT_FIELDS)
+  stage(f"running the model on {len(indices)} {options.split} slides of {cohort.path}")
+  outputs = inf.run_model(run, bar(inf.cohort_batches(run, cohort, indices), "model"),
+                          fields=inf.OUTPUT_FIELDS)
   table = inf.prediction_table(run, outputs)
   table.to_csv(out / f"predictions_{options.split}.csv", index=False)
   n = run.grid_side
@@ -360,6 +399,7 @@ def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOpt
                        f"{len(table)} slides of the `{options.split}` split of `{cohort.path}`.")]
 
   # Cohort level.
+  stage("cohort figures and training curves")
   train = cohort.slides[cohort.slides["slide_id"].astype(str).isin(run.splits.get("train", []))]
   train = train[train["surv_time"] >= 0]
   cohort_images, cohort_metrics, note = cohort_figures(
@@ -375,27 +415,32 @@ def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOpt
 
   metrics_path = run.run_dir / run_dir_lib.METRICS_FILE
   if metrics_path.is_file() and metrics_path.read_text().strip():
-    curves = figures.plot_training_curves(out / "training_curves.png", metrics_path)
-    sections.append(_section("Training and validation curves", "From `metrics.jsonl`.",
-                             images=[curves]))
+    curves = figures.plot_training_curves(out / "training_curves.png", metrics_path,
+                                          best_epoch=run.epoch if run.checkpoint == "best" else None)
+    sections.append(_section("Training and validation curves",
+                             "From `metrics.jsonl`; the dashed line is the epoch selected on "
+                             "validation.", images=[curves]))
 
   # Sampling points and attention mass.
   geometry = sampling_geometry(outputs, n)
+  stage(f"sampling-point figures of {min(options.n_slides, len(table))} slides and their ablations")
   if geometry:
     concentration = region_concentrations(geometry, outputs, n)
     metrics["region_concentration"] = concentration
     slide_images = []
     for i in range(min(options.n_slides, len(table))):
       background, caption = _slide_background(outputs, i, n)
-      sid = str(outputs["slide_id"][i])
       slide_images.append(figures.plot_slide_sampling(
           out / f"slide_{i:02d}_sampling.png", background, geometry["tumour"]["points"][i],
           geometry["micro"]["points"][i], geometry["tumour"]["patch_mass"][i],
-          geometry["micro"]["patch_mass"][i], title=f"{sid} ({caption})",
-          coords=_slide_coords(outputs, i, n)))
+          geometry["micro"]["patch_mass"][i],
+          title=f"{slide_title(table, i, run.class_names)}\n({caption})",
+          coords=_slide_coords(outputs, i, n), regions=_slide_regions(outputs, i, n)))
     text = ("Left: each branch's deformable sampling points, one colour per offset group; right: "
             "the attention mass each patch receives (per-point mass summed over queries and the "
-            "group's heads, shared among the sampled patches with the bilinear weights).")
+            "group's heads, shared among the sampled patches with the bilinear weights), both "
+            "branches on one colour scale, known regions as contours. Points outside the grid read "
+            "only zero padding (no tissue); the figure says how many there are.")
     conc_tables = {}
     if concentration:
       text += ("\n\nRegion concentration = sampling mass inside a planted region / (mass on the "
@@ -410,7 +455,8 @@ def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOpt
     sections.append(_section("Sampling points and attention mass per slide", text, conc_tables,
                              slide_images))
     if ablation.supports(run.params):
-      use = sampling_use(run, lambda: inf.cohort_batches(run, cohort, indices), table, outputs)
+      use = sampling_use(run, lambda: bar(inf.cohort_batches(run, cohort, indices), "ablation"),
+                         table, outputs)
       metrics["sampling_use"] = use
       sections.append(_section("Does the prediction use the sampling points?",
                                sampling_use_text(use), {"sampling use": sampling_use_table(use)}))
@@ -419,8 +465,11 @@ def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOpt
                              "deformable sampling grids; no per-slide sampling figures."))
 
   # Gene importance.
+  stage(f"gene importance: integrated gradients ({options.ig_steps} steps) over "
+        f"{min(options.ig_slides, len(indices))} slides")
   tables = gene_importance(run.spec.module.apply, run.params,
-                           inf.cohort_batches(run, cohort, indices), run.gene_names,
+                           bar(inf.cohort_batches(run, cohort, indices), "integrated gradients"),
+                           run.gene_names,
                            survival=run.survival, steps=options.ig_steps,
                            alpha_batch_size=options.alpha_batch_size, max_slides=options.ig_slides)
   csv = gene_importance_csv(tables, out / "gene_importance.csv")
@@ -432,14 +481,16 @@ def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOpt
   sections.append(_section(
       "Gene importance",
       f"Integrated gradients ({options.ig_steps} steps, baseline = training mean) of the {target} "
-      f"w.r.t. the normalised gene inputs, mean |attribution| over {n_ig} slides; red bars: "
-      f"positive mean attribution. All genes: `{csv.name}`.",
+      f"w.r.t. the normalised gene inputs, mean |attribution| over {n_ig} slides (whiskers: "
+      f"+- its std across the slides); red bars: positive mean attribution, blue: negative. "
+      f"All genes: `{csv.name}`.",
       {f"top {options.top_k} {SUBSPACE_TITLES[s]} genes": t.head(options.top_k)
        for s, t in tables.items()}, [bars]))
 
+  stage("writing report.html")
   (out / "report_metrics.json").write_text(json.dumps(_finite(metrics), indent=2))
   write_report(out, sections, title=f"smml-jax report: {run_dir.name}")
-  log(f"report: wrote {out / 'report.html'}")
+  log(f"report: wrote {out / 'report.html'} in {time.perf_counter() - started:.0f}s")
   return metrics
 
 
@@ -470,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--ig-steps", type=int, default=ReportOptions.ig_steps)
   p.add_argument("--top-k", type=int, default=ReportOptions.top_k)
   p.add_argument("--data-dir", help="where cohort records are written (default: the run's)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bars")
   return p
 
 
@@ -481,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           ig_slides=args.ig_slides, ig_steps=args.ig_steps, top_k=args.top_k,
                           data_dir=args.data_dir)
   try:
-    metrics = build_report(args.run, options, args.out)
+    metrics = build_report(args.run, options, args.out, progress=not args.no_progress)
   except (InferenceError, CohortError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -128,6 +128,7 @@ def test_quick_comparison_end_to_end_and_resumes(tmp_path, capsys):
   assert compare.main(argv) == 0
   first = capsys.readouterr().out
   assert f"{len(QUICK_MODELS) * 2} trained, 0 resumed, 0 skipped" in first
+  assert f"[compare 1/{len(QUICK_MODELS) * 2}]" in first and "ETA" in first
 
   results = pd.read_csv(out / "results.csv")
   assert list(results.columns) == ["model", "task", "metric", "mean", "std", "n_folds"]
@@ -176,3 +177,10 @@ def test_quick_comparison_end_to_end_and_resumes(tmp_path, capsys):
   # A changed config refuses to mix with the stored cells.
   assert compare.main(argv + ["--set", "train.epochs=2"]) == 2
   assert "train.epochs: stored 1, now 2" in capsys.readouterr().err
+
+
+def test_eta_from_the_runs_so_far():
+  assert compare.eta([], 3) == ""  # nothing measured yet
+  assert compare.eta([10.0, 20.0], 4) == "ETA 1m00s"
+  assert compare.eta([3600.0], 2) == "ETA 2h00m"
+  assert compare.eta([5.0], 0) == "ETA 0s"

@@ -172,3 +172,118 @@ def test_write_report_embeds_images_and_tables(tmp_path):
   with pytest.raises(ValueError, match="does not exist"):
     report.write_report(tmp_path / "run2", [report.Section("x", images=[tmp_path / "missing.png"])])
 
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+  """The matplotlib figures the plot functions save, kept open for inspection."""
+  figs = []
+  save = figures._save
+
+  def keep(fig, path):
+    figs.append(fig)
+    fig.savefig(path, dpi=40)
+    return path
+
+  monkeypatch.setattr(figures, "_save", keep)
+  yield figs
+  monkeypatch.setattr(figures, "_save", save)
+  import matplotlib.pyplot as plt
+  for fig in figs:
+    plt.close(fig)
+
+
+def _texts(fig):
+  import matplotlib.text
+  return [t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_text()]
+
+
+def test_slide_figure_ticks_regions_one_scale_and_outside_note(tmp_path, drawn):
+  n = 10
+  points = np.stack(np.meshgrid(np.linspace(-2, 9, 4), np.linspace(0, 9, 4), indexing="ij"), -1)
+  points = points.reshape(1, 16, 2).repeat(2, axis=0)  # (G=2, P=16, 2), a column at row -2
+  mass_t = np.zeros((n, n))
+  mass_t[2, 3] = 5.0
+  mass_m = np.full((n, n), 0.1)
+  immune = np.zeros((n, n))
+  immune[4:8, 4:8] = 1
+  figures.plot_slide_sampling(tmp_path / "s.png", immune, points, points, mass_t, mass_m,
+                              "slide A: label G3, predicted G4 (p = 0.71)",
+                              regions={"immune": immune})
+  fig, = drawn
+  mass_images = [im for ax in fig.axes for im in ax.get_images() if im.get_cmap().name == "magma"]
+  assert len(mass_images) == 2
+  assert {im.get_clim() for im in mass_images} == {(0.0, 5.0)}  # one colour scale
+  pts_ax = fig.axes[0]
+  assert pts_ax.get_xlabel() == "patch column" and pts_ax.get_ylabel() == "patch row"
+  ticks = pts_ax.get_xticks()
+  assert np.all(ticks == np.round(ticks)) and ticks.min() >= 0 and ticks.max() <= n - 1
+  assert any(ax.collections and "immune" in ax.get_legend_handles_labels()[1]
+             for ax in fig.axes if ax.get_images() and ax.get_images()[0].get_cmap().name == "magma")
+  texts = " ".join(_texts(fig))
+  assert "label G3, predicted G4" in texts
+  assert "25% of the sampling points lie outside the grid" in texts  # 4 of 16 at row -2
+  drawn.clear()
+  inside = np.clip(points, 0, n - 1)
+  figures.plot_slide_sampling(tmp_path / "in.png", immune, inside, inside, mass_t, mass_m, "in")
+  assert "outside the grid" not in " ".join(_texts(drawn[0]))
+
+
+def test_gene_importance_legend_and_spread(tmp_path, drawn):
+  rng = np.random.default_rng(1)
+  spread = rng.normal(size=(6, 12)) * np.linspace(0.1, 2, 12)
+  tumour = interpret.top_genes(spread, [f"T{i}" for i in range(12)])
+  assert np.allclose(tumour.set_index("gene").loc["T11", "std_abs_attribution"],
+                     np.abs(spread[:, 11]).std(ddof=1))
+  figures.plot_gene_importance(tmp_path / "g.png", tumour, tumour, k=5)
+  fig, = drawn
+  labels = fig.axes[0].get_legend_handles_labels()[1]
+  assert any("positive" in l for l in labels) and any("negative" in l for l in labels)
+  assert fig.axes[0].containers and any(type(c).__name__ == "ErrorbarContainer"
+                                        for c in fig.axes[0].containers)
+
+
+def test_km_censoring_ticks_numbers_at_risk_and_bands(tmp_path, drawn):
+  rng = np.random.default_rng(3)
+  risk, time, event = _survival_cohort(rng, 80, separated=True)
+  figures.plot_km_risk_groups(tmp_path / "km.png", risk, time, event)
+  fig, = drawn
+  ax = fig.axes[0]
+  assert len([c for c in ax.collections if type(c).__name__ in ("PolyCollection",
+                                                                 "FillBetweenPolyCollection")]) == 2
+  censored = [line for line in ax.get_lines() if line.get_marker() == "|" and len(line.get_xdata())]
+  high = figures.risk_groups(risk)
+  assert sorted(len(line.get_xdata()) for line in censored) == sorted(
+      [int((~event.astype(bool) & high).sum()), int((~event.astype(bool) & ~high).sum())])
+  ticks = figures.km_tick_times(time)
+  texts = _texts(fig)
+  assert any("number at risk" in t for t in texts)
+  for group in (high, ~high):  # one row of counts per group, under the axis
+    row = figures.numbers_at_risk(time[group], ticks)
+    assert row[0] == group.sum() and np.all(np.diff(row) <= 0)
+    assert " ".join(str(c) for c in row) in " ".join(texts)
+
+
+def test_training_curves_mark_the_selected_epoch_and_drop_empty_panels(tmp_path, drawn):
+  lines = []
+  for epoch in range(4):
+    lines.append({"epoch": epoch, "split": "train", "loss": 1.0 / (epoch + 1),
+                  "slides_per_s": 50.0 + epoch, **({"compile_s": 12.5} if epoch == 0 else {})})
+    for split in ("val", "test"):
+      lines.append({"epoch": epoch, "split": split, "auc": 0.6 + 0.05 * epoch,
+                    "num_examples": 40})
+  jsonl = tmp_path / "metrics.jsonl"
+  jsonl.write_text("\n".join(json.dumps(r) for r in lines))
+  figures.plot_training_curves(tmp_path / "c.png", jsonl, best_epoch=2)
+  fig, = drawn
+  titles = [ax.get_title() for ax in fig.axes if ax.axison]
+  assert "num_examples" not in titles and "compile_s" not in titles
+  assert any("compilation" in t and "12.5" in t for t in titles)  # beside slides/s, not in it
+  for ax in fig.axes:
+    if ax.axison:
+      assert any(list(line.get_xdata()) == [3, 3] for line in ax.get_lines()), ax.get_title()
+
+
+def test_outside_fraction_counts_points_that_read_only_padding():
+  points = np.array([[-0.5, 3.0], [15.5, 0.0], [-1.0, 2.0], [4.0, 16.2], [3.0, 3.0]])
+  assert figures.outside_fraction(points, 16) == pytest.approx(0.4)  # border points are inside

@@ -203,3 +203,35 @@ def test_region_concentrations_points_attention_and_nulls():
       {k: v[:1] for k, v in outputs.items()}, n)
   assert "micro_on_immune_mismatched" not in single and "micro_on_immune" in single
   assert "mismatched" not in report_cli.immune_sentence(single)
+
+
+def test_report_html_renders_in_chromium_with_every_figure_drawn(survival_report):
+  from smml_jax.evaluate import screenshot
+  _, out = survival_report
+  html = (out / "report.html").read_text()
+  images = screenshot.embedded_images(html)
+  assert len(images) >= 6
+  for name, data in images:  # each figure as the page carries it
+    path = out / f"embedded_{name}"
+    path.write_bytes(data)
+    assert_non_trivial_png(path)
+  if screenshot.find_chromium() is None:
+    pytest.skip("no Chromium on this machine (apt-get install chromium)")
+  page = screenshot.screenshot(out / "report.html", width=1000)
+  assert page.shape[0] > 2000 and page.shape[1] == 1000  # the whole page, not one window
+  assert screenshot.drawn_fraction(page) > 0.05
+  tiles = screenshot.page_tiles(page, 1200)
+  assert sum(len(t) for t in tiles) == len(page)
+  # The figures are on the page: strongly coloured pixels (text alone is grey on white).
+  colour = np.ptp(page.astype(np.int16), axis=-1) > 60
+  assert colour.mean() > 0.01
+
+
+def test_slide_titles_name_label_prediction_or_follow_up():
+  table = pd.DataFrame({"slide_id": ["s0", "s1"], "prob_0": [0.2, 0.9], "prob_1": [0.8, 0.1],
+                        "pred": [1, 0], "label": [0, 0]})
+  assert report_cli.slide_title(table, 0, ["G2", "G3"]) == "s0: label G2, predicted G3 (p = 0.80)"
+  survival = pd.DataFrame({"slide_id": ["a", "b", "c"], "risk": [-2.0, -1.0, -3.0],
+                           "time": [100.0, 300.0, 50.0], "event": [1, 0, 1]})
+  assert report_cli.slide_title(survival, 1, []) == ("b: censored at 300 days, predicted risk "
+                                                     "-1.000 (rank 1 of 3)")

@@ -77,7 +77,8 @@ def test_resume_ends_with_exactly_the_uninterrupted_metrics(full_run, tiny_spec,
   assert not (out / "summary.json").exists()
   resumed = train(config, out, resume=True, log=lambda _: None)
   assert resumed == summary  # bit for bit: same seed, same data order, same RNG stream
-  untimed = lambda rows: [{k: v for k, v in r.items() if k != "slides_per_s"} for r in rows]
+  untimed = lambda rows: [{k: v for k, v in r.items() if k not in ("slides_per_s", "compile_s")}
+                         for r in rows]  # compile_s: the epoch where this process compiled
   assert untimed(_jsonl(out / "metrics.jsonl")) == untimed(_jsonl(full_run[0] / "metrics.jsonl"))
 
 
@@ -164,3 +165,40 @@ def test_resume_accepts_changed_implementation_knobs(tiny_spec, data_dir, tmp_pa
   other_model = make_config(layer({**TINY_MODEL, "cpb_hidden": 16}, {}))
   with pytest.raises(RunDirError, match="model_options.cpb_hidden"):
     train(other_model, out, resume=True, log=lambda _: None)
+def test_run_writes_tensorboard_scalars_and_a_log_file(full_run):
+  from smml_jax.train import events
+  out, summary = full_run
+  scalars = events.read_scalars(out / events.EVENTS_DIR)
+  steps = [s for s, _ in scalars["train/loss"]]
+  assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 3  # every optimiser step
+  for tag in ("train/task_loss", "train/consistency_tumour", "train/consistency_micro",
+              "train/grad_norm", "train/learning_rate", "train/score_tumour", "train/score_micro",
+              "train/coordination_edited", "val/auc", "val/accuracy"):
+    assert tag in scalars, f"{tag} missing; have {sorted(scalars)}"
+  assert all(0.0 <= v <= 1.0 for _, v in scalars["train/coordination_edited"])
+  assert any(v > 0 for _, v in scalars["train/coordination_edited"])  # it does edit rows
+  rows = _jsonl(out / "metrics.jsonl")
+  per_epoch = len(steps) // 3
+  # The cosine is stepped per epoch (3 epochs from 1e-3): constant within an epoch, then lower.
+  lrs = [v for _, v in scalars["train/learning_rate"]]
+  assert lrs[0] == pytest.approx(1e-3) and lrs[per_epoch] < lrs[0]
+  assert len(set(lrs[:per_epoch])) == 1
+  val = {r["step"]: r["auc"] for r in rows if r["split"] == "val"}
+  assert dict(scalars["val/auc"]) == pytest.approx(val)
+  assert "test/auc" in scalars  # recorded for the record, not shown on the console
+  log = (out / events.LOG_FILE).read_text()
+  assert "epoch 1/3" in log and "test auc" in log
+
+
+def test_console_shows_validation_per_epoch_and_test_once(tiny_spec, data_dir, tmp_path):
+  lines = []
+  train(tiny_config(tiny_spec, data_dir, epochs=2), tmp_path / "quiet", log=lines.append)
+  epoch_lines = [line for line in lines if line.startswith("epoch ")]
+  assert len(epoch_lines) == 2
+  assert all("val auc" in line and "test" not in line for line in epoch_lines)
+  assert sum("test auc" in line for line in lines) == 1  # once, at the end
+  assert any(line.startswith("compiling") for line in lines)
+  lines.clear()
+  train(tiny_config(tiny_spec, data_dir, epochs=2, log_test_every_epoch=True),
+        tmp_path / "loud", log=lines.append)
+  assert all("test auc" in line for line in lines if line.startswith("epoch "))

@@ -13,13 +13,16 @@ reading back uses
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
 import pathlib
 import shutil
+import sys
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -231,13 +234,33 @@ def build(source: CohortSource, data_dir: str | os.PathLike | None = None) -> pa
   else:
     prepared = source.prepare()
     _validate_prepared(prepared)
-  builder = SmmlCohort(prepared=prepared, meta=_meta_of(source, prepared, inputs),
-                       config=tfds.core.BuilderConfig(name=name), data_dir=str(data_dir),
-                       file_format="array_record")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(download_mode=(
-          tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)))
+  print(f"smml_jax: writing cohort records to {version_dir} (once; later runs reuse them)",
+        file=sys.stderr, flush=True)
+  with _quiet_tfds():
+    builder = SmmlCohort(prepared=prepared, meta=_meta_of(source, prepared, inputs),
+                         config=tfds.core.BuilderConfig(name=name), data_dir=str(data_dir),
+                         file_format="array_record")
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(download_mode=(
+            tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)))
   return pathlib.Path(builder.data_dir)
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  """Silences what TFDS says for remote datasets ("Downloading ... Unknown size", "Using custom
+  data configuration", its progress bars); warnings of other kinds still show."""
+  from tensorflow_datasets.core.utils import tqdm_utils
+  absl_logger = logging.getLogger("absl")
+  bars, level = tqdm_utils._active, absl_logger.level  # pylint: disable=protected-access
+  tfds.display_progress_bar(False)
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):  # its termcolor prints
+      yield
+  finally:
+    tfds.display_progress_bar(bars)
+    absl_logger.setLevel(level)
 
 
 def read_sidecar(version_dir: str | os.PathLike) -> dict[str, Any]:

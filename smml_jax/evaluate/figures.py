@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import matplotlib
 
 matplotlib.use("Agg")
+
+import matplotlib.ticker  # noqa: E402
+import matplotlib.transforms  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -56,6 +59,31 @@ def _nearest_cell_positions(points: np.ndarray, coords: np.ndarray, grid_side: i
   return out
 
 
+def outside_fraction(points: np.ndarray, grid_side: int) -> float:
+  """Fraction of (..., 2) (row, col) pixel positions whose bilinear footprint misses the grid.
+
+  Patch centres are at 0 .. n - 1; a point at or beyond -1 or n in either coordinate reads only the
+  zero padding, i.e. sees no tissue. (Points between the border and there read part padding; the
+  undeformed lattice puts its outer points on the border, -0.5 and n - 0.5.)
+  """
+  points = np.asarray(points, np.float64)
+  out = np.any((points <= -1.0) | (points >= grid_side), axis=-1)
+  return float(out.mean()) if out.size else 0.0
+
+
+def _patch_ticks(ax: plt.Axes, n: int) -> None:
+  """Integer patch indices on both axes (at most ~8 ticks each)."""
+  ticks = matplotlib.ticker.MaxNLocator(nbins=7, integer=True).tick_values(0, n - 1)
+  ticks = ticks[(ticks >= 0) & (ticks <= n - 1)].astype(int)
+  ax.set_xticks(ticks)
+  ax.set_yticks(ticks)
+  ax.set_xlabel("patch column")
+  ax.set_ylabel("patch row")
+
+
+_REGION_COLORS = ("tab:cyan", "tab:green", "tab:orange", "tab:pink")
+
+
 def plot_slide_sampling(
     path: PathLike,
     patch_image: np.ndarray,
@@ -65,11 +93,15 @@ def plot_slide_sampling(
     mass_micro: np.ndarray,
     title: str,
     coords: Optional[np.ndarray] = None,
+    regions: Optional[Mapping[str, np.ndarray]] = None,
 ) -> pathlib.Path:
   """One slide: each subspace's sampling points per offset group next to the attention mass per patch.
 
   A 2 x 2 panel: rows = tumour / microenvironment subspace; left = the patch grid (or slide layout)
-  with the deformable sampling points, one colour per offset group; right = attention mass per patch.
+  with the deformable sampling points, one colour per offset group; right = attention mass per patch,
+  both subspaces on one colour scale, with the known regions drawn as contours. Axes are in patch
+  indices (grid) or slide pixels (layout). A note says how many points fall outside the grid, where
+  the bilinear sampling reads zero padding.
 
   Args:
     path: PNG to write.
@@ -77,9 +109,10 @@ def plot_slide_sampling(
       patch-feature norm, or 0/1 occupancy).
     points_tumour, points_micro: (G, P, 2) (row, col) pixel positions (`grid_points_to_pixels`, one slide).
     mass_tumour, mass_micro: (n, n) attention mass per patch (`patch_mass`, one slide).
-    title: figure title.
+    title: figure title (e.g. the slide id, its label and the prediction).
     coords: optional (n * n, 2) slide (x, y) position of every grid cell, row-major, NaN for padding
       cells; when given, the panels show the slide layout and each point sits on its nearest real patch.
+    regions: optional {name: (n, n) 0/1 mask} (e.g. immune, tumour) contoured on the attention maps.
   """
   patch_image = np.asarray(patch_image, np.float64)
   if patch_image.ndim != 2 or patch_image.shape[0] != patch_image.shape[1]:
@@ -93,11 +126,20 @@ def plot_slide_sampling(
       raise ValueError(f"plot_slide_sampling: {name} must be ({n}, {n}), got {np.shape(mass)}")
   if coords is not None and np.shape(coords) != (n * n, 2):
     raise ValueError(f"plot_slide_sampling: coords must be ({n * n}, 2), got {np.shape(coords)}")
+  regions = dict(regions or {})
+  for name, mask in regions.items():
+    if np.shape(mask) != (n, n):
+      raise ValueError(f"plot_slide_sampling: region {name!r} must be ({n}, {n}), got "
+                       f"{np.shape(mask)}")
 
   # Shift the grey scale so the lowest background value is light grey, not invisible white.
   low, high = float(np.nanmin(patch_image)), float(np.nanmax(patch_image))
   shade = dict(cmap="Greys", vmin=low - 0.15 * max(high - low, 1e-12), vmax=high)
+  # One scale for both subspaces' attention maps, so their brightness compares.
+  top = max(float(np.nanmax(mass_tumour)), float(np.nanmax(mass_micro)), 1e-12)
+  mass_scale = dict(cmap="magma", vmin=0.0, vmax=top)
   fig, axes = plt.subplots(2, 2, figsize=(10, 10))
+  notes = []
   for row, (name, pts, mass) in enumerate((("tumour", points_tumour, mass_tumour),
                                            ("microenvironment", points_micro, mass_micro))):
     pts = np.asarray(pts, np.float64)
@@ -112,7 +154,18 @@ def plot_slide_sampling(
       ax_pts.set_xlim(-0.5 - 0.1 * n, n - 0.5 + 0.1 * n)
       ax_pts.set_ylim(n - 0.5 + 0.1 * n, -0.5 - 0.1 * n)
       ax_pts.add_patch(plt.Rectangle((-0.5, -0.5), n, n, fill=False, edgecolor="black", lw=0.8))
-      mass_img = ax_mass.imshow(mass, cmap="magma", origin="upper")
+      mass_img = ax_mass.imshow(mass, **mass_scale, origin="upper")
+      fine = 8  # contour an upsampled mask so the outline follows the patch edges
+      sub = (np.arange(n * fine) + 0.5) / fine - 0.5
+      for k, (region, mask) in enumerate(regions.items()):
+        color = _REGION_COLORS[k % len(_REGION_COLORS)]
+        ax_mass.contour(sub, sub, np.kron(np.asarray(mask, np.float64), np.ones((fine, fine))),
+                        levels=[0.5], colors=[color], linewidths=1.2)
+        ax_mass.plot([], [], color=color, lw=1.2, label=region)
+      if regions:
+        ax_mass.legend(loc="upper right", fontsize=7, framealpha=0.7)
+      for ax in (ax_pts, ax_mass):
+        _patch_ticks(ax, n)
     else:
       xy = np.asarray(coords, np.float64)
       real = np.all(np.isfinite(xy), axis=1)
@@ -121,25 +174,36 @@ def plot_slide_sampling(
       for g in range(pts.shape[0]):
         ax_pts.scatter(slide_pts[g, :, 0], slide_pts[g, :, 1], s=9, color=colors[g], label=f"group {g}",
                        edgecolors="none")
-      mass_img = ax_mass.scatter(xy[real, 0], xy[real, 1], c=mass.ravel()[real], cmap="magma", s=12,
+      mass_img = ax_mass.scatter(xy[real, 0], xy[real, 1], c=mass.ravel()[real], **mass_scale, s=12,
                                  marker="s")
       for ax in (ax_pts, ax_mass):
         ax.invert_yaxis()
         ax.set_aspect("equal")
+        ax.set_xlabel("slide x (pixels)")
+        ax.set_ylabel("slide y (pixels)")
+    outside = outside_fraction(pts, n)
+    if outside > 0:
+      notes.append(f"{name}: {outside:.0%} of the sampling points lie outside the grid "
+                   "(they read only zero padding)")
     ax_pts.set_title(f"{name}: sampling points per offset group")
     ax_pts.legend(loc="upper right", fontsize=6, markerscale=1.5, ncol=2, framealpha=0.7)
     ax_mass.set_title(f"{name}: attention mass per patch")
     fig.colorbar(mass_img, ax=ax_mass, fraction=0.046, pad=0.04)
   fig.suptitle(title)
+  if notes:
+    fig.text(0.5, 0.005, "\n".join(notes), ha="center", va="bottom", fontsize=9, color="tab:red")
   return _save(fig, path)
 
 
 def plot_gene_importance(path: PathLike, df_tumour: pd.DataFrame, df_micro: pd.DataFrame,
                          k: int = 20) -> pathlib.Path:
-  """Top-k genes per subspace as horizontal bars of mean |IG| (red = positive mean attribution).
+  """Top-k genes per subspace: bars of mean |IG|, whiskers +- the std of |IG| across slides.
+
+  Bar colour = sign of the mean attribution (red: raises the explained output, blue: lowers it).
 
   Args:
-    df_tumour, df_micro: `interpret.top_genes` tables (gene, mean_abs_attribution, mean_attribution).
+    df_tumour, df_micro: `interpret.top_genes` tables (gene, mean_abs_attribution,
+      mean_attribution, and std_abs_attribution for the whiskers when present).
   """
   fig, axes = plt.subplots(1, 2, figsize=(11, max(3.0, 0.28 * k + 1.5)))
   for ax, (name, frame) in zip(axes, (("tumour genes", df_tumour), ("microenvironment genes", df_micro))):
@@ -147,11 +211,21 @@ def plot_gene_importance(path: PathLike, df_tumour: pd.DataFrame, df_micro: pd.D
     if missing:
       raise ValueError(f"plot_gene_importance: the {name} table lacks column(s) {sorted(missing)}")
     top = frame.sort_values("mean_abs_attribution", ascending=False).head(k)[::-1]
-    colors = np.where(top["mean_attribution"].to_numpy() >= 0, "tab:red", "tab:blue")
-    ax.barh(top["gene"].astype(str), top["mean_abs_attribution"], color=colors)
+    positive = top["mean_attribution"].to_numpy() >= 0
+    spread = top["std_abs_attribution"].to_numpy() if "std_abs_attribution" in top else None
+    y = np.arange(len(top))
+    for sign, color, label in ((positive, "tab:red", "positive mean attribution"),
+                               (~positive, "tab:blue", "negative mean attribution")):
+      ax.barh(y[sign], top["mean_abs_attribution"].to_numpy()[sign], color=color, label=label)
+    if spread is not None:
+      ax.errorbar(top["mean_abs_attribution"], y, xerr=np.nan_to_num(spread), fmt="none",
+                  ecolor="black", elinewidth=0.8, capsize=2, label="+- std across slides")
+    ax.set_yticks(y, top["gene"].astype(str))
     ax.set_title(f"{name}: top {len(top)} by mean |IG|")
     ax.set_xlabel("mean |integrated gradient|")
+    ax.set_xlim(left=0)
     ax.tick_params(axis="y", labelsize=7)
+    ax.legend(loc="lower right", fontsize=7)
   fig.tight_layout()
   return _save(fig, path)
 
@@ -235,8 +309,24 @@ def risk_groups(risk: np.ndarray) -> np.ndarray:
   return high
 
 
+def km_tick_times(time: np.ndarray, max_ticks: int = 6) -> np.ndarray:
+  """Round time-axis ticks from 0 to the last follow-up (where the numbers at risk are counted)."""
+  top = float(np.max(time))
+  ticks = matplotlib.ticker.MaxNLocator(nbins=max_ticks, steps=[1, 2, 2.5, 5, 10]).tick_values(0, top)
+  return ticks[(ticks >= 0) & (ticks <= top)]
+
+
+def numbers_at_risk(time: np.ndarray, ticks: np.ndarray) -> np.ndarray:
+  """(T,) int: how many of `time` are still followed (time >= t) at each tick t."""
+  time = np.asarray(time, np.float64)
+  return np.array([int((time >= t).sum()) for t in np.asarray(ticks, np.float64)])
+
+
 def plot_km_risk_groups(path: PathLike, risk: np.ndarray, time: np.ndarray, event: np.ndarray) -> float:
   """Kaplan-Meier curves of the median-split low/high predicted-risk groups; returns the log-rank p.
+
+  Each curve has its 95% log-log confidence band (scikit-survival) and a tick at every censored
+  time; the numbers at risk at each time tick are written under the axis.
 
   Args:
     path: PNG to write.
@@ -252,18 +342,41 @@ def plot_km_risk_groups(path: PathLike, risk: np.ndarray, time: np.ndarray, even
     raise ValueError(f"plot_km_risk_groups: risk has shape {np.shape(risk)}, time {y.shape}")
   high = risk_groups(risk)
   _, p_value = compare_survival(y, high.astype(np.int64))
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  for mask, name, color in ((~high, "low risk", "tab:blue"), (high, "high risk", "tab:red")):
-    t, s = kaplan_meier_estimator(y["event"][mask], y["time"][mask])
+  ticks = km_tick_times(y["time"])
+  groups = ((~high, "low risk", "tab:blue"), (high, "high risk", "tab:red"))
+  fig, ax = plt.subplots(figsize=(6.5, 5.2))
+  for mask, name, color in groups:
+    t, s, (lower, upper) = kaplan_meier_estimator(y["event"][mask], y["time"][mask],
+                                                  conf_type="log-log")
     t = np.concatenate([[0.0], t])
-    s = np.concatenate([[1.0], s])
+    s, lower, upper = (np.concatenate([[1.0], v]) for v in (s, lower, upper))
     ax.step(t, s, where="post", color=color, label=f"{name} (n={int(mask.sum())}, "
             f"events={int(y['event'][mask].sum())})")
+    ax.fill_between(t, lower, upper, step="post", color=color, alpha=0.15, lw=0)
+    censored = y["time"][mask & ~y["event"]]
+    at = np.searchsorted(t, censored, side="right") - 1  # the curve's value at each censoring
+    ax.plot(censored, s[at], ls="none", marker="|", ms=7, mew=1.2, color=color)
+  ax.plot([], [], ls="none", marker="|", color="black", label="censored")
+  ax.set_xticks(ticks)
+  ax.set_xlim(0, float(np.max(y["time"])) * 1.02)
   ax.set_ylim(-0.02, 1.02)
   ax.set_xlabel("time (days)")
-  ax.set_ylabel("survival probability")
-  ax.set_title(f"Kaplan-Meier by predicted risk (median split), log-rank p = {p_value:.3g}")
-  ax.legend(loc="lower left", fontsize=8)
+  ax.set_ylabel("survival probability (95% CI)")
+  ax.set_title(f"Kaplan-Meier by predicted risk (median split), log-rank p = {p_value:.3g}",
+               fontsize=10)
+  ax.legend(loc="upper right", fontsize=8)
+  # Numbers at risk: one row per group, under the tick labels, in data x / axes y coordinates.
+  transform = matplotlib.transforms.blended_transform_factory(ax.transData, ax.transAxes)
+  ax.text(0.0, -0.2, "number at risk", transform=ax.transAxes, fontsize=8, ha="left",
+          fontweight="bold")
+  for row, (mask, name, color) in enumerate(groups):
+    level = -0.27 - 0.07 * row
+    ax.text(-0.06, level, name, transform=ax.transAxes, ha="right", va="center", fontsize=8,
+            color=color)
+    for tick, count in zip(ticks, numbers_at_risk(y["time"][mask], ticks)):
+      ax.text(tick, level, str(count), transform=transform, ha="center", va="center", fontsize=8,
+              color=color)
+  fig.subplots_adjust(bottom=0.3)
   _save(fig, path)
   return float(p_value)
 
@@ -335,22 +448,38 @@ def _is_number(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def plot_training_curves(path: PathLike, metrics_jsonl_path: PathLike) -> pathlib.Path:
+# Metrics that carry nothing over epochs (a split's size), and timing shown beside slides/s.
+_UNINFORMATIVE = ("num_examples", "num_events", "compile_s")
+
+
+def plot_training_curves(path: PathLike, metrics_jsonl_path: PathLike,
+                         best_epoch: Optional[int] = None) -> pathlib.Path:
   """Every numeric metric of metrics.jsonl vs epoch, one line per split, one panel per metric.
 
   Lines look like {"epoch": 3, "split": "val", "loss": 0.7, "auc": 0.8}. The x axis is `epoch`, else
   `step`, else the line order; a missing `split` counts as "all"; missing or non-numeric values are
-  skipped.
+  skipped. Split sizes (`num_examples`) get no panel; the compilation time (`compile_s`) is written
+  in the slides/s panel's title rather than mixed into its curve; `best_epoch` (the selected epoch,
+  0-based like `epoch`) is marked in every panel. Epochs are drawn 1-based, as the console counts.
   """
   frame = read_metrics_jsonl(metrics_jsonl_path)
   x_key = next((k for k in ("epoch", "step") if k in frame.columns), None)
   x = frame[x_key] if x_key else pd.Series(np.arange(len(frame)), index=frame.index)
+  if x_key == "epoch":  # 1-based, as the console and the report count epochs
+    x = x.map(lambda e: e + 1 if _is_number(e) else e)
   split = frame["split"].fillna("all").astype(str) if "split" in frame.columns else pd.Series(
       "all", index=frame.index)
-  metrics = [c for c in frame.columns if c not in _INDEX_KEYS and frame[c].map(_is_number).any()]
+  metrics = [c for c in frame.columns if c not in _INDEX_KEYS and c not in _UNINFORMATIVE
+             and frame[c].map(_is_number).any()]
+  evaluated = lambda c: bool((frame[c].map(_is_number) & (split != "train")).any())
+  metrics.sort(key=lambda c: not evaluated(c))  # evaluation metrics first, then training ones
   if not metrics:
     raise ValueError(f"plot_training_curves: {metrics_jsonl_path} has no numeric metric besides "
-                     f"{list(_INDEX_KEYS)}")
+                     f"{list(_INDEX_KEYS) + list(_UNINFORMATIVE)}")
+  compile_s = None
+  if "compile_s" in frame.columns:
+    values = frame["compile_s"][frame["compile_s"].map(_is_number)]
+    compile_s = float(values.sum()) if len(values) else None
   cols = min(3, len(metrics))
   rows = math.ceil(len(metrics) / cols)
   fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.4 * rows), squeeze=False)
@@ -363,9 +492,17 @@ def plot_training_curves(path: PathLike, metrics_jsonl_path: PathLike) -> pathli
       ys = frame.loc[keep, metric].astype(float).to_numpy()
       order = np.argsort(xs, kind="stable")
       ax.plot(xs[order], ys[order], marker="o", ms=3, label=name)
-    ax.set_title(metric)
+    if best_epoch is not None and x_key == "epoch":
+      ax.axvline(best_epoch + 1, color="black", ls="--", lw=0.8,
+                 label=f"selected (epoch {best_epoch + 1})")
+    title = metric
+    if metric == "slides_per_s" and compile_s is not None:
+      title = f"slides_per_s (after compilation: {compile_s:.1f} s, not counted)"
+    ax.set_title(title, fontsize=9 if len(title) > 30 else None)
     ax.set_xlabel(x_key or "record")
-    ax.legend(fontsize=8)
+    if x_key == "epoch":
+      ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.legend(fontsize=7)
   for ax in axes.ravel()[len(metrics):]:
     ax.axis("off")
   fig.tight_layout()

@@ -335,8 +335,8 @@ def top_genes(attributions: Array, gene_names: Sequence[str], k: Optional[int] =
     k: keep the top k rows; None keeps every gene (for the CSV of all genes).
 
   Returns:
-    DataFrame with columns gene, mean_abs_attribution, mean_attribution, rank (1 = most important),
-    sorted by rank.
+    DataFrame with columns gene, mean_abs_attribution, mean_attribution, std_abs_attribution (sample
+    std across examples: the spread; NaN for one example), rank (1 = most important), sorted by rank.
   """
   attributions = np.asarray(attributions, np.float64)
   if attributions.ndim != 2:
@@ -348,6 +348,8 @@ def top_genes(attributions: Array, gene_names: Sequence[str], k: Optional[int] =
       "gene": list(gene_names),
       "mean_abs_attribution": np.abs(attributions).mean(axis=0),
       "mean_attribution": attributions.mean(axis=0),
+      "std_abs_attribution": (np.abs(attributions).std(axis=0, ddof=1) if len(attributions) > 1
+                              else np.full(attributions.shape[1], np.nan)),
   })
   frame = frame.sort_values("mean_abs_attribution", ascending=False, kind="stable").reset_index(drop=True)
   frame["rank"] = np.arange(1, len(frame) + 1)

@@ -63,6 +63,7 @@ class TrainConfig:
   selection_metric: str = "auto"  # 'auto': auc (classification) / c_index (survival), on VAL
   compute_dtype: str = "float32"  # or 'bfloat16' (params, softmax and losses stay float32)
   progress: bool = True
+  log_test_every_epoch: bool = False  # console; metrics.jsonl and TensorBoard always hold test
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,8 +26,8 @@ from smml_jax.models.deform_attention import (DeformAttentionConfig, min_grid_si
 from smml_jax.models.registry import ModelSpec, build_model, implementations
 from smml_jax.ops import dispatch
 from smml_jax.optim.coordination import ModalitySplit, coordinate_gradients
-from smml_jax.optim.factory import make_optimizer, trainable_mask_from_predicate
-from smml_jax.train import distributed, run_dir, sharding
+from smml_jax.optim.factory import epoch_schedule, make_optimizer, trainable_mask_from_predicate
+from smml_jax.train import distributed, events as events_lib, run_dir, sharding
 from smml_jax.train.checkpoints import RunCheckpoints
 from smml_jax.train.config import ConfigError, RunConfig, config_to_dict
 from smml_jax.train.run_dir import RunDirError  # noqa: F401  (re-exported for callers)
@@ -204,12 +204,15 @@ def init_state(exp: Experiment, steps_per_epoch: int):
   return sharding.replicate(state, exp.mesh), tx
 
 
-def predict(exp: Experiment, params, part: str, eval_step=None) -> dict[str, np.ndarray]:
+def predict(exp: Experiment, params, part: str, eval_step=None,
+            progress: bool = False) -> dict[str, np.ndarray]:
   """Eval-mode outputs over a whole split, gathered on the host, padding removed."""
   eval_step = eval_step or make_eval_step(exp.spec)
   bs = _global_batch(exp.config.train.eval_batch_size, exp.mesh)
   chunks: dict[str, list] = {}
-  for batch in _iterator(exp, part, bs):
+  batches = _iterator(exp, part, bs)
+  for batch in tqdm(batches, total=len(batches), desc=f"evaluating {part}", leave=False,
+                    disable=not (progress and is_main_process())):
     out = eval_step(params, sharding.shard_batch(batch, exp.mesh))
     out = {k: sharding.to_host(v) for k, v in out.items()}
     mask = sharding.to_host(sharding.shard_batch({"mask": batch["mask"]}, exp.mesh)["mask"])
@@ -345,7 +348,9 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
   if is_main_process():
     run_dir.write_start(out_dir, config, exp.preprocessor.to_json(), cohort_record)
 
-  train_step = make_train_step(exp.spec, tx, exp.loss_config)
+  schedule = epoch_schedule(dataclasses.replace(config.optim, epochs=config.train.epochs),
+                            steps_per_epoch)
+  train_step = make_train_step(exp.spec, tx, exp.loss_config, learning_rate=schedule)
   eval_step = make_eval_step(exp.spec)
   ckpts = RunCheckpoints(out_dir / run_dir.CHECKPOINTS_DIR, keep=keep_checkpoints)
   metric = selection_metric(config)
@@ -362,50 +367,86 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
     else:
       log(f"--resume: {out_dir} holds no intact checkpoint; training from the first epoch")
   _write_jsonl(out_dir / run_dir.METRICS_FILE, history)
+  show = config.train.progress and is_main_process()
+  # print() would tear the progress bar; tqdm.write prints above it.
+  console = tqdm.write if log is print else log
+  events = events_lib.RunEvents(out_dir, enabled=is_main_process(),
+                                purge_step=int(state.step) + 1 if start_epoch else None)
+
+  def say(message: str) -> None:
+    console(message)
+    events.info(message)
 
   def evaluate(epoch: int, step: int) -> dict[str, dict]:
     results = {}
     for part in ("val", "test"):
-      preds = predict(exp, state.params, part, eval_step)
+      preds = predict(exp, state.params, part, eval_step, progress=show)
       results[part] = (split_metrics(exp, preds), preds)
     for part, (m, _) in results.items():
       history.append({"epoch": epoch, "step": step, "split": part,
                       **{k: v for k, v in m.items() if not isinstance(v, (list, dict))}})
+      events.evaluation(step, part, m)
     _write_jsonl(out_dir / run_dir.METRICS_FILE, history)
+    events.flush()
     return results
 
   step = int(state.step)  # 1-based count of train steps done, kept on the host
+  total_steps = steps_per_epoch * (config.train.epochs - start_epoch)
+  bar = tqdm(total=total_steps, desc="training", unit="step", disable=not show, dynamic_ncols=True)
+  compiled = False
   try:
     for epoch in range(start_epoch, config.train.epochs):
-      t0, seen, losses = time.perf_counter(), 0, []
+      bar.set_description(f"epoch {epoch + 1}/{config.train.epochs}")
+      t0, seen, compile_s, losses = time.perf_counter(), 0, None, []
+      first_step = step
       iterator = _iterator(exp, "train", batch_size, epoch=epoch, train=True)
-      bar = tqdm(iterator, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.train.epochs}",
-                 disable=not (config.train.progress and is_main_process()), leave=False)
-      train_rows = []
-      for batch in bar:
+      train_rows, logged = [], 0
+
+      def log_steps():  # host copies of the steps not yet in the event file
+        nonlocal logged
+        if not events.enabled:
+          return
+        for i, row in enumerate(jax.device_get(train_rows[logged:]), start=logged):
+          events.train_step(first_step + i + 1, row)
+        logged = len(train_rows)
+
+      for batch in iterator:
+        if not compiled:
+          say(f"compiling the train step ({exp.config.model}, batch {batch_size}) ...")
         step += 1
         state, m = train_step(state, sharding.shard_batch(batch, exp.mesh))
         seen += batch_size
         train_rows.append(m)
+        if not compiled:  # time the first step alone: compilation is not throughput
+          jax.block_until_ready(m)
+          compile_s = time.perf_counter() - t0
+          compiled = True
+          say(f"compiled and ran the first step in {compile_s:.1f}s")
+        bar.update(1)
         # The previous step's flag: checking it here keeps one step in flight.
         if len(train_rows) > 1:
           _check_finite(train_rows[-2], step - 1, epoch, len(train_rows) - 1, steps_per_epoch,
                         ckpts)
         if len(train_rows) % 5 == 0:
           losses = [float(r["loss"]) for r in train_rows[-5:]]
+          log_steps()
           bar.set_postfix(loss=f"{_mean(losses):.4f}",
                           slides_per_s=f"{seen / (time.perf_counter() - t0):.1f}")
         if (config.train.eval_every_steps and step % config.train.eval_every_steps == 0):
           _check_finite(m, step, epoch, len(train_rows), steps_per_epoch, ckpts)
           evaluate(epoch, step)
       _check_finite(train_rows[-1], step, epoch, len(train_rows), steps_per_epoch, ckpts)
+      log_steps()
       train_time = time.perf_counter() - t0
-      history.append({"epoch": epoch, "step": int(state.step), "split": "train",
+      timed = (seen - batch_size, train_time - compile_s) if compile_s and seen > batch_size else (
+          seen, train_time)
+      history.append({"epoch": epoch, "step": step, "split": "train",
                       **{k: _mean([r[k] for r in train_rows]) for k in train_rows[0]
                          if k != "finite"},
                       "step_losses": [float(r["loss"]) for r in train_rows],
-                      "slides_per_s": seen / train_time})
-      results = evaluate(epoch, int(state.step))
+                      "slides_per_s": timed[0] / timed[1],
+                      **({"compile_s": compile_s} if compile_s is not None else {})})
+      results = evaluate(epoch, step)
       val_value = results["val"][0].get(metric)
       improved = val_value is not None and not math.isnan(val_value) and val_value > best["value"]
       if improved:
@@ -418,18 +459,31 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
           _write_jsonl(out_dir / run_dir.predictions_file(part),
                        _prediction_rows(results[part][1], config.task))
       ckpts.save_latest(epoch, state, meta)
-      log(f"epoch {epoch + 1}: loss {history[-3]['loss']:.4f}  val {metric} "
-          f"{_fmt(val_value)}  test {metric} {_fmt(results['test'][0].get(metric))}  "
-          f"({train_time:.1f}s, {seen / train_time:.1f} slides/s)")
+      line = (f"epoch {epoch + 1}/{config.train.epochs}: loss {history[-3]['loss']:.4f}  val "
+              f"{metric} {_fmt(val_value)}  (best "
+              f"{_fmt(best['value'] if best['epoch'] >= 0 else None)} at epoch {best['epoch'] + 1})")
+      test_part = f"  test {metric} {_fmt(results['test'][0].get(metric))}"
+      speed = f"  ({train_time:.1f}s, {timed[0] / timed[1]:.1f} slides/s)"
+      console(line + (test_part if config.train.log_test_every_epoch else "") + speed)
+      events.info(line + test_part + speed)
       if stop_after_epoch is not None and epoch >= stop_after_epoch:
+        events.close()
         return {"stopped_after_epoch": epoch}
+  except BaseException:
+    events.close()  # a later run in this process must not write into this run's log
+    raise
   finally:
+    bar.close()
     ckpts.close()
   summary = summarise(config, history, best)
   summary["n_params"] = int(sum(np.size(x) for x in jax.tree.leaves(state.params)))
   summary["implementation"] = implementations(exp.spec)  # what ran: platform, attention, conv
   if is_main_process():
     run_dir.write_json(out_dir / run_dir.SUMMARY_FILE, summary)
+  val_value, test_value = ((summary[p] or {}).get(metric) for p in ("val", "test"))
+  say(f"selected epoch {best['epoch'] + 1} on validation {metric} {_fmt(val_value)}; "
+      f"test {metric} {_fmt(test_value)}")
+  events.close()
   return summary
 
 

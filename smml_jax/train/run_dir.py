@@ -50,9 +50,11 @@ def predictions_file(split: str) -> str:
   return f"predictions_{split}.jsonl"
 
 
+EVENTS_DIR, LOG_FILE = "events", "train.log"  # TensorBoard event files, the run's log
+
 # Everything a run (and the tools working on it) writes: what --overwrite may remove.
 RUN_ENTRIES = (MARKER_FILE, CONFIG_FILE, PREPROCESSOR_FILE, COHORT_FILE, METRICS_FILE,
-               SUMMARY_FILE, CHECKPOINTS_DIR, CELL_FILE, REPORT_DIR, PREDICT_DIR,
+               SUMMARY_FILE, EVENTS_DIR, LOG_FILE, CHECKPOINTS_DIR, CELL_FILE, REPORT_DIR, PREDICT_DIR,
                *(predictions_file(s) for s in PREDICTION_SPLITS))
 
 NEW, RESUME, REPLACE = "new", "resume", "replace"

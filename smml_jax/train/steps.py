@@ -14,7 +14,8 @@ from smml_jax.losses.classification import weighted_cross_entropy
 from smml_jax.losses.consistency import batch_consistency_loss
 from smml_jax.losses.survival import survival_nll
 from smml_jax.models.registry import ModelSpec
-from smml_jax.optim.coordination import classification_scores, survival_scores
+from smml_jax.optim.coordination import (CoordinationState, classification_scores,
+                                         survival_scores)
 from smml_jax.train.state import TrainState
 
 MODEL_INPUTS = ("patches", "genes_tumour", "genes_micro")
@@ -76,8 +77,27 @@ def coordination_args(params, out, batch, cfg: LossConfig) -> dict[str, Any]:
   return {"modality_scores": scores}
 
 
-def make_train_step(spec: ModelSpec, tx: optax.GradientTransformationExtraArgs, cfg: LossConfig):
-  """(state, batch) -> (state, metrics); jit-compiled, the state buffers donated."""
+def coordination_edited(opt_state) -> Optional[jax.Array]:
+  """() fraction of coordinated rows (e.g. classifier output units) the last update edited.
+
+  A row counts once however many of its modality blocks changed; None without coordination.
+  """
+  found = [s for s in jax.tree_util.tree_leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, CoordinationState))
+           if isinstance(s, CoordinationState)]
+  rows = [jnp.any(c, axis=0) for s in found for c in s.changed.values()]  # (R,) per leaf
+  if not rows:
+    return None
+  return jnp.mean(jnp.concatenate(rows).astype(jnp.float32))
+
+
+def make_train_step(spec: ModelSpec, tx: optax.GradientTransformationExtraArgs, cfg: LossConfig,
+                    learning_rate: Optional[optax.Schedule] = None):
+  """(state, batch) -> (state, metrics); jit-compiled, the state buffers donated.
+
+  metrics: the loss parts, grad_norm, the modality scores and `coordination_edited` when
+  coordinating, and `learning_rate` (the schedule at the step taken) when given.
+  """
 
   def step(state: TrainState, batch):
     rng, step_rng = jax.random.split(state.rng)
@@ -92,6 +112,11 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformationExtraArgs, 
     metrics["finite"] = jnp.all(jnp.isfinite(jnp.stack(list(metrics.values()))))
     if "modality_scores" in extra:
       metrics["score_tumour"], metrics["score_micro"] = extra["modality_scores"]
+    edited = coordination_edited(opt_state)
+    if edited is not None:
+      metrics["coordination_edited"] = edited
+    if learning_rate is not None:
+      metrics["learning_rate"] = jnp.asarray(learning_rate(state.step), jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
   return jax.jit(step, donate_argnums=0)
