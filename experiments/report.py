@@ -279,7 +279,7 @@ def cohort_figures(table: pd.DataFrame, out: pathlib.Path, *, survival: bool,
     (images written, metrics, a note on what could not be drawn).
   """
   from smml_jax.evaluate import figures
-  from smml_jax.evaluate import metrics as metrics_lib
+  from smml_jax.metrics import evaluation as metrics_lib
   images, notes, metrics = [], [], {}
   if not survival:
     if "label" not in table.columns:

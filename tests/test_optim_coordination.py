@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from conftest import load_fixture
-from smml_jax.evaluate.cindex import concordance_index
+from smml_jax.metrics.cindex import concordance_index
 from smml_jax.losses.survival import risk_from_logits
 from smml_jax.optim.coordination import (ModalitySplit, classification_scores, coordinate_blocks,
                                          coordinate_gradients, subspace_logits, survival_scores)
