@@ -9,8 +9,23 @@ import pytest
 from conftest import load_fixture
 from smml_jax.metrics.cindex import concordance_index
 from smml_jax.losses.survival import risk_from_logits
-from smml_jax.optim.coordination import (ModalitySplit, classification_scores, coordinate_blocks,
-                                         coordinate_gradients, subspace_logits, survival_scores)
+from smml_jax.models.modalities import subspace_logits
+from smml_jax.optim.coordination import ModalitySplit, coordinate_blocks, coordinate_gradients
+from smml_jax.tasks import get_task
+
+
+def classification_scores(kernel, bias, embeds, labels):
+  """The diagnosis task's modality scores of the fused classifier's subspace logits."""
+  scores, skip = get_task("diagnosis").modality_scores(subspace_logits(kernel, bias, embeds),
+                                                       {"diagnosis": labels})
+  assert not skip
+  return scores
+
+
+def survival_scores(kernel, bias, embeds, time, event):
+  """The survival task's (modality scores, skip) of the fused classifier's subspace logits."""
+  return get_task("survival").modality_scores(subspace_logits(kernel, bias, embeds),
+                                              {"surv_time": time, "event": event})
 
 HALVES = ModalitySplit.concat(sizes=(128, 128))
 

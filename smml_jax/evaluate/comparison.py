@@ -25,8 +25,9 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from smml_jax.tasks import get_task
+
 RESULT_COLUMNS = ("model", "task", "metric", "mean", "std", "n_folds")
-TASK_METRICS = {"classification": ("auc", "accuracy", "f1"), "survival": ("c_index",)}
 SUMMARY_FILE, METRICS_FILE, PREDICTIONS_FILE = ("summary.json", "metrics.jsonl",
                                                 "predictions_test.jsonl")
 CELL_FILE = "compare_cell.json"  # written by experiments.compare: wall time of the cell
@@ -37,7 +38,8 @@ class ComparisonError(ValueError):
 
 
 def task_metrics(task: str) -> tuple[str, ...]:
-  return TASK_METRICS["survival" if task == "survival" else "classification"]
+  """The metrics a comparison aggregates for `task` (`Task.comparison_metrics`)."""
+  return get_task(task).comparison_metrics
 
 
 def cell_dir(out_dir: str | pathlib.Path, model: str, fold: int, seed: int) -> pathlib.Path:
