@@ -64,7 +64,7 @@ def build(cfg: BenchConfig):
   import jax
   import jax.numpy as jnp
   from smml_jax.models.registry import build_model
-  from smml_jax.optim.coordination import ModalitySplit, coordinate_gradients
+  from smml_jax.optim.coordination import coordinate_gradients
   from smml_jax.optim.factory import OptimConfig, make_optimizer
   from smml_jax.train.state import TrainState
   from smml_jax.train.steps import LossConfig, make_train_step, model_inputs
@@ -83,8 +83,7 @@ def build(cfg: BenchConfig):
   key = jax.random.PRNGKey(0)
   params = jax.jit(lambda k, x: spec.module.init({"params": k, "dropout": k}, x))(
       key, {k: v[:1] for k, v in model_inputs(batch).items()})["params"]
-  width = params["classifier"]["kernel"].shape[0] // 2
-  coordination = coordinate_gradients({"classifier/kernel": ModalitySplit.concat((width, width))})
+  coordination = coordinate_gradients(spec.splits)
   tx = make_optimizer(OptimConfig(), steps_per_epoch=100, coordination=coordination)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      rng=key)

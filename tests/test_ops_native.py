@@ -10,13 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import NATIVE
 
 from smml_jax.ops import native, native_cpb
 from smml_jax.ops.cpb import query_positions, relative_position_bias
 from smml_jax.ops.depthwise import depthwise_conv
 
-pytestmark = pytest.mark.skipif(not native.load(), reason=f"no native kernels: "
-                                f"{native.unavailable_reason()}")
+pytestmark = NATIVE
 
 
 def _cpb_params(d, width, seed=0):
