@@ -23,7 +23,7 @@ import pathlib
 import re
 import sys
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 from smml_jax.data.labels import TASK_NUM_CLASSES
 

@@ -339,7 +339,7 @@ def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOpt
                  log: Callable[[str], None] = print) -> dict[str, Any]:
   """Writes the report of a run (see the module docstring); returns report_metrics.json's content."""
   from smml_jax.data.spec import load_cohort
-  from smml_jax.evaluate import ablation, figures, inference as inf, interpret
+  from smml_jax.evaluate import ablation, figures, inference as inf
   from smml_jax.evaluate.report import write_report
 
   run_dir = pathlib.Path(run_dir)

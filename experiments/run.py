@@ -8,7 +8,6 @@ metrics.jsonl, checkpoints, predictions and summary.json.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 from typing import Any, Sequence

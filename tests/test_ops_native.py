@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import NATIVE
 
-from smml_jax.ops import native, native_cpb
+from smml_jax.ops import native_cpb
 from smml_jax.ops.cpb import query_positions, relative_position_bias
 from smml_jax.ops.depthwise import depthwise_conv
 
