@@ -5,6 +5,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # trains runs / spawns processes: minutes on 2 cores
+
 
 def test_json_lines_carry_the_measured_fields():
   proc = subprocess.run(

@@ -47,6 +47,7 @@ def _check_results_match(results, recomputed, task):
     np.testing.assert_allclose(row["std"].iloc[0], g["value"].std(ddof=1), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_grading_pnas15_slice_all_models(tmp_path):
   """Default pnas15 command with all three models: runs on the porpoise table (shared patients);
   results.csv agrees with metrics recomputed (independently) from predictions.csv."""
@@ -80,6 +81,7 @@ def test_grading_pnas15_slice_all_models(tmp_path):
   _check_results_match(results, pd.DataFrame(rows), "grading")
 
 
+@pytest.mark.slow
 def test_survival_mcat5_slice(tmp_path):
   """mcat5: test = the held-out fold of the PORPOISE file; c_index recomputed with sksurv."""
   results, preds, _ = _run(tmp_path, "--task", "survival", "--protocol", "mcat5",

@@ -161,6 +161,7 @@ _FALLBACK_CHECK = """
 """
 
 
+@pytest.mark.slow
 def test_turned_off_kernels_fall_back_with_a_reason(tmp_path):
   proc = _run_python(_FALLBACK_CHECK, SMML_JAX_NATIVE="0", SMML_JAX_CACHE=str(tmp_path))
   assert proc.returncode == 0, proc.stderr
@@ -169,6 +170,7 @@ def test_turned_off_kernels_fall_back_with_a_reason(tmp_path):
   assert "NATIVE_ERROR" in proc.stdout and "could not be built" in proc.stdout
 
 
+@pytest.mark.slow
 def test_failed_build_falls_back_and_names_the_sources(tmp_path):
   proc = _run_python(_FALLBACK_CHECK, CXX="false", SMML_JAX_CACHE=str(tmp_path))
   assert proc.returncode == 0, proc.stderr

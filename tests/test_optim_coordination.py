@@ -37,6 +37,7 @@ def _coordinate_torch_weight(grad_weight, scores, mode):
   return np.asarray(HALVES.merge(new, kernel_grad)).T, np.asarray(changed).any(axis=0)
 
 
+@pytest.mark.parity
 def test_parity_gradient_coordination_cases():
   fx = load_fixture("gradient_coordination.npz")
   assert int(fx["num_cases"]) >= 1
@@ -55,6 +56,7 @@ def test_parity_gradient_coordination_cases():
     np.testing.assert_array_equal(changed, fx[p + "rows_changed"], err_msg=name)
 
 
+@pytest.mark.parity
 def test_parity_coordination_deform_pathomic_net():
   fx = load_fixture("deform_pathomic_net.npz")
   kernel, bias = fx["param/classifier.weight"].T, fx["param/classifier.bias"]

@@ -31,6 +31,7 @@ def _check_step(fx, new_params):
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parity
 def test_parity_one_adam_step_on_the_classifier():
   fx = load_fixture("deform_pathomic_net.npz")
   config = OptimConfig()  # the defaults are the original's
@@ -42,6 +43,7 @@ def test_parity_one_adam_step_on_the_classifier():
   _check_step(fx, optax.apply_updates(params, updates))
 
 
+@pytest.mark.parity
 def test_parity_coordination_then_adam_from_the_raw_gradient():
   fx = load_fixture("deform_pathomic_net.npz")
   params, grads = _classifier(fx, "coord/classifier_weight_grad_before")

@@ -33,6 +33,7 @@ def _module_and_params(ref, impl):
 
 @pytest.mark.parametrize("impl", ["reference", "chunked", "fused",
                                   pytest.param("native", marks=NATIVE)])
+@pytest.mark.parity
 def test_parity_attention_forward(ref, impl):
   module, params = _module_and_params(ref, impl)
   out, grid, _ = jax.jit(lambda p, a, b: module.apply({"params": p}, a, b))(
@@ -46,6 +47,7 @@ def test_parity_attention_forward(ref, impl):
 
 @pytest.mark.parametrize("impl", ["reference", "chunked", "fused",
                                   pytest.param("native", marks=NATIVE)])
+@pytest.mark.parity
 def test_parity_attention_gradients(ref, impl):
   module, params = _module_and_params(ref, impl)
   cotangent = _channel_last(ref["cotangent"])

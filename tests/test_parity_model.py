@@ -9,6 +9,8 @@ from conftest import assert_within_tol, load_fixture, max_rel_err
 from smml_jax import convert
 from smml_jax.models.subspace_net import SubspaceConfig, SubspaceNet
 
+pytestmark = pytest.mark.slow  # the full-size model's outputs and gradients
+
 FIXTURE = "deform_pathomic_net.npz"
 
 
@@ -42,6 +44,7 @@ OUTPUTS = {  # ModelOutput field -> fixture key, tolerance key
 }
 
 
+@pytest.mark.parity
 def test_parity_model_outputs(ref, ported):
   model, params, batch = ported
   out, state = jax.jit(lambda p: model.apply({"params": p}, batch, mutable="intermediates"))(params)
@@ -62,6 +65,7 @@ def test_parity_model_outputs(ref, ported):
   assert max_rel_err(out.gene_tumour, ref["inter/tumor/omic_vec"]) <= 1e-4
 
 
+@pytest.mark.parity
 def test_parity_model_loss_and_gradients(ref, ported):
   """CE + 0.5 * sum BL_tumour + 0.5 * sum BL_micro and its gradient w.r.t. every parameter."""
   from smml_jax.losses.classification import weighted_cross_entropy

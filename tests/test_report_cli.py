@@ -55,6 +55,7 @@ def survival_report(tmp_path_factory):
   return run_dir, out
 
 
+@pytest.mark.slow
 def test_report_writes_every_output(survival_report):
   run_dir, out = survival_report
   for name in ("slide_00_sampling.png", "slide_01_sampling.png", "gene_importance.png",
@@ -85,6 +86,7 @@ def test_report_writes_every_output(survival_report):
   assert "Does the prediction use the sampling points?" in html
 
 
+@pytest.mark.slow
 def test_report_gene_table_and_predictions(survival_report):
   run_dir, out = survival_report
   genes = pd.read_csv(out / "gene_importance.csv")
