@@ -82,7 +82,7 @@ def build_step(cfg: BenchConfig, mesh, *, abstract: bool = False):
   import jax.numpy as jnp
   from smml_jax.models.registry import build_model
   from smml_jax.ops import dispatch
-  from smml_jax.optim.coordination import ModalitySplit, coordinate_gradients
+  from smml_jax.optim.coordination import coordinate_gradients
   from smml_jax.optim.factory import OptimConfig, make_optimizer
   from smml_jax.train import sharding
   from smml_jax.train.state import TrainState
@@ -102,8 +102,7 @@ def build_step(cfg: BenchConfig, mesh, *, abstract: bool = False):
   init_params = lambda key: spec.module.init({"params": key, "dropout": key},
                                              model_inputs(sample))["params"]
   key = jax.random.PRNGKey(0)
-  width = jax.eval_shape(init_params, key)["classifier"]["kernel"].shape[0] // 2
-  coordination = coordinate_gradients({"classifier/kernel": ModalitySplit.concat((width, width))})
+  coordination = coordinate_gradients(spec.splits)
   tx = make_optimizer(OptimConfig(), steps_per_epoch=100, coordination=coordination)
 
   def init_state(key):

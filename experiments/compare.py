@@ -23,7 +23,7 @@ import pathlib
 import re
 import sys
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 from smml_jax.data.labels import TASK_NUM_CLASSES
 
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.protocol is not None and args.protocol not in GENOMIC_PROTOCOLS:
       parser.error(f"--protocol {args.protocol!r}: --cohort tcga-gbmlgg takes one of "
                    f"{GENOMIC_PROTOCOLS}")
-    from experiments.compare_genomic import run_genomic_compare
+    from .compare_genomic import run_genomic_compare
     return run_genomic_compare(args)
   from smml_jax.data.errors import CohortError
   from smml_jax.evaluate.comparison import ComparisonError

@@ -40,12 +40,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from smml_jax.data import labels as label_codes
 from smml_jax.data import protocols, tcga_gbmlgg
+from smml_jax.tasks import Task, get_task
 
 MODELS = ("snn", "subspace-genomic", "linear")
-CLASSIFICATION_METRICS = ("auc", "auc_micro", "accuracy", "f1")
-SURVIVAL_METRICS = ("c_index",)
+# The metrics reported per task kind (`Task.kind`).
+CELL_METRICS = {"classification": ("auc", "auc_micro", "accuracy", "f1"), "survival": ("c_index",)}
 RESULT_COLUMNS = ("model", "task", "metric", "mean", "std", "n_folds")
 QUICK_SPLITS, QUICK_EPOCHS = 2, 2
 # Epoch budget per protocol: pnas15 selects the best of them on validation; mcat5 trains them all.
@@ -169,10 +169,10 @@ def _arrays(cohort, idx, normaliser, target):
                        cohort.surv_time[idx], cohort.event[idx])
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-  z = logits - logits.max(axis=1, keepdims=True)
-  e = np.exp(z)
-  return e / e.sum(axis=1, keepdims=True)
+def _truth(cohort, task: Task, idx=slice(None)) -> dict[str, np.ndarray]:
+  """The patients' outcomes under the names `Task` reads (`cohort.label()`: the task's codes)."""
+  return {task.label_field: cohort.label()[idx], "surv_time": cohort.surv_time[idx],
+          "event": cohort.event[idx]}
 
 
 def run_cell(model: str, cohort, split: dict[str, np.ndarray], settings, seed: int,
@@ -185,58 +185,46 @@ def run_cell(model: str, cohort, split: dict[str, np.ndarray], settings, seed: i
   selects = protocols.SELECTS_ON_VAL[protocol]
   train_idx, val_idx, test_idx = split["train"], split["val"], split["test"]
   normaliser = cohort.fit_normaliser(train_idx)
-  survival = task == "survival"
+  spec_task = get_task(task)
   if model == "linear":
     feats = lambda idx: np.concatenate(list(cohort.genes(idx, normaliser).values()), axis=1)
-    y = (lambda idx: (cohort.surv_time[idx], cohort.event[idx])) if survival else (
-        lambda idx: cohort.label()[idx])
+    y = lambda idx: spec_task.outcome(_truth(cohort, spec_task, idx))
     x_val, y_val = (feats(val_idx), y(val_idx)) if selects else (None, None)
     from smml_jax.models.linear import fit_predict_linear
     pred = fit_predict_linear(task, feats(train_idx), y(train_idx), x_val, y_val, feats(test_idx))
     return np.asarray(pred, np.float64), {}
 
-  import jax.numpy as jnp
-  from smml_jax.losses.survival import risk_from_logits
-  from smml_jax.models.genomic import build_genomic_model, fused_kernel_split
-  from smml_jax.train.genomic import (GenomicTrainConfig, predict_logits, train_genomic)
-  num_classes = label_codes.TASK_NUM_CLASSES[task]
-  target = cohort.survival_bins(train_idx, num_classes) if survival else cohort.label()
+  from smml_jax.models.genomic import build_genomic_model
+  from smml_jax.train.genomic import GenomicTrainConfig, predict_logits, train_genomic
+  num_classes = spec_task.num_classes
+  target = spec_task.fit_target(_truth(cohort, spec_task), train_idx)
   spec = build_genomic_model(model, num_classes=num_classes,
                              n_genes_tumour=cohort.x_tumour.shape[1],
                              n_genes_micro=cohort.x_micro.shape[1])
   cfg = GenomicTrainConfig(task=task, num_classes=num_classes, epochs=settings["epochs"],
                            batch_size=settings["batch_size"],
                            learning_rate=settings["learning_rate"], select_on_val=selects)
-  widths = getattr(getattr(spec.module, "config", None), "widths", None)
   result = train_genomic(
       spec, cfg, _arrays(cohort, train_idx, normaliser, target),
       _arrays(cohort, val_idx, normaliser, target) if selects else None,
-      seed=seed * 1000 + split_id, split=fused_kernel_split(widths) if spec.coordination else None)
+      seed=seed * 1000 + split_id)
   logits = predict_logits(spec, result.params, _arrays(cohort, test_idx, normaliser, target))
-  pred = np.asarray(risk_from_logits(jnp.asarray(logits))) if survival else _softmax(logits)
-  return pred.astype(np.float64), {"best_epoch": result.best_epoch}
+  return spec_task.prediction(logits).astype(np.float64), {"best_epoch": result.best_epoch}
 
 
-def cell_metrics(task: str, pred: np.ndarray, label=None, time_=None, event=None) -> dict[str, float]:
-  """The reported metrics of one (model, split, seed) cell, from its predictions."""
-  from smml_jax.evaluate.metrics import classification_metrics, survival_metrics
-  if task == "survival":
-    m = survival_metrics(pred, time_, event)
-    return {k: (np.nan if m[k] is None else m[k]) for k in SURVIVAL_METRICS}
-  m = classification_metrics(label, pred, pred.shape[1])
-  return {k: (np.nan if m[k] is None else m[k]) for k in CLASSIFICATION_METRICS}
+def cell_metrics(task: Task, pred: np.ndarray, truth) -> dict[str, float]:
+  """The reported metrics of one (model, split, seed) cell, from its predictions and outcomes
+  (`task.truth_from_columns`)."""
+  m = task.metrics(pred, truth)
+  return {k: (np.nan if m[k] is None else m[k]) for k in CELL_METRICS[task.kind]}
 
 
 def metrics_from_predictions(predictions: pd.DataFrame, task: str) -> pd.DataFrame:
   """Per-cell metrics (model, split, seed, metric, value) recomputed from predictions.csv rows."""
   rows = []
+  spec_task = get_task(task)
   for (model, split, seed), g in predictions.groupby(["model", "split", "seed"], sort=False):
-    if task == "survival":
-      m = cell_metrics(task, g["risk"].to_numpy(), time_=g["time"].to_numpy(),
-                       event=g["event"].to_numpy())
-    else:
-      cols = sorted((c for c in g.columns if c.startswith("prob_")), key=lambda c: int(c[5:]))
-      m = cell_metrics(task, g[cols].to_numpy(np.float64), label=g["label"].to_numpy())
+    m = cell_metrics(spec_task, spec_task.score_from_columns(g), spec_task.truth_from_columns(g))
     rows += [dict(model=model, split=int(split), seed=int(seed), metric=k, value=v)
              for k, v in m.items()]
   return pd.DataFrame(rows, columns=["model", "split", "seed", "metric", "value"])
@@ -255,13 +243,11 @@ def aggregate(folds: pd.DataFrame, task: str) -> pd.DataFrame:
 
 
 def _prediction_rows(model, settings, split_id, seed, cohort, test_idx, pred) -> pd.DataFrame:
+  task = get_task(settings["task"])
   base = dict(model=model, protocol=settings["protocol"], split=split_id, seed=seed,
               case_id=cohort.case_ids[test_idx])
-  if settings["task"] == "survival":
-    return pd.DataFrame(dict(base, time=cohort.surv_time[test_idx].astype(np.float64),
-                             event=cohort.event[test_idx], risk=pred))
-  probs = {f"prob_{k}": pred[:, k] for k in range(pred.shape[1])}
-  return pd.DataFrame(dict(base, label=cohort.label()[test_idx], **probs))
+  truth = _truth(cohort, task, test_idx)
+  return pd.DataFrame(dict(base, **task.truth_columns(truth), **task.score_columns(pred)))
 
 
 def run_genomic_compare(args) -> int:

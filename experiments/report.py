@@ -37,7 +37,7 @@ SUBSPACE_TITLES = {"tumour": "tumour", "micro": "microenvironment"}
 
 
 def gene_importance(apply_fn: Callable[..., Any], params: Any, batches: Iterable[Mapping],
-                    gene_names: Mapping[str, Sequence[str]], *, survival: bool, steps: int = 32,
+                    gene_names: Mapping[str, Sequence[str]], *, task, steps: int = 32,
                     alpha_batch_size: Optional[int] = None,
                     max_slides: Optional[int] = None) -> dict[str, pd.DataFrame]:
   """Integrated-gradients gene ranking per subspace over the slides of `batches`.
@@ -51,7 +51,7 @@ def gene_importance(apply_fn: Callable[..., Any], params: Any, batches: Iterable
     params: the model parameters.
     batches: preprocessed batches with 'patches', 'genes_tumour', 'genes_micro' and 'mask' (B,).
     gene_names: {'tumour': Gt names, 'micro': Gm names} in input order.
-    survival: whether the logits are hazard logits.
+    task: the run's `smml_jax.tasks.Task` (what the logits mean).
     steps: trapezoid intervals of the path integral.
     alpha_batch_size: alphas evaluated at once (None: all; lower it to save memory).
     max_slides: stop after this many real slides.
@@ -66,7 +66,7 @@ def gene_importance(apply_fn: Callable[..., Any], params: Any, batches: Iterable
 
   @jax.jit
   def attribute(p, batch):
-    return interpret.model_gene_attributions(apply_fn, {"params": p}, batch, survival,
+    return interpret.model_gene_attributions(apply_fn, {"params": p}, batch, task,
                                              steps=steps, alpha_batch_size=alpha_batch_size)
 
   chunks: dict[str, list[np.ndarray]] = {k: [] for k in interpret.GENE_INPUTS}
@@ -308,8 +308,8 @@ def _section(title: str, text: str = "", tables=None, images=()):
   return Section(title=title, text=text, tables=tables or {}, images=list(images))
 
 
-def cohort_figures(table: pd.DataFrame, out: pathlib.Path, *, survival: bool,
-                   class_names: Sequence[str] = (), train_time: Optional[np.ndarray] = None,
+def cohort_figures(table: pd.DataFrame, out: pathlib.Path, *, task,
+                   train_time: Optional[np.ndarray] = None,
                    train_event: Optional[np.ndarray] = None,
                    cut_points: Sequence[float] = ()) -> tuple[list[pathlib.Path], dict, str]:
   """Cohort-level figures of a prediction table (`inference.prediction_table`).
@@ -319,24 +319,39 @@ def cohort_figures(table: pd.DataFrame, out: pathlib.Path, *, survival: bool,
   p-value) and time_dependent_auc.png at the survival cut points and the quintiles of the times,
   with the censoring distribution from the training split (`train_time`, `train_event`).
 
+  Args:
+    task: the run's `smml_jax.tasks.Task` (its `kind` picks the figures, its class names label them).
+
   Returns:
     (images written, metrics, a note on what could not be drawn).
   """
+  return COHORT_FIGURES[task.kind](table, out, task=task, train_time=train_time,
+                                   train_event=train_event, cut_points=cut_points)
+
+
+def _classification_figures(table, out, *, task, **unused):
   from smml_jax.evaluate import figures
-  from smml_jax.evaluate import metrics as metrics_lib
+  from smml_jax.metrics import evaluation as metrics_lib
+  del unused
+  class_names = task.class_names
+  if "label" not in table.columns:
+    return [], {}, "The slides carry no label for this task; no ROC / confusion matrix."
+  k = len(class_names)
+  images = []
+  probs = table[[f"prob_{j}" for j in range(k)]].to_numpy()
+  labels = table["label"].to_numpy()
+  images.append(figures.plot_roc(out / "roc.png", labels, probs, class_names))
+  m = metrics_lib.classification_metrics(labels, probs, k)
+  images.append(figures.plot_confusion(out / "confusion.png", np.asarray(m["confusion_matrix"]),
+                                       class_names))
+  metrics = {key: v for key, v in m.items() if v is None or isinstance(v, (int, float))}
+  return images, metrics, ""
+
+
+def _survival_figures(table, out, *, task, train_time, train_event, cut_points):
+  from smml_jax.evaluate import figures
+  del task
   images, notes, metrics = [], [], {}
-  if not survival:
-    if "label" not in table.columns:
-      return [], {}, "The slides carry no label for this task; no ROC / confusion matrix."
-    k = len(class_names)
-    probs = table[[f"prob_{j}" for j in range(k)]].to_numpy()
-    labels = table["label"].to_numpy()
-    images.append(figures.plot_roc(out / "roc.png", labels, probs, class_names))
-    m = metrics_lib.classification_metrics(labels, probs, k)
-    images.append(figures.plot_confusion(out / "confusion.png", np.asarray(m["confusion_matrix"]),
-                                         class_names))
-    metrics = {key: v for key, v in m.items() if v is None or isinstance(v, (int, float))}
-    return images, metrics, ""
   if "time" not in table.columns:
     return [], {}, "The slides carry no survival times; no Kaplan-Meier / time-dependent AUC."
   risk, time, event = (table[c].to_numpy() for c in ("risk", "time", "event"))
@@ -360,12 +375,15 @@ def cohort_figures(table: pd.DataFrame, out: pathlib.Path, *, survival: bool,
   return images, metrics, " ".join(notes)
 
 
+COHORT_FIGURES = {"classification": _classification_figures, "survival": _survival_figures}
+
+
 def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOptions(),
                  out_dir: Optional[str | pathlib.Path] = None,
                  log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
   """Writes the report of a run (see the module docstring); returns report_metrics.json's content."""
   from smml_jax.data.spec import load_cohort
-  from smml_jax.evaluate import ablation, figures, inference as inf, interpret
+  from smml_jax.evaluate import ablation, figures, inference as inf
   from smml_jax.evaluate.report import write_report
   from smml_jax.train import run_dir as run_dir_lib
 
@@ -403,7 +421,7 @@ def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOpt
   train = cohort.slides[cohort.slides["slide_id"].astype(str).isin(run.splits.get("train", []))]
   train = train[train["surv_time"] >= 0]
   cohort_images, cohort_metrics, note = cohort_figures(
-      table, out, survival=run.survival, class_names=run.class_names,
+      table, out, task=run.task_spec,
       train_time=train["surv_time"].to_numpy(), train_event=train["event"].to_numpy(),
       cut_points=run.preprocessor.surv_cuts)
   metrics["cohort"] = cohort_metrics
@@ -469,15 +487,14 @@ def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOpt
         f"{min(options.ig_slides, len(indices))} slides")
   tables = gene_importance(run.spec.module.apply, run.params,
                            bar(inf.cohort_batches(run, cohort, indices), "integrated gradients"),
-                           run.gene_names,
-                           survival=run.survival, steps=options.ig_steps,
+                           run.gene_names, task=run.task_spec, steps=options.ig_steps,
                            alpha_batch_size=options.alpha_batch_size, max_slides=options.ig_slides)
   csv = gene_importance_csv(tables, out / "gene_importance.csv")
   bars = figures.plot_gene_importance(out / "gene_importance.png", tables["tumour"],
                                       tables["micro"], k=options.top_k)
   n_ig = min(options.ig_slides, len(indices))
   metrics["top_genes"] = {s: t["gene"].head(options.top_k).tolist() for s, t in tables.items()}
-  target = "risk" if run.survival else "probability of the predicted class"
+  target = run.task_spec.attribution_target_name
   sections.append(_section(
       "Gene importance",
       f"Integrated gradients ({options.ig_steps} steps, baseline = training mean) of the {target} "

@@ -19,11 +19,6 @@ from typing import Any, Sequence
 from smml_jax.data.labels import TASK_NUM_CLASSES
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
-TABLE_METRICS = {
-    "classification": ("auc", "auc_micro", "accuracy", "balanced_accuracy", "f1", "precision",
-                       "sensitivity", "specificity"),
-    "survival": ("c_index", "c_index_ipcw", "integrated_brier_score"),
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,9 +72,9 @@ def resolve_config(args: argparse.Namespace):
 
 
 def format_table(summary: dict) -> str:
-  kind = "survival" if summary["task"] == "survival" else "classification"
+  from smml_jax.tasks import get_task
   rows = [("metric", "val", "test")]
-  for name in TABLE_METRICS[kind]:
+  for name in get_task(summary["task"]).table_metrics:
     vals = [summary[p].get(name) if summary[p] else None for p in ("val", "test")]
     rows.append((name, *("n/a" if v is None else f"{v:.4f}" for v in vals)))
   width = [max(len(r[i]) for r in rows) for i in range(3)]

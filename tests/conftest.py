@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -52,3 +53,22 @@ def assert_within_tol(got, want, tol: float, name: str) -> None:
   assert got.shape == want.shape, f"{name}: shape {got.shape} != reference {want.shape}"
   err = float(np.max(np.abs(got - want)))
   assert err <= 3 * tol + 1e-6, f"{name}: max abs error {err:.3g} > 3 * tol ({tol:.3g}) + 1e-6"
+
+
+def native_skip_reason() -> Optional[str]:
+  """Why the native CPU kernels cannot run here (no C++ compiler, SMML_JAX_NATIVE=0), else None."""
+  from smml_jax.ops import native
+  return None if native.load() else f"no native kernels: {native.unavailable_reason()}"
+
+
+# A test (or a parameter: `pytest.param("native", marks=NATIVE)`) that needs the native kernels;
+# it is skipped, with the reason, wherever they cannot be built.
+NATIVE = pytest.mark.native
+
+
+@pytest.fixture(autouse=True)
+def _skip_without_native_kernels(request):
+  if request.node.get_closest_marker("native") is not None:
+    reason = native_skip_reason()
+    if reason is not None:
+      pytest.skip(reason)

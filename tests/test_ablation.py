@@ -8,6 +8,7 @@ import pytest
 from flax import traverse_util
 
 from smml_jax.evaluate import ablation
+from smml_jax.tasks import get_task
 from smml_jax.evaluate.interpret import lattice_grid
 from smml_jax.models.branch import BranchConfig
 from smml_jax.models.deform_attention import DeformAttentionConfig
@@ -106,10 +107,10 @@ def test_offset_statistics_separate_a_fixed_shift_from_content():
 def test_headline_metric():
   table = pd.DataFrame({"label": [0, 1, 2, 1], "prob_0": [0.8, 0.1, 0.1, 0.2],
                         "prob_1": [0.1, 0.8, 0.1, 0.7], "prob_2": [0.1, 0.1, 0.8, 0.1]})
-  assert ablation.headline_metric(table, False, 3) == ("auc", 1.0)
+  assert get_task("grading").headline(table) == ("auc", 1.0)
   flipped = table.assign(prob_0=table["prob_2"], prob_2=table["prob_0"])
-  assert ablation.headline_metric(flipped, False, 3)[1] < 1.0
+  assert get_task("grading").headline(flipped)[1] < 1.0
   surv = pd.DataFrame({"risk": [3.0, 2.0, 1.0], "time": [10.0, 20.0, 30.0], "event": [1, 1, 0]})
-  assert ablation.headline_metric(surv, True, 4) == ("c_index", 1.0)
-  name, value = ablation.headline_metric(surv.drop(columns="time"), True, 4)
+  assert get_task("survival").headline(surv) == ("c_index", 1.0)
+  name, value = get_task("survival").headline(surv.drop(columns="time"))
   assert name == "c_index" and np.isnan(value)

@@ -247,6 +247,7 @@ def test_mcat_coattention_weights_sum_to_one_per_token():
   chex.assert_trees_all_close(permuted.attn_micro, out.attn_micro[..., perm], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_mcat_custom_groups_and_heads():
   model = build("mcat", group_sizes=(3, 4, 11), coattn_heads=2, embed_dim=32, num_layers=1,
                 gene_widths=(32, 32), ff_hidden=64, attention_hidden=16, fusion_hidden=16)

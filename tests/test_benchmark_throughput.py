@@ -10,6 +10,7 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # trains runs / spawns processes: minutes on 2 cores
 
 
 def test_json_lines_carry_the_measured_fields():

@@ -121,6 +121,7 @@ def _mtimes(out: pathlib.Path) -> dict[str, float]:
   return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json")}
 
 
+@pytest.mark.slow
 def test_quick_comparison_end_to_end_and_resumes(tmp_path, capsys):
   out, data_dir = tmp_path / "cmp", tmp_path / "data"
   argv = ["--quick", "--task", "grading", "--models", ",".join(QUICK_MODELS), "--protocol",

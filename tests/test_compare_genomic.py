@@ -17,7 +17,7 @@ from sksurv.metrics import concordance_index_censored
 
 from experiments import compare_genomic
 from smml_jax.data import protocols, tcga_gbmlgg
-from smml_jax.models.genomic import build_genomic_model, fused_kernel_split
+from smml_jax.models.genomic import build_genomic_model
 from smml_jax.optim.coordination import coordinate_gradients
 from smml_jax.train import genomic as tg
 
@@ -47,6 +47,7 @@ def _check_results_match(results, recomputed, task):
     np.testing.assert_allclose(row["std"].iloc[0], g["value"].std(ddof=1), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_grading_pnas15_slice_all_models(tmp_path):
   """Default pnas15 command with all three models: runs on the porpoise table (shared patients);
   results.csv agrees with metrics recomputed (independently) from predictions.csv."""
@@ -80,6 +81,7 @@ def test_grading_pnas15_slice_all_models(tmp_path):
   _check_results_match(results, pd.DataFrame(rows), "grading")
 
 
+@pytest.mark.slow
 def test_survival_mcat5_slice(tmp_path):
   """mcat5: test = the held-out fold of the PORPOISE file; c_index recomputed with sksurv."""
   results, preds, _ = _run(tmp_path, "--task", "survival", "--protocol", "mcat5",
@@ -144,15 +146,15 @@ def test_subspace_genomic_coordination_changes_the_fused_kernel_gradient():
   mask = jnp.ones(len(arrays), bool)
   cfg = tg.GenomicTrainConfig(task="grading", num_classes=3, epochs=10, select_on_val=False)
   weights = jnp.ones(3)
-  split = fused_kernel_split((16, 8))
-  tx_coord = tg.make_optimizer_for(spec, cfg, 1, split)
-  tx_plain = tg.make_optimizer_for(spec, dataclasses.replace(cfg, coordination=False), 1, None)
+  split = spec.splits
+  tx_coord = tg.make_optimizer_for(spec, cfg, 1)
+  tx_plain = tg.make_optimizer_for(spec, dataclasses.replace(cfg, coordination=False), 1)
   conflicts = 0
   for seed in range(8):
     params = spec.module.init(jax.random.PRNGKey(seed), tg._inputs(data))["params"]
     (_, (out, _)), grads = jax.value_and_grad(tg.loss_fn, has_aux=True)(
         params, data, mask, jax.random.PRNGKey(0), spec=spec, cfg=cfg, class_weights=weights)
-    extra = tg.coordination_args(params, out, data, mask, "grading")
+    extra = tg.coordination_args(spec, params, out, data, mask, cfg.task_spec)
     coord = coordinate_gradients(split)
     new, state = coord.update(grads, coord.init(params), params, **extra)
     g, h = grads["classifier"]["kernel"], new["classifier"]["kernel"]
@@ -218,7 +220,7 @@ def test_training_selects_and_restores_the_best_validation_epoch(task):
   result = tg.train_genomic(spec, cfg, train, val, seed=0)
   scores = [r["val_score"] for r in result.history]
   assert len(scores) == 6 and result.best_epoch == int(np.nanargmax(scores)) + 1
-  restored = tg.validation_score(task, cfg.num_classes, tg.predict_logits(spec, result.params, val), val)
+  restored = tg.validation_score(cfg.task_spec, tg.predict_logits(spec, result.params, val), val)
   np.testing.assert_allclose(restored, max(scores), rtol=1e-6)
   fixed = tg.train_genomic(spec, dataclasses.replace(cfg, select_on_val=False), train, seed=0)
   assert fixed.best_epoch == 6 and "val_score" not in fixed.history[0]

@@ -33,10 +33,10 @@ def _write_star(path: pathlib.Path, values: dict[str, float]) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   genes = list(values)[::-1]  # file order != signature order
   rows = ["gene_id\tgene_name\tgene_type\tunstranded\ttpm_unstranded\tfpkm_uq_unstranded"]
-  rows += [f"N_unmapped\t\t\t1\t\t"]
+  rows += ["N_unmapped\t\t\t1\t\t"]
   for i, g in enumerate(genes):
     rows.append(f"ENSG{i:05d}\t{g}\tprotein_coding\t5\t1.0\t{values[g]}")
-  rows.append(f"ENSG99999\tGENE_A\tprotein_coding\t5\t1.0\t99999")  # duplicate: first wins
+  rows.append("ENSG99999\tGENE_A\tprotein_coding\t5\t1.0\t99999")  # duplicate: first wins
   path.write_text("# gene-model: GENCODE v36\n" + "\n".join(rows) + "\n")
 
 

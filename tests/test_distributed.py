@@ -25,6 +25,8 @@ import pytest
 
 from smml_jax.train import distributed
 
+pytestmark = pytest.mark.slow  # trains runs / spawns processes: minutes on 2 cores
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "distributed_worker.py"
 TIMEOUT_S = 420

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from smml_jax.evaluate import interpret
+from smml_jax.losses.survival import risk_from_logits
+from smml_jax.tasks import get_task
 
 
 def _nonlinear_model(key):
@@ -72,7 +74,7 @@ def test_integrated_gradients_ranks_planted_gene_first():
   rng = np.random.default_rng(0)
   inputs = {"genes_tumour": jnp.asarray(rng.normal(size=(8, 6)), jnp.float32),
             "genes_micro": jnp.asarray(rng.normal(size=(8, 20)), jnp.float32)}
-  attr = interpret.integrated_gradients(fn, inputs, None, interpret.survival_risk, steps=32)
+  attr = interpret.integrated_gradients(fn, inputs, None, risk_from_logits, steps=32)
   table = interpret.top_genes(attr["genes_micro"], names)
   assert table.iloc[0]["gene"] == f"GENE{planted}"
   assert list(table["rank"]) == list(range(1, 21))
@@ -199,13 +201,14 @@ def test_model_gene_attributions_on_a_flax_model(survival):
            "genes_micro": jnp.asarray(rng.normal(size=(5, 9)), jnp.float32)}
   model = PlantedModel()
   variables = model.init(jax.random.PRNGKey(0), batch)
-  attr = interpret.model_gene_attributions(model.apply, variables, batch, survival=survival, steps=16)
+  task = get_task("survival" if survival else "diagnosis")
+  attr = interpret.model_gene_attributions(model.apply, variables, batch, task=task, steps=16)
   assert attr["genes_tumour"].shape == (5, 4) and attr["genes_micro"].shape == (5, 9)
   table = interpret.top_genes(attr["genes_micro"], [f"M{i}" for i in range(9)])
   assert table.iloc[0]["gene"] == f"M{planted}" and table.iloc[0]["mean_abs_attribution"] > 0
   np.testing.assert_array_equal(np.asarray(attr["genes_tumour"]), 0.0)
   with pytest.raises(ValueError, match="batch lacks"):
-    interpret.model_gene_attributions(model.apply, variables, {"patches": batch["patches"]}, survival)
+    interpret.model_gene_attributions(model.apply, variables, {"patches": batch["patches"]}, task)
 
 
 def test_lattice_grid_is_the_attention_grid_without_offsets():

@@ -31,6 +31,7 @@ def test_matches_pytorch_weighted_mean_formula():
                              rtol=1e-6)
 
 
+@pytest.mark.parity
 def test_parity_ce_deform_pathomic_net():
   fx = load_fixture("deform_pathomic_net.npz")
   np.testing.assert_array_equal(fx["loss/class_weights_diag2021_train"],

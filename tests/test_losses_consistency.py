@@ -26,6 +26,7 @@ def _numpy_batch_loss(omic, vgrid, per_sample):
   return (s_hat - m) ** 2 / n
 
 
+@pytest.mark.parity
 def test_parity_batch_loss_values_and_gradients():
   fx = load_fixture("batch_loss.npz")
   assert int(fx["num_cases"]) >= 1
@@ -45,6 +46,7 @@ def test_parity_batch_loss_values_and_gradients():
     np.testing.assert_allclose(batch_consistency_loss(omic[:, 0], vgrid), matrix, rtol=1e-4, atol=1e-8)
 
 
+@pytest.mark.parity
 def test_parity_batch_sim_deform_pathomic_net():
   fx = load_fixture("deform_pathomic_net.npz")
   sums = {}

@@ -2,12 +2,14 @@
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import load_fixture
 from smml_jax.losses.survival import (hazards_from_logits, risk_from_hazards, risk_from_logits,
                                       survival_curve, survival_nll)
 
 
+@pytest.mark.parity
 def test_parity_survival_nll_value_and_gradient():
   fx = load_fixture("survival_nll.npz")
   assert int(fx["num_cases"]) >= 1

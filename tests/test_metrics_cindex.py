@@ -4,7 +4,7 @@ import jax
 import numpy as np
 from sksurv.metrics import concordance_index_censored
 
-from smml_jax.evaluate.cindex import concordance, concordance_index
+from smml_jax.metrics.cindex import concordance, concordance_index
 
 
 def _sksurv_or_nan(risk, time, event):

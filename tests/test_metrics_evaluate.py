@@ -7,7 +7,7 @@ from sksurv.metrics import (concordance_index_censored, concordance_index_ipcw,
                             integrated_brier_score)
 from sksurv.util import Surv
 
-from smml_jax.evaluate.metrics import classification_metrics, survival_metrics
+from smml_jax.metrics.evaluation import classification_metrics, survival_metrics
 
 
 def _data(seed=0, n=40, k=4):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import NATIVE
 
 from smml_jax import convert
 from smml_jax.models.branch import BranchConfig
@@ -69,7 +70,8 @@ def test_single_subspace_ablation():
 
 
 @pytest.mark.parametrize("ndim", [1, 2])
-@pytest.mark.parametrize("impl", ["chunked", "fused", "native", "pallas"])
+@pytest.mark.parametrize("impl", ["chunked", "fused", pytest.param("native", marks=NATIVE),
+                                  "pallas"])
 def test_tiled_attention_equals_reference(ndim, impl):
   """Same outputs and gradients (<= 1e-5 relative) with and without query tiling."""
   batch = small_batch(n=SIDE * SIDE)

@@ -56,7 +56,7 @@ def test_tampered_cache_is_rebuilt(fake_build, tamper):
 
 
 def test_library_owned_by_another_user_is_rebuilt(fake_build, monkeypatch):
-  library = native.ensure_library()
+  native.ensure_library()
   real_uid = os.getuid()
   monkeypatch.setattr(os, "getuid", lambda: real_uid + 1)  # the file's owner is now "someone else"
   native.ensure_library()

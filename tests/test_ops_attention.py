@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import NATIVE
 
 from smml_jax.models.registry import build_model
 from smml_jax.ops.attention import cpb_attention
@@ -59,6 +60,7 @@ def test_fused_equals_reference_values_and_gradients(query_tile, heads_per_group
                                     want)
 
 
+@NATIVE
 @pytest.mark.parametrize("hidden", [(8, 8), (16, 16), (24, 24), (32, 32)])
 def test_native_equals_reference_values_and_gradients(hidden):
   q, k, v, pos_q, pos_k, params = _inputs(heads_per_group=1, hidden=hidden)

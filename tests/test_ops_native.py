@@ -10,13 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import NATIVE
 
-from smml_jax.ops import native, native_cpb
+from smml_jax.ops import native_cpb
 from smml_jax.ops.cpb import query_positions, relative_position_bias
 from smml_jax.ops.depthwise import depthwise_conv
 
-pytestmark = pytest.mark.skipif(not native.load(), reason=f"no native kernels: "
-                                f"{native.unavailable_reason()}")
+pytestmark = NATIVE
 
 
 def _cpb_params(d, width, seed=0):
@@ -167,6 +167,7 @@ _FALLBACK_CHECK = """
 """
 
 
+@pytest.mark.slow
 def test_turned_off_kernels_fall_back_with_a_reason(tmp_path):
   proc = _run_python(_FALLBACK_CHECK, SMML_JAX_NATIVE="0", SMML_JAX_CACHE=str(tmp_path))
   assert proc.returncode == 0, proc.stderr
@@ -175,6 +176,7 @@ def test_turned_off_kernels_fall_back_with_a_reason(tmp_path):
   assert "NATIVE_ERROR" in proc.stdout and "could not be built" in proc.stdout
 
 
+@pytest.mark.slow
 def test_failed_build_falls_back_and_names_the_sources(tmp_path):
   proc = _run_python(_FALLBACK_CHECK, CXX="false", SMML_JAX_CACHE=str(tmp_path))
   assert proc.returncode == 0, proc.stderr

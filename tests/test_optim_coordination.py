@@ -7,10 +7,25 @@ import optax
 import pytest
 
 from conftest import load_fixture
-from smml_jax.evaluate.cindex import concordance_index
+from smml_jax.metrics.cindex import concordance_index
 from smml_jax.losses.survival import risk_from_logits
-from smml_jax.optim.coordination import (ModalitySplit, classification_scores, coordinate_blocks,
-                                         coordinate_gradients, subspace_logits, survival_scores)
+from smml_jax.models.modalities import subspace_logits
+from smml_jax.optim.coordination import ModalitySplit, coordinate_blocks, coordinate_gradients
+from smml_jax.tasks import get_task
+
+
+def classification_scores(kernel, bias, embeds, labels):
+  """The diagnosis task's modality scores of the fused classifier's subspace logits."""
+  scores, skip = get_task("diagnosis").modality_scores(subspace_logits(kernel, bias, embeds),
+                                                       {"diagnosis": labels})
+  assert not skip
+  return scores
+
+
+def survival_scores(kernel, bias, embeds, time, event):
+  """The survival task's (modality scores, skip) of the fused classifier's subspace logits."""
+  return get_task("survival").modality_scores(subspace_logits(kernel, bias, embeds),
+                                              {"surv_time": time, "event": event})
 
 HALVES = ModalitySplit.concat(sizes=(128, 128))
 
@@ -22,6 +37,7 @@ def _coordinate_torch_weight(grad_weight, scores, mode):
   return np.asarray(HALVES.merge(new, kernel_grad)).T, np.asarray(changed).any(axis=0)
 
 
+@pytest.mark.parity
 def test_parity_gradient_coordination_cases():
   fx = load_fixture("gradient_coordination.npz")
   assert int(fx["num_cases"]) >= 1
@@ -40,6 +56,7 @@ def test_parity_gradient_coordination_cases():
     np.testing.assert_array_equal(changed, fx[p + "rows_changed"], err_msg=name)
 
 
+@pytest.mark.parity
 def test_parity_coordination_deform_pathomic_net():
   fx = load_fixture("deform_pathomic_net.npz")
   kernel, bias = fx["param/classifier.weight"].T, fx["param/classifier.bias"]

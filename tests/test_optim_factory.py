@@ -9,9 +9,11 @@ import optax
 import pytest
 
 from conftest import load_fixture
-from smml_jax.optim.coordination import ModalitySplit, classification_scores, coordinate_gradients
+from smml_jax.models.modalities import subspace_logits
+from smml_jax.optim.coordination import ModalitySplit, coordinate_gradients
 from smml_jax.optim.factory import (OptimConfig, epoch_schedule, make_optimizer,
                                     trainable_mask_from_predicate)
+from smml_jax.tasks import get_task
 
 
 def _classifier(fx, grad_weight_key):
@@ -29,6 +31,7 @@ def _check_step(fx, new_params):
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parity
 def test_parity_one_adam_step_on_the_classifier():
   fx = load_fixture("deform_pathomic_net.npz")
   config = OptimConfig()  # the defaults are the original's
@@ -40,6 +43,7 @@ def test_parity_one_adam_step_on_the_classifier():
   _check_step(fx, optax.apply_updates(params, updates))
 
 
+@pytest.mark.parity
 def test_parity_coordination_then_adam_from_the_raw_gradient():
   fx = load_fixture("deform_pathomic_net.npz")
   params, grads = _classifier(fx, "coord/classifier_weight_grad_before")
@@ -47,9 +51,9 @@ def test_parity_coordination_then_adam_from_the_raw_gradient():
                                mode="reference")
   trainable = trainable_mask_from_predicate(lambda path, _: path.startswith("classifier/"))
   tx = make_optimizer(OptimConfig(), steps_per_epoch=5, coordination=coord, trainable=trainable)
-  scores = classification_scores(params["classifier"]["kernel"], params["classifier"]["bias"],
-                                 (fx["out/pathomic_vec_tumor"], fx["out/pathomic_vec_immune"]),
-                                 fx["input/label_diag2021"])
+  logits = subspace_logits(params["classifier"]["kernel"], params["classifier"]["bias"],
+                           (fx["out/pathomic_vec_tumor"], fx["out/pathomic_vec_immune"]))
+  scores, _ = get_task("diagnosis").modality_scores(logits, {"diagnosis": fx["input/label_diag2021"]})
   step = jax.jit(lambda g, s, p, sc: tx.update(g, s, p, modality_scores=sc))
   updates, _ = step(grads, tx.init(params), params, scores)
   _check_step(fx, optax.apply_updates(params, updates))

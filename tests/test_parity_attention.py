@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_within_tol, load_fixture, max_rel_err
+from conftest import NATIVE, assert_within_tol, load_fixture, max_rel_err
 
 from smml_jax import convert
 from smml_jax.models.deform_attention import DeformAttentionConfig, DeformCrossAttention
@@ -31,8 +31,10 @@ def _module_and_params(ref, impl):
   return module, params
 
 
-@pytest.mark.parametrize("impl", ["reference", "chunked", "fused", "native",
+@pytest.mark.parametrize("impl", ["reference", "chunked", "fused",
+                                  pytest.param("native", marks=NATIVE),
                                   pytest.param("pallas", marks=pytest.mark.slow)])
+@pytest.mark.parity
 def test_parity_attention_forward(ref, impl):
   module, params = _module_and_params(ref, impl)
   out, grid, _ = jax.jit(lambda p, a, b: module.apply({"params": p}, a, b))(
@@ -44,8 +46,10 @@ def test_parity_attention_forward(ref, impl):
   assert_within_tol(grid, ref["vgrid"], float(ref["tol/f32_vs_f64_maxabs_vgrid"]), "vgrid")
 
 
-@pytest.mark.parametrize("impl", ["reference", "chunked", "fused", "native",
+@pytest.mark.parametrize("impl", ["reference", "chunked", "fused",
+                                  pytest.param("native", marks=NATIVE),
                                   pytest.param("pallas", marks=pytest.mark.slow)])
+@pytest.mark.parity
 def test_parity_attention_gradients(ref, impl):
   module, params = _module_and_params(ref, impl)
   cotangent = _channel_last(ref["cotangent"])

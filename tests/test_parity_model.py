@@ -10,6 +10,8 @@ from conftest import assert_within_tol, load_fixture, max_rel_err
 from smml_jax import convert
 from smml_jax.models.subspace_net import SubspaceConfig, SubspaceNet
 
+pytestmark = pytest.mark.slow  # the full-size model's outputs and gradients
+
 FIXTURE = "deform_pathomic_net.npz"
 
 
@@ -43,6 +45,7 @@ OUTPUTS = {  # ModelOutput field -> fixture key, tolerance key
 }
 
 
+@pytest.mark.parity
 def test_parity_model_outputs(ref, ported):
   model, params, batch = ported
   out, state = jax.jit(lambda p: model.apply({"params": p}, batch, mutable="intermediates"))(params)
@@ -140,6 +143,7 @@ def _flip_bounds(ref, model, params, batch, near):
   return bounds
 
 
+@pytest.mark.parity
 def test_parity_model_loss_and_gradients(ref, ported):
   """CE + 0.5 * sum BL_tumour + 0.5 * sum BL_micro and its gradient w.r.t. every parameter.
 

@@ -17,6 +17,8 @@ from smml_jax.evaluate import inference as inf
 from smml_jax.train.config import make_config
 from smml_jax.train.loop import train
 
+pytestmark = pytest.mark.slow  # trains runs / spawns processes: minutes on 2 cores
+
 TINY_SPEC = {"layout": "synthetic", "n_patients": 40, "grid_side": 8, "feature_dim": 16,
              "n_genes_tumour": 6, "n_genes_micro": 8, "second_slide_fraction": 0.5}
 TINY_MODEL = {"heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8,

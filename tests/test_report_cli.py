@@ -15,6 +15,7 @@ import pytest
 
 from experiments import report as report_cli
 from smml_jax.models.outputs import ModelOutput
+from smml_jax.tasks import get_task
 from smml_jax.train.config import make_config
 from smml_jax.train.loop import train
 
@@ -54,6 +55,7 @@ def survival_report(tmp_path_factory):
   return run_dir, out
 
 
+@pytest.mark.slow
 def test_report_writes_every_output(survival_report):
   run_dir, out = survival_report
   for name in ("slide_00_sampling.png", "slide_01_sampling.png", "gene_importance.png",
@@ -84,6 +86,7 @@ def test_report_writes_every_output(survival_report):
   assert "Does the prediction use the sampling points?" in html
 
 
+@pytest.mark.slow
 def test_report_gene_table_and_predictions(survival_report):
   run_dir, out = survival_report
   genes = pd.read_csv(out / "gene_importance.csv")
@@ -111,8 +114,7 @@ def test_classification_cohort_figures(tmp_path):
   logits = rng.normal(size=(30, 3)) + 2.0 * np.eye(3)[labels]
   probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
   table = pd.DataFrame({f"prob_{k}": probs[:, k] for k in range(3)}).assign(label=labels)
-  images, metrics, note = report_cli.cohort_figures(table, tmp_path, survival=False,
-                                                    class_names=("G2", "G3", "G4"))
+  images, metrics, note = report_cli.cohort_figures(table, tmp_path, task=get_task("grading"))
   assert [p.name for p in images] == ["roc.png", "confusion.png"] and note == ""
   for path in images:
     assert_non_trivial_png(path)
@@ -142,7 +144,7 @@ def test_planted_gene_ranks_first(tmp_path):
   params = model.init(jax.random.PRNGKey(0), batch)["params"]
   names = {"tumour": [f"T{i}" for i in range(n_tumour)], "micro": [f"M{i}" for i in range(n_micro)]}
   tables = report_cli.gene_importance(model.apply, params, [batch, batch], names,
-                                      survival=False, steps=16)
+                                      task=get_task("grading"), steps=16)
   micro = tables["micro"]
   assert micro["gene"].iloc[0] == f"M{planted}"
   assert micro["mean_abs_attribution"].iloc[0] > 0

@@ -1,7 +1,6 @@
 """The run directory: validation before writing, what --overwrite may remove, resume, paths."""
 
 import json
-import os
 
 import pytest
 import yaml

@@ -15,6 +15,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # trains runs / spawns processes: minutes on 2 cores
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 3
 SPEC = ("layout: synthetic\nn_patients: 40\ngrid_side: 8\nfeature_dim: 16\n"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import shutil
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -275,6 +274,7 @@ def _xy(c, split, part, norm):
   return np.concatenate(list(c.genes(split[part], norm).values()), axis=1)
 
 
+@pytest.mark.slow
 def test_linear_grading_on_three_pnas15_splits_beats_chance():
   c = _cohort("pnas", "grading")
   y = c.label()
@@ -290,6 +290,7 @@ def test_linear_grading_on_three_pnas15_splits_beats_chance():
   assert min(aucs) > 0.7, aucs
 
 
+@pytest.mark.slow
 def test_linear_cox_on_three_pnas15_splits_ranks_survival():
   c = _cohort("pnas", "survival")
   scores = []

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 import yaml
 
@@ -45,6 +44,7 @@ def _jsonl(path):
   return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_run_directory_records(full_run):
   out, summary = full_run
   for name in ("config.json", "preprocessor.json", "cohort.json", "metrics.jsonl",
@@ -57,6 +57,7 @@ def test_run_directory_records(full_run):
   assert sorted({r["epoch"] for r in rows}) == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_best_epoch_is_chosen_on_validation(full_run):
   out, summary = full_run
   rows = _jsonl(out / "metrics.jsonl")
@@ -67,6 +68,7 @@ def test_best_epoch_is_chosen_on_validation(full_run):
   assert 0.0 <= summary["test"]["auc"] <= 1.0
 
 
+@pytest.mark.slow
 def test_resume_ends_with_exactly_the_uninterrupted_metrics(full_run, tiny_spec, data_dir,
                                                            tmp_path):
   _, summary = full_run
@@ -99,6 +101,7 @@ def test_resume_falls_back_past_a_corrupted_checkpoint_to_the_same_metrics(full_
   assert resumed == summary  # epoch 1 trained again from epoch 0's checkpoint, identically
 
 
+@pytest.mark.slow
 def test_run_directory_holding_another_run_is_refused(full_run, tiny_spec, data_dir):
   out, _ = full_run
   with pytest.raises(RunDirError, match="--resume"):
@@ -107,6 +110,7 @@ def test_run_directory_holding_another_run_is_refused(full_run, tiny_spec, data_
     train(tiny_config(tiny_spec, data_dir, epochs=5), out, resume=True, log=lambda _: None)
 
 
+@pytest.mark.slow
 def test_survival_run(tiny_spec, data_dir, tmp_path):
   summary = train(tiny_config(tiny_spec, data_dir, task="survival", epochs=1), tmp_path / "s",
                   log=lambda _: None)
@@ -116,6 +120,7 @@ def test_survival_run(tiny_spec, data_dir, tmp_path):
   assert {"risk", "time", "event", "hazard_0"} <= set(rows[0])
 
 
+@pytest.mark.slow
 def test_cli_prints_a_table_and_rejects_bad_config(tiny_spec, data_dir, tmp_path, capsys):
   args = ["--task", "subtype", "--data", str(tiny_spec), "--data-dir", data_dir, "--epochs", "1",
           "--out", str(tmp_path / "cli"), "--no-progress"]

@@ -3,7 +3,8 @@
 A layout supplies a `CohortSource`: a JSON-able fingerprint of its spec (hashed, together with the
 record format version, into the builder config name, so a changed spec rebuilds and the same spec
 reuses the records), the list of its input files (stamped into the sidecar; a changed, added or
-deleted file makes the records stale, see `build`) and `prepare()`, which validates the inputs and returns a `PreparedCohort` (slide
+deleted file makes the records stale, see `build`) and `prepare()`, which validates the inputs
+and returns a `PreparedCohort` (slide
 table, raw gene matrices, shapes and a per-slide reader for the patch features). The builder writes
 `array_record` files plus sidecars `smml_cohort.json` (table, gene names) and
 `smml_genes.npz` (raw gene matrices, so normalisation is fitted without reading the patches);

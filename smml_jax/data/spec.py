@@ -20,7 +20,7 @@ from smml_jax.data import cohort as cohort_lib
 from smml_jax.data.clam_layout import ClamSource
 from smml_jax.data.errors import CohortError
 from smml_jax.data.original_layout import OriginalSource
-from smml_jax.data.spec_fields import LAYOUTS, validate_spec
+from smml_jax.data.spec_fields import validate_spec
 from smml_jax.data.synthetic import SyntheticConfig, SyntheticSource
 
 

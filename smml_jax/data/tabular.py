@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import pandas as pd

@@ -61,22 +61,6 @@ def ablated_params(params: Mapping[str, Any], branch: str, ablation: str) -> dic
   return traverse_util.unflatten_dict(flat)
 
 
-def headline_metric(table: pd.DataFrame, survival: bool, num_classes: int) -> tuple[str, float]:
-  """('auc', macro one-vs-rest AUC) of a classification table or ('c_index', Harrell's C) of a
-  survival table (`inference.prediction_table`); the value is NaN when it is undefined."""
-  from smml_jax.evaluate import metrics
-  if survival:
-    if "time" not in table.columns:
-      return "c_index", float("nan")
-    c = metrics.survival_metrics(table["risk"], table["time"], table["event"])["c_index"]
-    return "c_index", float("nan") if c is None else c
-  if "label" not in table.columns:
-    return "auc", float("nan")
-  probs = table[[f"prob_{k}" for k in range(num_classes)]].to_numpy()
-  auc = metrics.classification_metrics(table["label"].to_numpy(), probs, num_classes)["auc"]
-  return "auc", float("nan") if auc is None else auc
-
-
 def offset_statistics(grid: np.ndarray, grid_side: int) -> dict[str, float]:
   """How far one branch's offsets move the points, and how much of that depends on the slide.
 
@@ -116,15 +100,14 @@ def ablation_metrics(run, batches, trained_table: pd.DataFrame) -> dict[str, Any
      '<branch>_<ablation>': value, '<branch>_<ablation>_change': value - trained, ...}.
   """
   from smml_jax.evaluate import inference
-  num_classes = run.config.num_classes
-  name, trained = headline_metric(trained_table, run.survival, num_classes)
+  task = run.task_spec
+  name, trained = task.headline(trained_table)
   result: dict[str, Any] = {"metric": name, "trained": trained}
   for branch in BRANCHES:
     for ablation in ABLATIONS:
       params = ablated_params(run.params, branch, ablation)
       outputs = inference.run_model(run, batches(), params=params)
-      _, value = headline_metric(inference.prediction_table(run, outputs), run.survival,
-                                 num_classes)
+      _, value = task.headline(inference.prediction_table(run, outputs))
       result[f"{branch}_{ablation}"] = value
       result[f"{branch}_{ablation}_change"] = value - trained
   return result

@@ -24,10 +24,10 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from smml_jax.tasks import get_task
 from smml_jax.train import run_dir as run_dir_lib
 
 RESULT_COLUMNS = ("model", "task", "metric", "mean", "std", "n_folds")
-TASK_METRICS = {"classification": ("auc", "accuracy", "f1"), "survival": ("c_index",)}
 SUMMARY_FILE, METRICS_FILE = run_dir_lib.SUMMARY_FILE, run_dir_lib.METRICS_FILE
 PREDICTIONS_FILE = run_dir_lib.predictions_file("test")
 CELL_FILE = run_dir_lib.CELL_FILE  # written by experiments.compare: wall time of the cell
@@ -38,7 +38,8 @@ class ComparisonError(ValueError):
 
 
 def task_metrics(task: str) -> tuple[str, ...]:
-  return TASK_METRICS["survival" if task == "survival" else "classification"]
+  """The metrics a comparison aggregates for `task` (`Task.comparison_metrics`)."""
+  return get_task(task).comparison_metrics
 
 
 def cell_dir(out_dir: str | pathlib.Path, model: str, fold: int, seed: int) -> pathlib.Path:

@@ -330,7 +330,7 @@ def plot_km_risk_groups(path: PathLike, risk: np.ndarray, time: np.ndarray, even
 
   Args:
     path: PNG to write.
-    risk: (N,) predicted risk (higher = worse, e.g. `interpret.survival_risk`).
+    risk: (N,) predicted risk (higher = worse, e.g. `tasks.Survival.outputs(logits)["risk"]`).
     time: (N,) follow-up time (days).
     event: (N,) 1 = death observed, 0 = censored.
 

@@ -30,11 +30,11 @@ from smml_jax.data import genes as genes_lib
 from smml_jax.data.bags import bag_to_grid
 from smml_jax.data.errors import CohortError
 from smml_jax.data.features import INT_LABELS
-from smml_jax.data.labels import TASK_LABEL_FIELD
 from smml_jax.data.normalise import SUBSPACES, Preprocessor
 from smml_jax.data.pipeline import BatchIterator
 from smml_jax.models.outputs import ModelOutput
 from smml_jax.models.registry import ModelSpec, build_model
+from smml_jax.tasks import Task, get_task
 from smml_jax.train import run_dir as run_dir_lib
 from smml_jax.train.checkpoints import MANIFEST_DIR, CheckpointError, verify_step
 from smml_jax.train.config import RunConfig
@@ -43,11 +43,6 @@ Batch = dict[str, np.ndarray]
 MISSING_GENE_POLICIES = ("error", "zero")
 CHECKPOINTS = ("best", "latest")
 MODEL_INPUTS = ("patches", "genes_tumour", "genes_micro")
-CLASS_NAMES = {
-    "grading": ("G2", "G3", "G4"),
-    "subtype": ("GBM (IDH-wt)", "astrocytoma", "oligodendroglioma"),
-    "diagnosis": ("GBM IDH-wt", "astrocytoma G4", "astrocytoma G2/3", "oligodendroglioma"),
-}
 # How each cohort layout reads a slide's HDF5 file unless its spec says otherwise.
 LAYOUT_DEFAULTS = {
     "original": {"grid_layout": "sample", "feature_dataset": "Res_feature", "coords_dataset": None},
@@ -59,12 +54,6 @@ KNOWN_FEATURE_DATASETS = ("Res_feature", "features")
 
 class InferenceError(ValueError):
   """A run directory or a new input that cannot be used for inference."""
-
-
-def class_names(task: str, num_classes: int) -> tuple[str, ...]:
-  if task == "survival":
-    return tuple(f"bin {k}" for k in range(num_classes))
-  return CLASS_NAMES.get(task, tuple(f"class {k}" for k in range(num_classes)))
 
 
 # ----------------------------------------------------------------------------- loading a run
@@ -114,8 +103,8 @@ class TrainedRun:
     return self.config.task
 
   @property
-  def survival(self) -> bool:
-    return self.config.task == "survival"
+  def task_spec(self) -> Task:
+    return get_task(self.config.task, self.config.num_classes)
 
   @property
   def num_classes(self) -> int:
@@ -123,7 +112,7 @@ class TrainedRun:
 
   @property
   def class_names(self) -> tuple[str, ...]:
-    return class_names(self.task, self.num_classes)
+    return self.task_spec.class_names
 
 
 def slide_format_of(cohort_record: Mapping[str, Any], config: RunConfig) -> SlideFormat:
@@ -548,20 +537,6 @@ def run_model(run: TrainedRun, batches: Iterable[Batch], fields: Sequence[str] =
 # ----------------------------------------------------------------------------- prediction tables
 
 
-def probabilities(logits: np.ndarray) -> np.ndarray:
-  """(n, K) softmax in float64 (rows sum to one)."""
-  z = np.asarray(logits, np.float64)
-  z = np.exp(z - z.max(axis=1, keepdims=True))
-  return z / z.sum(axis=1, keepdims=True)
-
-
-def survival_outputs(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(n, K) hazard logits -> hazards (n, K), survival curve S_k = prod_{j<=k}(1 - h_j), risk (n,)."""
-  hazards = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
-  curve = np.cumprod(1.0 - hazards, axis=1)
-  return hazards, curve, -curve.sum(axis=1)
-
-
 def prediction_table(run: TrainedRun, outputs: Mapping[str, np.ndarray]) -> pd.DataFrame:
   """Per-slide predictions.
 
@@ -570,31 +545,11 @@ def prediction_table(run: TrainedRun, outputs: Mapping[str, np.ndarray]) -> pd.D
   (minus the summed curve; higher = worse), pred_bin (first bin whose survival drops below 0.5,
   K-1 if none), and `time` / `event` when known.
   """
-  logits = outputs["logits"]
-  frame = pd.DataFrame({"slide_id": outputs["slide_id"].astype(str),
-                        "patient_id": outputs["patient_id"].astype(str)})
-  if run.survival:
-    hazards, curve, risk = survival_outputs(logits)
-    for k in range(hazards.shape[1]):
-      frame[f"hazard_{k}"] = hazards[:, k]
-    for k in range(curve.shape[1]):
-      frame[f"surv_{k}"] = curve[:, k]
-    frame["risk"] = risk
-    below = curve < 0.5
-    frame["pred_bin"] = np.where(below.any(axis=1), below.argmax(axis=1), curve.shape[1] - 1)
-    if "surv_time" in outputs and np.all(outputs["surv_time"] >= 0):
-      frame["time"] = outputs["surv_time"].astype(np.float64)
-      frame["event"] = outputs["event"].astype(np.int64)
-    return frame
-  probs = probabilities(logits)
-  for k in range(probs.shape[1]):
-    frame[f"prob_{k}"] = probs[:, k]
-  frame["pred"] = probs.argmax(axis=1)
-  frame["pred_name"] = [run.class_names[k] for k in frame["pred"]]
-  field = TASK_LABEL_FIELD[run.task]
-  if field in outputs and np.all(outputs[field] >= 0):
-    frame["label"] = outputs[field].astype(np.int64)
-  return frame
+  task = run.task_spec
+  return pd.DataFrame({"slide_id": outputs["slide_id"].astype(str),
+                       "patient_id": outputs["patient_id"].astype(str),
+                       **task.prediction_columns(outputs["logits"]),
+                       **task.truth_columns(outputs)})
 
 
 def patient_table(run: TrainedRun, slides: pd.DataFrame) -> pd.DataFrame:
@@ -604,28 +559,7 @@ def patient_table(run: TrainedRun, slides: pd.DataFrame) -> pd.DataFrame:
   """
   group = slides.groupby("patient_id", sort=False)
   frame = pd.DataFrame({"patient_id": list(group.groups), "n_slides": group.size().to_numpy()})
-  if run.survival:
-    cols = [c for c in slides.columns if c.startswith("surv_")]
-    curve = group[cols].mean().to_numpy()
-    for k, c in enumerate(cols):
-      frame[c] = curve[:, k]
-    frame["risk"] = -curve.sum(axis=1)
-    below = curve < 0.5
-    frame["pred_bin"] = np.where(below.any(axis=1), below.argmax(axis=1), curve.shape[1] - 1)
-    for c in ("time", "event"):
-      if c in slides.columns:
-        frame[c] = group[c].first().to_numpy()
-    return frame
-  cols = [f"prob_{k}" for k in range(run.num_classes)]
-  probs = group[cols].mean().to_numpy()
-  probs = probs / probs.sum(axis=1, keepdims=True)
-  for k, c in enumerate(cols):
-    frame[c] = probs[:, k]
-  frame["pred"] = probs.argmax(axis=1)
-  frame["pred_name"] = [run.class_names[k] for k in frame["pred"]]
-  if "label" in slides.columns:
-    frame["label"] = group["label"].first().to_numpy()
-  return frame
+  return frame.assign(**run.task_spec.patient_columns(group))
 
 
 def write_predictions(out_dir: str | pathlib.Path, run: TrainedRun, slides: pd.DataFrame,
@@ -640,8 +574,7 @@ def write_predictions(out_dir: str | pathlib.Path, run: TrainedRun, slides: pd.D
   meta = {"run_dir": str(run.run_dir), "checkpoint": run.checkpoint, "epoch": run.epoch,
           "task": run.task, "model": run.config.model, "input": source,
           "class_names": list(run.class_names)}
-  if run.survival:
-    meta["survival_cut_points_days"] = list(run.preprocessor.surv_cuts)
+  meta.update(run.task_spec.prediction_meta(run.preprocessor.surv_cuts))
   document = {"meta": meta, "slides": json.loads(slides.to_json(orient="records")),
               "patients": json.loads(patients.to_json(orient="records"))}
   paths["json"].write_text(json.dumps(document, indent=1))

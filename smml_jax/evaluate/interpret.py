@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from smml_jax.tasks import Task
+
 Array = jax.Array
 Inputs = Mapping[str, Array]
 
@@ -48,16 +50,6 @@ def class_target(classes: Array, probability: bool = False) -> Callable[[Array],
   return target
 
 
-def survival_risk(logits: Array) -> Array:
-  """Risk of discrete-time hazard logits (B, K) -> (B,): minus the summed survival curve.
-
-  hazards = sigmoid(logits), S_k = prod_{j<=k} (1 - hazard_j), risk = -sum_k S_k
-  (higher risk = shorter expected survival), as in the original's evaluation.
-  """
-  survival = jnp.cumprod(1.0 - jax.nn.sigmoid(logits), axis=-1)
-  return -jnp.sum(survival, axis=-1)
-
-
 def integrated_gradients(
     fn: Callable[[Inputs], Array],
     inputs: Inputs,
@@ -80,7 +72,7 @@ def integrated_gradients(
     fn: inputs -> (B, K) logits (or any (B, ...) output that `target_fn` reduces).
     inputs: name -> (B, ...) float arrays, e.g. {'genes_tumour': (B, Gt), 'genes_micro': (B, Gm)}.
     baselines: same keys and shapes (or broadcastable, e.g. a (G,) training mean); zeros when None.
-    target_fn: (B, K) -> (B,) the scalar explained per example (see `class_target`, `survival_risk`).
+    target_fn: (B, K) -> (B,) the scalar explained per example (see `class_target`, `Task.attribution_target`).
     steps: number of trapezoid intervals (>= 1).
     alpha_batch_size: evaluate this many alphas at once (memory bound); None = all at once (vmap).
 
@@ -134,21 +126,21 @@ def model_gene_attributions(
     apply_fn: Callable[..., object],
     variables: Mapping[str, object],
     batch: Mapping[str, Array],
-    survival: bool,
+    task: Task,
     baselines: Optional[Inputs] = None,
     steps: int = 32,
     alpha_batch_size: Optional[int] = None,
 ) -> dict[str, Array]:
   """Integrated gradients of a project model w.r.t. both gene inputs, everything else held fixed.
 
-  The explained scalar is the risk (`survival_risk`) for survival, otherwise the softmax probability
-  of the class the model predicts at the real input (fixed along the path).
+  The explained scalar is the task's `attribution_target`: the softmax probability of the class the
+  model predicts at the real input (fixed along the path), or the survival risk.
 
   Args:
     apply_fn: `model.apply`, called as apply_fn(variables, batch, train=False) -> ModelOutput (or logits).
     variables: {'params': ...} (and any other collections).
     batch: the model's input batch ('patches', 'genes_tumour', 'genes_micro', optional 'coords').
-    survival: whether the logits are discrete-time hazard logits.
+    task: what the logits mean (`smml_jax.tasks`).
     baselines: {'genes_tumour': ..., 'genes_micro': ...} (e.g. training means); zeros when None.
 
   Returns:
@@ -163,11 +155,7 @@ def model_gene_attributions(
     return getattr(out, "logits", out)
 
   genes = {k: jnp.asarray(batch[k]) for k in GENE_INPUTS}
-  if survival:
-    target_fn = survival_risk
-  else:
-    target_fn = class_target(jnp.argmax(fn(genes), axis=-1), probability=True)
-  return integrated_gradients(fn, genes, baselines, target_fn, steps=steps,
+  return integrated_gradients(fn, genes, baselines, task.attribution_target(fn(genes)), steps=steps,
                               alpha_batch_size=alpha_batch_size)
 
 

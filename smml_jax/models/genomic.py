@@ -2,8 +2,8 @@
 
 `subspace-genomic` is the paper's model without its histology branch: one SNN gene encoder per
 knowledge-defined subspace (tumour, microenvironment), a fused classifier on the concatenated
-embeddings, and per-subspace classifiers. Training (`smml_jax.train.genomic`) coordinates the
-fused classifier's kernel between its tumour and micro halves (`ModalitySplit.concat`).
+embeddings, and per-subspace classifiers. Its `ModelSpec` coordinates the fused classifier's
+kernel between its tumour and micro halves (`models.modalities.fused_classifier_split`).
 
 The per-subspace heads read `stop_gradient` embeddings (`SubspaceGenomicConfig.detach_heads`):
 they are trained with their own task loss so their predictions mean something, but they cannot
@@ -15,7 +15,6 @@ move the encoders, so the fused model trains exactly as with the original's logg
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -25,14 +24,13 @@ import jax.numpy as jnp
 from smml_jax.models.baselines.layers import read_genes
 from smml_jax.models.baselines.snn_only import SNNBaseline
 from smml_jax.models.outputs import ModelOutput
-from smml_jax.models.registry import ModelSpec
+from smml_jax.models.modalities import fused_classifier_split
+from smml_jax.models.registry import ModelSpec, coordinated_leaves
 from smml_jax.models.snn import SNN
-from smml_jax.optim.coordination import ModalitySplit
 
 GENOMIC_MODELS = ("snn", "subspace-genomic")
 # Models that need a non-empty microenvironment subspace.
 NEEDS_MICRO = ("subspace-genomic",)
-FUSED_KERNEL = "classifier/kernel"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,18 +75,6 @@ class SubspaceGenomicNet(nn.Module):
         gene_tumour=gene_t, gene_micro=gene_m)
 
 
-def fused_kernel_split(widths: Sequence[int]) -> dict[str, ModalitySplit]:
-  """The coordination split of `classifier/kernel` (2E, K): tumour rows, then micro rows.
-
-  The same width gives the same ModalitySplit object, so jitted training steps are reused."""
-  return {FUSED_KERNEL: _concat_split(int(widths[-1]))}
-
-
-@functools.lru_cache(maxsize=None)
-def _concat_split(width: int) -> ModalitySplit:
-  return ModalitySplit.concat(sizes=(width, width))
-
-
 def build_genomic_model(name: str, *, num_classes: int, n_genes_tumour: int, n_genes_micro: int,
                         options: Mapping[str, Any] | None = None) -> ModelSpec:
   """`snn` or `subspace-genomic` as a registry `ModelSpec` (consistency never applies).
@@ -113,6 +99,8 @@ def build_genomic_model(name: str, *, num_classes: int, n_genes_tumour: int, n_g
     unknown = sorted(set(options) - fields)
     if unknown:
       raise ValueError(f"unknown options {unknown} for model 'subspace-genomic'; valid: {sorted(fields)}")
-    return ModelSpec(SubspaceGenomicNet(SubspaceGenomicConfig(num_classes=num_classes, **options)),
-                     coordination=True)
+    config = SubspaceGenomicConfig(num_classes=num_classes, **options)
+    width = int(config.widths[-1])
+    return ModelSpec(SubspaceGenomicNet(config),
+                     coordinated=coordinated_leaves(fused_classifier_split((width, width))))
   raise ValueError(f"unknown genomic model {name!r}; expected one of {GENOMIC_MODELS}")

@@ -9,7 +9,9 @@ import flax.linen as nn
 
 from smml_jax.models.branch import BranchConfig
 from smml_jax.models.deform_attention import DeformAttentionConfig
+from smml_jax.models.modalities import fused_classifier_split, fused_modality_logits
 from smml_jax.models.subspace_net import SubspaceConfig, SubspaceNet
+from smml_jax.optim.coordination import ModalitySplit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,14 +22,33 @@ class ModelSpec:
     module: a Flax module called as module.apply(variables, batch, train=...).
     consistency: the gene-guided consistency loss applies (the model returns gene embeddings
       and sampling grids).
-    coordination: gradient coordination applies to `classifier/kernel` between the tumour
-      and micro halves.
+    coordinated: the leaves gradient coordination edits and how each splits between the
+      modalities, as sorted (path, ModalitySplit) pairs (hashable); empty = no coordination.
+      Build it with `coordinated_leaves({path: split})`.
     frozen: parameter-path prefixes that never train (the original's logged-only heads).
   """
   module: nn.Module
   consistency: bool = False
-  coordination: bool = False
+  coordinated: tuple[tuple[str, ModalitySplit], ...] = ()
   frozen: tuple[str, ...] = ()
+
+  @property
+  def coordination(self) -> bool:
+    """Gradient coordination applies (between the modality blocks of `splits`)."""
+    return bool(self.coordinated)
+
+  @property
+  def splits(self) -> dict[str, ModalitySplit]:
+    """{parameter path: ModalitySplit} of the coordinated leaves."""
+    return dict(self.coordinated)
+
+  def modality_logits(self, params: Any, out: Any) -> list:
+    """Each modality's (B, K) share of the fused logits, scored by the task for coordination."""
+    return fused_modality_logits(params, out)
+
+
+def coordinated_leaves(splits: Mapping[str, ModalitySplit]) -> tuple[tuple[str, ModalitySplit], ...]:
+  return tuple(sorted(splits.items(), key=lambda kv: kv[0]))
 
 
 SUBSPACE_VARIANTS = ("subspace", "subspace-no-consistency", "subspace-no-coordination",
@@ -91,9 +112,12 @@ def build_model(name: str, *, num_classes: int, n_genes_tumour: int, n_genes_mic
     config = _subspace_config(num_classes, options, ndim=1 if name == "subspace-1d" else 2,
                               single=name == "subspace-single")
     frozen = () if config.single_subspace else ("classifier_tumour", "classifier_micro")
+    coordinated = name not in ("subspace-no-coordination", "subspace-single")
+    width = config.branch.dim
     return ModelSpec(SubspaceNet(config),
                      consistency=name != "subspace-no-consistency",
-                     coordination=name not in ("subspace-no-coordination", "subspace-single"),
+                     coordinated=coordinated_leaves(
+                         fused_classifier_split((width, width)) if coordinated else {}),
                      frozen=frozen)
   baselines = _baselines()
   if name in baselines:

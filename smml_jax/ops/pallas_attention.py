@@ -84,9 +84,9 @@ def _mlp_forward(t, k_refs, dtype):
   ones = jnp.ones_like(t[0])
   a = jnp.concatenate(list(t) + [ones], axis=0).astype(dtype)
   inputs = [a]
-  for l, k_ref in enumerate(k_refs):
+  for layer, k_ref in enumerate(k_refs):
     z = jnp.dot(k_ref[...], a, preferred_element_type=jnp.float32, precision=_precision(dtype))
-    if l < len(k_refs) - 1:
+    if layer < len(k_refs) - 1:
       a = jnp.concatenate([jnp.maximum(z, 0.0), ones], axis=0).astype(dtype)
       inputs.append(a)
   return z, inputs
@@ -213,14 +213,14 @@ def _backward_kernel(*refs, n, n_layers, has_keep, with_posq, dropout_rate, cpb_
     t, slopes = zip(*[_sign_log(d) for d in deltas])
     _, inputs = _mlp_forward(t, k_refs, cpb_dtype)
     g_z = jnp.concatenate([gs_scr[j, pl.ds(r0, ROWS), :] for j in range(heads)], axis=0)
-    for l in reversed(range(n_layers)):
-      a = inputs[l].astype(f32)
-      gk_mats[l][...] += jax.lax.dot_general(g_z, a, _NT, preferred_element_type=f32,
+    for layer in reversed(range(n_layers)):
+      a = inputs[layer].astype(f32)
+      gk_mats[layer][...] += jax.lax.dot_general(g_z, a, _NT, preferred_element_type=f32,
                                              precision=hi)
-      g_a = jnp.dot(kt_refs[l][...].astype(f32), g_z, preferred_element_type=f32, precision=hi)
+      g_a = jnp.dot(kt_refs[layer][...].astype(f32), g_z, preferred_element_type=f32, precision=hi)
       width = a.shape[0] - ROWS
       g_a = g_a[:width]
-      g_z = jnp.where(a[:width] > 0, g_a, 0.0) if l > 0 else g_a
+      g_z = jnp.where(a[:width] > 0, g_a, 0.0) if layer > 0 else g_a
     for e in range(n_dims):
       g_delta = g_z[e * ROWS:(e + 1) * ROWS] * slopes[e]
       gposkt_ref[e:e + 1, :] -= jnp.sum(g_delta, axis=0, keepdims=True)

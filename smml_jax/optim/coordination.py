@@ -11,8 +11,10 @@ Usage with the fused classifier of the paper's model (Flax kernel (256, K) = tor
   tx = optax.chain(
       coordinate_gradients({'classifier/kernel': ModalitySplit.concat(sizes=(128, 128))}),
       optax.adam(1e-3))
-  scores = classification_scores(kernel, bias, (embed_tumour, embed_micro), labels, mask)
-  updates, state = tx.update(grads, state, params, modality_scores=scores)
+  updates, state = tx.update(grads, state, params, modality_scores=scores, skip=skip)
+
+The scores (M,) rank the modalities (higher = stronger); the tasks compute them
+(`smml_jax.tasks.Task.modality_scores`). This module imports jax and optax only.
 """
 
 from __future__ import annotations
@@ -24,9 +26,6 @@ from typing import Callable, Literal, Mapping, NamedTuple, Optional, Sequence, U
 import jax
 import jax.numpy as jnp
 import optax
-
-from smml_jax.evaluate.cindex import concordance
-from smml_jax.losses.survival import risk_from_logits
 
 Mode = Literal["pcgrad", "reference"]
 
@@ -50,27 +49,32 @@ class ModalitySplit:
 
     For a Flax Dense kernel (F, K) fed concat(embed_1, ..., embed_M) (widths `sizes`), the
     defaults split the input axis 0 into M blocks and coordinate each output unit (column,
-    = a row of the torch weight) independently: R = K, D = max(sizes).
+    = a row of the torch weight) independently: R = K, D = max(sizes). The same arguments give
+    the same object, so jitted steps closing over it are reused.
     """
-    sizes = tuple(int(s) for s in sizes)
-    if len(sizes) < 2:
-      raise ValueError(f"ModalitySplit.concat: need at least 2 modality sizes, got {sizes}")
-    offsets = [sum(sizes[:m]) for m in range(len(sizes))]
-    width = max(sizes)
+    return _concat_split(cls, tuple(int(s) for s in sizes), int(feature_axis), int(row_axis))
 
-    def split(leaf):
-      if leaf.ndim != 2 or leaf.shape[feature_axis] != sum(sizes):
-        raise ValueError(f"ModalitySplit.concat: expected a 2-D leaf with {sum(sizes)} entries "
-                         f"on axis {feature_axis}, got shape {leaf.shape}")
-      x = jnp.moveaxis(leaf, (row_axis, feature_axis), (0, 1))  # (R, F)
-      blocks = [jnp.pad(x[:, o:o + s], ((0, 0), (0, width - s))) for o, s in zip(offsets, sizes)]
-      return jnp.stack(blocks)
 
-    def merge(blocks, leaf):
-      x = jnp.concatenate([blocks[m, :, :s] for m, s in enumerate(sizes)], axis=1)
-      return jnp.moveaxis(x, (0, 1), (row_axis, feature_axis)).astype(leaf.dtype)
+@functools.lru_cache(maxsize=None)
+def _concat_split(cls, sizes: tuple[int, ...], feature_axis: int, row_axis: int) -> ModalitySplit:
+  if len(sizes) < 2:
+    raise ValueError(f"ModalitySplit.concat: need at least 2 modality sizes, got {sizes}")
+  offsets = [sum(sizes[:m]) for m in range(len(sizes))]
+  width = max(sizes)
 
-    return cls(split, merge)
+  def split(leaf):
+    if leaf.ndim != 2 or leaf.shape[feature_axis] != sum(sizes):
+      raise ValueError(f"ModalitySplit.concat: expected a 2-D leaf with {sum(sizes)} entries "
+                       f"on axis {feature_axis}, got shape {leaf.shape}")
+    x = jnp.moveaxis(leaf, (row_axis, feature_axis), (0, 1))  # (R, F)
+    blocks = [jnp.pad(x[:, o:o + s], ((0, 0), (0, width - s))) for o, s in zip(offsets, sizes)]
+    return jnp.stack(blocks)
+
+  def merge(blocks, leaf):
+    x = jnp.concatenate([blocks[m, :, :s] for m, s in enumerate(sizes)], axis=1)
+    return jnp.moveaxis(x, (0, 1), (row_axis, feature_axis)).astype(leaf.dtype)
+
+  return cls(split, merge)
 
 
 Splits = Union[Mapping[str, ModalitySplit], Callable[[str], Optional[ModalitySplit]]]
@@ -258,65 +262,3 @@ def coordinate_gradients(splits: Splits, *, mode: Mode = "pcgrad") -> optax.Grad
     return new_updates, CoordinationState(changed)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _split_kernel(kernel: jax.Array, embeds: Sequence[jax.Array]) -> list[jax.Array]:
-  widths = [e.shape[-1] for e in embeds]
-  if kernel.shape[0] != sum(widths):
-    raise ValueError(f"modality scores: kernel has {kernel.shape[0]} input rows, expected the "
-                     f"sum of the embedding widths {widths}")
-  offsets = [sum(widths[:m]) for m in range(len(widths))]
-  return [kernel[o:o + w] for o, w in zip(offsets, widths)]
-
-
-def subspace_logits(kernel: jax.Array, bias: jax.Array, embeds: Sequence[jax.Array]) -> list[jax.Array]:
-  """Each subspace's share of the fused logits: embed_m @ kernel_m + bias / M, (B, K) each.
-
-  `kernel` (F, K) is the fused classifier's Flax kernel over concat(embeds) (F = sum of the
-  widths E_m); `embeds` are M arrays (B, E_m).
-  """
-  parts = _split_kernel(jnp.asarray(kernel), embeds)
-  return [jnp.matmul(jnp.asarray(e, jnp.float32), k, precision=jax.lax.Precision.HIGHEST)
-          + bias / len(embeds) for e, k in zip(embeds, parts)]
-
-
-def classification_scores(kernel: jax.Array, bias: jax.Array, embeds: Sequence[jax.Array],
-                          labels: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
-  """(M,) the original's modality scores: score_m = sum_b softmax(out_m[b])[y_b].
-
-  out_m = `subspace_logits` (README §4). Padded (mask False) or unlabelled (label < 0)
-  examples add nothing. The scores are only compared, so the sum (not mean) is harmless.
-  """
-  labels = jnp.asarray(labels)
-  valid = labels >= 0 if mask is None else (labels >= 0) & jnp.asarray(mask, bool)
-  safe = jnp.where(valid, labels, 0)[:, None]
-  scores = []
-  for out in subspace_logits(kernel, bias, embeds):
-    p = jnp.take_along_axis(jax.nn.softmax(out, axis=-1), safe, axis=-1)[:, 0]
-    scores.append(jnp.sum(jnp.where(valid, p, 0.0)))
-  return jax.lax.stop_gradient(jnp.stack(scores))
-
-
-def survival_scores(kernel: jax.Array, bias: jax.Array, embeds: Sequence[jax.Array],
-                    time: jax.Array, event: jax.Array,
-                    mask: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
-  """Per-subspace concordance indices for survival coordination.
-
-  Each subspace's half-logits (`subspace_logits`) go through sigmoid hazards to a risk
-  (-sum of the survival curve) and are scored with the batch's Harrell C-index.
-
-  Args:
-    kernel, bias, embeds: as `subspace_logits`.
-    time: (B,) survival/follow-up time (days, or the bin index).
-    event: (B,) 1 = death observed, 0 = censored.
-    mask: (B,) bool, False for padding.
-
-  Returns:
-    (scores (M,) float32, skip () bool): skip is True when the batch has no comparable
-    pair (in particular when every example is censored); pass both to the update.
-  """
-  results = [concordance(risk_from_logits(out), time, event, mask)
-             for out in subspace_logits(kernel, bias, embeds)]
-  scores = jnp.stack([r.cindex for r in results])
-  skip = results[0].comparable == 0
-  return jax.lax.stop_gradient(scores), skip

@@ -144,7 +144,7 @@ class RunCheckpoints:
       except CheckpointError as e:
         log(f"warning: {e}; falling back to an older checkpoint")
         continue
-      self._set_aside(lambda s: s > step)
+      self._set_aside(lambda s, step=step: s > step)
       return state, meta
     if candidates:
       self._set_aside(lambda s: True)

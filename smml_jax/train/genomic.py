@@ -2,8 +2,8 @@
 
 One epoch is one `jax.lax.scan` over shuffled minibatches (the permutation comes from a numpy
 generator seeded by the caller; the last batch is padded and masked), Adam from the project
-factory (`make_optimizer`, cosine per epoch, coupled L2), gradient coordination on the fused
-classifier kernel for models whose `ModelSpec.coordination` is set.
+factory (`make_optimizer`, cosine per epoch, coupled L2), gradient coordination of the leaves the
+model's `ModelSpec.splits` names (the fused classifier kernel of `subspace-genomic`).
 
 Model selection: with a validation set (`select_on_val`, protocol pnas15) the epoch with the best
 validation macro AUC (classification) or Harrell's C-index (survival) is kept and its parameters
@@ -27,14 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from smml_jax.evaluate.metrics import classification_metrics, survival_metrics
-from smml_jax.losses.classification import class_weights_from_labels, weighted_cross_entropy
-from smml_jax.losses.survival import risk_from_logits, survival_nll
-from smml_jax.models.genomic import FUSED_KERNEL
 from smml_jax.models.registry import ModelSpec
-from smml_jax.optim.coordination import (ModalitySplit, classification_scores,
-                                         coordinate_gradients, survival_scores)
+from smml_jax.optim.coordination import coordinate_gradients
 from smml_jax.optim.factory import OptimConfig, make_optimizer
+from smml_jax.tasks import Task, get_task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +63,10 @@ class GenomicTrainConfig:
     if self.epochs < 1 or self.batch_size < 1:
       raise ValueError(f"GenomicTrainConfig: need epochs >= 1 and batch_size >= 1, got "
                        f"epochs={self.epochs}, batch_size={self.batch_size}")
+
+  @property
+  def task_spec(self) -> Task:
+    return get_task(self.task, self.num_classes, survival_alpha=self.survival_alpha)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,41 +109,36 @@ def _inputs(data: dict[str, jax.Array]) -> dict[str, jax.Array]:
   return {"genes_tumour": data["genes_tumour"], "genes_micro": data["genes_micro"]}
 
 
-def _task_loss(logits, batch, mask, cfg: GenomicTrainConfig, class_weights):
-  if cfg.task == "survival":
-    return survival_nll(logits, batch["target"], batch["event"], mask, alpha=cfg.survival_alpha)
-  return weighted_cross_entropy(logits, batch["target"], class_weights, mask)
+def task_fields(data: dict[str, jax.Array], task: Task) -> dict[str, jax.Array]:
+  """`GenomicArrays.device()` fields under the data pipeline's names, which the task reads."""
+  return {task.label_field: data["target"], "surv_time": data["time"], "event": data["event"]}
 
 
 def loss_fn(params, batch, mask, rng, *, spec: ModelSpec, cfg: GenomicTrainConfig,
             class_weights):
   """Fused task loss + per-subspace head losses (when present); returns (total, (out, fused))."""
   out = spec.module.apply({"params": params}, _inputs(batch), train=True, rngs={"dropout": rng})
-  fused = _task_loss(out.logits, batch, mask, cfg, class_weights)
+  task = cfg.task_spec
+  fields = task_fields(batch, task)
+  fused = task.loss(out.logits, fields, mask, class_weights)
   total = fused
   for head in (out.logits_tumour, out.logits_micro):
     if head is not None:
-      total = total + _task_loss(head, batch, mask, cfg, class_weights)
+      total = total + task.loss(head, fields, mask, class_weights)
   return total, (out, fused)
 
 
-def coordination_args(params, out, batch, mask, task: str) -> dict[str, jax.Array]:
-  """Modality scores of the fused classifier's tumour / micro halves on this batch."""
-  kernel, bias = params["classifier"]["kernel"], params["classifier"]["bias"]
-  embeds = (out.embed_tumour, out.embed_micro)
-  if task == "survival":
-    scores, skip = survival_scores(kernel, bias, embeds, batch["time"], batch["event"], mask)
-    return {"modality_scores": scores, "skip": skip}
-  return {"modality_scores": classification_scores(kernel, bias, embeds, batch["target"], mask)}
+def coordination_args(spec: ModelSpec, params, out, batch, mask, task: Task) -> dict[str, jax.Array]:
+  """Modality scores (and skip flag) of the fused classifier's tumour / micro shares on this batch."""
+  scores, skip = task.modality_scores(spec.modality_logits(params, out), task_fields(batch, task),
+                                      mask)
+  return {"modality_scores": scores, "skip": skip}
 
 
-def make_optimizer_for(spec: ModelSpec, cfg: GenomicTrainConfig, steps_per_epoch: int,
-                       split: Optional[dict[str, ModalitySplit]]):
+def make_optimizer_for(spec: ModelSpec, cfg: GenomicTrainConfig, steps_per_epoch: int):
   coordination = None
   if spec.coordination and cfg.coordination:
-    if split is None:
-      raise ValueError("make_optimizer_for: a coordinated model needs its kernel split")
-    coordination = coordinate_gradients(split, mode=cfg.coordination_mode)
+    coordination = coordinate_gradients(spec.splits, mode=cfg.coordination_mode)
   optim = OptimConfig(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                       epochs=cfg.epochs)
   return make_optimizer(optim, steps_per_epoch=steps_per_epoch, coordination=coordination)
@@ -152,16 +147,14 @@ def make_optimizer_for(spec: ModelSpec, cfg: GenomicTrainConfig, steps_per_epoch
 def make_train_step(spec: ModelSpec, tx, cfg: GenomicTrainConfig):
   """(params, opt_state, batch, mask, rng, class_weights) -> (params, opt_state, fused loss).
 
-  Not jitted; class_weights is (K,) (ones for survival, where it is unused)."""
+  Not jitted; class_weights is (K,) or None (survival: unused)."""
   coordinated = spec.coordination and cfg.coordination
 
   def step(params, opt_state, batch, mask, rng, class_weights):
-    if cfg.task == "survival":
-      class_weights = None
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, (out, fused)), grads = grad_fn(params, batch, mask, rng, spec=spec, cfg=cfg,
                                        class_weights=class_weights)
-    extra = coordination_args(params, out, batch, mask, cfg.task) if coordinated else {}
+    extra = coordination_args(spec, params, out, batch, mask, cfg.task_spec) if coordinated else {}
     updates, opt_state = tx.update(grads, opt_state, params, **extra)
     return optax.apply_updates(params, updates), opt_state, fused
 
@@ -219,43 +212,40 @@ def predict_logits(spec: ModelSpec, params, arrays: GenomicArrays) -> np.ndarray
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(spec: ModelSpec, cfg: GenomicTrainConfig, steps_per_epoch: int, split_items):
+def _compiled(spec: ModelSpec, cfg: GenomicTrainConfig, steps_per_epoch: int):
   """(tx, jitted epoch) for one model / config / epoch length, reused across splits and seeds."""
-  split = dict(split_items) if split_items is not None else None
-  tx = make_optimizer_for(spec, cfg, steps_per_epoch, split)
+  tx = make_optimizer_for(spec, cfg, steps_per_epoch)
   return tx, _epoch_fn(make_train_step(spec, tx, cfg))
 
 
-def validation_score(task: str, num_classes: int, logits: np.ndarray,
-                     arrays: GenomicArrays) -> Optional[float]:
-  """Macro one-vs-rest AUC (classification) or Harrell's C-index (survival); None if undefined."""
-  if task == "survival":
-    risk = np.asarray(risk_from_logits(jnp.asarray(logits)))
-    return survival_metrics(risk, arrays.time, arrays.event)["c_index"]
-  probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
-  return classification_metrics(arrays.target, probs, num_classes)["auc"]
+def truth(arrays: GenomicArrays, task: Task) -> dict[str, np.ndarray]:
+  """The patients' outcomes under the data pipeline's names (`Task.metrics`' truth)."""
+  return {task.label_field: arrays.target, "surv_time": arrays.time, "event": arrays.event}
+
+
+def validation_score(task: Task, logits: np.ndarray, arrays: GenomicArrays) -> Optional[float]:
+  """The task's selection metric (macro one-vs-rest AUC, or Harrell's C-index); None if undefined."""
+  return task.metrics(task.prediction(logits), truth(arrays, task))[task.selection_metric]
 
 
 def train_genomic(spec: ModelSpec, cfg: GenomicTrainConfig, train: GenomicArrays,
-                  val: Optional[GenomicArrays] = None, *, seed: int = 0,
-                  split: Optional[dict[str, ModalitySplit]] = None) -> TrainResult:
+                  val: Optional[GenomicArrays] = None, *, seed: int = 0) -> TrainResult:
   """Trains `spec.module` on `train`; selects on `val` when `cfg.select_on_val`.
 
   Args:
-    spec: the model (its `coordination` flag turns coordination on).
+    spec: the model (its `splits` name the coordinated leaves).
     cfg: training settings.
     train: training patients (targets in [0, K); survival bins fitted on them).
     val: validation patients, required when `cfg.select_on_val`.
     seed: seeds initialisation, dropout (jax) and the batch order (numpy).
-    split: the coordinated kernel's modality split (e.g. `fused_kernel_split(widths)`).
   """
   if cfg.select_on_val and (val is None or len(val) == 0):
     raise ValueError("train_genomic: select_on_val needs a non-empty validation set")
   if len(train) == 0:
     raise ValueError("train_genomic: the training set is empty")
-  class_weights = jnp.ones(cfg.num_classes, jnp.float32)
-  if cfg.task != "survival":
-    class_weights = jnp.asarray(class_weights_from_labels(train.target, cfg.num_classes))
+  task = cfg.task_spec
+  class_weights = task.class_weights("train", truth(train, task))
+  class_weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
   data = _pad_rows(train.device())
   key = jax.random.PRNGKey(seed)
   init_key, rng = jax.random.split(key)
@@ -263,8 +253,7 @@ def train_genomic(spec: ModelSpec, cfg: GenomicTrainConfig, train: GenomicArrays
                             jax.tree_util.tree_map(lambda a: a[:2], _inputs(data)),
                             train=False)["params"]
   steps_per_epoch = -(-len(train) // cfg.batch_size)
-  split_items = None if split is None else tuple(sorted(split.items(), key=lambda kv: kv[0]))
-  tx, epoch = _compiled(spec, cfg, steps_per_epoch, split_items)
+  tx, epoch = _compiled(spec, cfg, steps_per_epoch)
   opt_state = tx.init(params)
   order = np.random.default_rng(seed)
   best_params, best_score, best_epoch, history = params, -np.inf, cfg.epochs, []
@@ -274,7 +263,7 @@ def train_genomic(spec: ModelSpec, cfg: GenomicTrainConfig, train: GenomicArrays
                                            jnp.asarray(mask), class_weights)
     record = {"epoch": e, "loss": float(np.mean(np.asarray(losses)))}
     if cfg.select_on_val:
-      score = validation_score(cfg.task, cfg.num_classes, predict_logits(spec, params, val), val)
+      score = validation_score(task, predict_logits(spec, params, val), val)
       record["val_score"] = np.nan if score is None else score
       if score is not None and score > best_score:
         best_params, best_score, best_epoch = params, score, e
@@ -286,4 +275,4 @@ def train_genomic(spec: ModelSpec, cfg: GenomicTrainConfig, train: GenomicArrays
 
 __all__ = ["GenomicArrays", "GenomicTrainConfig", "TrainResult", "train_genomic",
            "predict_logits", "validation_score", "epoch_batches", "make_train_step",
-           "coordination_args", "FUSED_KERNEL"]
+           "coordination_args", "task_fields", "truth"]

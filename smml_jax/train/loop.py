@@ -15,18 +15,15 @@ import numpy as np
 from tqdm import tqdm
 
 from smml_jax.data import normalise, splits as splits_lib
-from smml_jax.data.labels import TASK_LABEL_FIELD
 from smml_jax.data.pipeline import BatchIterator
 from smml_jax.data.spec import load_cohort
-from smml_jax.evaluate.metrics import classification_metrics, survival_metrics
-from smml_jax.losses.classification import ORIGINAL_CLASS_WEIGHTS, class_weights_from_labels
-from smml_jax.losses.survival import survival_curve
 from smml_jax.models.deform_attention import (DeformAttentionConfig, min_grid_side,
                                               offset_grid_side)
 from smml_jax.models.registry import ModelSpec, build_model, implementations
 from smml_jax.ops import dispatch
-from smml_jax.optim.coordination import ModalitySplit, coordinate_gradients
+from smml_jax.optim.coordination import coordinate_gradients
 from smml_jax.optim.factory import epoch_schedule, make_optimizer, trainable_mask_from_predicate
+from smml_jax.tasks import Task, get_task
 from smml_jax.train import distributed, events as events_lib, run_dir, sharding
 from smml_jax.train.checkpoints import RunCheckpoints
 from smml_jax.train.config import ConfigError, RunConfig, config_to_dict
@@ -45,10 +42,15 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
+def task_of(config: RunConfig) -> Task:
+  """The run's task: its name, number of outputs and survival NLL weight."""
+  return get_task(config.task, config.num_classes, survival_alpha=config.train.survival_alpha)
+
+
 def selection_metric(config: RunConfig) -> str:
   if config.train.selection_metric != "auto":
     return config.train.selection_metric
-  return "c_index" if config.task == "survival" else "auc"
+  return task_of(config).selection_metric
 
 
 def check_run_dir(out_dir: pathlib.Path, config: RunConfig, *, resume: bool,
@@ -84,23 +86,9 @@ class Experiment:
   mesh: Any
 
 
-def _labelled(cohort, indices: np.ndarray, task: str) -> np.ndarray:
+def _labelled(cohort, indices: np.ndarray, task: Task) -> np.ndarray:
   """The slides of `indices` that carry the task's label (survival: a known time)."""
-  slides = cohort.slides
-  if task == "survival":
-    ok = slides["surv_time"].to_numpy()[indices] >= 0
-  else:
-    ok = slides[TASK_LABEL_FIELD[task]].to_numpy()[indices] >= 0
-  return np.asarray(indices)[ok]
-
-
-def _class_weights(config: RunConfig, cohort, train_idx) -> Optional[tuple[float, ...]]:
-  if config.task == "survival" or config.train.class_weights == "none":
-    return None
-  if config.train.class_weights == "original":
-    return tuple(ORIGINAL_CLASS_WEIGHTS[config.task])
-  labels = cohort.slides[TASK_LABEL_FIELD[config.task]].to_numpy()[train_idx]
-  return tuple(float(w) for w in class_weights_from_labels(labels, config.num_classes))
+  return np.asarray(indices)[task.labelled(cohort.slides)[indices]]
 
 
 def build_experiment(config: RunConfig, mesh=None) -> Experiment:
@@ -112,7 +100,8 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
                                  val_fraction=d.val_fraction, test_fraction=d.test_fraction,
                                  split_file=d.split_file)
   splits_lib.assert_patient_disjoint(cohort, parts)
-  parts = {k: _labelled(cohort, v, config.task) for k, v in parts.items()}
+  task = task_of(config)
+  parts = {k: _labelled(cohort, v, task) for k, v in parts.items()}
   for part, idx in parts.items():
     if not len(idx):
       raise ConfigError(f"the {part} split has no slide labelled for task {config.task!r}")
@@ -139,10 +128,10 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
   except dispatch.DispatchError as e:
     raise ConfigError(f"config key 'impl.attention': {e}") from e
   t = config.train
-  loss_config = LossConfig(task=config.task, class_weights=_class_weights(config, cohort,
-                                                                          parts["train"]),
+  class_weights = task.class_weights(t.class_weights, cohort.slides.iloc[parts["train"]])
+  loss_config = LossConfig(task=task, class_weights=class_weights,
                            consistency_weight=t.consistency_weight,
-                           consistency_mode=t.consistency_mode, survival_alpha=t.survival_alpha,
+                           consistency_mode=t.consistency_mode,
                            coordination=spec.coordination and t.coordination != "none")
   return Experiment(config, cohort, parts, preprocessor, spec, loss_config, mesh)
 
@@ -193,9 +182,7 @@ def init_state(exp: Experiment, steps_per_epoch: int):
       lambda path, leaf: not any(path.startswith(f) for f in frozen)) if frozen else None
   coordination = None
   if exp.loss_config.coordination:
-    width = params["classifier"]["kernel"].shape[0] // 2
-    coordination = coordinate_gradients({"classifier/kernel": ModalitySplit.concat((width, width))},
-                                        mode=cfg.train.coordination)
+    coordination = coordinate_gradients(exp.spec.splits, mode=cfg.train.coordination)
   optim = dataclasses.replace(cfg.optim, epochs=cfg.train.epochs)
   tx = make_optimizer(optim, steps_per_epoch=steps_per_epoch, trainable=trainable,
                       coordination=coordination)
@@ -235,21 +222,11 @@ def predict(exp: Experiment, params, part: str, eval_step=None,
 
 def split_metrics(exp: Experiment, preds: dict[str, np.ndarray]) -> dict[str, Any]:
   """Task metrics of one split's predictions (slide level)."""
-  cfg = exp.config
-  logits = preds["logits"]
-  if cfg.task == "survival":
-    hazards = 1.0 / (1.0 + np.exp(-logits))
-    curves = np.asarray(survival_curve(jnp.asarray(hazards)))
-    risk = -curves.sum(axis=1)
-    train = exp.cohort.slides.iloc[exp.splits["train"]]
-    cuts = np.asarray(exp.preprocessor.surv_cuts)
-    return survival_metrics(risk, preds["surv_time"], preds["event"],
-                            train_time=train["surv_time"].to_numpy(),
-                            train_event=train["event"].to_numpy(),
-                            survival_curves=curves[:, :len(cuts)], bin_times=cuts)
-  probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
-  labels = preds[TASK_LABEL_FIELD[cfg.task]]
-  return classification_metrics(labels, probs, cfg.num_classes)
+  task, logits = exp.loss_config.task, preds["logits"]
+  train = exp.cohort.slides.iloc[exp.splits["train"]]
+  return task.metrics(task.prediction(logits), preds,
+                      train={k: train[k].to_numpy() for k in ("surv_time", "event")},
+                      bin_times=np.asarray(exp.preprocessor.surv_cuts), logits=logits)
 
 
 def _mean(values: list) -> float:
@@ -261,25 +238,11 @@ def _write_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
     run_dir.write_jsonl(path, rows)
 
 
-def _prediction_rows(preds: dict[str, np.ndarray], task: str) -> list[dict[str, Any]]:
-  rows = []
-  for i in range(len(preds["slide_id"])):
-    row = {"slide_id": preds["slide_id"][i], "patient_id": preds["patient_id"][i]}
-    logits = preds["logits"][i]
-    if task == "survival":
-      h = 1.0 / (1.0 + np.exp(-logits))
-      s = np.cumprod(1.0 - h)
-      row.update({"time": float(preds["surv_time"][i]), "event": int(preds["event"][i]),
-                  "risk": float(-s.sum())})
-      row.update({f"hazard_{k}": float(v) for k, v in enumerate(h)})
-    else:
-      p = np.exp(logits - logits.max())
-      p = p / p.sum()
-      row["label"] = int(preds[TASK_LABEL_FIELD[task]][i])
-      row.update({f"prob_{k}": float(v) for k, v in enumerate(p)})
-      row["pred"] = int(np.argmax(p))
-    rows.append(row)
-  return rows
+def _prediction_rows(preds: dict[str, np.ndarray], task: Task) -> list[dict[str, Any]]:
+  columns = {"slide_id": preds["slide_id"], "patient_id": preds["patient_id"],
+             **task.truth_columns(preds), **task.prediction_columns(preds["logits"])}
+  return [{k: v[i].item() if isinstance(v[i], np.generic) else v[i] for k, v in columns.items()}
+          for i in range(len(preds["slide_id"]))]
 
 
 def _check_finite(metrics: dict, step: int, epoch: int, batch: int, steps_per_epoch: int,
@@ -402,13 +365,12 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
       iterator = _iterator(exp, "train", batch_size, epoch=epoch, train=True)
       train_rows, logged = [], 0
 
-      def log_steps():  # host copies of the steps not yet in the event file
-        nonlocal logged
-        if not events.enabled:
-          return
-        for i, row in enumerate(jax.device_get(train_rows[logged:]), start=logged):
-          events.train_step(first_step + i + 1, row)
-        logged = len(train_rows)
+      def log_steps(rows: list, first: int, logged: int) -> int:
+        """Host copies of the steps not yet in the event file; returns how many are logged."""
+        if events.enabled:
+          for i, row in enumerate(jax.device_get(rows[logged:]), start=logged):
+            events.train_step(first + i + 1, row)
+        return len(rows)
 
       for batch in iterator:
         if not compiled:
@@ -429,14 +391,14 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
                         ckpts)
         if len(train_rows) % 5 == 0:
           losses = [float(r["loss"]) for r in train_rows[-5:]]
-          log_steps()
+          logged = log_steps(train_rows, first_step, logged)
           bar.set_postfix(loss=f"{_mean(losses):.4f}",
                           slides_per_s=f"{seen / (time.perf_counter() - t0):.1f}")
         if (config.train.eval_every_steps and step % config.train.eval_every_steps == 0):
           _check_finite(m, step, epoch, len(train_rows), steps_per_epoch, ckpts)
           evaluate(epoch, step)
       _check_finite(train_rows[-1], step, epoch, len(train_rows), steps_per_epoch, ckpts)
-      log_steps()
+      logged = log_steps(train_rows, first_step, logged)
       train_time = time.perf_counter() - t0
       timed = (seen - batch_size, train_time - compile_s) if compile_s and seen > batch_size else (
           seen, train_time)
@@ -457,7 +419,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
         ckpts.save_best(epoch, state, meta)
         for part in run_dir.PREDICTION_SPLITS:
           _write_jsonl(out_dir / run_dir.predictions_file(part),
-                       _prediction_rows(results[part][1], config.task))
+                       _prediction_rows(results[part][1], exp.loss_config.task))
       ckpts.save_latest(epoch, state, meta)
       line = (f"epoch {epoch + 1}/{config.train.epochs}: loss {history[-3]['loss']:.4f}  val "
               f"{metric} {_fmt(val_value)}  (best "

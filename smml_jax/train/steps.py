@@ -9,13 +9,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from smml_jax.data.labels import TASK_LABEL_FIELD
-from smml_jax.losses.classification import weighted_cross_entropy
 from smml_jax.losses.consistency import batch_consistency_loss
-from smml_jax.losses.survival import survival_nll
 from smml_jax.models.registry import ModelSpec
-from smml_jax.optim.coordination import (CoordinationState, classification_scores,
-                                         survival_scores)
+from smml_jax.optim.coordination import CoordinationState
+from smml_jax.tasks import Task, get_task
 from smml_jax.train.state import TrainState
 
 MODEL_INPUTS = ("patches", "genes_tumour", "genes_micro")
@@ -23,13 +20,19 @@ MODEL_INPUTS = ("patches", "genes_tumour", "genes_micro")
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  """What the loss adds up: the task loss plus `consistency_weight` x each subspace's BatchLoss."""
-  task: str
+  """What the loss adds up: the task loss plus `consistency_weight` x each subspace's BatchLoss.
+
+  `task` is a `Task`, or a task name (its default number of outputs).
+  """
+  task: Task | str
   class_weights: Optional[tuple[float, ...]] = None
   consistency_weight: float = 0.5
   consistency_mode: str = "reference"
-  survival_alpha: float = 0.0
   coordination: bool = True
+
+  def __post_init__(self):
+    if isinstance(self.task, str):
+      object.__setattr__(self, "task", get_task(self.task))
 
 
 def model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
@@ -37,11 +40,7 @@ def model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
 
 
 def task_loss(logits: jax.Array, batch: Mapping[str, jax.Array], cfg: LossConfig) -> jax.Array:
-  mask = batch["mask"]
-  if cfg.task == "survival":
-    return survival_nll(logits, batch["surv_bin"], batch["event"], mask, alpha=cfg.survival_alpha)
-  weights = None if cfg.class_weights is None else jnp.asarray(cfg.class_weights, jnp.float32)
-  return weighted_cross_entropy(logits, batch[TASK_LABEL_FIELD[cfg.task]], weights, mask)
+  return cfg.task.loss(logits, batch, batch["mask"], cfg.class_weights)
 
 
 def loss_fn(params, batch, rng, *, spec: ModelSpec, cfg: LossConfig, train: bool):
@@ -64,17 +63,11 @@ def loss_fn(params, batch, rng, *, spec: ModelSpec, cfg: LossConfig, train: bool
   return total, (out, parts)
 
 
-def coordination_args(params, out, batch, cfg: LossConfig) -> dict[str, Any]:
-  """The modality scores (and skip flag) the coordination transform takes as extra args."""
-  kernel, bias = params["classifier"]["kernel"], params["classifier"]["bias"]
-  embeds = (out.embed_tumour, out.embed_micro)
-  if cfg.task == "survival":
-    scores, skip = survival_scores(kernel, bias, embeds, batch["surv_time"], batch["event"],
-                                   batch["mask"])
-    return {"modality_scores": scores, "skip": skip}
-  scores = classification_scores(kernel, bias, embeds, batch[TASK_LABEL_FIELD[cfg.task]],
-                                 batch["mask"])
-  return {"modality_scores": scores}
+def coordination_args(spec: ModelSpec, params, out, batch, task: Task,
+                      mask: Optional[jax.Array] = None) -> dict[str, Any]:
+  """The modality scores and skip flag the coordination transform takes as extra args."""
+  scores, skip = task.modality_scores(spec.modality_logits(params, out), batch, mask)
+  return {"modality_scores": scores, "skip": skip}
 
 
 def coordination_edited(opt_state) -> Optional[jax.Array]:
@@ -104,7 +97,8 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformationExtraArgs, 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, (out, parts)), grads = grad_fn(state.params, batch, step_rng, spec=spec, cfg=cfg,
                                        train=True)
-    extra = coordination_args(state.params, out, batch, cfg) if cfg.coordination else {}
+    extra = (coordination_args(spec, state.params, out, batch, cfg.task, batch["mask"])
+             if cfg.coordination else {})
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(parts, grad_norm=optax.tree.norm(grads))

@@ -1,12 +1,13 @@
 """Native CPU kernels, compiled on first use against the installed jaxlib's XLA FFI headers.
 
 `load()` compiles the `*.cc` files here (`cpb_mlp.cc`: the relative-position bias;
-`depthwise.cc`: the offset network's strided depthwise conv) into one shared library with the system C++ compiler (`$CXX`, else `c++`) for this
-machine's CPU (`-march=native`), caches the shared library under
+`depthwise.cc`: the offset network's strided depthwise conv) into one shared library with the
+system C++ compiler (`$CXX`, else `c++`) for this machine's CPU (`-march=native`), caches the shared library under
 `$SMML_JAX_CACHE` (default `~/.cache/smml_jax`) keyed by the source, the compiler command, the
 jaxlib version and the CPU, and registers its handlers with XLA. A cached library is loaded only
 if it is owned by the current user and its SHA-256 matches the one this build recorded beside it
-(`<library>.sha256`); anything else (tampered, truncated, another user's file) is rebuilt. It returns False, with the reason
+(`<library>.sha256`); anything else (tampered, truncated, another user's file) is rebuilt.
+It returns False, with the reason
 in `unavailable_reason()`, where no compiler is found, the build fails or the kernels are turned
 off with `SMML_JAX_NATIVE=0`; callers then use the XLA implementation.
 """

@@ -42,7 +42,7 @@ def concordance(risk: jax.Array, time: jax.Array, event: jax.Array,
 
   Returns:
     `Concordance`; `cindex` is NaN when `comparable == 0` (sksurv raises instead). Callers
-    that coordinate on it must skip that batch (see `optim.coordination.survival_scores`).
+    that coordinate on it must skip that batch (see `tasks.Survival.modality_scores`).
   """
   risk = jnp.asarray(risk, jnp.float32)
   time = jnp.asarray(time)

@@ -1,0 +1,42 @@
+"""The prediction tasks: what a model's logits mean, and how they are trained, scored and reported.
+
+Two forms, built by `get_task(name, num_classes)`:
+
+  Classification (diagnosis, grading, subtype): logits (B, K) over K classes; softmax
+    probabilities; class-weighted cross-entropy; modality score = summed probability of the
+    true class; macro one-vs-rest AUC selects the epoch.
+  Survival: logits (B, K) are pre-sigmoid hazards of K discrete time bins; hazards, the
+    survival curve S_k = prod_{j<=k} (1 - h_j) and risk = -sum_k S_k; the discrete-time NLL;
+    modality score = Harrell's C-index of each modality's risk; C-index selects the epoch.
+
+This package is the one place that decides between the two: training steps, loops, inference,
+interpretation and comparisons call the methods below. Traced (jit) functions take and return jax
+arrays; host functions (`outputs`, `metrics`, the column builders) take numpy arrays and work in
+float64.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from smml_jax.data.labels import TASK_NUM_CLASSES
+from smml_jax.tasks.base import CLASS_NAMES, Task, pred_bin, softmax, survival_outputs
+from smml_jax.tasks.classification import Classification
+from smml_jax.tasks.survival import Survival
+
+TASK_NAMES = tuple(sorted(TASK_NUM_CLASSES))
+
+
+def get_task(name: str, num_classes: Optional[int] = None, *, survival_alpha: float = 0.0) -> Task:
+  """The task called `name` ('diagnosis' | 'grading' | 'subtype' | 'survival').
+
+  Args:
+    num_classes: K (classes, or survival bins); default the task's (`TASK_NUM_CLASSES`).
+    survival_alpha: the survival NLL's extra uncensored weight (survival only).
+  """
+  if name not in TASK_NUM_CLASSES:
+    raise ValueError(f"unknown task {name!r}; expected one of {list(TASK_NAMES)}")
+  k = TASK_NUM_CLASSES[name] if num_classes is None else int(num_classes)
+  if name == "survival":
+    return Survival(name, k, alpha=float(survival_alpha))
+  return Classification(name, k)

@@ -1,0 +1,129 @@
+"""Survival: K discrete time bins, sigmoid hazards, the survival curve and risk, the NLL, C-index."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from smml_jax.data.labels import assign_survival_bins, fit_survival_cuts
+from smml_jax.losses.survival import risk_from_logits, survival_nll
+from smml_jax.metrics.cindex import concordance
+from smml_jax.metrics.evaluation import survival_metrics
+from smml_jax.tasks.base import CLASS_WEIGHT_MODES, Task, pred_bin, survival_outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Survival(Task):
+  """Discrete-time survival over `num_classes` bins; `alpha` weighs the NLL's extra
+  uncensored term (0 in the original)."""
+
+  alpha: float = 0.0
+  kind: str = dataclasses.field(init=False, default="survival")
+  selection_metric: str = dataclasses.field(init=False, default="c_index")
+  table_metrics: tuple[str, ...] = dataclasses.field(init=False, default=(
+      "c_index", "c_index_ipcw", "integrated_brier_score"))
+  comparison_metrics: tuple[str, ...] = dataclasses.field(init=False, default=("c_index",))
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return tuple(f"bin {k}" for k in range(self.num_classes))
+
+  def labelled(self, table):
+    return np.asarray(table["surv_time"]) >= 0
+
+  def class_weights(self, mode, train):
+    del train
+    if mode not in CLASS_WEIGHT_MODES:
+      raise ValueError(f"class weights must be one of {CLASS_WEIGHT_MODES}, got {mode!r}")
+    return None  # the survival NLL is unweighted
+
+  def fit_target(self, truth, train_idx):
+    time, event = np.asarray(truth["surv_time"]), np.asarray(truth["event"])
+    train_idx = np.asarray(train_idx, np.int64)
+    cuts = fit_survival_cuts(time[train_idx], event[train_idx], self.num_classes)
+    return assign_survival_bins(time, cuts)
+
+  def outcome(self, truth):
+    return np.asarray(truth["surv_time"]), np.asarray(truth["event"])
+
+  def loss(self, logits, batch, mask=None, class_weights=None):
+    del class_weights
+    return survival_nll(logits, batch[self.label_field], batch["event"], mask, alpha=self.alpha)
+
+  def modality_scores(self, logits, batch, mask=None):
+    # Each modality's batch C-index; a batch without a comparable pair (e.g. all censored)
+    # cannot rank the modalities, so it skips coordination.
+    results = [concordance(risk_from_logits(out), batch["surv_time"], batch["event"], mask)
+               for out in logits]
+    scores = jnp.stack([r.cindex for r in results])
+    return jax.lax.stop_gradient(scores), results[0].comparable == 0
+
+  def outputs(self, logits):
+    hazards, curve, risk = survival_outputs(logits)
+    return {"hazards": hazards, "curve": curve, "risk": risk}
+
+  def prediction(self, logits):
+    return survival_outputs(logits)[2]
+
+  def metrics(self, prediction, truth, *, train=None, bin_times=None, logits=None):
+    curves = None
+    if bin_times is not None:
+      if logits is None:
+        raise ValueError("Survival.metrics: bin_times needs the logits (for the curves)")
+      bin_times = np.asarray(bin_times)
+      curves = survival_outputs(logits)[1][:, :len(bin_times)]
+    train = train or {}
+    return survival_metrics(prediction, np.asarray(truth["surv_time"]), np.asarray(truth["event"]),
+                            train_time=train.get("surv_time"), train_event=train.get("event"),
+                            survival_curves=curves, bin_times=bin_times)
+
+  def prediction_columns(self, logits):
+    hazards, curve, risk = survival_outputs(logits)
+    columns = {f"hazard_{k}": hazards[:, k] for k in range(hazards.shape[1])}
+    columns.update({f"surv_{k}": curve[:, k] for k in range(curve.shape[1])})
+    columns["risk"] = risk
+    columns["pred_bin"] = pred_bin(curve)
+    return columns
+
+  def patient_columns(self, group):
+    cols = [f"surv_{k}" for k in range(self.num_classes)]
+    curve = group[cols].mean().to_numpy()
+    columns = {c: curve[:, k] for k, c in enumerate(cols)}
+    columns["risk"] = -curve.sum(axis=1)
+    columns["pred_bin"] = pred_bin(curve)
+    for c in ("time", "event"):
+      if c in group.obj.columns:
+        columns[c] = group[c].first().to_numpy()
+    return columns
+
+  def prediction_meta(self, survival_cuts):
+    return {"survival_cut_points_days": list(survival_cuts)}
+
+  def truth_columns(self, truth):
+    time = truth.get("surv_time")
+    if time is None or not np.all(np.asarray(time) >= 0):
+      return {}
+    return {"time": np.asarray(time).astype(np.float64),
+            "event": np.asarray(truth["event"]).astype(np.int64)}
+
+  def score_columns(self, prediction):
+    return {"risk": prediction}
+
+  def score_from_columns(self, table):
+    return np.asarray(table["risk"], np.float64)
+
+  def truth_from_columns(self, table):
+    if "time" not in table.columns:
+      return {}
+    return {"surv_time": np.asarray(table["time"]), "event": np.asarray(table["event"])}
+
+  def attribution_target(self, logits):
+    del logits
+    return risk_from_logits
+
+  @property
+  def attribution_target_name(self) -> str:
+    return "risk"
