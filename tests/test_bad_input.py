@@ -166,10 +166,6 @@ CASES = [
          ("train.selection_metric", "did you mean 'c_index'"),
          args=("--task", "survival", "--set", "train.selection_metric=cindex")),
 ]
-# experiments.run loads the cohort after train/loop.py has created --out (empty); the config and
-# spec cases fail before that (the spec is checked when the config is parsed). trust-run moves the
-# run-dir preparation after validation.
-TOUCHES_OUT = {c.id for c in CASES if not c.id.startswith(("config_", "spec_"))}
 
 
 def _files(path: pathlib.Path) -> list[str]:
@@ -220,10 +216,7 @@ def test_bad_input_is_refused_naming_file_and_field_and_writes_nothing(case, tmp
   assert after == records  # no records written, none rebuilt
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(c, marks=pytest.mark.xfail(
-        strict=True, reason="run dir touched before validation (trust-run)"))
-    if c.id in TOUCHES_OUT else c for c in CASES], ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_failed_start_leaves_out_absent(case, tmp_path, capsys):
   root, spec_path, data_dir, _ = _setup(case, tmp_path)
   out = tmp_path / "out"
