@@ -58,7 +58,7 @@ def test_overwrite_never_touches_a_folder_when_the_spec_is_missing(tmp_path, cap
                        "--overwrite"])
   assert code == 2
   assert _snapshot(precious) == before
-  assert "precious" in capsys.readouterr().err
+  assert "missing.yaml" in capsys.readouterr().err  # refused at parse time, naming the spec
 
 
 def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):

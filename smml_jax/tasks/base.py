@@ -62,6 +62,9 @@ class Task(abc.ABC):
   # The metrics a run's console table shows, and the ones a comparison aggregates.
   table_metrics: tuple[str, ...] = dataclasses.field(init=False, default=())
   comparison_metrics: tuple[str, ...] = dataclasses.field(init=False, default=())
+  # Validation metrics `train.selection_metric` may name (higher is better; `num_examples` is
+  # constant, so it keeps the first epoch: for smoke runs whose validation metric is undefined).
+  selectable_metrics: tuple[str, ...] = dataclasses.field(init=False, default=())
 
   @property
   def label_field(self) -> str:

@@ -25,6 +25,9 @@ class Classification(Task):
       "specificity"))
   comparison_metrics: tuple[str, ...] = dataclasses.field(init=False, default=(
       "auc", "accuracy", "f1"))
+  selectable_metrics: tuple[str, ...] = dataclasses.field(init=False, default=(
+      "auc", "auc_micro", "accuracy", "balanced_accuracy", "f1", "precision", "sensitivity",
+      "specificity", "num_examples"))
 
   @property
   def class_names(self) -> tuple[str, ...]:

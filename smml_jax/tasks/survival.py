@@ -26,6 +26,8 @@ class Survival(Task):
   table_metrics: tuple[str, ...] = dataclasses.field(init=False, default=(
       "c_index", "c_index_ipcw", "integrated_brier_score"))
   comparison_metrics: tuple[str, ...] = dataclasses.field(init=False, default=("c_index",))
+  selectable_metrics: tuple[str, ...] = dataclasses.field(init=False, default=(
+      "c_index", "c_index_ipcw", "num_examples"))
 
   @property
   def class_names(self) -> tuple[str, ...]:

@@ -127,12 +127,6 @@ _CHOICES = {
 # Keys that must be > 0.
 _POSITIVE = ("train.epochs", "train.batch_size", "train.eval_batch_size", "optim.learning_rate",
              "data.n_folds")
-# Validation metrics a run can select its epoch on (higher is better), per kind of task.
-SELECTION_METRICS = {
-    "classification": ("auc", "auc_micro", "accuracy", "balanced_accuracy", "f1", "precision",
-                       "sensitivity", "specificity"),
-    "survival": ("c_index", "c_index_ipcw"),
-}
 # Keys that no longer exist -> what to use instead.
 _REMOVED = {"optim.epochs": "the learning-rate schedule always spans train.epochs; set "
                             "train.epochs (--epochs) instead"}
@@ -221,7 +215,8 @@ def _check_run(config: RunConfig) -> RunConfig:
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config key 'model_options' (model {config.model!r}): {e}") from None
   metric = config.train.selection_metric
-  allowed = SELECTION_METRICS["survival" if config.task == "survival" else "classification"]
+  from smml_jax.tasks import get_task
+  allowed = get_task(config.task, config.num_classes).selectable_metrics
   if metric != "auto" and metric not in allowed:
     raise ConfigError(f"config key 'train.selection_metric': {metric!r} is not a validation "
                       f"metric of task {config.task!r}{did_you_mean(metric, allowed)}; expected "
