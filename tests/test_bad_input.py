@@ -158,6 +158,8 @@ CASES = [
          args=("--set", "optim.epochs=3")),
     Case("config_zero_epochs", "clam", lambda r, s, d: None, ("train.epochs", "positive"),
          args=("--epochs", "0")),
+    Case("config_zero_keep_checkpoints", "clam", lambda r, s, d: None,
+         ("--keep-checkpoints", "at least 1"), args=("--keep-checkpoints", "0")),
     Case("config_negative_learning_rate", "clam", lambda r, s, d: None,
          ("optim.learning_rate", "positive"), args=("--set", "optim.learning_rate=-1")),
     Case("config_model_option", "clam", lambda r, s, d: None, ("model_options", "dimm"),

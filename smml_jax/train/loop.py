@@ -288,7 +288,8 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
   """
   out_dir = pathlib.Path(out_dir)
   if keep_checkpoints < 1:
-    raise ConfigError(f"keep_checkpoints: expected at least 1, got {keep_checkpoints}")
+    raise ConfigError(f"--keep-checkpoints (keep_checkpoints): expected at least 1, got "
+                      f"{keep_checkpoints}")
   mode = check_run_dir(out_dir, config, resume=resume, overwrite=overwrite)
   exp = build_experiment(config, mesh)
   batch_size = _global_batch(config.train.batch_size, exp.mesh)
