@@ -45,42 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def predict(args: argparse.Namespace) -> dict[str, pathlib.Path]:
-  from smml_jax.data.spec import load_cohort
-  from smml_jax.evaluate import inference as inf
-  from smml_jax.train import run_dir as run_dir_lib
+  """The parsed flags -> `smml_jax.evaluate.predict.predict`."""
+  from smml_jax.evaluate.predict import CohortInput, InferenceError, SlideInput, predict
 
-  if args.run:
-    run_dir, which = pathlib.Path(args.run), args.which
-  else:
-    run_dir, which = inf.resolve_run_dir(args.checkpoint)
   one_slide = args.features is not None or args.genes is not None
   if one_slide and args.input:
-    raise inf.InferenceError("give either --input (a cohort) or --features/--genes (one slide)")
+    raise InferenceError("give either --input (a cohort) or --features/--genes (one slide)")
   if one_slide and not (args.features and args.genes):
-    raise inf.InferenceError("one slide needs both --features and --genes")
+    raise InferenceError("one slide needs both --features and --genes")
   if not one_slide and not args.input:
-    raise inf.InferenceError("nothing to predict: give --input (a cohort) or --features and "
-                             "--genes (one slide)")
-  run = inf.load_run(run_dir, which)
-  if one_slide:
-    example = inf.slide_example(run, args.features, args.genes, slide_id=args.slide_id,
-                                patient_id=args.patient_id, missing_genes=args.missing_genes,
-                                grid_layout=args.grid_layout)
-    batches = inf.example_batches(run, [example], args.batch_size)
-    source, name = f"{args.features} + {args.genes}", str(example["slide_id"])
-  else:
-    data_dir = args.data_dir or run.config.data.data_dir
-    cohort = load_cohort(args.input, data_dir)
-    indices = inf.split_indices(run, cohort, args.split)
-    batches = inf.cohort_batches(run, cohort, indices, batch_size=args.batch_size,
-                                 missing_genes=args.missing_genes)
-    stem = "synthetic" if args.input == "synthetic" else pathlib.Path(args.input).stem
-    source, name = f"{args.input} ({args.split})", f"{stem}-{args.split}"
-  outputs = inf.run_model(run, batches)
-  slides = inf.prediction_table(run, outputs)
-  patients = inf.patient_table(run, slides)
-  out = pathlib.Path(args.out) if args.out else run_dir / run_dir_lib.PREDICT_DIR / name
-  return inf.write_predictions(out, run, slides, patients, source)
+    raise InferenceError("nothing to predict: give --input (a cohort) or --features and "
+                         "--genes (one slide)")
+  what = (SlideInput(args.features, args.genes, slide_id=args.slide_id,
+                     patient_id=args.patient_id, grid_layout=args.grid_layout) if one_slide else
+          CohortInput(args.input, data_dir=args.data_dir, split=args.split))
+  return predict(args.run, what, which=args.which, checkpoint=args.checkpoint,
+                 missing_genes=args.missing_genes, batch_size=args.batch_size, out=args.out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

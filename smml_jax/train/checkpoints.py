@@ -67,6 +67,54 @@ def verify_step(step_dir: pathlib.Path, manifest: pathlib.Path, what: str) -> No
                             "it was saved)")
 
 
+def describe(kind: str, step: int) -> str:
+  """How messages name a checkpoint: steps are 0-based epochs, the console counts from 1."""
+  return f"checkpoint {kind}/{step} (saved after epoch {step + 1})"
+
+
+def restore_params(directory: str | pathlib.Path, kind: str, params_template: Any
+                   ) -> tuple[Any, dict]:
+  """Only the params of the newest `kind` checkpoint under `directory` (no optimiser state).
+
+  For inference: opens the `RunCheckpoints` layout read-only, verifies the step against its
+  manifest and restores `state['params']` onto this process's first device.
+
+  Args:
+    directory: a run's `checkpoints/` folder.
+    kind: 'best' or 'latest'.
+    params_template: params pytree or its abstract shapes (ShapeDtypeStructs).
+
+  Returns:
+    (params as jax arrays, the checkpoint's JSON meta). CheckpointError names what is wrong.
+  """
+  if kind not in KINDS:
+    raise CheckpointError(f"checkpoint must be one of {KINDS}, got {kind!r}")
+  directory = pathlib.Path(directory).resolve()
+  folder = directory / kind
+  if not folder.is_dir():
+    raise CheckpointError(f"no {kind!r} checkpoint under {directory} (expected {folder})")
+  with ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(create=False)) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise CheckpointError(f"{folder} holds no checkpoint step")
+    what = describe(kind, step)
+    verify_step(folder / str(step), directory / MANIFEST_DIR / f"{kind}-{step}.json", what)
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                            params_template)
+    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), abstract)
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(item={"params": abstract},
+                                       restore_args={"params": restore_args},
+                                       partial_restore=True),
+          meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax / tensorstore raise many types for unreadable files
+      raise CheckpointError(f"{what} in {folder / str(step)} cannot be read: "
+                            f"{type(e).__name__}: {e}") from e
+  return restored["state"]["params"], dict(restored["meta"])
+
+
 class RunCheckpoints:
   """`latest/` (the last `keep` epochs) and `best/` CheckpointManagers under one run directory.
 
@@ -118,7 +166,7 @@ class RunCheckpoints:
 
   def restore(self, kind: str, step: int, template: Any) -> tuple[Any, dict]:
     """(state, meta) of one checkpoint; CheckpointError naming the step and the damaged file."""
-    what = f"checkpoint {kind}/{step} (saved after epoch {step + 1})"
+    what = describe(kind, step)
     verify_step(self.step_dir(kind, step), self.manifest(kind, step), what)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     try:
