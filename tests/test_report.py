@@ -178,16 +178,16 @@ def test_write_report_embeds_images_and_tables(tmp_path):
 def drawn(monkeypatch):
   """The matplotlib figures the plot functions save, kept open for inspection."""
   figs = []
-  save = figures._save
+  save = figures._common._save  # every figure family writes through it
 
   def keep(fig, path):
     figs.append(fig)
     fig.savefig(path, dpi=40)
     return path
 
-  monkeypatch.setattr(figures, "_save", keep)
+  monkeypatch.setattr(figures._common, "_save", keep)
   yield figs
-  monkeypatch.setattr(figures, "_save", save)
+  monkeypatch.setattr(figures._common, "_save", save)
   import matplotlib.pyplot as plt
   for fig in figs:
     plt.close(fig)

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from experiments import report as report_cli
+from smml_jax.evaluate import cohort_figures, gene_importance, run_report, sampling
 from smml_jax.models.outputs import ModelOutput
 from smml_jax.tasks import get_task
 from smml_jax.train.config import make_config
@@ -75,7 +76,7 @@ def test_report_writes_every_output(survival_report):
   assert conc["micro_over_tumour_on_immune"] == pytest.approx(
       conc["micro_on_immune"] / conc["tumour_on_immune"])
   assert f"{conc['micro_over_tumour_on_immune']:.3f}" in html
-  assert html_lib.escape(report_cli.immune_sentence(conc)) in html
+  assert html_lib.escape(sampling.immune_sentence(conc)) in html
   use = metrics["sampling_use"]
   assert use["metric"] == "c_index" and 0.0 <= use["trained"] <= 1.0
   for s in ("tumour", "micro"):
@@ -114,7 +115,7 @@ def test_classification_cohort_figures(tmp_path):
   logits = rng.normal(size=(30, 3)) + 2.0 * np.eye(3)[labels]
   probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
   table = pd.DataFrame({f"prob_{k}": probs[:, k] for k in range(3)}).assign(label=labels)
-  images, metrics, note = report_cli.cohort_figures(table, tmp_path, task=get_task("grading"))
+  images, metrics, note = cohort_figures.cohort_figures(table, tmp_path, task=get_task("grading"))
   assert [p.name for p in images] == ["roc.png", "confusion.png"] and note == ""
   for path in images:
     assert_non_trivial_png(path)
@@ -143,14 +144,14 @@ def test_planted_gene_ranks_first(tmp_path):
            "mask": np.array([True] * 5 + [False])}
   params = model.init(jax.random.PRNGKey(0), batch)["params"]
   names = {"tumour": [f"T{i}" for i in range(n_tumour)], "micro": [f"M{i}" for i in range(n_micro)]}
-  tables = report_cli.gene_importance(model.apply, params, [batch, batch], names,
+  tables = gene_importance.gene_importance(model.apply, params, [batch, batch], names,
                                       task=get_task("grading"), steps=16)
   micro = tables["micro"]
   assert micro["gene"].iloc[0] == f"M{planted}"
   assert micro["mean_abs_attribution"].iloc[0] > 0
   np.testing.assert_allclose(micro["mean_abs_attribution"].iloc[1:], 0.0, atol=1e-7)
   np.testing.assert_allclose(tables["tumour"]["mean_abs_attribution"], 0.0, atol=1e-7)
-  path = report_cli.gene_importance_csv(tables, tmp_path / "genes.csv")
+  path = gene_importance.gene_importance_csv(tables, tmp_path / "genes.csv")
   assert len(pd.read_csv(path)) == n_micro + n_tumour
 
 
@@ -180,7 +181,7 @@ def test_region_concentrations_points_attention_and_nulls():
            "patch_mass": np.asarray(interpret.patch_mass(points, point_mass, n))}
   geometry = {"tumour": entry, "micro": entry}
   outputs = {"immune_mask": immune.reshape(batch, -1), "tumour_mask": tumour.reshape(batch, -1)}
-  conc = report_cli.region_concentrations(geometry, outputs, n)
+  conc = sampling.region_concentrations(geometry, outputs, n)
 
   area = immune.reshape(batch, -1).mean(1)  # 9 / 64 each
   share = (m // 2 + 1) / m
@@ -196,15 +197,15 @@ def test_region_concentrations_points_attention_and_nulls():
       interpret.region_concentration(lattice, immune, n))
   assert conc["lattice_on_immune"] != pytest.approx(1.0, abs=1e-3)  # border points: not chance
 
-  sentence = report_cli.immune_sentence(conc)
+  sentence = sampling.immune_sentence(conc)
   for key in ("micro_on_immune", "micro_attention_on_immune", "tumour_on_immune",
               "tumour_attention_on_immune", "lattice_on_immune", "micro_on_immune_mismatched"):
     assert f"{conc[key]:.3f}x" in sentence, key
-  single = report_cli.region_concentrations(
+  single = sampling.region_concentrations(
       {s: {k: v[:1] for k, v in entry.items()} for s in geometry},
       {k: v[:1] for k, v in outputs.items()}, n)
   assert "micro_on_immune_mismatched" not in single and "micro_on_immune" in single
-  assert "mismatched" not in report_cli.immune_sentence(single)
+  assert "mismatched" not in sampling.immune_sentence(single)
 
 
 def test_report_html_renders_in_chromium_with_every_figure_drawn(survival_report):
@@ -232,8 +233,8 @@ def test_report_html_renders_in_chromium_with_every_figure_drawn(survival_report
 def test_slide_titles_name_label_prediction_or_follow_up():
   table = pd.DataFrame({"slide_id": ["s0", "s1"], "prob_0": [0.2, 0.9], "prob_1": [0.8, 0.1],
                         "pred": [1, 0], "label": [0, 0]})
-  assert report_cli.slide_title(table, 0, ["G2", "G3"]) == "s0: label G2, predicted G3 (p = 0.80)"
+  assert run_report.slide_title(table, 0, ["G2", "G3"]) == "s0: label G2, predicted G3 (p = 0.80)"
   survival = pd.DataFrame({"slide_id": ["a", "b", "c"], "risk": [-2.0, -1.0, -3.0],
                            "time": [100.0, 300.0, 50.0], "event": [1, 0, 1]})
-  assert report_cli.slide_title(survival, 1, []) == ("b: censored at 300 days, predicted risk "
+  assert run_report.slide_title(survival, 1, []) == ("b: censored at 300 days, predicted risk "
                                                      "-1.000 (rank 1 of 3)")
