@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -91,6 +93,50 @@ def model_names() -> tuple[str, ...]:
 # Implementation knobs: how the subspace model is computed, not what it computes (the run config's
 # `impl` section; see `train.config.ImplConfig`).
 IMPL_OPTIONS = ("attention_impl", "query_tile", "tile_pairs", "sampler", "platform")
+# Set by the data's shapes or by the model's name, never by `model_options`.
+_NOT_OPTIONS = frozenset({"num_classes", "feature_dim", "n_genes_tumour", "n_genes_micro",
+                          "parent", "name", "branch", "attention", "ndim", "single_subspace",
+                          *IMPL_OPTIONS})
+# The range of every option that has one, as field metadata ('min', 'below': min <= v < below).
+# Widths and counts of layers, heads and groups are >= 1, depths >= 0, rates in [0, 1).
+_RANGES = {
+    **dict.fromkeys(("dim", "heads", "dim_head", "offset_groups", "downsample", "offset_kernel",
+                     "cpb_hidden", "hidden", "attention_hidden", "path_hidden", "fusion_hidden",
+                     "path_fusion_dim", "gene_fusion_dim", "embed_dim", "n_micro_groups",
+                     "coattn_heads", "num_layers", "transformer_heads", "ff_hidden", "snn_widths",
+                     "widths", "gene_widths", "group_sizes"), {"min": 1}),
+    "cpb_depth": {"min": 0},
+    **dict.fromkeys(("dropout", "snn_dropout", "dropout_rate", "attention_dropout_rate",
+                     "gene_dropout_rate"), {"min": 0.0, "below": 1.0}),
+    **dict.fromkeys(("offset_scale", "layer_norm_eps"), {"above": 0.0}),
+}
+
+
+def _option_fields(cls: type) -> list[tuple[str, Any, dataclasses.Field]]:
+  hints = typing.get_type_hints(cls)
+  return [(f.name, hints[f.name], dataclasses.field(default=f.default,
+                                                    metadata=_RANGES.get(f.name, {})))
+          for f in dataclasses.fields(cls) if f.name not in _NOT_OPTIONS]
+
+
+@functools.cache
+def options_class(name: str) -> type:
+  """The typed options of model `name`: a frozen dataclass of every key its `model_options` may
+  set, with its type, default and range (field metadata 'min' / 'above' / 'below').
+
+  The subspace models' options are the fields of the configs they route to (attention, branch,
+  model); a baseline's are its module's attributes. Sizes come from the data, the 1D / single
+  variants from the name and implementation knobs from the `impl` section, so none is an option.
+  """
+  if name in SUBSPACE_VARIANTS:
+    fields = [*_option_fields(DeformAttentionConfig), *_option_fields(BranchConfig),
+              *_option_fields(SubspaceConfig)]
+    return dataclasses.make_dataclass("SubspaceOptions", fields, frozen=True)
+  baselines = _baselines()
+  if name in baselines:
+    cls = baselines[name]
+    return dataclasses.make_dataclass(f"{cls.__name__}Options", _option_fields(cls), frozen=True)
+  raise ValueError(f"unknown model {name!r}; expected one of {list(model_names())}")
 
 
 def build_model(name: str, *, num_classes: int, n_genes_tumour: int, n_genes_micro: int,

@@ -8,6 +8,7 @@ naming the dotted key. `optim.epochs` is not a key: the schedule always spans `t
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
 import math
@@ -147,6 +148,11 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     if value not in typing.get_args(hint):
       raise ConfigError(f"config key {key!r}: expected one of {typing.get_args(hint)}, got {value!r}")
     return value
+  if origin in (collections.abc.Sequence, tuple, list):
+    if not isinstance(value, (list, tuple)):
+      raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+    item = (typing.get_args(hint) or (Any,))[0]
+    return tuple(_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value))
   if hint is bool:
     if not isinstance(value, bool):
       raise ConfigError(f"config key {key!r}: expected true/false, got {value!r}")
@@ -164,6 +170,22 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
       raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
     return value
   return value
+
+
+def _check_range(value: Any, bounds: Mapping[str, float], key: str) -> None:
+  """A field's `metadata` bounds: 'min' (>=), 'above' (>), 'below' (<); a list checks each item."""
+  for i, v in enumerate(value if isinstance(value, tuple) else (value,)):
+    where = f"{key}[{i}]" if isinstance(value, tuple) else key
+    if v is None:
+      continue
+    wanted = [f">= {bounds['min']}" if "min" in bounds and not v >= bounds["min"] else "",
+              f"> {bounds['above']}" if "above" in bounds and not v > bounds["above"] else "",
+              f"< {bounds['below']}" if "below" in bounds and not v < bounds["below"] else ""]
+    if any(wanted) or not math.isfinite(v):
+      expected = " and ".join(f"{op} {b}" for op, b in (
+          (">=", bounds.get("min")), (">", bounds.get("above")), ("<", bounds.get("below")))
+          if b is not None)
+      raise ConfigError(f"config key {where!r}: expected a number {expected}, got {v!r}")
 
 
 def _build(cls, values: Mapping[str, Any], prefix: str):
@@ -194,6 +216,8 @@ def _build(cls, values: Mapping[str, Any], prefix: str):
                           f"{value!r}{did_you_mean(str(value), _CHOICES[key])}")
       if key in _POSITIVE and not (kwargs[name] > 0 and math.isfinite(kwargs[name])):
         raise ConfigError(f"config key {key!r}: expected a positive number, got {value!r}")
+      if fields[name].metadata:
+        _check_range(kwargs[name], fields[name].metadata, key)
   if cls is OptimConfig:  # a placeholder length: RunConfig sets it to train.epochs and checks it
     kwargs["epochs"] = max(OptimConfig.epochs, kwargs.get("warmup_epochs", 0) + 1)
   try:
@@ -204,12 +228,20 @@ def _build(cls, values: Mapping[str, Any], prefix: str):
 
 def _check_run(config: RunConfig) -> RunConfig:
   """The checks that need more than one key: the model and its options, the selection metric."""
-  from smml_jax.models.registry import build_model, model_names  # models load jax: lazily
+  from smml_jax.models.registry import build_model, model_names, options_class  # jax: lazily
   if config.model not in model_names():
     raise ConfigError(f"config key 'model': unknown model {config.model!r}"
                       f"{did_you_mean(config.model, model_names())}; expected one of "
                       f"{list(model_names())}")
-  try:  # builds the module (no parameters), so every option name and value is checked now
+  if not isinstance(config.model_options, Mapping):
+    raise ConfigError(f"config key 'model_options': expected a mapping, got "
+                      f"{config.model_options!r}")
+  # Typed: each key, its type and range against the model's options dataclass.
+  typed = _build(options_class(config.model), config.model_options, "model_options.")
+  config = dataclasses.replace(config, model_options={
+      k: list(v) if isinstance(v, tuple) else v
+      for k, v in ((k, getattr(typed, k)) for k in config.model_options)})
+  try:  # builds the module (no parameters): what only the model can check (e.g. divisibility)
     build_model(config.model, num_classes=config.num_classes, n_genes_tumour=1, n_genes_micro=1,
                 feature_dim=1, options=config.model_options)
   except (ValueError, TypeError) as e:
