@@ -293,7 +293,10 @@ def parse_override(item: str) -> dict[str, Any]:
   return out
 
 
-def read_config_file(path: str | pathlib.Path) -> dict[str, Any]:
+def read_config_file(path: str | pathlib.Path, _chain: tuple[pathlib.Path, ...] = ()
+                     ) -> dict[str, Any]:
+  """A YAML/JSON config layer. `extends: FILE` (relative to this file's folder) names a config this
+  one is a difference from: FILE is read first (recursively) and this file merged over it."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise ConfigError(f"config file {path} does not exist")
@@ -303,7 +306,20 @@ def read_config_file(path: str | pathlib.Path) -> dict[str, Any]:
     raise ConfigError(f"config file {path}: not valid YAML/JSON: {e}") from e
   if not isinstance(values, Mapping):
     raise ConfigError(f"config file {path}: expected a mapping at the top level")
-  return dict(values)
+  values = dict(values)
+  if "extends" not in values:
+    return values
+  base = values.pop("extends")
+  if not isinstance(base, str) or not base:
+    raise ConfigError(f"config file {path}, key 'extends': expected a file name, got {base!r}")
+  chain = (*_chain, path.resolve())
+  base_path = (path.parent / base).resolve()
+  if base_path in chain:
+    raise ConfigError(f"config file {path}, key 'extends': {base} makes a cycle "
+                      f"({' -> '.join(p.name for p in (*chain, base_path))})")
+  if not base_path.is_file():
+    raise ConfigError(f"config file {path}, key 'extends': {base_path} does not exist")
+  return merge(read_config_file(base_path, chain), values)
 
 
 def _move_impl_keys(values: Mapping[str, Any]) -> dict[str, Any]:
