@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from experiments import compare
-from smml_jax.evaluate import comparison
+from smml_jax.evaluate import comparison, comparison_runner
 
 QUICK_MODELS = ("abmil", "snn")
 
@@ -69,27 +69,27 @@ def test_read_cell_names_the_missing_file(tmp_path):
 
 
 def test_protocols():
-  assert compare.parse_protocol("kfold3") == {"split": "kfold", "n_folds": 3}
-  assert compare.parse_protocol("original") == {"split": "original"}
+  assert comparison_runner.parse_protocol("kfold3") == {"split": "kfold", "n_folds": 3}
+  assert comparison_runner.parse_protocol("original") == {"split": "original"}
   for bad in ("kfold1", "kfold", "5fold", "pnas15"):
-    with pytest.raises(compare.CompareError, match="kfoldN"):
-      compare.parse_protocol(bad)
+    with pytest.raises(comparison_runner.CompareError, match="kfoldN"):
+      comparison_runner.parse_protocol(bad)
 
 
 def test_cell_config_layers_compare_config_and_overrides():
-  args = compare.build_parser().parse_args(
-      ["--out", "x", "--quick", "--set", "train.epochs=3"])
-  configs = compare._compare_configs(args)
-  config = compare.cell_config(args, configs, "subspace", {"split": "kfold", "n_folds": 3}, 2, 7)
+  settings = compare.settings(compare.build_parser().parse_args(
+      ["--out", "x", "--quick", "--set", "train.epochs=3"]))
+  configs = comparison_runner.compare_configs(settings)
+  config = comparison_runner.cell_config(settings, configs, "subspace",
+                                         {"split": "kfold", "n_folds": 3}, 2, 7)
   assert (config.model, config.data.split, config.data.n_folds, config.data.fold,
           config.train.seed) == ("subspace", "kfold", 3, 2, 7)
   assert config.train.epochs == 3  # --set wins over the quick layer's 1 epoch
   assert config.model_options["dim"] == 8  # quick model layer
   assert pathlib.Path(config.data.data).is_absolute()  # resolved from the config folder
-  default = compare.cell_config(compare.build_parser().parse_args(["--out", "x"]),
-                                compare._compare_configs(
-                                    compare.build_parser().parse_args(["--out", "x"])),
-                                "abmil", {"split": "kfold", "n_folds": 3}, 0, 0)
+  plain = compare.settings(compare.build_parser().parse_args(["--out", "x"]))
+  default = comparison_runner.cell_config(plain, comparison_runner.compare_configs(plain),
+                                          "abmil", {"split": "kfold", "n_folds": 3}, 0, 0)
   assert default.data.data == "synthetic" and not default.train.progress
 
 
@@ -181,7 +181,7 @@ def test_quick_comparison_end_to_end_and_resumes(tmp_path, capsys):
 
 
 def test_eta_from_the_runs_so_far():
-  assert compare.eta([], 3) == ""  # nothing measured yet
-  assert compare.eta([10.0, 20.0], 4) == "ETA 1m00s"
-  assert compare.eta([3600.0], 2) == "ETA 2h00m"
-  assert compare.eta([5.0], 0) == "ETA 0s"
+  assert comparison_runner.eta([], 3) == ""  # nothing measured yet
+  assert comparison_runner.eta([10.0, 20.0], 4) == "ETA 1m00s"
+  assert comparison_runner.eta([3600.0], 2) == "ETA 2h00m"
+  assert comparison_runner.eta([5.0], 0) == "ETA 0s"
