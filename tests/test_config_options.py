@@ -26,7 +26,7 @@ def test_every_declared_option_is_one_the_builder_takes(name):
     ("subspace", {"dropout": 1.0}, r"'model_options\.dropout': expected a number >= 0\.0 and < 1\.0"),
     ("subspace", {"snn_widths": [8, 0]}, r"'model_options\.snn_widths\[1\]': expected a number >= 1"),
     ("snn", {"widths": 8}, r"'model_options\.widths': expected a list, got 8"),
-    ("subspace", {"offset_scale": 0}, r"'model_options\.offset_scale': expected a number > 0\.0"),
+    ("subspace", {"offset_scale": 0}, r"'model_options\.offset_scale': expected a positive number, got 0\.0"),
     ("mcat", {"num_classes": 3}, r"model_options\.num_classes"),
 ])
 def test_a_bad_option_is_refused_at_parse_time_naming_key_and_expectation(model, options, match):

@@ -125,9 +125,10 @@ _CHOICES = {
     "impl.attention": ATTENTION_IMPLEMENTATIONS,
     "impl.sampler": ("gather", "matmul"),
 }
-# Keys that must be > 0.
-_POSITIVE = ("train.epochs", "train.batch_size", "train.eval_batch_size", "optim.learning_rate",
-             "data.n_folds")
+# Ranges of the keys whose dataclass does not declare one in its field metadata (the model options
+# do, see `models.registry.options_class`): 'min' (>=), 'above' (>), 'below' (<).
+_RANGES = {key: {"above": 0} for key in ("train.epochs", "train.batch_size", "train.eval_batch_size",
+                                          "optim.learning_rate", "data.n_folds")}
 # Keys that no longer exist -> what to use instead.
 _REMOVED = {"optim.epochs": "the learning-rate schedule always spans train.epochs; set "
                             "train.epochs (--epochs) instead"}
@@ -173,19 +174,20 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
 
 
 def _check_range(value: Any, bounds: Mapping[str, float], key: str) -> None:
-  """A field's `metadata` bounds: 'min' (>=), 'above' (>), 'below' (<); a list checks each item."""
+  """`bounds` ('min' >=, 'above' >, 'below' <) hold for a number, or for each item of a list."""
   for i, v in enumerate(value if isinstance(value, tuple) else (value,)):
-    where = f"{key}[{i}]" if isinstance(value, tuple) else key
     if v is None:
       continue
-    wanted = [f">= {bounds['min']}" if "min" in bounds and not v >= bounds["min"] else "",
-              f"> {bounds['above']}" if "above" in bounds and not v > bounds["above"] else "",
-              f"< {bounds['below']}" if "below" in bounds and not v < bounds["below"] else ""]
-    if any(wanted) or not math.isfinite(v):
-      expected = " and ".join(f"{op} {b}" for op, b in (
-          (">=", bounds.get("min")), (">", bounds.get("above")), ("<", bounds.get("below")))
-          if b is not None)
-      raise ConfigError(f"config key {where!r}: expected a number {expected}, got {v!r}")
+    ok = math.isfinite(v) and all(
+        test(v, bounds[name]) for name, test in (("min", lambda a, b: a >= b),
+                                                 ("above", lambda a, b: a > b),
+                                                 ("below", lambda a, b: a < b)) if name in bounds)
+    if not ok:
+      expected = "a positive number" if dict(bounds) == {"above": 0} else "a number " + " and ".join(
+          f"{op} {bounds[name]}" for name, op in (("min", ">="), ("above", ">"), ("below", "<"))
+          if name in bounds)
+      where = f"{key}[{i}]" if isinstance(value, tuple) else key
+      raise ConfigError(f"config key {where!r}: expected {expected}, got {v!r}")
 
 
 def _build(cls, values: Mapping[str, Any], prefix: str):
@@ -214,10 +216,9 @@ def _build(cls, values: Mapping[str, Any], prefix: str):
       if key in _CHOICES and kwargs[name] not in _CHOICES[key]:
         raise ConfigError(f"config key {key!r}: expected one of {_CHOICES[key]}, got "
                           f"{value!r}{did_you_mean(str(value), _CHOICES[key])}")
-      if key in _POSITIVE and not (kwargs[name] > 0 and math.isfinite(kwargs[name])):
-        raise ConfigError(f"config key {key!r}: expected a positive number, got {value!r}")
-      if fields[name].metadata:
-        _check_range(kwargs[name], fields[name].metadata, key)
+      bounds = fields[name].metadata or _RANGES.get(key)
+      if bounds:
+        _check_range(kwargs[name], bounds, key)
   if cls is OptimConfig:  # a placeholder length: RunConfig sets it to train.epochs and checks it
     kwargs["epochs"] = max(OptimConfig.epochs, kwargs.get("warmup_epochs", 0) + 1)
   try:
