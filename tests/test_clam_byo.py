@@ -222,3 +222,22 @@ def test_new_fields_are_validated(tmp_path, edit, needle):
   with pytest.raises(CohortError, match=needle):
     spec_lib.load_cohort(spec, tmp_path / "records")
   assert not (tmp_path / "records").exists()
+
+
+def test_one_new_trident_slide_is_laid_out_as_in_the_cohort(tmp_path):
+  """experiments.predict --features on a TRIDENT file uses its patch size like the records do."""
+  import types
+
+  from smml_jax.data.h5features import read_h5_grid
+  from smml_jax.evaluate.inference import SlideFormat, read_slide_features
+  coords = np.array([[0, 0], [2, 0], [0, 2], [2, 2], [4, 4]]) * PS0
+  path = tmp_path / "slide.h5"
+  _write_h5(path, np.random.default_rng(0), n=5, coords=coords,
+            attrs={"patch_size": 256, "patch_size_level0": PS0, "overlap": 0})
+  run = types.SimpleNamespace(slide_format=SlideFormat("coords", "features", "coords"),
+                              grid_side=6, feature_dim=D)
+  got = read_slide_features(run, path)
+  want = read_h5_grid(path, "features", D, 6, "coords", "coords")
+  for key in ("patches", "coords", "tissue_mask"):
+    np.testing.assert_array_equal(got[key], want[key])
+  assert want["tissue_mask"].sum() == 5  # a 5 x 5 lattice: gaps kept
