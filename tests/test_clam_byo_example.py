@@ -103,7 +103,7 @@ def test_the_page_trains_and_predicts_through_the_clis(study, monkeypatch, capsy
   run = work / "runs/my_study"
   summary = json.loads((run / "summary.json").read_text())
   assert summary["task"] == "survival" and np.isfinite(summary["test"]["c_index"])
-  preds = pd.read_csv(run / "predictions/clam/predictions.csv")
+  preds = pd.read_csv(run / "predictions/clam-all/predictions.csv")
   assert len(preds) == len(pd.read_csv(work / "my_study/clinical.csv"))
   logged = pd.DataFrame([json.loads(line) for line in
                          (run / "predictions_test.jsonl").read_text().splitlines()])
