@@ -241,3 +241,15 @@ def test_one_new_trident_slide_is_laid_out_as_in_the_cohort(tmp_path):
   for key in ("patches", "coords", "tissue_mask"):
     np.testing.assert_array_equal(got[key], want[key])
   assert want["tissue_mask"].sum() == 5  # a 5 x 5 lattice: gaps kept
+
+
+def test_trident_several_patchings_need_the_patching_field(cohort_files, tmp_path):
+  job = cohort_files["root"] / "job"
+  other = job / "10x_512px_64px_overlap"
+  (job / "20x_256px_0px_overlap").rename(other)
+  (job / "20x_256px_0px_overlap").mkdir()
+  with pytest.raises(CohortError, match=r"2 <mag>x_<ps>px_<ov>px_overlap folders.*`patching`"):
+    spec_lib.load_cohort(_spec(cohort_files), tmp_path / "records")
+  cohort = spec_lib.load_cohort(_spec(cohort_files, patching="10x_512px_64px_overlap"),
+                                tmp_path / "records")
+  assert cohort.feature_dim == D
