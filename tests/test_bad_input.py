@@ -84,6 +84,27 @@ def _clam_stale(root, spec, data_dir):
   return path
 
 
+def _expression_without(root, spec, case):
+  """Genes as a separate matrix (genes x cases) lacking one case."""
+  t = pd.read_csv(root / "slides.csv").drop_duplicates("case_id").set_index("case_id")
+  cols = [c for c in t.columns if c.endswith("_rnaseq")]
+  m = t[cols].rename(columns=lambda c: c[:-len("_rnaseq")]).drop(index=case).T
+  m.rename_axis("gene").to_csv(root / "expression.tsv", sep="\t")
+  spec["expression"] = {"path": "expression.tsv"}
+  return root / "expression.tsv"
+
+
+def _trident_two_encoders(root, spec):
+  for enc in ("uni_v2", "conch_v15"):
+    dest = root / "job" / "20x_256px_0px_overlap" / f"features_{enc}"
+    dest.mkdir(parents=True)
+    for h5 in (root / "h5").glob("*.h5"):
+      (dest / h5.name).write_bytes(h5.read_bytes())
+  spec.update(layout="trident", features="job")
+  spec.pop("feature_dim")
+  return root / "job" / "20x_256px_0px_overlap"
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
   """break_(root, spec, data_dir) edits files / the spec and may return a path to name."""
@@ -144,6 +165,14 @@ CASES = [
          lambda r, s, d: _write_h5(_first_h5(r), features=np.zeros((5, D + 1), np.float32),
                                    coords=np.zeros((5, 2))) or _first_h5(r),
          ("'features'", f"expected (N, {D})")),
+    Case("clam_expression_missing_case", "clam",
+         lambda r, s, d: _expression_without(r, s, "TCGA-XX-0001"),
+         ("1 case(s)", "TCGA-XX-0001", "no expression")),
+    Case("clam_gene_list_file_missing", "clam",
+         lambda r, s, d: s.update(signature={"tumour": "tumour.txt", "micro": ["CD4"]}),
+         ("tumour.txt", "does not exist")),
+    Case("trident_encoder_not_given", "clam", lambda r, s, d: _trident_two_encoders(r, s),
+         ("2 features_<encoder> folders", "conch_v15", "`encoder`")),
     Case("clam_nan_features", "clam",
          lambda r, s, d: _write_h5(_first_h5(r), features=np.full((5, D), np.nan, np.float32),
                                    coords=np.zeros((5, 2))) or _first_h5(r),

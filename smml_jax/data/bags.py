@@ -24,29 +24,35 @@ def sample_indices(n: int, target: int) -> np.ndarray:
   return np.around(np.arange(target) * (n / target)).astype(np.int64)
 
 
-def _lattice(values: np.ndarray) -> np.ndarray:
-  """Integer lattice index of each coordinate (patches sit on a regular step)."""
+def _lattice(values: np.ndarray, step: float | None = None) -> np.ndarray:
+  """Integer lattice index of each coordinate (patches sit on a regular step).
+
+  Without `step` (the patch stride in the coordinates' units, e.g. TRIDENT's patch_size_level0)
+  the smallest gap between distinct values is taken as the stride.
+  """
   unique = np.unique(values)
-  if unique.size == 1:
-    return np.zeros(values.shape, np.int64)
-  step = np.min(np.diff(unique))
+  if step is None:
+    if unique.size == 1:
+      return np.zeros(values.shape, np.int64)
+    step = np.min(np.diff(unique))
   return np.round((values - unique[0]) / step).astype(np.int64)
 
 
-def coords_layout(features: np.ndarray, coords: np.ndarray,
-                  grid_side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def coords_layout(features: np.ndarray, coords: np.ndarray, grid_side: int,
+                  step: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Place patches on the grid by slide position.
 
   Args:
     features: (N, D) patch features.
     coords: (N, 2) slide positions (x, y) of the patches.
     grid_side: S; the grid has S * S cells, row-major (row = y, column = x).
+    step: the patch stride in coordinate units (None: the smallest gap between positions).
 
   Returns:
     patches (S*S, D), cell coords (S*S, 2) = mean slide position of the patches in each cell
     (-1 for empty cells), tissue_mask (S*S,) bool.
   """
-  ix, iy = _lattice(coords[:, 0]), _lattice(coords[:, 1])
+  ix, iy = _lattice(coords[:, 0], step), _lattice(coords[:, 1], step)
   extent = max(int(ix.max()) + 1, int(iy.max()) + 1)
   if extent <= grid_side:  # fits: centre the tissue on the grid, one patch per cell
     col = ix + (grid_side - (int(ix.max()) + 1)) // 2
@@ -76,14 +82,18 @@ def grid_positions(grid_side: int) -> np.ndarray:
 
 
 def bag_to_grid(features: np.ndarray, coords: np.ndarray | None, grid_side: int,
-                layout: str = "sample") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """A bag (N, D) [+ coords (N, 2)] -> (patches (S*S, D), coords (S*S, 2), tissue_mask (S*S,))."""
+                layout: str = "sample",
+                step: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """A bag (N, D) [+ coords (N, 2)] -> (patches (S*S, D), coords (S*S, 2), tissue_mask (S*S,)).
+
+  `step` (layout `coords` only): the patch stride in coordinate units, see coords_layout.
+  """
   if layout not in GRID_LAYOUTS:
     raise ValueError(f"grid_layout must be one of {GRID_LAYOUTS}, got {layout!r}")
   if layout == "coords":
     if coords is None:
       raise ValueError("grid_layout='coords' needs patch coordinates, but the bag has none")
-    return coords_layout(features, coords, grid_side)
+    return coords_layout(features, coords, grid_side, step)
   idx = sample_indices(features.shape[0], grid_side * grid_side)
   cell_coords = grid_positions(grid_side) if coords is None else coords[idx].astype(np.float32)
   return features[idx], cell_coords, np.ones(idx.shape, np.bool_)

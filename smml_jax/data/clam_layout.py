@@ -1,11 +1,14 @@
-"""The CLAM / MCAT layout most public pipelines produce.
+"""The CLAM / MCAT layout most public pipelines produce, and TRIDENT's feature folders.
 
 A CSV (or zipped CSV) with one row per slide: `case_id`, `slide_id`, `survival_months`,
 `censorship` (1 = censored), optional label columns, and genomic columns `<GENE>_rnaseq`,
 `<GENE>_cnv`, `<GENE>_mut`; a features folder of `<slide_id>.h5` files with `features` (N, D)
-and `coords` (N, 2) (a `.svs` suffix of the slide id is dropped for the file name). The gene
-subspaces come from a signature (genes.read_signature); each subspace holds, for each signature
-gene in order, the columns `<GENE>_<omic>` for the configured omics (default `rnaseq`).
+and `coords` (N, 2) (the slide id's WSI suffix, e.g. `.svs`, is dropped for the file name). With
+`layout: trident` the folder is found in a TRIDENT job (feature_folders.py). D is read from the
+files. The gene subspaces come from a signature (genes.read_signature); each subspace holds, for
+each signature gene in order, the columns `<GENE>_<omic>` for the configured omics (default
+`rnaseq`), or, with `expression: {path}`, the genes of a separate matrix joined on case id
+(expression.py; named `<GENE>_rnaseq` like the CSV's columns).
 
 Labels: `labels:` maps a field (idh, codel, cdkn2a, grade, histology) to a column name or to
 {column, map}; `map` is a value -> raw label dict (parsed by labels.parse_labels) or the preset
@@ -23,10 +26,11 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from smml_jax.data import builders, genes as genes_lib, tabular
+from smml_jax.data import builders, expression as expression_lib, genes as genes_lib, tabular
 from smml_jax.data.bags import GRID_LAYOUTS
 from smml_jax.data.errors import CohortError
-from smml_jax.data.h5features import check_h5, read_h5_grid
+from smml_jax.data.feature_folders import clam_folder, slide_file_stem, trident_folder
+from smml_jax.data.h5features import check_h5, infer_feature_dim, read_h5_grid
 
 DAYS_PER_MONTH = 30.44
 ONCOTREE = {
@@ -38,15 +42,12 @@ ONCOTREE = {
 }
 LABEL_FIELDS = ("idh", "codel", "cdkn2a", "grade", "histology")
 REQUIRED = ("case_id", "slide_id", "survival_months", "censorship")
-
-
-def slide_file_stem(slide_id: str) -> str:
-  return slide_id[:-4] if slide_id.lower().endswith(".svs") else slide_id
+__all__ = ["ClamSource", "slide_file_stem", "DAYS_PER_MONTH"]
 
 
 @dataclasses.dataclass(frozen=True)
 class ClamSource:
-  """CohortSource for a spec with `layout: clam` (see spec.py for the fields)."""
+  """CohortSource for a spec with `layout: clam` or `layout: trident` (spec_fields.py)."""
   spec: Mapping[str, Any]
   root: pathlib.Path
   layout: str = "clam"
@@ -60,20 +61,27 @@ class ClamSource:
     spec = {k: v for k, v in self.spec.items() if k != "on_stale"}  # not part of the identity
     return {"spec": spec, "root": str(self.root)}
 
+  def feature_folder(self) -> pathlib.Path:
+    """The folder of `<slide>.h5` files (CLAM's h5_files, or TRIDENT's features_<encoder>)."""
+    features = tabular.resolve(self.root, self.spec["features"])
+    if self.layout == "trident":
+      return trident_folder(features, self.spec.get("encoder"), self.spec.get("patching"))
+    return clam_folder(features)
+
   def input_files(self) -> list[pathlib.Path]:
-    """Every file the records are built from: the CSV, the signature and each slide's .h5."""
+    """Every file the records are built from: CSV, signature, expression, each slide's .h5."""
     csv = tabular.resolve(self.root, self.spec["csv"])
-    files = [csv]
-    sig = self.spec.get("signature", {})
-    if "path" in sig:
-      files.append(tabular.resolve(self.root, sig["path"]))
+    files = [csv] + genes_lib.resolve_signature_paths(self.spec.get("signature", {}),
+                                                      self.root)[1]
+    if "expression" in self.spec:
+      files.append(tabular.resolve(self.root, self.spec["expression"]["path"]))
     raw = genes_lib.read_table(csv, "CLAM CSV")
     if "slide_id" not in raw.columns:
       raise CohortError(f"{csv}: missing columns ['slide_id']; expected {list(REQUIRED)}")
     slides = raw["slide_id"].astype(str).str.strip()
     if self.spec.get("slides") is not None:
       slides = [s for s in slides if s in {str(x) for x in self.spec["slides"]}]
-    feat_dir = tabular.resolve(self.root, self.spec["features"])
+    feat_dir = self.feature_folder()
     return files + [feat_dir / f"{slide_file_stem(s)}.h5" for s in slides]
 
   def _label(self, raw: pd.DataFrame, field: str, ref: Any, where: str) -> np.ndarray:
@@ -118,11 +126,10 @@ class ClamSource:
       raw = raw[raw["slide_id"].isin(wanted)].reset_index(drop=True)
 
     grid_side = int(spec.get("grid_side", 16))
-    feature_dim = int(spec.get("feature_dim", 1024))
     layout = spec.get("grid_layout", "sample")
     if layout not in GRID_LAYOUTS:
       raise CohortError(f"grid_layout must be one of {GRID_LAYOUTS}, got {layout!r}")
-    feat_dir = tabular.resolve(self.root, spec["features"])
+    feat_dir = self.feature_folder()
     fds, cds = spec.get("feature_dataset", "features"), spec.get("coords_dataset", "coords")
     h5_paths = [feat_dir / f"{slide_file_stem(s)}.h5" for s in raw["slide_id"]]
     if spec.get("missing_features", "error") == "skip":
@@ -131,6 +138,12 @@ class ClamSource:
       h5_paths = [p for p, k in zip(h5_paths, keep) if k]
       if not h5_paths:
         raise CohortError(f"{feat_dir}: no feature file for any slide of {where}")
+    missing_h5 = [p for p in h5_paths if not p.is_file()]
+    if missing_h5:
+      raise CohortError(f"feature file {missing_h5[0]} does not exist ({len(missing_h5)} of "
+                        f"{len(h5_paths)} slides of {where} have no .h5 in {feat_dir}; "
+                        "`missing_features: skip` leaves them out)")
+    feature_dim = infer_feature_dim(h5_paths, fds, spec.get("feature_dim"))
     for p in h5_paths:
       check_h5(p, fds, feature_dim, cds, need_coords=layout == "coords")
 
@@ -154,25 +167,13 @@ class ClamSource:
     table = tabular.slide_table(raw["case_id"].astype(str).str.strip(), raw["slide_id"], status,
                                 months * DAYS_PER_MONTH, event, where)
 
-    signature = dict(spec.get("signature") or {})
-    if "path" in signature:
-      signature["path"] = tabular.resolve(self.root, signature["path"])
-    sig = genes_lib.read_signature(signature)
-    omics = list(spec.get("omics", ["rnaseq"]))
-    available = {c.rsplit("_", 1)[0] for c in raw.columns
-                 if all(f"{c.rsplit('_', 1)[0]}_{o}" in raw.columns for o in omics) and "_" in c}
-    kept, dropped = genes_lib.resolve_genes(sig, [available], where,
-                                            spec.get("missing_genes", "drop"))
-    mats, names = {}, {}
-    for key in ("tumour", "micro"):
-      cols = [f"{g}_{o}" for g in kept[key] for o in omics]
-      values = raw[cols].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
-      bad = ~np.isfinite(values)
-      if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise CohortError(f"{where}, data row {r} (slide {raw['slide_id'].iloc[r]!r}): column "
-                          f"{cols[c]!r} is {raw[cols[c]].iloc[r]!r}; expected a finite number")
-      mats[key], names[key] = values.astype(np.float32), cols
+    sig = genes_lib.read_signature(
+        genes_lib.resolve_signature_paths(spec.get("signature") or {}, self.root)[0])
+    if "expression" in spec:
+      mats, names, dropped = self._matrix_genes(sig, raw["case_id"].astype(str).str.strip())
+      omics = ["rnaseq"]
+    else:
+      mats, names, dropped, omics = self._csv_genes(sig, raw, where)
 
     def read_slide(i: int) -> dict[str, np.ndarray]:
       return read_h5_grid(h5_paths[i], fds, feature_dim, grid_side, layout, cds)
@@ -183,3 +184,38 @@ class ClamSource:
         patch_dtype=spec.get("patch_dtype", "float16"),
         gene_transform=spec.get("gene_transform", "zscore"),
         info={"missing_genes": dropped, "omics": omics})
+
+  def _matrix_genes(self, sig, case_ids: pd.Series):
+    """Subspace matrices from `expression: {path, orientation}`, joined on case id."""
+    expr = self.spec["expression"]
+    matrix = expression_lib.read_expression_matrix(
+        tabular.resolve(self.root, expr["path"]), list(case_ids),
+        expr.get("orientation", "auto"))
+    kept, dropped = genes_lib.resolve_genes(sig, [set(matrix.columns)], matrix.attrs["path"],
+                                            self.spec.get("missing_genes", "drop"))
+    mats, names = {}, {}
+    for key in ("tumour", "micro"):
+      values, missing = expression_lib.join_expression(matrix, case_ids, kept[key])
+      expression_lib.require_complete(matrix, missing, values, list(case_ids), kept[key])
+      mats[key] = values.astype(np.float32)
+      names[key] = [f"{g}_rnaseq" for g in kept[key]]
+    return mats, names, dropped
+
+  def _csv_genes(self, sig, raw: pd.DataFrame, where: str):
+    """Subspace matrices from the CSV's `<GENE>_<omic>` columns."""
+    omics = list(self.spec.get("omics", ["rnaseq"]))
+    available = {c.rsplit("_", 1)[0] for c in raw.columns
+                 if all(f"{c.rsplit('_', 1)[0]}_{o}" in raw.columns for o in omics) and "_" in c}
+    kept, dropped = genes_lib.resolve_genes(sig, [available], where,
+                                            self.spec.get("missing_genes", "drop"))
+    mats, names = {}, {}
+    for key in ("tumour", "micro"):
+      cols = [f"{g}_{o}" for g in kept[key] for o in omics]
+      values = raw[cols].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+      bad = ~np.isfinite(values)
+      if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise CohortError(f"{where}, data row {r} (slide {raw['slide_id'].iloc[r]!r}): column "
+                          f"{cols[c]!r} is {raw[cols[c]].iloc[r]!r}; expected a finite number")
+      mats[key], names[key] = values.astype(np.float32), cols
+    return mats, names, dropped, omics

@@ -94,15 +94,46 @@ def read_family_signature(path: str | os.PathLike,
   return out
 
 
+def read_gene_list(path: str | os.PathLike) -> list[str]:
+  """A gene-list file: one symbol per line (blank lines and `#` comments skipped)."""
+  path = _require_file(path, "gene list")
+  try:
+    lines = path.read_text().splitlines()
+  except (OSError, UnicodeDecodeError) as e:
+    raise CohortError(f"cannot read gene list {path}: {e}") from e
+  genes = [line.split("#", 1)[0].strip() for line in lines]
+  bad = [g for g in genes if any(c in g for c in ",\t ")]
+  if bad:
+    raise CohortError(f"gene list {path}: {bad[0]!r} is not one symbol; expected one gene per "
+                      "line (a table goes in `signature.path`)")
+  genes = [g for g in genes if g]
+  if not genes:
+    raise CohortError(f"gene list {path} lists no gene; expected one symbol per line")
+  return _dedupe(genes)
+
+
+def resolve_signature_paths(spec: Mapping, root: pathlib.Path) -> tuple[dict, list[pathlib.Path]]:
+  """The `signature` entry with its file paths made absolute (from `root`), and those files."""
+  out, files = dict(spec), []
+  for key in ("path", "tumour", "micro"):
+    if isinstance(out.get(key), (str, os.PathLike)):
+      path = pathlib.Path(os.path.expanduser(str(out[key])))
+      out[key] = path if path.is_absolute() else root / path
+      files.append(out[key])
+  return out, files
+
+
 def read_signature(spec: Mapping) -> dict[str, list[str]]:
   """The `signature` entry of a cohort spec.
 
   Either {path, [sheet], [symbol_column], [type_column]} for a Type table, or {path, families:
-  {tumour: [...], micro: [...]}} for a family table, or {tumour: [...], micro: [...]} inline.
+  {tumour: [...], micro: [...]}} for a family table, or {tumour: ..., micro: ...} where each is
+  an inline list or a gene-list file (one symbol per line).
   """
   if "path" not in spec:
     if "tumour" in spec and "micro" in spec:
-      return {k: _dedupe(str(s) for s in spec[k]) for k in ("tumour", "micro")}
+      return {k: (read_gene_list(spec[k]) if isinstance(spec[k], (str, os.PathLike))
+                  else _dedupe(str(s) for s in spec[k])) for k in ("tumour", "micro")}
     raise CohortError("signature needs a `path` (or inline `tumour` and `micro` lists)")
   if "families" in spec:
     return read_family_signature(spec["path"], spec["families"])

@@ -86,9 +86,7 @@ class OriginalSource:
   def input_files(self) -> list[pathlib.Path]:
     """Every file the records are built from: label CSVs, signature, features, expression."""
     files = []
-    sig = self.spec.get("signature", {})
-    if "path" in sig:
-      files.append(tabular.resolve(self.root, sig["path"]))
+    files += genes_lib.resolve_signature_paths(self.spec.get("signature", {}), self.root)[1]
     for c in self._cohorts():
       files.append(tabular.resolve(self.root, c["labels"]))
       raw, col, where = self._label_table(c)
@@ -119,10 +117,8 @@ class OriginalSource:
     if layout == "coords" and coords_dataset is None:
       raise CohortError("grid_layout: coords needs `coords_dataset` (the original's h5 files "
                         "store no coordinates)")
-    sig_spec = dict(spec.get("signature") or {})
-    if "path" in sig_spec:
-      sig_spec["path"] = tabular.resolve(self.root, sig_spec["path"])
-    signature = genes_lib.read_signature(sig_spec)
+    signature = genes_lib.read_signature(
+        genes_lib.resolve_signature_paths(spec.get("signature") or {}, self.root)[0])
 
     tables, expressions, h5_paths = [], [], []
     for c in self._cohorts():

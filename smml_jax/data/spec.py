@@ -1,6 +1,6 @@
 """Cohort specs: `load_cohort('synthetic' | path/to/spec.yaml|json, data_dir) -> Cohort`.
 
-A spec is a mapping with `layout` (synthetic | original | clam) and that layout's fields.
+A spec is a mapping with `layout` (synthetic | original | clam | trident) and that layout's fields.
 Relative paths are taken from `root` (itself relative to the spec file's folder), else from the
 spec file's folder. Building is cached: the records live under
 `<data_dir>/smml_cohort/<layout>_<hash of the spec>/`, so the same spec reuses them and a changed
@@ -57,7 +57,9 @@ def source_from_spec(spec: Mapping[str, Any], base: pathlib.Path, where: str = "
   root = pathlib.Path(os.path.expanduser(str(spec.get("root", "."))))
   root = (root if root.is_absolute() else base / root).resolve()
   body = {k: v for k, v in spec.items() if k not in ("layout", "root")}
-  return (OriginalSource if layout == "original" else ClamSource)(body, root)
+  if layout == "original":
+    return OriginalSource(body, root)
+  return ClamSource(body, root, layout)
 
 
 def load_cohort(data: str | os.PathLike | Mapping[str, Any] = "synthetic",

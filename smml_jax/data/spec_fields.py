@@ -16,13 +16,14 @@ from smml_jax.data.features import PATCH_DTYPES
 from smml_jax.data.normalise import GENE_TRANSFORMS
 from smml_jax.data.synthetic import SyntheticConfig
 
-LAYOUTS = ("synthetic", "original", "clam")
+LAYOUTS = ("synthetic", "original", "clam", "trident")
 LABEL_FIELDS = ("idh", "codel", "cdkn2a", "grade", "histology")
 # Label-CSV fields of the original layout (the header names looked for are in original_layout).
 ORIGINAL_COLUMN_FIELDS = ("patient", "slide", "histology", "grade", "idh", "codel", "cdkn2a",
                           "gene_dir", "gene_file", "vital_status", "survival_days")
 ON_STALE = ("rebuild", "refuse")
 OMICS = ("rnaseq", "cnv", "mut")
+ORIENTATIONS = ("auto", "genes_by_samples", "samples_by_genes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +103,14 @@ def _signature(value, key):
   _keys(value, key, ("path", "sheet", "symbol_column", "type_column", "families", "tumour",
                      "micro"))
   if "path" not in value and not ("tumour" in value and "micro" in value):
-    return "expected a `path` (a signature table) or inline `tumour` and `micro` lists"
+    return ("expected a `path` (a signature table) or `tumour` and `micro`, each a list of "
+            "genes or a gene-list file")
+  if "path" not in value:
+    for sub in ("tumour", "micro"):
+      genes = value[sub]
+      if not (isinstance(genes, str) and genes) and _list_of_str(genes, sub) is not None:
+        return (f"{sub}: expected a list of gene symbols or a gene-list file (one symbol per "
+                f"line), got {genes!r}")
   if "families" in value:
     fams = value["families"]
     if not isinstance(fams, Mapping):
@@ -127,6 +135,19 @@ def _clam_labels(value, key):
                           f"{mapping!r}{did_you_mean(str(mapping), ['oncotree'])}")
     elif not isinstance(ref, str):
       raise CohortError(f"{where}: expected a column name or {{column, map}}, got {ref!r}")
+  return None
+
+
+def _expression(value, key):
+  if (msg := _mapping(value, key)):
+    return msg
+  _keys(value, key, ("path", "orientation"))
+  if "path" not in value:
+    return "expected `path` (a genes x samples matrix: TSV, CSV or parquet)"
+  if (msg := _str(value["path"], f"{key}.path")):
+    return f"path: {msg}"
+  if (msg := _choice(ORIENTATIONS)(value.get("orientation", "auto"), f"{key}.orientation")):
+    return f"orientation: {msg}"
   return None
 
 
@@ -166,26 +187,30 @@ def _cohorts(value, key):
   return None
 
 
-_REAL = ("original", "clam")
+_REAL = ("original", "clam", "trident")
+_CLAM = ("clam", "trident")  # one CSV per cohort; trident differs only in where the .h5 files are
 FIELDS: tuple[Field, ...] = (
-    Field("layout", LAYOUTS, "str", None, "which reader: `synthetic`, `original` or `clam`",
-          _choice(LAYOUTS), required=True),
+    Field("layout", LAYOUTS, "str", None, "which reader: `synthetic`, `original`, `clam` or "
+          "`trident` (docs/byo_data.md)", _choice(LAYOUTS), required=True),
     Field("root", _REAL, "path", "the spec's folder", "relative paths start here (itself "
           "relative to the spec's folder)", _str),
     Field("on_stale", _REAL, "str", "rebuild", "an input file changed, appeared or vanished "
           "since the records were built: `rebuild` them (saying which files) or `refuse`",
           _choice(ON_STALE)),
-    Field("grid_side", _REAL, "int", "50 (original), 16 (clam)", "patches per slide = "
-          "grid_side ** 2", _int(1)),
-    Field("feature_dim", _REAL, "int", 1024, "patch feature dimension D", _int(1)),
+    Field("grid_side", _REAL, "int", "50 (original), 16 (clam, trident)", "patches per slide = "
+          "grid_side ** 2 (docs/byo_data.md: choosing grid_side)", _int(1)),
+    Field("feature_dim", _REAL, "int", "1024 (original), read from the files (clam, trident)",
+          "patch feature dimension D; for clam / trident it is read from the .h5 files and, if "
+          "given, must match them", _int(1)),
     Field("patch_dtype", _REAL, "str", "float16", "storage dtype of the patches (batches are "
           "float32)", _choice(tuple(PATCH_DTYPES))),
     Field("grid_layout", _REAL, "str", "sample", "`sample`: the original's tiling / even "
           "subsampling; `coords`: patches placed by slide position", _choice(GRID_LAYOUTS)),
-    Field("feature_dataset", _REAL, "str", "Res_feature (original), features (clam)",
+    Field("feature_dataset", _REAL, "str", "Res_feature (original), features (clam, trident)",
           "HDF5 dataset of the patch features", _str),
-    Field("coords_dataset", _REAL, "str | null", "null (original), coords (clam)",
-          "HDF5 dataset of the patch coordinates (needed by `grid_layout: coords`)",
+    Field("coords_dataset", _REAL, "str | null", "null (original), coords (clam, trident)",
+          "HDF5 dataset of the patch coordinates (needed by `grid_layout: coords`; its "
+          "`patch_size_level0` attribute, written by TRIDENT, sets the patch stride)",
           _optional_str),
     Field("missing_genes", _REAL, "str", "drop", "a signature gene absent from some source: "
           "`drop` it everywhere (listed in the cohort info) or `error`",
@@ -193,25 +218,40 @@ FIELDS: tuple[Field, ...] = (
     Field("signature", _REAL, "mapping", None,
           "which genes form the two subspaces, in order: `{path, sheet, symbol_column, "
           "type_column}` (Type = Tumor / Immune), `{path, "
-          "families: {tumour: [...], micro: [...]}}`, or inline `{tumour: [...], micro: [...]}`",
+          "families: {tumour: [...], micro: [...]}}`, or `{tumour, micro}` each an inline list "
+          "or a gene-list file (one symbol per line)",
           _signature, required=True),
     Field("cohorts", ("original",), "list", None, "per cohort: `name`, `labels` (label CSV), "
           "`features` (folder of `<slide>.h5`), `genes: {format: gdc_star | allen, folder, "
           "value_column}`, `columns` (label-CSV header names per field, or `positional`)",
           _cohorts, required=True),
-    Field("csv", ("clam",), "path", None, "one row per slide: case_id, slide_id, "
-          "survival_months, censorship, labels, `<GENE>_<omic>` columns", _str, required=True),
-    Field("features", ("clam",), "path", None, "folder of `<slide_id>.h5` (features (N, D), "
-          "coords (N, 2))", _str, required=True),
-    Field("slides", ("clam",), "list | null", "null (all)", "only these slide ids",
+    Field("csv", _CLAM, "path", None, "one row per slide: case_id, slide_id, "
+          "survival_months, censorship, labels, `<GENE>_<omic>` columns (unless `expression`)",
+          _str, required=True),
+    Field("features", ("clam",), "path", None, "CLAM's output folder holding `h5_files/`, or a "
+          "folder of `<slide_id>.h5` (features (N, D), coords (N, 2))", _str, required=True),
+    Field("features", ("trident",), "path", None, "a TRIDENT job folder (holding "
+          "`<mag>x_<ps>px_<ov>px_overlap/features_<encoder>/<slide>.h5`) or a `features_<encoder>` "
+          "folder", _str, required=True),
+    Field("encoder", ("trident",), "str", "the only one", "the patch encoder, as in the "
+          "`features_<encoder>` folder name (e.g. uni_v2, conch_v15); needed when the job holds "
+          "several", _str),
+    Field("patching", ("trident",), "str", "the only one", "the `<mag>x_<ps>px_<ov>px_overlap` "
+          "folder; needed when the job holds several", _str),
+    Field("slides", _CLAM, "list | null", "null (all)", "only these slide ids",
           lambda v, k: None if v is None else _list_of_str(v, k)),
-    Field("missing_features", ("clam",), "str", "error", "a slide without an .h5 file: "
+    Field("missing_features", _CLAM, "str", "error", "a slide without an .h5 file: "
           "`error` or `skip` it", _choice(("error", "skip"))),
-    Field("omics", ("clam",), "list", "[rnaseq]", f"which `<GENE>_<omic>` columns form each gene "
-          f"(of {list(OMICS)})", _omics),
-    Field("gene_transform", ("clam",), "str", "zscore", "the cohort's default gene "
+    Field("expression", _CLAM, "mapping", "null (the CSV's columns)", "`{path, orientation}`: a "
+          "genes x samples matrix (TSV, CSV or parquet; genes as rows, case ids as columns) "
+          "joined on case_id; `orientation`: auto (by where the case ids are), genes_by_samples "
+          "or samples_by_genes. A case without expression is an error listing them",
+          _expression),
+    Field("omics", _CLAM, "list", "[rnaseq]", f"which `<GENE>_<omic>` columns form each gene "
+          f"(of {list(OMICS)}; not with `expression`)", _omics),
+    Field("gene_transform", _CLAM, "str", "zscore", "the cohort's default gene "
           "normalisation", _choice(GENE_TRANSFORMS)),
-    Field("labels", ("clam",), "mapping", "{} (all missing)", f"field ({', '.join(LABEL_FIELDS)})"
+    Field("labels", _CLAM, "mapping", "{} (all missing)", f"field ({', '.join(LABEL_FIELDS)})"
           " -> column name, or `{column, map}` with `map` a value -> label mapping or `oncotree`",
           _clam_labels),
 )
@@ -246,6 +286,12 @@ def fields_of(layout: str) -> dict[str, Field]:
   return {f.name: f for f in every if layout in f.layouts}
 
 
+def _check_combinations(spec: Mapping[str, Any], where: str) -> None:
+  if "expression" in spec and "omics" in spec:
+    raise CohortError(f"{where}: `omics` selects the CSV's `<GENE>_<omic>` columns, but "
+                      "`expression` reads genes from a matrix; give one of them")
+
+
 def validate_spec(spec: Mapping[str, Any], where: str = "cohort spec") -> None:
   """Raises CohortError on an unknown key, a missing required key or a bad value."""
   layout = spec.get("layout")
@@ -259,7 +305,9 @@ def validate_spec(spec: Mapping[str, Any], where: str = "cohort spec") -> None:
     for key in unknown:
       others = [lay for lay in LAYOUTS if key in fields_of(lay)]
       notes.append(did_you_mean(str(key), fields, f"{key!r}: did you mean {{!r}}?") or
-                   (f"{key!r} is a field of the {'/'.join(others)} layout" if others else ""))
+                   (f"{key!r} is a field of the {others[0]} layout"
+                    + (f" (and of {', '.join(others[1:])})" if others[1:] else "")
+                    if others else ""))
     notes = "; ".join(n for n in notes if n)
     raise CohortError(f"{where}: unknown options {unknown} for layout {layout!r}"
                       f"{f' ({notes})' if notes else ''}; expected some of {sorted(fields)} "
@@ -275,6 +323,7 @@ def validate_spec(spec: Mapping[str, Any], where: str = "cohort spec") -> None:
       raise CohortError(f"{where}: {e}") from None
     if msg:
       raise CohortError(f"{where}: `{name}`: {msg}")
+  _check_combinations(spec, where)
 
 
 def reference_markdown() -> str:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from smml_jax.data import genes as genes_lib
 from smml_jax.data.bags import bag_to_grid
+from smml_jax.data.h5features import patch_step
 from smml_jax.data.errors import CohortError
 from smml_jax.data.normalise import SUBSPACES
 from smml_jax.evaluate.errors import InferenceError
@@ -85,6 +86,7 @@ def read_slide_features(run: TrainedRun, path: str | pathlib.Path, *,
     feats = np.asarray(f[fds][()], np.float32)
     cds = coords_dataset or fmt.coords_dataset or "coords"
     coords = np.asarray(f[cds][()], np.float32) if cds in f else None
+    step = patch_step(f[cds].attrs) if cds in f else None  # TRIDENT's patch size, as the records
   if feats.ndim == 3 and feats.shape[0] == 1:
     feats = feats[0]
   if feats.ndim != 2 or feats.shape[0] == 0 or feats.shape[1] != run.feature_dim:
@@ -100,7 +102,7 @@ def read_slide_features(run: TrainedRun, path: str | pathlib.Path, *,
   if layout == "coords" and coords is None:
     raise InferenceError(f"{path}: the run lays slides out by patch coordinates "
                          f"(grid_layout 'coords') but the file has no dataset {cds!r}")
-  patches, cell_coords, tissue = bag_to_grid(feats, coords, run.grid_side, layout)
+  patches, cell_coords, tissue = bag_to_grid(feats, coords, run.grid_side, layout, step)
   return {"patches": patches.astype(np.float32), "coords": cell_coords, "tissue_mask": tissue,
           "has_coords": np.asarray(coords is not None)}
 
