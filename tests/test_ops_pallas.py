@@ -34,7 +34,9 @@ def _reference(**kw):
 
 
 @pytest.mark.parametrize("heads_per_group,hidden,side", [
-    (1, (32, 32), 6), (2, (8, 8), 6), (1, (8,), 5), (1, (8, 6, 8), 6)])
+    pytest.param(1, (32, 32), 6, marks=pytest.mark.slow), (2, (8, 8), 6),
+    pytest.param(1, (8,), 5, marks=pytest.mark.slow),
+    pytest.param(1, (8, 6, 8), 6, marks=pytest.mark.slow)])
 def test_pallas_equals_reference_values_and_gradients(heads_per_group, hidden, side):
   # The original's MLP (2 -> 32 -> 32 -> 1), o = 2 heads per group, one and three hidden layers;
   # N = 36 and 25 queries pad the last 32-query tile.
