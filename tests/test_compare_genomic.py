@@ -206,7 +206,7 @@ def test_subspace_heads_train_without_moving_the_encoders():
     assert float(jnp.abs(grads[name]["kernel"]).max()) > 0.0
 
 
-@pytest.mark.parametrize("task", ["grading", "survival"])
+@pytest.mark.parametrize("task", ["grading", pytest.param("survival", marks=pytest.mark.slow)])
 def test_training_selects_and_restores_the_best_validation_epoch(task):
   spec = build_genomic_model("snn", num_classes=3 if task == "grading" else 4, n_genes_tumour=12,
                              n_genes_micro=9, options={"widths": (16, 8)})
