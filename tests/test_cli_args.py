@@ -1,9 +1,11 @@
-"""experiments.predict refuses incomplete arguments before loading anything (the fast CLI test;
-the end-to-end predictions on a trained run are in test_predict.py, marked slow)."""
+"""The CLIs whose end-to-end tests train a run (marked slow) refuse bad arguments before loading
+or writing anything: their fast tests in the developer loop. End to end: test_predict.py
+(experiments.predict) and test_report_cli.py (experiments.report)."""
 
 import pytest
 
 from experiments import predict as predict_cli
+from experiments import report as report_cli
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -20,10 +22,19 @@ def test_incomplete_arguments_are_refused_naming_what_is_missing(tmp_path, capsy
   assert not (tmp_path / "out").exists() and not run.exists()
 
 
-def test_a_missing_run_directory_is_named(tmp_path, capsys):
+def test_predict_names_a_missing_run_directory(tmp_path, capsys):
   run = tmp_path / "no_such_run"
   assert predict_cli.main(["--run", str(run), "--input", "synthetic",
                            "--out", str(tmp_path / "out")]) == 2
   err = capsys.readouterr().err
   assert "no_such_run" in err
   assert not (tmp_path / "out").exists() and not run.exists()
+
+
+def test_report_names_a_missing_run_directory_and_writes_nothing(tmp_path, capsys):
+  run = tmp_path / "no_such_run"
+  assert report_cli.main(["--run", str(run), "--out", str(tmp_path / "report"),
+                          "--no-progress"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "no_such_run" in err
+  assert not (tmp_path / "report").exists() and not run.exists()
