@@ -132,6 +132,9 @@ def _tpu_topology():
   return topologies, topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2")
 
 
+# A deviceless TPU executable is written to the persistent compilation cache (conftest.py) but
+# cannot be read back without a TPU client: jax warns and compiles again, which is all it can do.
+@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache entry")
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_pallas_kernel_compiles_for_tpu(dtype):
   from jax.sharding import NamedSharding
