@@ -1,6 +1,7 @@
-"""The CLIs whose end-to-end tests train a run (marked slow) refuse bad arguments before loading
-or writing anything: their fast tests in the developer loop. End to end: test_predict.py
-(experiments.predict) and test_report_cli.py (experiments.report)."""
+"""Fast tests, in the developer loop, of the command lines whose end-to-end tests are slow:
+experiments.predict and experiments.report refuse bad arguments before loading or writing anything
+(end to end: test_predict.py, test_report_cli.py), and scripts/launch_local.py starts its
+processes (with JAX: test_benchmark_throughput.py, test_distributed.py)."""
 
 import pytest
 
@@ -38,3 +39,21 @@ def test_report_names_a_missing_run_directory_and_writes_nothing(tmp_path, capsy
   err = capsys.readouterr().err
   assert err.startswith("error: ") and "no_such_run" in err
   assert not (tmp_path / "report").exists() and not run.exists()
+
+
+def test_launch_local_script_gives_each_process_its_id_and_logs(tmp_path):
+  # The launcher end to end with children that import nothing; the JAX multi-process runs
+  # through it are in test_benchmark_throughput.py and test_distributed.py (slow).
+  import pathlib
+  import subprocess
+  import sys
+  script = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "launch_local.py"
+  child = ("import os; print('process', os.environ['SMML_PROCESS_ID'], 'of', "
+           "os.environ['SMML_NUM_PROCESSES'], os.environ['XLA_FLAGS'])")
+  proc = subprocess.run([sys.executable, str(script), "-n", "2", "--devices-per-process", "3",
+                         "--log-dir", str(tmp_path), "--", sys.executable, "-c", child],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout == "process 0 of 2 --xla_force_host_platform_device_count=3\n"
+  assert (tmp_path / "process_1.log").read_text() == (
+      "process 1 of 2 --xla_force_host_platform_device_count=3\n")
