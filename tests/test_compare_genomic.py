@@ -139,6 +139,7 @@ def _small_spec():
                              n_genes_micro=9, options={"widths": (16, 8), "dropout_rate": 0.0})
 
 
+@pytest.mark.slow  # ~22 s of CPU: two models compiled with and without coordination
 def test_subspace_genomic_coordination_changes_the_fused_kernel_gradient():
   spec = _small_spec()
   arrays = _toy_arrays()
