@@ -139,7 +139,7 @@ def _small_spec():
                              n_genes_micro=9, options={"widths": (16, 8), "dropout_rate": 0.0})
 
 
-@pytest.mark.slow  # ~22 s of CPU: two models compiled with and without coordination
+@pytest.mark.slow  # ~22 s of CPU: eager gradients over seeds, then two jitted train steps
 def test_subspace_genomic_coordination_changes_the_fused_kernel_gradient():
   spec = _small_spec()
   arrays = _toy_arrays()
