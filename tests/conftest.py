@@ -6,11 +6,31 @@ import os
 import pathlib
 from typing import Optional
 
+import jax
 import numpy as np
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
+
+
+def _use_persistent_compilation_cache() -> None:
+  """Shares compiled XLA programs between tests, xdist workers and sessions.
+
+  Most of the suite's time is XLA compiling the same small models again (each test builds its own
+  jit). The cache is keyed by the program, the jax/jaxlib version and the backend, so a stale entry
+  is never used. $SMML_TEST_JAX_CACHE names the folder ("off" disables); the default is under
+  .pytest_cache/, which git ignores. Subprocesses the tests start do not inherit it.
+  """
+  where = os.environ.get("SMML_TEST_JAX_CACHE", str(REPO_ROOT / ".pytest_cache" / "jax_cache"))
+  if where.lower() == "off":
+    return
+  jax.config.update("jax_compilation_cache_dir", where)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+_use_persistent_compilation_cache()
 
 
 def reference_dir() -> pathlib.Path:

@@ -27,7 +27,7 @@ def model_and_params():
   batch = {"patches": jnp.asarray(rng.normal(size=(3, SIDE * SIDE, FEAT)), jnp.float32),
            "genes_tumour": jnp.asarray(rng.normal(size=(3, 5)), jnp.float32),
            "genes_micro": jnp.asarray(rng.normal(size=(3, 9)), jnp.float32)}
-  params = model.init(jax.random.PRNGKey(0), batch)["params"]
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), batch)["params"]  # one compile, not per op
   apply = jax.jit(lambda p, b: model.apply({"params": p}, b))
   return apply, params, batch
 

@@ -139,6 +139,7 @@ def _small_spec():
                              n_genes_micro=9, options={"widths": (16, 8), "dropout_rate": 0.0})
 
 
+@pytest.mark.slow  # ~22 s of CPU: eager gradients over seeds, then two jitted train steps
 def test_subspace_genomic_coordination_changes_the_fused_kernel_gradient():
   spec = _small_spec()
   arrays = _toy_arrays()
@@ -206,7 +207,7 @@ def test_subspace_heads_train_without_moving_the_encoders():
     assert float(jnp.abs(grads[name]["kernel"]).max()) > 0.0
 
 
-@pytest.mark.parametrize("task", ["grading", "survival"])
+@pytest.mark.parametrize("task", ["grading", pytest.param("survival", marks=pytest.mark.slow)])
 def test_training_selects_and_restores_the_best_validation_epoch(task):
   spec = build_genomic_model("snn", num_classes=3 if task == "grading" else 4, n_genes_tumour=12,
                              n_genes_micro=9, options={"widths": (16, 8)})

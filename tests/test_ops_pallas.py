@@ -34,7 +34,9 @@ def _reference(**kw):
 
 
 @pytest.mark.parametrize("heads_per_group,hidden,side", [
-    (1, (32, 32), 6), (2, (8, 8), 6), (1, (8,), 5), (1, (8, 6, 8), 6)])
+    pytest.param(1, (32, 32), 6, marks=pytest.mark.slow), (2, (8, 8), 6),
+    pytest.param(1, (8,), 5, marks=pytest.mark.slow),
+    pytest.param(1, (8, 6, 8), 6, marks=pytest.mark.slow)])
 def test_pallas_equals_reference_values_and_gradients(heads_per_group, hidden, side):
   # The original's MLP (2 -> 32 -> 32 -> 1), o = 2 heads per group, one and three hidden layers;
   # N = 36 and 25 queries pad the last 32-query tile.
@@ -130,6 +132,9 @@ def _tpu_topology():
   return topologies, topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2")
 
 
+# A deviceless TPU executable is written to the persistent compilation cache (conftest.py) but
+# cannot be read back without a TPU client: jax warns and compiles again, which is all it can do.
+@pytest.mark.filterwarnings("ignore:Error reading persistent compilation cache entry")
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_pallas_kernel_compiles_for_tpu(dtype):
   from jax.sharding import NamedSharding

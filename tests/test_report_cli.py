@@ -208,6 +208,7 @@ def test_region_concentrations_points_attention_and_nulls():
   assert "mismatched" not in sampling.immune_sentence(single)
 
 
+@pytest.mark.slow  # trains a run and builds its whole report (the module fixture)
 def test_report_html_renders_in_chromium_with_every_figure_drawn(survival_report):
   from smml_jax.evaluate import screenshot
   _, out = survival_report
