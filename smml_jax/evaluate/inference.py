@@ -161,7 +161,7 @@ def restore_params(checkpoint_dir: str | pathlib.Path, params_template: Any,
     step = manager.latest_step()
     if step is None:
       raise InferenceError(f"{folder} holds no checkpoint step")
-    what = f"checkpoint {which}/{step} (saved after epoch {step + 1})"
+    what = f"checkpoint {which}/{step} (saved after epoch {step})"
     try:
       verify_step(folder / str(step), folder.parent / MANIFEST_DIR / f"{which}-{step}.json",
                   what)

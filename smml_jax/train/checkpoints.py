@@ -118,7 +118,7 @@ class RunCheckpoints:
 
   def restore(self, kind: str, step: int, template: Any) -> tuple[Any, dict]:
     """(state, meta) of one checkpoint; CheckpointError naming the step and the damaged file."""
-    what = f"checkpoint {kind}/{step} (saved after epoch {step + 1})"
+    what = f"checkpoint {kind}/{step} (saved after epoch {step})"
     verify_step(self.step_dir(kind, step), self.manifest(kind, step), what)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     try:
@@ -168,7 +168,7 @@ class RunCheckpoints:
   def newest(self) -> Optional[str]:
     """'latest/<step>' of the newest saved checkpoint (for messages), or None."""
     steps = self.steps("latest")
-    return f"{self.directory / 'latest' / str(steps[-1])} (after epoch {steps[-1] + 1})" if steps else None
+    return f"{self.directory / 'latest' / str(steps[-1])} (after epoch {steps[-1]})" if steps else None
 
   def close(self) -> None:
     for manager in self.managers.values():
