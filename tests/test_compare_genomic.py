@@ -272,6 +272,15 @@ def test_training_selects_and_restores_the_best_validation_epoch(task):
   fixed = in_memory.fit(spec, loss, optim, train, batch_size=16, select_on_val=False, seed=0)
   assert fixed.best_epoch == 5 and "val_score" not in fixed.history[0]
   assert fixed.history[-1]["loss"] < fixed.history[0]["loss"]
+  if task == "grading":  # other class weights (another split) reuse the compiled step
+    misses = in_memory._compiled.cache_info().misses
+    reweighted = dataclasses.replace(loss, class_weights=(3.0, 1.0, 0.5))
+    other = in_memory.fit(spec, reweighted, optim, train, batch_size=16, select_on_val=False)
+    assert in_memory._compiled.cache_info().misses == misses
+    _, step = in_memory._compiled(spec, dataclasses.replace(loss, class_weights=None), optim,
+                                  3, "pcgrad")
+    assert step._cache_size() == 1
+    assert other.history[0]["loss"] != fixed.history[0]["loss"]  # the weights did change the loss
   with pytest.raises(ValueError, match="validation"):
     in_memory.fit(spec, loss, optim, train, None, batch_size=16)
 
