@@ -81,7 +81,7 @@ def format_table(summary: dict) -> str:
   line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                              for i, (c, w) in enumerate(zip(r, width)))
   head = (f"{summary['task']} / {summary['model']} / seed {summary['seed']}: best epoch "
-          f"{summary['best_epoch'] + 1} by validation {summary['selection_metric']}")
+          f"{summary['best_epoch']} by validation {summary['selection_metric']}")
   return "\n".join([head, line(rows[0]), line(tuple("-" * w for w in width))]
                    + [line(r) for r in rows[1:]])
 

@@ -281,7 +281,7 @@ def test_training_curves_mark_the_selected_epoch_and_drop_empty_panels(tmp_path,
   assert any("compilation" in t and "12.5" in t for t in titles)  # beside slides/s, not in it
   for ax in fig.axes:
     if ax.axison:
-      assert any(list(line.get_xdata()) == [3, 3] for line in ax.get_lines()), ax.get_title()
+      assert any(list(line.get_xdata()) == [2, 2] for line in ax.get_lines()), ax.get_title()
 
 
 def test_outside_fraction_counts_points_that_read_only_padding():

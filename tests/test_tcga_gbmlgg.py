@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from smml_jax.data import labels
-from smml_jax.data import protocols
+from smml_jax.data import splits as protocols
 from smml_jax.data import tcga_gbmlgg
 from smml_jax.data.tcga_gbmlgg import GBMLGGDataError, load_gbmlgg
 from smml_jax.models import linear
@@ -255,7 +255,7 @@ def test_missing_file_and_column_are_named(tmp_path):
   with pytest.raises(ValueError, match="source"):
     load_gbmlgg(shared_data_dir(), "tcga", "grading")
   with pytest.raises(ValueError, match="protocol"):
-    protocols.make_splits("cv10", _cohort("pnas", "grading"), shared_data_dir())
+    protocols.protocol_splits("cv10", _cohort("pnas", "grading"), shared_data_dir())
 
 
 def test_bad_split_cell_is_reported(tmp_path):

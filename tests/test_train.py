@@ -97,7 +97,7 @@ def test_resume_falls_back_past_a_corrupted_checkpoint_to_the_same_metrics(full_
   logs = []
   resumed = train(config, out, resume=True, log=logs.append)
   assert any("latest/1" in line and str(victim) in line for line in logs), logs
-  assert any("resumed" in line and "after epoch 1" in line for line in logs), logs
+  assert any("resumed" in line and "after epoch 0" in line for line in logs), logs
   assert resumed == summary  # epoch 1 trained again from epoch 0's checkpoint, identically
 
 
@@ -192,14 +192,20 @@ def test_run_writes_tensorboard_scalars_and_a_log_file(full_run):
   assert dict(scalars["val/auc"]) == pytest.approx(val)
   assert "test/auc" in scalars  # recorded for the record, not shown on the console
   log = (out / events.LOG_FILE).read_text()
-  assert "epoch 1/3" in log and "test auc" in log
+  assert "epoch 0 (1/3)" in log and "test auc" in log
 
 
 def test_console_shows_validation_per_epoch_and_test_once(tiny_spec, data_dir, tmp_path):
   lines = []
-  train(tiny_config(tiny_spec, data_dir, epochs=2), tmp_path / "quiet", log=lines.append)
+  summary = train(tiny_config(tiny_spec, data_dir, epochs=2), tmp_path / "quiet",
+                  log=lines.append)
   epoch_lines = [line for line in lines if line.startswith("epoch ")]
   assert len(epoch_lines) == 2
+  # One numbering (0-based): the console names the epoch summary.json records.
+  assert [line.split(":")[0] for line in epoch_lines] == ["epoch 0 (1/2)", "epoch 1 (2/2)"]
+  best = summary["best_epoch"]
+  assert any(line.startswith(f"selected epoch {best} on validation") for line in lines), lines
+  assert f"at epoch {best})" in epoch_lines[-1]
   assert all("val auc" in line and "test" not in line for line in epoch_lines)
   assert sum("test auc" in line for line in lines) == 1  # once, at the end
   assert any(line.startswith("compiling") for line in lines)

@@ -24,7 +24,7 @@ def test_non_finite_loss_stops_the_run_at_that_step(tmp_path, capsys):
     args += ["--set", f"model_options.{key}={json.dumps(value)}"]
   assert run_cli.main(args) == 3
   err = capsys.readouterr().err
-  assert "training diverged at step" in err and "epoch 1" in err, err
+  assert "training diverged at step" in err and "(epoch 0, batch" in err, err
   assert "non-finite" in err and "loss=nan" in err, err
   assert "Last good checkpoint: none" in err, err  # it diverged before the first checkpoint
   assert "Traceback" not in err

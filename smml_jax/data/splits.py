@@ -10,18 +10,35 @@ Schemes:
             patient ids, padded with empty cells. Without a `test` column the file's `val` column
             is the held-out fold and becomes `test`, and `val_fraction` of its train patients
             (stratified, seeded) becomes `val`, as in `kfold`.
+
+Published protocols of TCGA GBM-LGG (patient-level `GenomicCohort`; index arrays into it):
+  pnas15    the 15 SCNN / PathomicFusion train/test randomisations
+            (`diegom4riano-nebius-fmri-adversarial/data/TCGA_GBMLGG/pnas_splits.csv`: the TCGA ID,
+            then `Randomization - 1..15` cells `Train` / `Test`). Repeated random splits: their test
+            sets overlap. `val` is a stratified `val_fraction` of each split's train set (the
+            same `stratified_holdout` as `kfold`); the test set is never used for selection. On
+            `source='porpoise'` the splits keep the 490 patients both sources share.
+  mcat5     the 5 MCAT / PORPOISE folds (`mahmoodlab-PORPOISE/splits/5foldcv/tcga_gbmlgg/
+            splits_{0..4}.csv`, read by `read_split_file`). `val` is the held-out fold and `test`
+            the SAME fold, as in MCAT / PORPOISE: models train a fixed budget with no selection
+            (`SELECTS_ON_VAL['mcat5']` is False).
+Only patients the cohort's task can use (`cohort.labelled()`) and the file names are kept;
+patients are matched by TCGA barcode, so a protocol applies to either source.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Mapping
+import pathlib
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from smml_jax.data import tcga_gbmlgg
 from smml_jax.data.errors import CohortError
+from smml_jax.data.tcga_gbmlgg import GBMLGGDataError, GenomicCohort
 
 SCHEMES = ("original", "kfold", "file")
 PARTS = ("train", "val", "test")
@@ -70,20 +87,28 @@ def kfold_patient_split(patients: pd.DataFrame, n_folds: int, fold: int, seed: i
   return {"train": train, "val": val, "test": np.sort(ids[test])}
 
 
+def stratified_holdout(ids: np.ndarray, strata: np.ndarray, fraction: float,
+                       seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(rest, held), each sorted: ceil(fraction * n) of `ids` held out, stratified by `strata` (n,)
+  where every stratum has two members and room in both parts (else a plain seeded draw)."""
+  if fraction <= 0 or len(ids) < 2:
+    return np.sort(ids), ids[:0]
+  _, counts = np.unique(strata, return_counts=True)
+  n_held = int(np.ceil(fraction * len(ids)))
+  n_rest = len(ids) - n_held
+  can_stratify = counts.min() >= 2 and min(n_held, n_rest) >= len(counts)
+  rest, held = train_test_split(ids, test_size=n_held, random_state=seed,
+                                stratify=strata if can_stratify else None)
+  return np.sort(rest), np.sort(held)
+
+
 def _carve_val(patients: pd.DataFrame, train_ids: np.ndarray, seed: int, stratify: str | None,
                val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-  """Splits train_ids into (train, val), stratified where every stratum has two patients."""
+  """Splits train_ids into (train, val) by `stratified_holdout`."""
   if val_fraction <= 0 or len(train_ids) < 2:
     return np.sort(train_ids), train_ids[:0]
   strata = _strata(patients.set_index("patient_id").loc[train_ids].reset_index(), stratify)
-  _, counts = np.unique(strata, return_counts=True)
-  n_val = int(np.ceil(val_fraction * len(train_ids)))
-  n_train = len(train_ids) - n_val
-  # Stratify only where sklearn can: every stratum twice, and room for each in both parts.
-  can_stratify = counts.min() >= 2 and min(n_val, n_train) >= len(counts)
-  train, val = train_test_split(train_ids, test_size=n_val, random_state=seed,
-                                stratify=strata if can_stratify else None)
-  return np.sort(train), np.sort(val)
+  return stratified_holdout(train_ids, strata, val_fraction, seed)
 
 
 def read_split_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -147,3 +172,91 @@ def assert_patient_disjoint(cohort, splits: Mapping[str, np.ndarray]) -> None:
     for b in names[i + 1:]:
       if sets[a] & sets[b]:
         raise CohortError(f"patients {sorted(sets[a] & sets[b])[:5]} are in both {a} and {b}")
+
+
+# --- published protocols of TCGA GBM-LGG -------------------------------------------------------
+
+NUM_PNAS_SPLITS = 15
+NUM_MCAT_FOLDS = 5
+# Whether a protocol's `val` is a separate selection set (False: val is the test fold).
+SELECTS_ON_VAL = {"pnas15": True, "mcat5": False}
+# The source whose published splits define each protocol.
+DEFAULT_SOURCE = {"pnas15": "pnas", "mcat5": "porpoise"}
+NUM_PROTOCOL_SPLITS = {"pnas15": NUM_PNAS_SPLITS, "mcat5": NUM_MCAT_FOLDS}
+
+Split = dict[str, np.ndarray]
+
+
+def _usable(idx: np.ndarray, usable: np.ndarray) -> np.ndarray:
+  return np.sort(idx[usable[idx]].astype(np.int64))
+
+
+def _protocol_file(data_root, rel: str) -> pathlib.Path:
+  path = pathlib.Path(data_root) / rel
+  if not path.is_file():
+    raise GBMLGGDataError(f"missing file {path} (expected {rel} under --data-root {data_root})")
+  return path
+
+
+def pnas15_splits(cohort: GenomicCohort, data_root: str | os.PathLike, val_fraction: float = 0.15,
+                  seed: int = 0, splits: range | list[int] | None = None) -> list[Split]:
+  """The SCNN / PathomicFusion train/test splits with a stratified validation part of train.
+
+  Args:
+    cohort: the cohort (either source); patients unlabelled for its task are left out.
+    data_root: folder laid out like `../shared/data`.
+    val_fraction: share of each training set held out for model selection, stratified by the
+      task label (classification: the class; survival: the event flag).
+    seed: seeds the validation draw; split k draws with `seed * NUM_PNAS_SPLITS + k`.
+    splits: which of the 15 (0-based) to return, all by default.
+
+  Returns:
+    One dict(train, val, test) of sorted int64 patient indices per split.
+  """
+  if not 0.0 <= val_fraction < 1.0:
+    raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+  path = _protocol_file(data_root, tcga_gbmlgg.PNAS_SPLITS)
+  table = pd.read_csv(path, index_col=0)
+  columns = [f"Randomization - {k}" for k in range(1, NUM_PNAS_SPLITS + 1)]
+  missing = [c for c in columns if c not in table.columns]
+  if missing:
+    raise GBMLGGDataError(f"{path}: missing column(s) {missing}")
+  bad = ~table[columns].isin(["Train", "Test"])
+  if bad.to_numpy().any():
+    row, col = np.argwhere(bad.to_numpy())[0]
+    raise GBMLGGDataError(f"{path}: row {table.index[row]!r} column {columns[col]!r}: "
+                          f"{table.iat[row, col]!r}, expected 'Train' or 'Test'")
+  usable, strata = cohort.labelled(), cohort.label()
+  out = []
+  for k in (range(NUM_PNAS_SPLITS) if splits is None else splits):
+    assign = table[columns[k]]
+    train = _usable(cohort.index_of(assign.index[assign == "Train"]), usable)
+    test = _usable(cohort.index_of(assign.index[assign == "Test"]), usable)
+    train, val = stratified_holdout(train, strata[train], val_fraction,
+                                    seed * NUM_PNAS_SPLITS + k)
+    out.append({"train": train, "val": val, "test": test})
+  return out
+
+
+def mcat5_splits(cohort: GenomicCohort, data_root: str | os.PathLike,
+                 folds: range | list[int] | None = None) -> list[Split]:
+  """The 5 MCAT / PORPOISE cross-validation folds: dict(train, val=held-out fold, test=same)."""
+  usable = cohort.labelled()
+  out = []
+  for k in (range(NUM_MCAT_FOLDS) if folds is None else folds):
+    parts = read_split_file(_protocol_file(data_root, tcga_gbmlgg.PORPOISE_SPLITS.format(fold=k)))
+    train = _usable(cohort.index_of(parts["train"]), usable)
+    held = _usable(cohort.index_of(parts["val"]), usable)
+    out.append({"train": train, "val": held, "test": held.copy()})
+  return out
+
+
+PROTOCOLS: dict[str, Callable[..., list[Split]]] = {"pnas15": pnas15_splits, "mcat5": mcat5_splits}
+
+
+def protocol_splits(protocol: str, cohort: GenomicCohort, data_root: str | os.PathLike,
+                    **kwargs) -> list[Split]:
+  """`PROTOCOLS[protocol](cohort, data_root, **kwargs)`, naming the valid protocols otherwise."""
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of {sorted(PROTOCOLS)}")
+  return PROTOCOLS[protocol](cohort, data_root, **kwargs)

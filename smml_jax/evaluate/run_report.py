@@ -124,7 +124,7 @@ def build_report(run_dir: str | pathlib.Path, options: ReportOptions = ReportOpt
                              "checkpoint": run.checkpoint, "epoch": run.epoch,
                              "split": options.split, "n_slides": int(len(table))}
   sections = [_section("Run", f"Task `{run.task}`, model `{run.config.model}`, "
-                       f"{run.checkpoint} checkpoint (epoch {run.epoch + 1}), evaluated on the "
+                       f"{run.checkpoint} checkpoint (epoch {run.epoch}), evaluated on the "
                        f"{len(table)} slides of the `{options.split}` split of `{cohort.path}`.")]
 
   # Cohort level.

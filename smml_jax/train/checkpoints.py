@@ -69,7 +69,7 @@ def verify_step(step_dir: pathlib.Path, manifest: pathlib.Path, what: str) -> No
 
 def describe(kind: str, step: int) -> str:
   """How messages name a checkpoint: steps are 0-based epochs, the console counts from 1."""
-  return f"checkpoint {kind}/{step} (saved after epoch {step + 1})"
+  return f"checkpoint {kind}/{step} (saved after epoch {step})"
 
 
 def restore_params(directory: str | pathlib.Path, kind: str, params_template: Any
@@ -216,7 +216,7 @@ class RunCheckpoints:
   def newest(self) -> Optional[str]:
     """'latest/<step>' of the newest saved checkpoint (for messages), or None."""
     steps = self.steps("latest")
-    return f"{self.directory / 'latest' / str(steps[-1])} (after epoch {steps[-1] + 1})" if steps else None
+    return f"{self.directory / 'latest' / str(steps[-1])} (after epoch {steps[-1]})" if steps else None
 
   def close(self) -> None:
     for manager in self.managers.values():

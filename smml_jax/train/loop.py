@@ -21,21 +21,18 @@ from smml_jax.models.deform_attention import (DeformAttentionConfig, min_grid_si
                                               offset_grid_side)
 from smml_jax.models.registry import ModelSpec, build_model, implementations
 from smml_jax.ops import dispatch
-from smml_jax.optim.coordination import coordinate_gradients
-from smml_jax.optim.factory import epoch_schedule, make_optimizer, trainable_mask_from_predicate
+from smml_jax.optim.factory import epoch_schedule
 from smml_jax.tasks import Task, get_task
-from smml_jax.train import distributed, events as events_lib, run_dir, sharding
+from smml_jax.train import distributed, epoch as epoch_lib, events as events_lib, run_dir, sharding
 from smml_jax.train.checkpoints import RunCheckpoints
 from smml_jax.train.config import ConfigError, RunConfig, config_to_dict
+from smml_jax.train.epoch import TrainingDiverged, epoch_label
 from smml_jax.train.run_dir import RunDirError  # noqa: F401  (re-exported for callers)
 from smml_jax.train.state import TrainState
-from smml_jax.train.steps import LossConfig, make_eval_step, make_train_step, model_inputs
+from smml_jax.train.steps import (LossConfig, make_eval_step, make_run_optimizer, make_train_step,
+                                  model_inputs)
 
 DEFAULT_KEEP_CHECKPOINTS = 2
-
-
-class TrainingDiverged(RuntimeError):
-  """A non-finite loss or gradient: the run cannot train further."""
 
 
 def is_main_process() -> bool:
@@ -177,15 +174,10 @@ def init_state(exp: Experiment, steps_per_epoch: int):
   sample = next(iter(_iterator(exp, "train", _global_batch(cfg.train.batch_size, exp.mesh))))
   inputs = {k: jnp.asarray(v[:1]) for k, v in model_inputs(sample).items()}
   params = exp.spec.module.init({"params": init_key, "dropout": dropout_key}, inputs)["params"]
-  frozen = exp.spec.frozen
-  trainable = trainable_mask_from_predicate(
-      lambda path, leaf: not any(path.startswith(f) for f in frozen)) if frozen else None
-  coordination = None
-  if exp.loss_config.coordination:
-    coordination = coordinate_gradients(exp.spec.splits, mode=cfg.train.coordination)
   optim = dataclasses.replace(cfg.optim, epochs=cfg.train.epochs)
-  tx = make_optimizer(optim, steps_per_epoch=steps_per_epoch, trainable=trainable,
-                      coordination=coordination)
+  tx = make_run_optimizer(exp.spec, optim, steps_per_epoch=steps_per_epoch,
+                          coordination_mode=(cfg.train.coordination
+                                             if exp.loss_config.coordination else None))
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      rng=state_key)
   return sharding.replicate(state, exp.mesh), tx
@@ -254,7 +246,7 @@ def _check_finite(metrics: dict, step: int, epoch: int, batch: int, steps_per_ep
   bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
   newest = ckpts.newest()
   raise TrainingDiverged(
-      f"training diverged at step {step} (epoch {epoch + 1}, batch {batch} of {steps_per_epoch}):"
+      f"training diverged at step {step} (epoch {epoch}, batch {batch} of {steps_per_epoch}):"
       f" non-finite {bad}. Last good checkpoint: "
       + (newest if newest else "none (it diverged in the first epoch)")
       + "; nothing after it was saved. Lower optim.learning_rate or check the inputs.")
@@ -327,7 +319,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
       state, meta = restored
       state = sharding.replicate(state, exp.mesh)
       history, best, start_epoch = meta["history"], meta["best"], meta["epoch"] + 1
-      log(f"resumed {out_dir} after epoch {meta['epoch'] + 1}")
+      log(f"resumed {out_dir} after epoch {meta['epoch']}")
     else:
       log(f"--resume: {out_dir} holds no intact checkpoint; training from the first epoch")
   _write_jsonl(out_dir / run_dir.METRICS_FILE, history)
@@ -360,7 +352,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
   compiled = False
   try:
     for epoch in range(start_epoch, config.train.epochs):
-      bar.set_description(f"epoch {epoch + 1}/{config.train.epochs}")
+      bar.set_description(epoch_label(epoch, config.train.epochs))
       t0, seen, compile_s, losses = time.perf_counter(), 0, None, []
       first_step = step
       iterator = _iterator(exp, "train", batch_size, epoch=epoch, train=True)
@@ -373,11 +365,12 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
             events.train_step(first + i + 1, row)
         return len(rows)
 
-      for batch in iterator:
-        if not compiled:
-          say(f"compiling the train step ({exp.config.model}, batch {batch_size}) ...")
+      if not compiled:
+        say(f"compiling the train step ({exp.config.model}, batch {batch_size}) ...")
+      batches = (sharding.shard_batch(batch, exp.mesh) for batch in iterator)
+      for stepped, m in epoch_lib.epoch_steps(train_step, state, batches):
+        state = stepped  # evaluate() and the checkpoints read the latest state
         step += 1
-        state, m = train_step(state, sharding.shard_batch(batch, exp.mesh))
         seen += batch_size
         train_rows.append(m)
         if not compiled:  # time the first step alone: compilation is not throughput
@@ -422,9 +415,9 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
           _write_jsonl(out_dir / run_dir.predictions_file(part),
                        _prediction_rows(results[part][1], exp.loss_config.task))
       ckpts.save_latest(epoch, state, meta)
-      line = (f"epoch {epoch + 1}/{config.train.epochs}: loss {history[-3]['loss']:.4f}  val "
+      line = (f"{epoch_label(epoch, config.train.epochs)}: loss {history[-3]['loss']:.4f}  val "
               f"{metric} {_fmt(val_value)}  (best "
-              f"{_fmt(best['value'] if best['epoch'] >= 0 else None)} at epoch {best['epoch'] + 1})")
+              f"{_fmt(best['value'] if best['epoch'] >= 0 else None)} at epoch {best['epoch']})")
       test_part = f"  test {metric} {_fmt(results['test'][0].get(metric))}"
       speed = f"  ({train_time:.1f}s, {timed[0] / timed[1]:.1f} slides/s)"
       console(line + (test_part if config.train.log_test_every_epoch else "") + speed)
@@ -444,7 +437,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
   if is_main_process():
     run_dir.write_json(out_dir / run_dir.SUMMARY_FILE, summary)
   val_value, test_value = ((summary[p] or {}).get(metric) for p in ("val", "test"))
-  say(f"selected epoch {best['epoch'] + 1} on validation {metric} {_fmt(val_value)}; "
+  say(f"selected epoch {best['epoch']} on validation {metric} {_fmt(val_value)}; "
       f"test {metric} {_fmt(test_value)}")
   events.close()
   return summary

@@ -11,7 +11,8 @@ import optax
 
 from smml_jax.losses.consistency import batch_consistency_loss
 from smml_jax.models.registry import ModelSpec
-from smml_jax.optim.coordination import CoordinationState
+from smml_jax.optim.coordination import CoordinationState, coordinate_gradients
+from smml_jax.optim.factory import OptimConfig, make_optimizer, trainable_mask_from_predicate
 from smml_jax.tasks import Task, get_task
 from smml_jax.train.state import TrainState
 
@@ -22,13 +23,16 @@ MODEL_INPUTS = ("patches", "genes_tumour", "genes_micro")
 class LossConfig:
   """What the loss adds up: the task loss plus `consistency_weight` x each subspace's BatchLoss.
 
-  `task` is a `Task`, or a task name (its default number of outputs).
+  `task` is a `Task`, or a task name (its default number of outputs). `head_losses` adds the
+  task loss of the per-subspace heads (`logits_tumour`, `logits_micro`) a model returns; where
+  they read stop-gradient embeddings (`subspace-genomic`) this trains the heads only.
   """
   task: Task | str
   class_weights: Optional[tuple[float, ...]] = None
   consistency_weight: float = 0.5
   consistency_mode: str = "reference"
   coordination: bool = True
+  head_losses: bool = False
 
   def __post_init__(self):
     if isinstance(self.task, str):
@@ -36,11 +40,15 @@ class LossConfig:
 
 
 def model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-  return {k: batch[k] for k in MODEL_INPUTS}
+  """The batch fields a model reads; a bag-free (genomics-only) batch has no `patches`."""
+  return {k: batch[k] for k in MODEL_INPUTS if k in batch}
 
 
 def task_loss(logits: jax.Array, batch: Mapping[str, jax.Array], cfg: LossConfig) -> jax.Array:
-  return cfg.task.loss(logits, batch, batch["mask"], cfg.class_weights)
+  """The task loss; a batch's (K,) `class_weights` stands in for `cfg.class_weights` (a study
+  refitting them per split then reuses one compiled step)."""
+  weights = batch["class_weights"] if "class_weights" in batch else cfg.class_weights
+  return cfg.task.loss(logits, batch, batch["mask"], weights)
 
 
 def loss_fn(params, batch, rng, *, spec: ModelSpec, cfg: LossConfig, train: bool):
@@ -59,6 +67,12 @@ def loss_fn(params, batch, rng, *, spec: ModelSpec, cfg: LossConfig, train: bool
                                   mode=cfg.consistency_mode, mask=batch["mask"]).sum()
       parts[f"consistency_{name}"] = bl
       total = total + cfg.consistency_weight * bl
+  if cfg.head_losses:
+    for name in ("tumour", "micro"):
+      head = getattr(out, f"logits_{name}")
+      if head is not None:
+        parts[f"head_loss_{name}"] = task_loss(head.astype(jnp.float32), batch, cfg)
+        total = total + parts[f"head_loss_{name}"]
   parts["loss"] = total
   return total, (out, parts)
 
@@ -82,6 +96,21 @@ def coordination_edited(opt_state) -> Optional[jax.Array]:
   if not rows:
     return None
   return jnp.mean(jnp.concatenate(rows).astype(jnp.float32))
+
+
+def make_run_optimizer(spec: ModelSpec, optim: OptimConfig, *, steps_per_epoch: int,
+                       coordination_mode: Optional[str] = None
+                       ) -> optax.GradientTransformationExtraArgs:
+  """The optimiser of a run: `optim`, the spec's frozen leaves masked out, and gradient
+  coordination of `spec.splits` in `coordination_mode` ('pcgrad' | 'reference'; None = off)."""
+  frozen = spec.frozen
+  trainable = trainable_mask_from_predicate(
+      lambda path, leaf: not any(path.startswith(f) for f in frozen)) if frozen else None
+  coordination = None
+  if coordination_mode is not None and spec.coordination:
+    coordination = coordinate_gradients(spec.splits, mode=coordination_mode)
+  return make_optimizer(optim, steps_per_epoch=steps_per_epoch, trainable=trainable,
+                        coordination=coordination)
 
 
 def make_train_step(spec: ModelSpec, tx: optax.GradientTransformationExtraArgs, cfg: LossConfig,

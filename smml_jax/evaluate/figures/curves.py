@@ -54,13 +54,11 @@ def plot_training_curves(path: PathLike, metrics_jsonl_path: PathLike,
   `step`, else the line order; a missing `split` counts as "all"; missing or non-numeric values are
   skipped. Split sizes (`num_examples`) get no panel; the compilation time (`compile_s`) is written
   in the slides/s panel's title rather than mixed into its curve; `best_epoch` (the selected epoch,
-  0-based like `epoch`) is marked in every panel. Epochs are drawn 1-based, as the console counts.
+  0-based like `epoch`) is marked in every panel. Epochs are drawn 0-based, as everywhere.
   """
   frame = read_metrics_jsonl(metrics_jsonl_path)
   x_key = next((k for k in ("epoch", "step") if k in frame.columns), None)
   x = frame[x_key] if x_key else pd.Series(np.arange(len(frame)), index=frame.index)
-  if x_key == "epoch":  # 1-based, as the console and the report count epochs
-    x = x.map(lambda e: e + 1 if _is_number(e) else e)
   split = frame["split"].fillna("all").astype(str) if "split" in frame.columns else pd.Series(
       "all", index=frame.index)
   metrics = [c for c in frame.columns if c not in _INDEX_KEYS and c not in _UNINFORMATIVE
@@ -87,8 +85,8 @@ def plot_training_curves(path: PathLike, metrics_jsonl_path: PathLike,
       order = np.argsort(xs, kind="stable")
       ax.plot(xs[order], ys[order], marker="o", ms=3, label=name)
     if best_epoch is not None and x_key == "epoch":
-      ax.axvline(best_epoch + 1, color="black", ls="--", lw=0.8,
-                 label=f"selected (epoch {best_epoch + 1})")
+      ax.axvline(best_epoch, color="black", ls="--", lw=0.8,
+                 label=f"selected (epoch {best_epoch})")
     title = metric
     if metric == "slides_per_s" and compile_s is not None:
       title = f"slides_per_s (after compilation: {compile_s:.1f} s, not counted)"
