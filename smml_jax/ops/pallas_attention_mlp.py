@@ -56,6 +56,21 @@ def mlp_flops(widths, pairs: int) -> int:
   return pairs * sum((2 * i + 1) * o for i, o in zip(widths[:-1], widths[1:]))
 
 
+def mxu_passes_per_pair(widths, mxu: int) -> float:
+  """Weight-tile column pushes per (query, key) pair of a train step (both kernels) spent on the
+  hidden layers' matmuls by an `mxu` x `mxu` weight-stationary systolic array, a model of their
+  MXU time: W^T (w_out, w_in) @ h (w_in, P) holds ceil(w_in / mxu) * ceil(w_out / mxu) weight
+  tiles, each streaming the P pairs once, whatever part of a tile the weights fill; it runs 4
+  times (forward; in the backward kernel the bias, the recomputed forward and dh = W g_z), and
+  dW = g_z h^T (a contraction over pairs) ceil(w_in / mxu) * w_out / mxu pushes per pair. One
+  bf16 pass each: float32 at `Precision.HIGHEST` takes several."""
+  passes = 0.0
+  for w_in, w_out in zip(widths[1:-2], widths[2:-1]):
+    tiles_in, tiles_out = -(-w_in // mxu), -(-w_out // mxu)
+    passes += 4 * tiles_in * tiles_out + tiles_in * w_out / mxu
+  return passes
+
+
 def key_steps(m: int) -> tuple[int, int]:
   """(keys per MLP step R, number of steps): the last step starts at M - R and overlaps the one
   before it when R does not divide M (its keys are recomputed, counted once in gradients)."""
@@ -108,10 +123,12 @@ def forward(t, w_refs, dtype):
   return (jnp.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]) + b, hidden
 
 
-def backward(g_z, t, hidden, w_refs, g_refs):
+def backward(g_z, t, hidden, w_refs, g_refs, dtype):
   """Accumulates the weight and bias gradients into g_refs (`pack_layers`' layout, float32) and
-  returns the gradients of the D inputs t, rows (1, P). g_z: (o, P) gradient of the output."""
-  f32, hi = jnp.float32, jax.lax.Precision.HIGHEST
+  returns the gradients of the D inputs t, rows (1, P). g_z: (o, P) gradient of the output;
+  the hidden layers' matmuls take `dtype` inputs (as autodiff of the forward in `dtype` would),
+  accumulating in float32."""
+  f32, hi = jnp.float32, precision(dtype)
   last = len(w_refs) // 2 - 1
   h, w = hidden[-1], w_refs[2 * last][...]
   for j in range(w.shape[1]):
@@ -121,10 +138,10 @@ def backward(g_z, t, hidden, w_refs, g_refs):
   g_z = jnp.where(h > 0, g_h, 0.0)
   for layer in reversed(range(1, last)):
     h = hidden[layer - 1]
-    g_refs[2 * layer][...] += jax.lax.dot_general(g_z, h, _NT, preferred_element_type=f32,
-                                                  precision=hi)
+    g_refs[2 * layer][...] += jax.lax.dot_general(g_z.astype(dtype), h.astype(dtype), _NT,
+                                                  preferred_element_type=f32, precision=hi)
     g_refs[2 * layer + 1][...] += jnp.sum(g_z, axis=1, keepdims=True)
-    g_h = jax.lax.dot_general(w_refs[2 * layer][...].astype(f32), g_z, _TN,
+    g_h = jax.lax.dot_general(w_refs[2 * layer][...], g_z.astype(dtype), _TN,
                               preferred_element_type=f32, precision=hi)
     g_z = jnp.where(h > 0, g_h, 0.0)
   w0 = w_refs[0][...]
@@ -171,7 +188,7 @@ def backprop_bias(posqt_ref, posk_ref, w_refs, g_refs, gs_scr, dtype, valid, gpo
                 for i in range(r)]
       rows.append(jnp.concatenate(pieces, axis=1) if r > 1 else pieces[0])
     g_z = jnp.concatenate(rows, axis=0) if heads > 1 else rows[0]
-    g_t = backward(g_z, t, hidden, w_refs, g_refs)
+    g_t = backward(g_z, t, hidden, w_refs, g_refs, dtype)
     for e, (g, slope) in enumerate(zip(g_t, slopes)):
       g_delta = g * slope
       for i in range(r):
