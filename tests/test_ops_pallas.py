@@ -175,3 +175,12 @@ def test_attention_impl_is_validated_when_the_model_is_configured():
   with pytest.raises(ValueError, match="attention_impl.*'flash'.*pallas"):
     build_model("subspace", num_classes=4, n_genes_tumour=5, n_genes_micro=7, feature_dim=16,
                 options={"attention_impl": "flash"})
+
+
+def test_query_tiles_are_lane_multiples_or_all_queries():
+  # Queries lie on lanes: a tile is a multiple of 128, or the whole (shorter) query axis.
+  assert pallas_attention.query_tile_for(256, 2500) == 256
+  assert pallas_attention.query_tile_for(200, 2500) == 256
+  assert pallas_attention.query_tile_for(32, 36) == 36
+  assert pallas_attention.query_tile_for(128, 144) == 128
+  assert pallas_attention.query_tile_for(256, 144) == 144
