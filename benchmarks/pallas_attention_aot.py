@@ -35,6 +35,12 @@ import time
 CHIPS = {"v5e": (197e12, 819e9, 16 * 2**30), "v5p": (459e12, 2765e9, 95 * 2**30),
          "v6e": (918e12, 1640e9, 32 * 2**30)}
 
+# MXU side (a weight-stationary systolic array of MXU x MXU): 128 on v5e and v5p, 256 on v6e
+# (Trillium), https://cloud.google.com/tpu/docs/v6e ("System architecture").
+MXU = {"v5e": 128, "v5p": 128, "v6e": 256}
+# bf16 passes of a float32 matmul at Precision.HIGHEST (XLA's bf16_6x on TPU); assumed for Mosaic.
+F32_PASSES = 6
+
 SIDE, KEYS, GROUPS, HEADS, DIM_HEAD, CPB_WIDTHS = 50, 144, 8, 8, 64, (2, 32, 32, 1)
 
 
@@ -171,7 +177,31 @@ def measure(what, path, dtype_name, topology_name, per_chip_batch):
       bound="flops" if flops / peak_flops > nbytes / hbm_bw else "hbm",
       loop_undercount=path == "fused",
       pallas_kernels=compiled.as_text().count('custom_call_target="tpu_custom_call"'))
+  if path == "pallas":
+    record.update(_mxu_estimate(topology_name.split(":")[0], dtype, per_chip_batch, tile, flops,
+                                nbytes))
   return record
+
+
+def _mxu_estimate(chip, dtype, per_chip_batch, tile, flops, nbytes):
+  """The roofline with the CPB MLP's hidden matmuls timed by MXU weight-tile passes
+  (`pallas_attention_mlp.mxu_passes_per_pair`) rather than FLOPs at peak: a 32 x 32 layer fills
+  1/16 of a 128 x 128 MXU. `est_mxu_step_s` adds that time to the counted FLOPs at peak (which
+  count the hidden layers once more: conservative); `roofline_fraction` = counted FLOPs at peak
+  / est_mxu_step_s (the HBM side is far from binding)."""
+  import jax.numpy as jnp
+
+  from smml_jax.ops import pallas_attention_mlp as mlp
+  peak_flops, hbm_bw, _ = CHIPS[chip]
+  mxu = MXU[chip]
+  pairs = per_chip_batch * GROUPS * -(-SIDE * SIDE // tile) * tile * KEYS
+  passes = mlp.mxu_passes_per_pair(CPB_WIDTHS, mxu)
+  passes *= F32_PASSES if jnp.dtype(dtype) == jnp.float32 else 1
+  pushes_per_s = peak_flops / (2 * mxu * mxu)
+  mxu_s = pairs * passes / pushes_per_s
+  est = max(mxu_s + flops / peak_flops, nbytes / hbm_bw)
+  return dict(mxu=mxu, mxu_passes_per_pair=passes, mlp_mxu_s=round(mxu_s, 5),
+              est_mxu_step_s=round(est, 5), roofline_fraction=round(flops / peak_flops / est, 3))
 
 
 def main(argv=None) -> None:

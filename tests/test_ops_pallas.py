@@ -25,7 +25,7 @@ def _loss(fn, with_pos_q=False):
   return jax.jit(jax.value_and_grad(loss, argnums=argnums))
 
 
-def _pallas(query_tile=32, **kw):
+def _pallas(query_tile=128, **kw):
   return lambda *a: pallas_cpb_attention(*a, query_tile=query_tile, interpret=True, **kw)
 
 
@@ -33,15 +33,17 @@ def _reference(**kw):
   return lambda *a: cpb_attention(*a, implementation="reference", **kw)
 
 
-@pytest.mark.parametrize("heads_per_group,hidden,side", [
-    pytest.param(1, (32, 32), 6, marks=pytest.mark.slow), (2, (8, 8), 6),
-    pytest.param(1, (8,), 5, marks=pytest.mark.slow),
-    pytest.param(1, (8, 6, 8), 6, marks=pytest.mark.slow)])
-def test_pallas_equals_reference_values_and_gradients(heads_per_group, hidden, side):
+@pytest.mark.parametrize("heads_per_group,hidden,side,m", [
+    pytest.param(1, (32, 32), 6, 5, marks=pytest.mark.slow), (2, (8, 8), 6, 5),
+    pytest.param(1, (8,), 5, 5, marks=pytest.mark.slow),
+    pytest.param(1, (8, 6, 8), 6, 5, marks=pytest.mark.slow),
+    pytest.param(2, (8, 8), 12, 12, marks=pytest.mark.slow)])
+def test_pallas_equals_reference_values_and_gradients(heads_per_group, hidden, side, m):
   # The original's MLP (2 -> 32 -> 32 -> 1), o = 2 heads per group, one and three hidden layers;
-  # N = 36 and 25 queries pad the last 32-query tile.
+  # N = 36 and 25 queries in one tile; 144 queries in two 128-query tiles (the last overhanging)
+  # and 12 keys in two 8-key MLP steps that overlap (keys 4-7 computed twice, counted once).
   q, k, v, pos_q, pos_k, params = _inputs(heads_per_group=heads_per_group, hidden=hidden,
-                                          side=side)
+                                          side=side, m=m)
   args = (q, k, v, pos_k, params, pos_q)
   _assert_same_values_and_gradients(_loss(_pallas())(*args), _loss(_reference())(*args))
 
@@ -49,11 +51,12 @@ def test_pallas_equals_reference_values_and_gradients(heads_per_group, hidden, s
 def test_pallas_overhanging_last_tile_ignores_undefined_rows():
   # On TPU the last tile's block reads past the N queries, memory that holds anything: the TPU
   # interpreter fills it with NaN, and nothing of it may reach the outputs or gradients.
-  q, k, v, pos_q, pos_k, params = _inputs(heads_per_group=1, hidden=(8, 8), side=6)
+  # 144 queries in 128-query tiles (queries lie on lanes): the second tile overhangs by 112.
+  q, k, v, pos_q, pos_k, params = _inputs(heads_per_group=1, hidden=(8, 8), side=12)
   args = (q, k, v, pos_k, params, pos_q)
   nan_past_the_end = pltpu.InterpretParams(out_of_bounds_reads="uninitialized",
                                            uninitialized_memory="nan")
-  got = _loss(lambda *a: pallas_cpb_attention(*a, query_tile=32, interpret=nan_past_the_end),
+  got = _loss(lambda *a: pallas_cpb_attention(*a, query_tile=128, interpret=nan_past_the_end),
               with_pos_q=True)(*args)
   _assert_same_values_and_gradients(got, _loss(_reference(), with_pos_q=True)(*args))
 
@@ -63,7 +66,7 @@ def test_pallas_gradient_of_query_positions_and_dispatch():
   # asked for it must be right. Also goes through cpb_attention's dispatch (interpreted on CPU).
   q, k, v, pos_q, pos_k, params = _inputs(side=5)
   args = (q, k, v, pos_k, params, pos_q)
-  via_dispatch = lambda *a: cpb_attention(*a, implementation="pallas", query_tile=32)
+  via_dispatch = lambda *a: cpb_attention(*a, implementation="pallas", query_tile=128)
   _assert_same_values_and_gradients(_loss(via_dispatch, with_pos_q=True)(*args),
                                     _loss(_reference(), with_pos_q=True)(*args))
 
@@ -177,3 +180,12 @@ def test_attention_impl_is_validated_when_the_model_is_configured():
   with pytest.raises(ValueError, match="attention_impl.*'flash'.*pallas"):
     build_model("subspace", num_classes=4, n_genes_tumour=5, n_genes_micro=7, feature_dim=16,
                 options={"attention_impl": "flash"})
+
+
+def test_query_tiles_are_lane_multiples_or_all_queries():
+  # Queries lie on lanes: a tile is a multiple of 128, or the whole (shorter) query axis.
+  assert pallas_attention.query_tile_for(256, 2500) == 256
+  assert pallas_attention.query_tile_for(200, 2500) == 256
+  assert pallas_attention.query_tile_for(32, 36) == 36
+  assert pallas_attention.query_tile_for(128, 144) == 128
+  assert pallas_attention.query_tile_for(256, 144) == 144
