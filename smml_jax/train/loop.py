@@ -10,47 +10,28 @@ import time
 from typing import Any, Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from smml_jax.data import normalise, splits as splits_lib
-from smml_jax.data.pipeline import BatchIterator
-from smml_jax.data.spec import load_cohort
-from smml_jax.models.deform_attention import (DeformAttentionConfig, min_grid_side,
-                                              offset_grid_side)
-from smml_jax.models.registry import ModelSpec, build_model, implementations
-from smml_jax.ops import dispatch
-from smml_jax.optim.coordination import coordinate_gradients
-from smml_jax.optim.factory import epoch_schedule, make_optimizer, trainable_mask_from_predicate
-from smml_jax.tasks import Task, get_task
+from smml_jax.models.registry import implementations
+from smml_jax.optim.factory import epoch_schedule
 from smml_jax.train import distributed, events as events_lib, run_dir, sharding
 from smml_jax.train.checkpoints import RunCheckpoints
 from smml_jax.train.config import ConfigError, RunConfig, config_to_dict
+# Re-exported: callers build experiments and predict through the loop module.
+from smml_jax.train.experiment import (Experiment, batches, build_experiment,  # noqa: F401
+                                       check_grid_side, global_batch, init_state, selection_metric,
+                                       task_of)
+from smml_jax.train.results import (fmt, is_main_process, mean, predict,  # noqa: F401
+                                    prediction_rows, split_metrics, summarise)
 from smml_jax.train.run_dir import RunDirError  # noqa: F401  (re-exported for callers)
-from smml_jax.train.state import TrainState
-from smml_jax.train.steps import LossConfig, make_eval_step, make_train_step, model_inputs
+from smml_jax.train.steps import make_eval_step, make_train_step
 
 DEFAULT_KEEP_CHECKPOINTS = 2
 
 
 class TrainingDiverged(RuntimeError):
   """A non-finite loss or gradient: the run cannot train further."""
-
-
-def is_main_process() -> bool:
-  return jax.process_index() == 0
-
-
-def task_of(config: RunConfig) -> Task:
-  """The run's task: its name, number of outputs and survival NLL weight."""
-  return get_task(config.task, config.num_classes, survival_alpha=config.train.survival_alpha)
-
-
-def selection_metric(config: RunConfig) -> str:
-  if config.train.selection_metric != "auto":
-    return config.train.selection_metric
-  return task_of(config).selection_metric
 
 
 def check_run_dir(out_dir: pathlib.Path, config: RunConfig, *, resume: bool,
@@ -74,175 +55,9 @@ def prepare_run_dir(out_dir: pathlib.Path, mode: str, log: Callable[[str], None]
   distributed.barrier("prepare_run_dir:ready")
 
 
-@dataclasses.dataclass
-class Experiment:
-  """Everything built from a config before training: data, preprocessing, model, optimiser."""
-  config: RunConfig
-  cohort: Any
-  splits: dict[str, np.ndarray]
-  preprocessor: normalise.Preprocessor
-  spec: ModelSpec
-  loss_config: LossConfig
-  mesh: Any
-
-
-def _labelled(cohort, indices: np.ndarray, task: Task) -> np.ndarray:
-  """The slides of `indices` that carry the task's label (survival: a known time)."""
-  return np.asarray(indices)[task.labelled(cohort.slides)[indices]]
-
-
-def build_experiment(config: RunConfig, mesh=None) -> Experiment:
-  d = config.data
-  with distributed.main_process_first("build_cohort"):  # one writer of the shared record cache
-    cohort = load_cohort(d.data, d.data_dir)
-  parts = splits_lib.make_splits(cohort, d.split, seed=d.split_seed, fold=d.fold,
-                                 n_folds=d.n_folds, stratify=d.stratify,
-                                 val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                                 split_file=d.split_file)
-  splits_lib.assert_patient_disjoint(cohort, parts)
-  task = task_of(config)
-  parts = {k: _labelled(cohort, v, task) for k, v in parts.items()}
-  for part, idx in parts.items():
-    if not len(idx):
-      raise ConfigError(f"the {part} split has no slide labelled for task {config.task!r}")
-  preprocessor = normalise.fit_preprocessor(
-      cohort, parts["train"], gene_transform=d.gene_transform, survival_cuts=d.survival_cuts,
-      clip=d.gene_clip)
-  mesh = mesh if mesh is not None else sharding.make_mesh()
-  impl = dict(config.impl.model_options(), platform=dispatch.platform_of(mesh))
-  try:
-    spec = build_model(config.model, num_classes=config.num_classes,
-                       n_genes_tumour=cohort.n_genes_tumour, n_genes_micro=cohort.n_genes_micro,
-                       feature_dim=cohort.feature_dim, options=config.model_options, impl=impl)
-  except dispatch.DispatchError as e:
-    raise ConfigError(f"config key 'impl.attention': {e}") from e
-  except (TypeError, ValueError) as e:  # unknown model, unknown or ill-typed model_options
-    raise ConfigError(f"config key 'model' / 'model_options': {e}") from e
-  check_grid_side(spec, cohort.grid_side, config)
-  if config.train.compute_dtype == "bfloat16":
-    if not hasattr(spec.module, "dtype"):
-      raise ConfigError(f"model {config.model!r} has no compute dtype option")
-    spec = dataclasses.replace(spec, module=spec.module.clone(dtype=jnp.bfloat16))
-  try:  # e.g. 'native' on a TPU mesh: refused before anything is traced
-    implementations(spec)
-  except dispatch.DispatchError as e:
-    raise ConfigError(f"config key 'impl.attention': {e}") from e
-  t = config.train
-  class_weights = task.class_weights(t.class_weights, cohort.slides.iloc[parts["train"]])
-  loss_config = LossConfig(task=task, class_weights=class_weights,
-                           consistency_weight=t.consistency_weight,
-                           consistency_mode=t.consistency_mode,
-                           coordination=spec.coordination and t.coordination != "none")
-  return Experiment(config, cohort, parts, preprocessor, spec, loss_config, mesh)
-
-
-def check_grid_side(spec: ModelSpec, grid_side: int, config: RunConfig) -> None:
-  """ConfigError when the cohort's grid is too small for the deformable attention's lattice."""
-  attention = getattr(getattr(getattr(spec.module, "config", None), "branch", None), "attention",
-                      None)
-  if not isinstance(attention, DeformAttentionConfig):
-    return
-  minimum = min_grid_side(attention.offset_kernel, attention.downsample)
-  tokens = grid_side if attention.ndim == 2 else grid_side * grid_side
-  if tokens < minimum:
-    lattice = offset_grid_side(tokens, attention.offset_kernel, attention.downsample)
-    raise ConfigError(
-        f"cohort {config.data.data}: grid_side {grid_side} is too small for model "
-        f"{config.model!r}: its deformable attention's offset lattice (kernel "
-        f"{attention.offset_kernel}, stride {attention.downsample}) would have {max(lattice, 0)} "
-        f"point(s) per side and needs at least 2, i.e. a "
-        f"{'grid_side' if attention.ndim == 2 else 'token count (grid_side^2)'} of at least "
-        f"{minimum}")
-
-
-def _iterator(exp: Experiment, part: str, batch_size: int, *, epoch: int = 0,
-              train: bool = False) -> BatchIterator:
-  return BatchIterator(exp.cohort.source, exp.splits[part], batch_size, seed=exp.config.train.seed,
-                       epoch=epoch, shuffle=train, drop_remainder=train,
-                       preprocess=exp.preprocessor, process_index=jax.process_index(),
-                       process_count=jax.process_count())
-
-
-def _global_batch(size: int, mesh) -> int:
-  """Rounds a batch size up to a multiple of the mesh size (every device gets a shard)."""
-  n = mesh.devices.size
-  return int(math.ceil(size / n) * n)
-
-
-def init_state(exp: Experiment, steps_per_epoch: int):
-  """(TrainState, optimiser) from the config's seed."""
-  cfg = exp.config
-  key = jax.random.PRNGKey(cfg.train.seed)
-  init_key, dropout_key, state_key = jax.random.split(key, 3)
-  sample = next(iter(_iterator(exp, "train", _global_batch(cfg.train.batch_size, exp.mesh))))
-  inputs = {k: jnp.asarray(v[:1]) for k, v in model_inputs(sample).items()}
-  params = exp.spec.module.init({"params": init_key, "dropout": dropout_key}, inputs)["params"]
-  frozen = exp.spec.frozen
-  trainable = trainable_mask_from_predicate(
-      lambda path, leaf: not any(path.startswith(f) for f in frozen)) if frozen else None
-  coordination = None
-  if exp.loss_config.coordination:
-    coordination = coordinate_gradients(exp.spec.splits, mode=cfg.train.coordination)
-  optim = dataclasses.replace(cfg.optim, epochs=cfg.train.epochs)
-  tx = make_optimizer(optim, steps_per_epoch=steps_per_epoch, trainable=trainable,
-                      coordination=coordination)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                     rng=state_key)
-  return sharding.replicate(state, exp.mesh), tx
-
-
-def predict(exp: Experiment, params, part: str, eval_step=None,
-            progress: bool = False) -> dict[str, np.ndarray]:
-  """Eval-mode outputs over a whole split, gathered on the host, padding removed."""
-  eval_step = eval_step or make_eval_step(exp.spec)
-  bs = _global_batch(exp.config.train.eval_batch_size, exp.mesh)
-  chunks: dict[str, list] = {}
-  batches = _iterator(exp, part, bs)
-  for batch in tqdm(batches, total=len(batches), desc=f"evaluating {part}", leave=False,
-                    disable=not (progress and is_main_process())):
-    out = eval_step(params, sharding.shard_batch(batch, exp.mesh))
-    out = {k: sharding.to_host(v) for k, v in out.items()}
-    mask = sharding.to_host(sharding.shard_batch({"mask": batch["mask"]}, exp.mesh)["mask"])
-    host = {k: batch[k] for k in ("slide_id", "patient_id")}
-    if jax.process_count() > 1:  # string ids: re-read from the cohort table below
-      host = {}
-    for k, v in {**out, **host}.items():
-      chunks.setdefault(k, []).append(np.asarray(v)[mask] if len(v) == len(mask) else v)
-  result = {k: np.concatenate(v) for k, v in chunks.items()}
-  idx = exp.splits[part]
-  slides = exp.cohort.slides.iloc[idx]
-  result["slide_id"] = slides["slide_id"].to_numpy().astype(str)
-  result["patient_id"] = slides["patient_id"].to_numpy().astype(str)
-  result["index"] = np.asarray(idx)
-  for field in ("grade", "diagnosis", "subtype", "surv_time", "event"):
-    result[field] = slides[field].to_numpy()
-  result["surv_bin"] = exp.preprocessor.survival_bins(result["surv_time"])
-  return result
-
-
-def split_metrics(exp: Experiment, preds: dict[str, np.ndarray]) -> dict[str, Any]:
-  """Task metrics of one split's predictions (slide level)."""
-  task, logits = exp.loss_config.task, preds["logits"]
-  train = exp.cohort.slides.iloc[exp.splits["train"]]
-  return task.metrics(task.prediction(logits), preds,
-                      train={k: train[k].to_numpy() for k in ("surv_time", "event")},
-                      bin_times=np.asarray(exp.preprocessor.surv_cuts), logits=logits)
-
-
-def _mean(values: list) -> float:
-  return float(np.mean([float(v) for v in values])) if values else float("nan")
-
-
 def _write_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
   if is_main_process():
     run_dir.write_jsonl(path, rows)
-
-
-def _prediction_rows(preds: dict[str, np.ndarray], task: Task) -> list[dict[str, Any]]:
-  columns = {"slide_id": preds["slide_id"], "patient_id": preds["patient_id"],
-             **task.truth_columns(preds), **task.prediction_columns(preds["logits"])}
-  return [{k: v[i].item() if isinstance(v[i], np.generic) else v[i] for k, v in columns.items()}
-          for i in range(len(preds["slide_id"]))]
 
 
 def _check_finite(metrics: dict, step: int, epoch: int, batch: int, steps_per_epoch: int,
@@ -292,8 +107,8 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
                       f"{keep_checkpoints}")
   mode = check_run_dir(out_dir, config, resume=resume, overwrite=overwrite)
   exp = build_experiment(config, mesh)
-  batch_size = _global_batch(config.train.batch_size, exp.mesh)
-  steps_per_epoch = len(_iterator(exp, "train", batch_size, train=True))
+  batch_size = global_batch(config.train.batch_size, exp.mesh)
+  steps_per_epoch = len(batches(exp, "train", batch_size, train=True))
   if steps_per_epoch == 0:
     raise ConfigError(f"batch size {batch_size} exceeds the {len(exp.splits['train'])} training "
                       "slides")
@@ -363,7 +178,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
       bar.set_description(f"epoch {epoch + 1}/{config.train.epochs}")
       t0, seen, compile_s, losses = time.perf_counter(), 0, None, []
       first_step = step
-      iterator = _iterator(exp, "train", batch_size, epoch=epoch, train=True)
+      iterator = batches(exp, "train", batch_size, epoch=epoch, train=True)
       train_rows, logged = [], 0
 
       def log_steps(rows: list, first: int, logged: int) -> int:
@@ -393,7 +208,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
         if len(train_rows) % 5 == 0:
           losses = [float(r["loss"]) for r in train_rows[-5:]]
           logged = log_steps(train_rows, first_step, logged)
-          bar.set_postfix(loss=f"{_mean(losses):.4f}",
+          bar.set_postfix(loss=f"{mean(losses):.4f}",
                           slides_per_s=f"{seen / (time.perf_counter() - t0):.1f}")
         if (config.train.eval_every_steps and step % config.train.eval_every_steps == 0):
           _check_finite(m, step, epoch, len(train_rows), steps_per_epoch, ckpts)
@@ -404,7 +219,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
       timed = (seen - batch_size, train_time - compile_s) if compile_s and seen > batch_size else (
           seen, train_time)
       history.append({"epoch": epoch, "step": step, "split": "train",
-                      **{k: _mean([r[k] for r in train_rows]) for k in train_rows[0]
+                      **{k: mean([r[k] for r in train_rows]) for k in train_rows[0]
                          if k != "finite"},
                       "step_losses": [float(r["loss"]) for r in train_rows],
                       "slides_per_s": timed[0] / timed[1],
@@ -420,12 +235,12 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
         ckpts.save_best(epoch, state, meta)
         for part in run_dir.PREDICTION_SPLITS:
           _write_jsonl(out_dir / run_dir.predictions_file(part),
-                       _prediction_rows(results[part][1], exp.loss_config.task))
+                       prediction_rows(results[part][1], exp.loss_config.task))
       ckpts.save_latest(epoch, state, meta)
       line = (f"epoch {epoch + 1}/{config.train.epochs}: loss {history[-3]['loss']:.4f}  val "
-              f"{metric} {_fmt(val_value)}  (best "
-              f"{_fmt(best['value'] if best['epoch'] >= 0 else None)} at epoch {best['epoch'] + 1})")
-      test_part = f"  test {metric} {_fmt(results['test'][0].get(metric))}"
+              f"{metric} {fmt(val_value)}  (best "
+              f"{fmt(best['value'] if best['epoch'] >= 0 else None)} at epoch {best['epoch'] + 1})")
+      test_part = f"  test {metric} {fmt(results['test'][0].get(metric))}"
       speed = f"  ({train_time:.1f}s, {timed[0] / timed[1]:.1f} slides/s)"
       console(line + (test_part if config.train.log_test_every_epoch else "") + speed)
       events.info(line + test_part + speed)
@@ -444,23 +259,9 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
   if is_main_process():
     run_dir.write_json(out_dir / run_dir.SUMMARY_FILE, summary)
   val_value, test_value = ((summary[p] or {}).get(metric) for p in ("val", "test"))
-  say(f"selected epoch {best['epoch'] + 1} on validation {metric} {_fmt(val_value)}; "
-      f"test {metric} {_fmt(test_value)}")
+  say(f"selected epoch {best['epoch'] + 1} on validation {metric} {fmt(val_value)}; "
+      f"test {metric} {fmt(test_value)}")
   events.close()
   return summary
 
 
-def _fmt(v) -> str:
-  return "n/a" if v is None else f"{v:.4f}"
-
-
-def summarise(config: RunConfig, history: list[dict], best: dict) -> dict[str, Any]:
-  """Validation-selected epoch and its val/test metrics."""
-  at = lambda part, epoch: next((r for r in history if r["split"] == part and r["epoch"] == epoch
-                                 and r["step"] == max(x["step"] for x in history
-                                                      if x["epoch"] == epoch)), None)
-  last = max(r["epoch"] for r in history)
-  return {"task": config.task, "model": config.model, "seed": config.train.seed,
-          "selection_metric": selection_metric(config), "best_epoch": best["epoch"],
-          "val": at("val", best["epoch"]), "test": at("test", best["epoch"]),
-          "last_epoch": {"epoch": last, "val": at("val", last), "test": at("test", last)}}
