@@ -4,8 +4,13 @@ The cohort is synthetic at the paper's full slide shape (a 50 x 50 grid of 1024-
 59 tumour + 361 micro genes), built once into `--data-dir` (TFDS records, read without
 TensorFlow). One pass reads every training slide in shuffled batches of `--batch-size` through
 the trainer's own iterator (record reads, decode, stacking, the fitted preprocessor, the `mask`
-field) and, with `--device`, places each batch on the device as the trainer does. The first pass
-warms the page cache; the median of the next `--passes` is reported.
+field) and, with `--device`, places each batch on the device(s) as the trainer does (sharded over
+the mesh, in grain's device-prefetch thread). The first pass warms the page cache; the median of
+the next `--passes` is reported.
+
+The hand-written pipeline grain replaced is measured by the same script at commit 52ede05
+(`git archive 52ede05 | tar -x -C /tmp/old && cd /tmp/old && python -m benchmarks.loader ...`);
+both are in benchmarks/RESULTS.md.
 
   python -m benchmarks.loader --data-dir /tmp/loader_bench            # table
   python -m benchmarks.loader --data-dir /tmp/loader_bench --json     # one JSON line
@@ -28,11 +33,16 @@ def cohort_spec(n_patients: int) -> dict[str, Any]:
   return {"layout": "synthetic", "n_patients": n_patients, "seed": 0, **FULL_SLIDE}
 
 
-def epoch_batches(cohort, indices: np.ndarray, preprocessor, batch_size: int, epoch: int):
-  """One training epoch of host batches from the trainer's pipeline."""
-  from smml_jax.data.pipeline import BatchIterator
-  return BatchIterator(cohort.source, indices, batch_size, seed=0, epoch=epoch, shuffle=True,
-                       drop_remainder=True, preprocess=preprocessor)
+def epoch_batches(cohort, indices: np.ndarray, preprocessor, batch_size: int, epoch: int, mesh):
+  """One training epoch from the trainer's pipeline: host batches, or on the mesh with `mesh`."""
+  from smml_jax.data import pipeline
+  from smml_jax.train import sharding
+  host = pipeline.BatchIterator(cohort.source, indices, batch_size, seed=0, epoch=epoch,
+                                shuffle=True, drop_remainder=True, preprocess=preprocessor)
+  if mesh is None:
+    return iter(host)
+  return pipeline.prefetch_to_device(host, put=lambda b: {**sharding.shard_batch(b, mesh),
+                                                          "mask": b["mask"]})
 
 
 def measure(data_dir: str, n_patients: int, batch_size: int, passes: int,
@@ -50,10 +60,10 @@ def measure(data_dir: str, n_patients: int, batch_size: int, passes: int,
   for epoch in range(passes + 1):
     t0 = time.perf_counter()
     n = 0
-    for batch in epoch_batches(cohort, indices, preprocessor, batch_size, epoch):
-      if device:
-        jax.block_until_ready(sharding.shard_batch(batch, mesh))
-      n += int(batch["mask"].sum())
+    for batch in epoch_batches(cohort, indices, preprocessor, batch_size, epoch,
+                               mesh if device else None):
+      jax.block_until_ready([v for v in batch.values() if isinstance(v, jax.Array)])
+      n += int(np.asarray(batch["mask"]).sum())
     if epoch:  # pass 0 warms the page cache
       times.append(time.perf_counter() - t0)
   seconds = statistics.median(times)
@@ -64,7 +74,7 @@ def measure(data_dir: str, n_patients: int, batch_size: int, passes: int,
           "passes": passes, "backend": jax.default_backend()}
 
 
-PIPELINE = "BatchIterator (hand-written threads)"
+PIPELINE = "grain (MapDataset, thread reads + prefetch)"
 
 
 def main(argv=None) -> None:

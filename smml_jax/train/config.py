@@ -76,6 +76,9 @@ class ImplConfig:
   query_tile: int = 0  # queries per attention tile; 0: about `tile_pairs` (query, key) pairs
   tile_pairs: int = 73_728
   sampler: str = "gather"  # or 'matmul'
+  # Also save a checkpoint (with the data iterator's position) every N train steps; 0: at epoch
+  # ends only. Resuming from one is exact, so the interval is not part of the run's identity.
+  checkpoint_every_steps: int = 0
 
   def model_options(self) -> dict[str, Any]:
     """As `models.registry.build_model`'s `impl` options."""
@@ -127,6 +130,8 @@ _CHOICES = {
 # Keys that must be > 0.
 _POSITIVE = ("train.epochs", "train.batch_size", "train.eval_batch_size", "optim.learning_rate",
              "data.n_folds")
+# Keys that must be >= 0 (0: off).
+_NON_NEGATIVE = ("impl.checkpoint_every_steps",)
 # Keys that no longer exist -> what to use instead.
 _REMOVED = {"optim.epochs": "the learning-rate schedule always spans train.epochs; set "
                             "train.epochs (--epochs) instead"}
@@ -194,6 +199,9 @@ def _build(cls, values: Mapping[str, Any], prefix: str):
                           f"{value!r}{did_you_mean(str(value), _CHOICES[key])}")
       if key in _POSITIVE and not (kwargs[name] > 0 and math.isfinite(kwargs[name])):
         raise ConfigError(f"config key {key!r}: expected a positive number, got {value!r}")
+      if key in _NON_NEGATIVE and kwargs[name] < 0:
+        raise ConfigError(f"config key {key!r}: expected 0 (off) or a positive number, got "
+                          f"{value!r}")
   if cls is OptimConfig:  # a placeholder length: RunConfig sets it to train.epochs and checks it
     kwargs["epochs"] = max(OptimConfig.epochs, kwargs.get("warmup_epochs", 0) + 1)
   try:

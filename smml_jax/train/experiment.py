@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from smml_jax.data import normalise, splits as splits_lib
+from smml_jax.data import pipeline
 from smml_jax.data.pipeline import BatchIterator
 from smml_jax.data.spec import load_cohort
 from smml_jax.models.deform_attention import (DeformAttentionConfig, min_grid_side,
@@ -120,10 +121,13 @@ def check_grid_side(spec: ModelSpec, grid_side: int, config: RunConfig) -> None:
 
 def batches(exp: Experiment, part: str, batch_size: int, *, epoch: int = 0,
               train: bool = False) -> BatchIterator:
+  """One epoch of `part` (train: shuffled by (seed, epoch), last partial batch dropped; else in
+  order, padded and masked), this JAX process's slice of each global batch."""
+  process_index, process_count = pipeline.jax_process_shard()
   return BatchIterator(exp.cohort.source, exp.splits[part], batch_size, seed=exp.config.train.seed,
                        epoch=epoch, shuffle=train, drop_remainder=train,
-                       preprocess=exp.preprocessor, process_index=jax.process_index(),
-                       process_count=jax.process_count())
+                       preprocess=exp.preprocessor, process_index=process_index,
+                       process_count=process_count)
 
 
 def global_batch(size: int, mesh) -> int:
@@ -137,7 +141,9 @@ def init_state(exp: Experiment, steps_per_epoch: int):
   cfg = exp.config
   key = jax.random.PRNGKey(cfg.train.seed)
   init_key, dropout_key, state_key = jax.random.split(key, 3)
-  sample = next(iter(batches(exp, "train", global_batch(cfg.train.batch_size, exp.mesh))))
+  iterator = iter(batches(exp, "train", global_batch(cfg.train.batch_size, exp.mesh)))
+  sample = next(iterator)
+  pipeline.close(iterator)
   inputs = {k: jnp.asarray(v[:1]) for k, v in model_inputs(sample).items()}
   params = exp.spec.module.init({"params": init_key, "dropout": dropout_key}, inputs)["params"]
   frozen = exp.spec.frozen

@@ -1,5 +1,9 @@
-"""The training loop: data, model, optimiser, per-epoch evaluation, selection on validation,
-checkpoints, resumption and the run directory's records."""
+"""The training loop: the epochs over grain batches prefetched to the mesh, per-epoch evaluation,
+selection on validation, checkpoints (at epoch ends and, with `impl.checkpoint_every_steps`,
+within epochs, with the pipeline's position), exact resumption and the run directory's records.
+
+Building the experiment is `train/experiment.py`; predictions, metrics and the summary are
+`train/results.py` (both re-exported here)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from smml_jax.data import pipeline
 from smml_jax.models.registry import implementations
 from smml_jax.optim.factory import epoch_schedule
 from smml_jax.train import distributed, events as events_lib, run_dir, sharding
@@ -75,10 +80,17 @@ def _check_finite(metrics: dict, step: int, epoch: int, batch: int, steps_per_ep
       + "; nothing after it was saved. Lower optim.learning_rate or check the inputs.")
 
 
+def _host_rows(rows: list[dict]) -> list[dict]:
+  """Per-step metrics as JSON numbers (float32 -> float is exact, so epoch means are unchanged)."""
+  return [{k: bool(v) if k == "finite" else float(v) for k, v in row.items()}
+          for row in jax.device_get(rows)]
+
+
 def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = False,
           overwrite: bool = False, stop_after_epoch: Optional[int] = None, mesh=None,
           keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          log: Callable[[str], None] = print,
+          stop_after_step: Optional[int] = None) -> dict[str, Any]:
   """Trains, evaluates every epoch, keeps the best epoch by VALIDATION metric.
 
   Everything is validated (run directory, config, cohort, model, batch size) before `out_dir`
@@ -87,10 +99,12 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
   Args:
     config: the resolved RunConfig.
     out_dir: run directory (config.json, metrics.jsonl, checkpoints/, summary.json, ...).
-    resume: continue from the newest intact checkpoint in out_dir (same config required); with
+    resume: continue from the newest intact checkpoint in out_dir (same config required; a
+      mid-epoch one, see `impl.checkpoint_every_steps`, continues at the very next batch); with
       no run in out_dir the run starts fresh (and says so).
     overwrite: replace the run in out_dir (its own files only; a foreign folder is refused).
     stop_after_epoch: return after this epoch (0-based) as if interrupted (used by tests).
+    stop_after_step: return after this train step (1-based) as if interrupted (used by tests).
     mesh: device mesh; default all devices.
     keep_checkpoints: how many of the latest epochs' checkpoints are kept (plus the best).
 
@@ -135,22 +149,29 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
   metric = selection_metric(config)
   history: list[dict] = []
   best = {"epoch": -1, "value": -math.inf}
-  start_epoch = 0
+  start_epoch, position = 0, None  # position: where a mid-epoch checkpoint left the epoch
   if mode == run_dir.RESUME:
     restored = ckpts.restore_for_resume(state, log=log)
     if restored is not None:
       state, meta = restored
       state = sharding.replicate(state, exp.mesh)
       history, best, start_epoch = meta["history"], meta["best"], meta["epoch"] + 1
-      log(f"resumed {out_dir} after epoch {meta['epoch'] + 1}")
+      if meta.get("epoch_rows"):
+        start_epoch, position = meta["epoch"], {**meta["data"], "rows": meta["epoch_rows"]}
+        log(f"resumed {out_dir} at train step {int(state.step)} (epoch {start_epoch + 1}, batch "
+            f"{len(position['rows'])} of {steps_per_epoch})")
+      else:
+        log(f"resumed {out_dir} after epoch {meta['epoch'] + 1}")
     else:
       log(f"--resume: {out_dir} holds no intact checkpoint; training from the first epoch")
   _write_jsonl(out_dir / run_dir.METRICS_FILE, history)
   show = config.train.progress and is_main_process()
   # print() would tear the progress bar; tqdm.write prints above it.
   console = tqdm.write if log is print else log
-  events = events_lib.RunEvents(out_dir, enabled=is_main_process(),
-                                purge_step=int(state.step) + 1 if start_epoch else None)
+  done_in_epoch = len(position["rows"]) if position else 0  # its steps are logged again
+  events = events_lib.RunEvents(
+      out_dir, enabled=is_main_process(),
+      purge_step=int(state.step) - done_in_epoch + 1 if start_epoch or position else None)
 
   def say(message: str) -> None:
     console(message)
@@ -170,16 +191,21 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
     return results
 
   step = int(state.step)  # 1-based count of train steps done, kept on the host
-  total_steps = steps_per_epoch * (config.train.epochs - start_epoch)
+  total_steps = steps_per_epoch * (config.train.epochs - start_epoch) - done_in_epoch
   bar = tqdm(total=total_steps, desc="training", unit="step", disable=not show, dynamic_ncols=True)
   compiled = False
   try:
     for epoch in range(start_epoch, config.train.epochs):
       bar.set_description(f"epoch {epoch + 1}/{config.train.epochs}")
       t0, seen, compile_s, losses = time.perf_counter(), 0, None, []
-      first_step = step
-      iterator = batches(exp, "train", batch_size, epoch=epoch, train=True)
+      iterator = pipeline.prefetch_to_device(
+          batches(exp, "train", batch_size, epoch=epoch, train=True),
+          put=lambda batch: sharding.shard_batch(batch, exp.mesh))
       train_rows, logged = [], 0
+      if position is not None:  # continue the interrupted epoch at its next batch
+        iterator.set_state(position["iterator"])
+        train_rows, position = list(position["rows"]), None
+      first_step = step - len(train_rows)
 
       def log_steps(rows: list, first: int, logged: int) -> int:
         """Host copies of the steps not yet in the event file; returns how many are logged."""
@@ -192,7 +218,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
         if not compiled:
           say(f"compiling the train step ({exp.config.model}, batch {batch_size}) ...")
         step += 1
-        state, m = train_step(state, sharding.shard_batch(batch, exp.mesh))
+        state, m = train_step(state, batch)
         seen += batch_size
         train_rows.append(m)
         if not compiled:  # time the first step alone: compilation is not throughput
@@ -213,6 +239,18 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
         if (config.train.eval_every_steps and step % config.train.eval_every_steps == 0):
           _check_finite(m, step, epoch, len(train_rows), steps_per_epoch, ckpts)
           evaluate(epoch, step)
+        if (config.impl.checkpoint_every_steps and step % config.impl.checkpoint_every_steps == 0
+            and len(train_rows) < steps_per_epoch):  # the epoch's end saves its own
+          _check_finite(m, step, epoch, len(train_rows), steps_per_epoch, ckpts)
+          ckpts.save_partial(step, state, {
+              "epoch": epoch, "history": history, "best": best, "config": config_to_dict(config),
+              "epoch_rows": _host_rows(train_rows)},
+              {"epoch": epoch, "iterator": iterator.get_state()})
+        if stop_after_step is not None and step >= stop_after_step:
+          pipeline.close(iterator)
+          events.close()
+          return {"stopped_after_step": step}
+      pipeline.close(iterator)
       _check_finite(train_rows[-1], step, epoch, len(train_rows), steps_per_epoch, ckpts)
       logged = log_steps(train_rows, first_step, logged)
       train_time = time.perf_counter() - t0
@@ -231,12 +269,13 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
         best = {"epoch": epoch, "value": float(val_value)}
       meta = {"epoch": epoch, "history": history, "best": best,
               "config": config_to_dict(config)}
+      data = {"epoch": epoch + 1, "iterator": None}  # the next epoch, from its first batch
       if improved:
-        ckpts.save_best(epoch, state, meta)
+        ckpts.save_best(epoch, state, meta, data)
         for part in run_dir.PREDICTION_SPLITS:
           _write_jsonl(out_dir / run_dir.predictions_file(part),
                        prediction_rows(results[part][1], exp.loss_config.task))
-      ckpts.save_latest(epoch, state, meta)
+      ckpts.save_latest(epoch, state, meta, data)
       line = (f"epoch {epoch + 1}/{config.train.epochs}: loss {history[-3]['loss']:.4f}  val "
               f"{metric} {fmt(val_value)}  (best "
               f"{fmt(best['value'] if best['epoch'] >= 0 else None)} at epoch {best['epoch'] + 1})")
