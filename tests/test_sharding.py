@@ -37,7 +37,7 @@ for name, devices in (("one", jax.devices()[:1]), ("four", jax.devices())):
   state, tx = loop.init_state(exp, steps_per_epoch=5)
   step = make_train_step(exp.spec, tx, exp.loss_config)
   losses = []
-  for i, batch in zip(range(int(sys.argv[5])), loop._iterator(exp, "train", 8, train=True)):
+  for i, batch in zip(range(int(sys.argv[5])), loop.batches(exp, "train", 8, train=True)):
     b = sharding.shard_batch(batch, mesh)
     assert b["patches"].sharding.mesh.devices.size == len(devices)
     state, metrics = step(state, b)

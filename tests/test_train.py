@@ -84,6 +84,46 @@ def test_resume_ends_with_exactly_the_uninterrupted_metrics(full_run, tiny_spec,
   assert untimed(_jsonl(out / "metrics.jsonl")) == untimed(_jsonl(full_run[0] / "metrics.jsonl"))
 
 
+def _params(out, kind, step):
+  import orbax.checkpoint as ocp
+  return ocp.StandardCheckpointer().restore(out / "checkpoints" / kind / str(step) / "state")
+
+
+@pytest.mark.slow
+def test_resume_mid_epoch_continues_at_the_next_batch_bit_for_bit(full_run, tiny_spec, data_dir,
+                                                                  tmp_path):
+  import dataclasses
+
+  import jax
+  import numpy as np
+  full_out, summary = full_run
+  steps_per_epoch = next(r["step"] for r in _jsonl(full_out / "metrics.jsonl")
+                         if r["split"] == "train" and r["epoch"] == 0)
+  assert steps_per_epoch >= 4
+  config = tiny_config(tiny_spec, data_dir)
+  config = dataclasses.replace(config, impl=dataclasses.replace(config.impl,
+                                                                checkpoint_every_steps=2))
+  out = tmp_path / "mid_epoch"
+  stop = steps_per_epoch + 3  # in the second epoch, at most one step past a checkpoint
+  assert train(config, out, stop_after_step=stop, log=lambda _: None) == {
+      "stopped_after_step": stop}
+  saved = stop - stop % 2
+  assert [p.name for p in (out / "checkpoints" / "partial").iterdir()] == [str(saved)]
+  logs = []
+  resumed = train(config, out, resume=True, log=logs.append)
+  assert any(f"at train step {saved} (epoch 2, batch {saved - steps_per_epoch} of "
+             f"{steps_per_epoch})" in line for line in logs), logs
+  assert resumed == summary  # the same batches in the same order, the same RNG stream
+  untimed = lambda rows: [{k: v for k, v in r.items() if k not in ("slides_per_s", "compile_s")}
+                          for r in rows]
+  assert untimed(_jsonl(out / "metrics.jsonl")) == untimed(_jsonl(full_out / "metrics.jsonl"))
+  last = config.train.epochs - 1
+  for got, want in zip(jax.tree.leaves(_params(out, "latest", last)),
+                       jax.tree.leaves(_params(full_out, "latest", last))):
+    np.testing.assert_array_equal(got, want)
+  assert list((out / "checkpoints" / "partial").iterdir()) == []  # superseded at epoch ends
+
+
 @pytest.mark.slow
 def test_resume_falls_back_past_a_corrupted_checkpoint_to_the_same_metrics(full_run, tiny_spec,
                                                                           data_dir, tmp_path):

@@ -21,6 +21,7 @@ from smml_jax.train.config import ConfigError, config_from_dict, config_to_dict,
     ("model=subspac", ("model", "did you mean 'subspace'")),
     ("train.coordination=pcgrd", ("train.coordination", "did you mean 'pcgrad'")),
     ("optim.warmup_epochs=12", ("warmup_epochs",)),
+    ("impl.checkpoint_every_steps=-2", ("impl.checkpoint_every_steps", ">= 0")),
 ])
 def test_bad_run_config_is_refused_at_parse_time(override, needles):
   with pytest.raises(ConfigError) as err:

@@ -1,25 +1,50 @@
-"""Batches of slides for the jit-compiled step.
+"""Batches of slides for the jit-compiled step, read by `grain`.
 
-`BatchIterator` draws a permutation of `indices` from (seed, epoch), cuts it into global batches,
-gives process `process_index` its contiguous 1/process_count slice of each, reads the records with
-a thread pool and keeps `prefetch` batches ready in a background thread. The last partial batch is
-dropped or padded (padding repeats real examples and is flagged False in `mask`). Every batch
-carries `mask` (B,) bool. `prefetch_to_device` overlaps host->device copies with compute.
+`BatchIterator` plans an epoch as a pure function of (seed, epoch): a permutation of `indices`
+cut into global batches, process `process_index` taking its contiguous 1/process_count slice of
+each. The last partial batch is dropped or padded (padding repeats real examples and is flagged
+False in `mask`); every batch carries `mask` (B,) bool. The plan becomes a `grain.MapDataset`
+(record reads, decoding, stacking, preprocessing) read by grain's thread pool with prefetch;
+its iterator's `get_state()` / `set_state()` is the position within the epoch, which the trainer
+checkpoints so a resumed run continues mid-epoch with the very batches it would have seen.
+`prefetch_to_device` keeps batches in flight on the device(s), also checkpointably.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
-import queue
-import threading
-from typing import Any, Callable, Iterator, Mapping, Sequence
+import atexit
+import weakref
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
+import grain
 import numpy as np
 
 from smml_jax.data.features import decode_example
 
 Batch = dict[str, np.ndarray]
+
+# Iterators still alive at exit are closed while the modules are intact: grain's __del__ calls
+# close() again during interpreter teardown, where grain 0.2.18's thread-prefetch close() reads a
+# module global already set to None and prints an ignored AttributeError.
+_OPEN: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_iterators() -> None:
+  for iterator in list(_OPEN):
+    close(iterator)
+    iterator.close = lambda: None  # what __del__ calls at teardown
+
+
+def _track(iterator: grain.DatasetIterator) -> grain.DatasetIterator:
+  _OPEN.add(iterator)
+  return iterator
+
+
+def jax_process_shard() -> tuple[int, int]:
+  """(process index, process count) of this JAX process, as grain shards by it."""
+  options = grain.sharding.ShardByJaxProcess()
+  return options.shard_index, options.shard_count
 
 
 def _stack(examples: Sequence[Mapping[str, np.ndarray]]) -> Batch:
@@ -29,6 +54,9 @@ def _stack(examples: Sequence[Mapping[str, np.ndarray]]) -> Batch:
 class BatchIterator:
   """Iterable over one epoch of batches (dicts of stacked numpy arrays, strings as unicode).
 
+  `iter()` returns a grain DatasetIterator: `get_state()` after k batches, given to
+  `set_state()` of a fresh iterator of the same epoch, resumes at batch k.
+
   Args:
     source: random-access records (tfds data source or any sequence of dicts).
     indices: slide indices to draw from (e.g. make_splits(...)['train']).
@@ -37,8 +65,10 @@ class BatchIterator:
     shuffle: permute the indices (otherwise keep their order).
     drop_remainder: drop the last partial global batch instead of padding it.
     preprocess: applied to each stacked batch (e.g. a fitted Preprocessor).
-    process_index, process_count: this host's place among the training processes.
-    num_threads: record reader threads. prefetch: batches kept ready.
+    process_index, process_count: this host's place among the training processes
+      (`jax_process_shard()` gives the JAX process's).
+    num_threads: grain reader threads (batches read concurrently). prefetch: batches kept ready
+      (at least num_threads).
   """
 
   def __init__(self, source: Any, indices: Sequence[int], batch_size: int, *, seed: int = 0,
@@ -82,82 +112,53 @@ class BatchIterator:
       out.append((chunk[lo:lo + local], mask[lo:lo + local]))
     return out
 
-  def _read(self, pool: concurrent.futures.Executor, idx: np.ndarray) -> list[Mapping]:
+  def _read(self, idx: np.ndarray) -> list[Mapping]:
     getitems = getattr(self.source, "__getitems__", None)
-    if getitems is not None and self.num_threads > 1 and len(idx) > 1:
-      parts = np.array_split(idx, min(self.num_threads, len(idx)))
-      chunks = pool.map(lambda p: getitems([int(i) for i in p]), parts)
-      return [e for chunk in chunks for e in chunk]
-    if getitems is not None:
+    if getitems is not None:  # one batched read (array_record reads them in parallel)
       return list(getitems([int(i) for i in idx]))
-    return list(pool.map(lambda i: self.source[int(i)], idx))
+    return [self.source[int(i)] for i in idx]
 
-  def _make(self, pool, idx: np.ndarray, mask: np.ndarray) -> Batch:
-    batch = _stack([decode_example(e) for e in self._read(pool, idx)])
+  def _make(self, planned: tuple[np.ndarray, np.ndarray]) -> Batch:
+    idx, mask = planned
+    batch = _stack([decode_example(e) for e in self._read(idx)])
     batch["mask"] = mask
     return self.preprocess(batch) if self.preprocess is not None else batch
 
-  def __iter__(self) -> Iterator[Batch]:
-    plan = self.plan()
-    q: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
-    stop = threading.Event()
-    done = object()
+  def dataset(self) -> grain.IterDataset:
+    """The epoch as a grain dataset: planned batches read by `num_threads` threads."""
+    threads = max(1, self.num_threads)  # grain uses no more threads than buffered batches
+    options = grain.ReadOptions(num_threads=threads,
+                                prefetch_buffer_size=max(threads, self.prefetch))
+    return grain.MapDataset.source(self.plan()).map(self._make).to_iter_dataset(options)
 
-    def producer():
-      try:
-        with concurrent.futures.ThreadPoolExecutor(self.num_threads) as pool:
-          for idx, mask in plan:
-            if stop.is_set():
-              return
-            q.put(self._make(pool, idx, mask))
-        q.put(done)
-      except BaseException as e:  # surfaced in the consumer
-        q.put(e)
-
-    thread = threading.Thread(target=producer, daemon=True)
-    thread.start()
-    try:
-      while True:
-        item = q.get()
-        if item is done:
-          return
-        if isinstance(item, BaseException):
-          raise item
-        yield item
-    finally:
-      stop.set()
-      while thread.is_alive():  # unblock a producer waiting on a full queue
-        try:
-          q.get(timeout=0.05)
-        except queue.Empty:
-          pass
-      thread.join()
+  def __iter__(self) -> grain.DatasetIterator:
+    return _track(iter(self.dataset()))
 
 
-def prefetch_to_device(batches: Iterator[Batch], size: int = 2, sharding: Any = None,
-                       keys: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
-  """Keeps `size` batches in flight on the device(s); string fields stay on the host.
+def prefetch_to_device(batches: grain.IterDataset | BatchIterator,
+                       put: Optional[Callable[[Batch], dict[str, Any]]] = None,
+                       size: int = 2) -> grain.DatasetIterator:
+  """An iterator keeping `size` batches placed on the device(s) ahead of the consumer.
 
-  `sharding` (e.g. a jax NamedSharding over the batch axis) is passed to jax.device_put; with
-  several processes, pass `jax.make_array_from_process_local_data`-ready shardings instead.
+  `put` places one host batch (e.g. sharded over the mesh's batch axis with
+  `jax.make_array_from_process_local_data`); by default numeric fields go to the default device
+  and string fields stay on the host. The iterator's state counts the batches consumed, not those
+  in flight, so it checkpoints like the host iterator's.
   """
+  if isinstance(batches, BatchIterator):
+    batches = batches.dataset()
+  put = put or _default_put
+  return _track(iter(grain.experimental.ThreadPrefetchIterDataset(
+      batches.map(put), prefetch_buffer_size=max(1, size))))
+
+
+def _default_put(batch: Batch) -> dict[str, Any]:
   import jax  # local: the data layer does not need jax otherwise
+  return {k: v if v.dtype.kind in "USO" else jax.device_put(v) for k, v in batch.items()}
 
-  def put(batch: Batch) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in batch.items():
-      if v.dtype.kind in "USO" or (keys is not None and k not in keys):
-        out[k] = v
-      elif sharding is not None:
-        out[k] = jax.device_put(v, sharding)
-      else:
-        out[k] = jax.device_put(v)
-    return out
 
-  buf: collections.deque = collections.deque()
-  for batch in batches:
-    buf.append(put(batch))
-    if len(buf) > size:
-      yield buf.popleft()
-  while buf:
-    yield buf.popleft()
+def close(iterator: Iterator) -> None:
+  """Stops a grain iterator's reader threads (a no-op for other iterators)."""
+  stop = getattr(iterator, "close", None)
+  if stop is not None:
+    stop()

@@ -1,4 +1,5 @@
-"""Orbax checkpoints of a run: the last N epochs (to resume) and the best one (by validation).
+"""Orbax checkpoints of a run: the last N epochs (to resume), the best one (by validation) and,
+with `impl.checkpoint_every_steps`, the newest mid-epoch one (to resume exactly where it stopped).
 
 Every saved step gets a manifest (size and SHA-256 of each of its files, in
 `checkpoints/manifests/<kind>-<step>.json`), so a truncated or altered file is found before orbax
@@ -18,7 +19,8 @@ import orbax.checkpoint as ocp
 
 from smml_jax.train import distributed
 
-KINDS = ("latest", "best")
+KINDS = ("latest", "best")  # saved at epoch ends, numbered by epoch
+PARTIAL = "partial"  # saved within an epoch, numbered by train step; superseded at the epoch end
 MANIFEST_DIR = "manifests"
 QUARANTINE_DIR = "damaged"
 
@@ -68,7 +70,10 @@ def verify_step(step_dir: pathlib.Path, manifest: pathlib.Path, what: str) -> No
 
 
 def describe(kind: str, step: int) -> str:
-  """How messages name a checkpoint: steps are 0-based epochs, the console counts from 1."""
+  """How messages name a checkpoint: epoch checkpoints are numbered by their 0-based epoch, partial
+  (mid-epoch) ones by their train step."""
+  if kind == PARTIAL:
+    return f"checkpoint {kind}/{step} (saved after train step {step}, within an epoch)"
   return f"checkpoint {kind}/{step} (saved after epoch {step})"
 
 
@@ -116,12 +121,14 @@ def restore_params(directory: str | pathlib.Path, kind: str, params_template: An
 
 
 class RunCheckpoints:
-  """`latest/` (the last `keep` epochs) and `best/` CheckpointManagers under one run directory.
+  """`latest/` (the last `keep` epochs), `best/` and `partial/` CheckpointManagers of one run.
 
-  Each checkpoint holds the TrainState (params, optimiser state, step, dropout RNG) and a JSON
-  `meta` item (epoch, history, best so far, resolved config); steps are epochs (0-based). The
-  data order needs no RNG state: it is a function of (seed, epoch). Saving and restoring are
-  collective: every process of a multi-process run calls them.
+  Each checkpoint holds the TrainState (params, optimiser state, step, dropout RNG), a JSON `meta`
+  item (epoch, history, best so far, resolved config) and, when given, a JSON `data` item: where
+  the input pipeline stands (the epoch and the grain iterator's state within it), so a resumed
+  run reads the very batches the interrupted one would have. `latest`/`best` steps are epochs
+  (0-based); `partial` steps are train steps, and only the newest is kept. Saving and restoring
+  are collective: every process of a multi-process run calls them.
   """
 
   def __init__(self, directory: str | pathlib.Path, keep: int = 2):
@@ -129,7 +136,7 @@ class RunCheckpoints:
       raise ValueError(f"keep: at least 1 latest checkpoint is kept, got {keep}")
     self.directory = pathlib.Path(directory).resolve()
     self.managers = {}
-    for kind, n in (("latest", keep), ("best", 1)):
+    for kind, n in (("latest", keep), ("best", 1), (PARTIAL, 1)):
       options = ocp.CheckpointManagerOptions(max_to_keep=n, create=True,
                                              enable_async_checkpointing=False)
       self.managers[kind] = ocp.CheckpointManager(self.directory / kind, options=options)
@@ -140,10 +147,13 @@ class RunCheckpoints:
   def manifest(self, kind: str, step: int) -> pathlib.Path:
     return self.directory / MANIFEST_DIR / f"{kind}-{step}.json"
 
-  def _save(self, kind: str, step: int, state: Any, meta: dict) -> None:
+  def _save(self, kind: str, step: int, state: Any, meta: dict,
+            data: Optional[dict] = None) -> None:
     manager = self.managers[kind]
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               meta=ocp.args.JsonSave(meta)), force=True)
+    items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    if data is not None:
+      items["data"] = ocp.args.JsonSave(data)
+    manager.save(step, args=ocp.args.Composite(**items), force=True)
     manager.wait_until_finished()
     if jax.process_index() == 0:
       (self.directory / MANIFEST_DIR).mkdir(exist_ok=True)
@@ -155,54 +165,79 @@ class RunCheckpoints:
         if old.name not in kept:
           old.unlink()
 
-  def save_latest(self, epoch: int, state: Any, meta: dict) -> None:
-    self._save("latest", epoch, state, meta)
+  def save_latest(self, epoch: int, state: Any, meta: dict, data: Optional[dict] = None) -> None:
+    self._save("latest", epoch, state, meta, data)
+    self._drop_partial()  # the epoch's end supersedes its mid-epoch checkpoint
 
-  def save_best(self, epoch: int, state: Any, meta: dict) -> None:
-    self._save("best", epoch, state, meta)
+  def save_best(self, epoch: int, state: Any, meta: dict, data: Optional[dict] = None) -> None:
+    self._save("best", epoch, state, meta, data)
+
+  def save_partial(self, step: int, state: Any, meta: dict, data: dict) -> None:
+    """A mid-epoch checkpoint after train step `step` (1-based), with the pipeline's position."""
+    self._save(PARTIAL, step, state, meta, data)
+
+  def _drop_partial(self) -> None:
+    manager = self.managers[PARTIAL]
+    for step in manager.all_steps():
+      manager.delete(step)
+      if jax.process_index() == 0:
+        self.manifest(PARTIAL, step).unlink(missing_ok=True)
 
   def steps(self, kind: str) -> list[int]:
     return sorted(self.managers[kind].all_steps())
 
   def restore(self, kind: str, step: int, template: Any) -> tuple[Any, dict]:
-    """(state, meta) of one checkpoint; CheckpointError naming the step and the damaged file."""
+    """(state, meta) of one checkpoint; CheckpointError naming the step and the damaged file.
+
+    A checkpoint saved with a `data` item returns it as meta['data'].
+    """
     what = describe(kind, step)
     verify_step(self.step_dir(kind, step), self.manifest(kind, step), what)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    items = dict(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+    if (self.step_dir(kind, step) / "data").is_dir():  # checkpoints before the item have none
+      items["data"] = ocp.args.JsonRestore()
     try:
-      restored = self.managers[kind].restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      restored = self.managers[kind].restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax / tensorstore raise many types for unreadable files
       raise CheckpointError(f"{what} in {self.step_dir(kind, step)} cannot be read: "
                             f"{type(e).__name__}: {e}") from e
-    return restored["state"], dict(restored["meta"])
+    meta = dict(restored["meta"])
+    if "data" in items:
+      meta["data"] = dict(restored["data"])
+    return restored["state"], meta
 
   def restore_for_resume(self, template: Any, log: Callable[[str], None] = print
                          ) -> Optional[tuple[Any, dict]]:
-    """The newest intact checkpoint (latest or best), or None when there is none.
+    """The newest intact checkpoint (partial, then latest or best), or None when there is none.
 
-    Damaged checkpoints are reported and skipped. Checkpoints newer than the one restored are
-    moved to `checkpoints/damaged/` (their epochs are trained again, identically), so the
-    managers never hold steps ahead of the run.
+    A partial checkpoint is newer than every epoch-end one (those delete it when saved). Damaged
+    checkpoints are reported and skipped. Checkpoints newer than the one restored are moved to
+    `checkpoints/damaged/` (their steps are trained again, identically), so the managers never
+    hold steps ahead of the run.
     """
-    candidates = sorted(((s, k) for k in KINDS for s in self.steps(k)), reverse=True)
+    candidates = [(s, PARTIAL) for s in reversed(self.steps(PARTIAL))]
+    candidates += sorted(((s, k) for k in KINDS for s in self.steps(k)), reverse=True)
     for step, kind in candidates:
       try:
         state, meta = self.restore(kind, step, template)
       except CheckpointError as e:
         log(f"warning: {e}; falling back to an older checkpoint")
         continue
-      self._set_aside(lambda s, step=step: s > step)
+      if kind == PARTIAL:
+        self._set_aside(lambda k, s, step=step: k == PARTIAL and s > step)
+      else:
+        self._set_aside(lambda k, s, step=step: k == PARTIAL or s > step)
       return state, meta
     if candidates:
-      self._set_aside(lambda s: True)
+      self._set_aside(lambda k, s: True)
       log("warning: no intact checkpoint is left; the run starts again from epoch 1")
     return None
 
-  def _set_aside(self, which: Callable[[int], bool]) -> None:
+  def _set_aside(self, which: Callable[[str, int], bool]) -> None:
     if jax.process_index() == 0:
-      for kind in KINDS:
-        for step in [s for s in self.steps(kind) if which(s)]:
+      for kind in (*KINDS, PARTIAL):
+        for step in [s for s in self.steps(kind) if which(kind, s)]:
           target = self.directory / QUARANTINE_DIR / f"{kind}-{step}"
           if target.exists():
             shutil.rmtree(target)

@@ -77,6 +77,9 @@ class ImplConfig:
   query_tile: int = 0  # queries per attention tile; 0: about `tile_pairs` (query, key) pairs
   tile_pairs: int = 73_728
   sampler: str = "gather"  # or 'matmul'
+  # Also save a checkpoint (with the data iterator's position) every N train steps; 0: at epoch
+  # ends only. Resuming from one is exact, so the interval is not part of the run's identity.
+  checkpoint_every_steps: int = 0
 
   def model_options(self) -> dict[str, Any]:
     """As `models.registry.build_model`'s `impl` options."""
@@ -129,6 +132,7 @@ _CHOICES = {
 # do, see `models.registry.options_class`): 'min' (>=), 'above' (>), 'below' (<).
 _RANGES = {key: {"above": 0} for key in ("train.epochs", "train.batch_size", "train.eval_batch_size",
                                           "optim.learning_rate", "data.n_folds")}
+_RANGES["impl.checkpoint_every_steps"] = {"min": 0}  # 0: off
 # Keys that no longer exist -> what to use instead.
 _REMOVED = {"optim.epochs": "the learning-rate schedule always spans train.epochs; set "
                             "train.epochs (--epochs) instead"}

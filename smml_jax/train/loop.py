@@ -1,5 +1,9 @@
-"""The training loop: data, model, optimiser, per-epoch evaluation, selection on validation,
-checkpoints, resumption and the run directory's records."""
+"""The training loop: the epochs over grain batches prefetched to the mesh, per-epoch evaluation,
+selection on validation, checkpoints (at epoch ends and, with `impl.checkpoint_every_steps`,
+within epochs, with the pipeline's position), exact resumption and the run directory's records.
+
+Building the experiment is `train/experiment.py`; predictions, metrics and the summary are
+`train/results.py` (both re-exported here)."""
 
 from __future__ import annotations
 
@@ -10,44 +14,26 @@ import time
 from typing import Any, Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from smml_jax.data import normalise, splits as splits_lib
-from smml_jax.data.pipeline import BatchIterator
-from smml_jax.data.spec import load_cohort
-from smml_jax.models.deform_attention import (DeformAttentionConfig, min_grid_side,
-                                              offset_grid_side)
-from smml_jax.models.registry import ModelSpec, build_model, implementations
-from smml_jax.ops import dispatch
+from smml_jax.data import pipeline
+from smml_jax.models.registry import implementations
 from smml_jax.optim.factory import epoch_schedule
-from smml_jax.tasks import Task, get_task
 from smml_jax.train import distributed, epoch as epoch_lib, events as events_lib, run_dir, sharding
 from smml_jax.train.checkpoints import RunCheckpoints
 from smml_jax.train.config import ConfigError, RunConfig, config_to_dict
-from smml_jax.train.epoch import TrainingDiverged, epoch_label
+from smml_jax.train.epoch import TrainingDiverged, epoch_label  # noqa: F401  (re-exported)
+# Re-exported: callers build experiments and predict through the loop module.
+from smml_jax.train.experiment import (Experiment, batches, build_experiment,  # noqa: F401
+                                       check_grid_side, global_batch, init_state, selection_metric,
+                                       task_of)
+from smml_jax.train.results import (fmt, is_main_process, mean, predict,  # noqa: F401
+                                    prediction_rows, split_metrics, summarise)
 from smml_jax.train.run_dir import RunDirError  # noqa: F401  (re-exported for callers)
-from smml_jax.train.state import TrainState
-from smml_jax.train.steps import (LossConfig, make_eval_step, make_run_optimizer, make_train_step,
-                                  model_inputs)
+from smml_jax.train.steps import make_eval_step, make_train_step
 
 DEFAULT_KEEP_CHECKPOINTS = 2
-
-
-def is_main_process() -> bool:
-  return jax.process_index() == 0
-
-
-def task_of(config: RunConfig) -> Task:
-  """The run's task: its name, number of outputs and survival NLL weight."""
-  return get_task(config.task, config.num_classes, survival_alpha=config.train.survival_alpha)
-
-
-def selection_metric(config: RunConfig) -> str:
-  if config.train.selection_metric != "auto":
-    return config.train.selection_metric
-  return task_of(config).selection_metric
 
 
 def check_run_dir(out_dir: pathlib.Path, config: RunConfig, *, resume: bool,
@@ -71,170 +57,9 @@ def prepare_run_dir(out_dir: pathlib.Path, mode: str, log: Callable[[str], None]
   distributed.barrier("prepare_run_dir:ready")
 
 
-@dataclasses.dataclass
-class Experiment:
-  """Everything built from a config before training: data, preprocessing, model, optimiser."""
-  config: RunConfig
-  cohort: Any
-  splits: dict[str, np.ndarray]
-  preprocessor: normalise.Preprocessor
-  spec: ModelSpec
-  loss_config: LossConfig
-  mesh: Any
-
-
-def _labelled(cohort, indices: np.ndarray, task: Task) -> np.ndarray:
-  """The slides of `indices` that carry the task's label (survival: a known time)."""
-  return np.asarray(indices)[task.labelled(cohort.slides)[indices]]
-
-
-def build_experiment(config: RunConfig, mesh=None) -> Experiment:
-  d = config.data
-  with distributed.main_process_first("build_cohort"):  # one writer of the shared record cache
-    cohort = load_cohort(d.data, d.data_dir)
-  parts = splits_lib.make_splits(cohort, d.split, seed=d.split_seed, fold=d.fold,
-                                 n_folds=d.n_folds, stratify=d.stratify,
-                                 val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                                 split_file=d.split_file)
-  splits_lib.assert_patient_disjoint(cohort, parts)
-  task = task_of(config)
-  parts = {k: _labelled(cohort, v, task) for k, v in parts.items()}
-  for part, idx in parts.items():
-    if not len(idx):
-      raise ConfigError(f"the {part} split has no slide labelled for task {config.task!r}")
-  preprocessor = normalise.fit_preprocessor(
-      cohort, parts["train"], gene_transform=d.gene_transform, survival_cuts=d.survival_cuts,
-      clip=d.gene_clip)
-  mesh = mesh if mesh is not None else sharding.make_mesh()
-  impl = dict(config.impl.model_options(), platform=dispatch.platform_of(mesh))
-  try:
-    spec = build_model(config.model, num_classes=config.num_classes,
-                       n_genes_tumour=cohort.n_genes_tumour, n_genes_micro=cohort.n_genes_micro,
-                       feature_dim=cohort.feature_dim, options=config.model_options, impl=impl)
-  except dispatch.DispatchError as e:
-    raise ConfigError(f"config key 'impl.attention': {e}") from e
-  except (TypeError, ValueError) as e:  # unknown model, unknown or ill-typed model_options
-    raise ConfigError(f"config key 'model' / 'model_options': {e}") from e
-  check_grid_side(spec, cohort.grid_side, config)
-  if config.train.compute_dtype == "bfloat16":
-    if not hasattr(spec.module, "dtype"):
-      raise ConfigError(f"model {config.model!r} has no compute dtype option")
-    spec = dataclasses.replace(spec, module=spec.module.clone(dtype=jnp.bfloat16))
-  try:  # e.g. 'native' on a TPU mesh: refused before anything is traced
-    implementations(spec)
-  except dispatch.DispatchError as e:
-    raise ConfigError(f"config key 'impl.attention': {e}") from e
-  t = config.train
-  class_weights = task.class_weights(t.class_weights, cohort.slides.iloc[parts["train"]])
-  loss_config = LossConfig(task=task, class_weights=class_weights,
-                           consistency_weight=t.consistency_weight,
-                           consistency_mode=t.consistency_mode,
-                           coordination=spec.coordination and t.coordination != "none")
-  return Experiment(config, cohort, parts, preprocessor, spec, loss_config, mesh)
-
-
-def check_grid_side(spec: ModelSpec, grid_side: int, config: RunConfig) -> None:
-  """ConfigError when the cohort's grid is too small for the deformable attention's lattice."""
-  attention = getattr(getattr(getattr(spec.module, "config", None), "branch", None), "attention",
-                      None)
-  if not isinstance(attention, DeformAttentionConfig):
-    return
-  minimum = min_grid_side(attention.offset_kernel, attention.downsample)
-  tokens = grid_side if attention.ndim == 2 else grid_side * grid_side
-  if tokens < minimum:
-    lattice = offset_grid_side(tokens, attention.offset_kernel, attention.downsample)
-    raise ConfigError(
-        f"cohort {config.data.data}: grid_side {grid_side} is too small for model "
-        f"{config.model!r}: its deformable attention's offset lattice (kernel "
-        f"{attention.offset_kernel}, stride {attention.downsample}) would have {max(lattice, 0)} "
-        f"point(s) per side and needs at least 2, i.e. a "
-        f"{'grid_side' if attention.ndim == 2 else 'token count (grid_side^2)'} of at least "
-        f"{minimum}")
-
-
-def _iterator(exp: Experiment, part: str, batch_size: int, *, epoch: int = 0,
-              train: bool = False) -> BatchIterator:
-  return BatchIterator(exp.cohort.source, exp.splits[part], batch_size, seed=exp.config.train.seed,
-                       epoch=epoch, shuffle=train, drop_remainder=train,
-                       preprocess=exp.preprocessor, process_index=jax.process_index(),
-                       process_count=jax.process_count())
-
-
-def _global_batch(size: int, mesh) -> int:
-  """Rounds a batch size up to a multiple of the mesh size (every device gets a shard)."""
-  n = mesh.devices.size
-  return int(math.ceil(size / n) * n)
-
-
-def init_state(exp: Experiment, steps_per_epoch: int):
-  """(TrainState, optimiser) from the config's seed."""
-  cfg = exp.config
-  key = jax.random.PRNGKey(cfg.train.seed)
-  init_key, dropout_key, state_key = jax.random.split(key, 3)
-  sample = next(iter(_iterator(exp, "train", _global_batch(cfg.train.batch_size, exp.mesh))))
-  inputs = {k: jnp.asarray(v[:1]) for k, v in model_inputs(sample).items()}
-  params = exp.spec.module.init({"params": init_key, "dropout": dropout_key}, inputs)["params"]
-  optim = dataclasses.replace(cfg.optim, epochs=cfg.train.epochs)
-  tx = make_run_optimizer(exp.spec, optim, steps_per_epoch=steps_per_epoch,
-                          coordination_mode=(cfg.train.coordination
-                                             if exp.loss_config.coordination else None))
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                     rng=state_key)
-  return sharding.replicate(state, exp.mesh), tx
-
-
-def predict(exp: Experiment, params, part: str, eval_step=None,
-            progress: bool = False) -> dict[str, np.ndarray]:
-  """Eval-mode outputs over a whole split, gathered on the host, padding removed."""
-  eval_step = eval_step or make_eval_step(exp.spec)
-  bs = _global_batch(exp.config.train.eval_batch_size, exp.mesh)
-  chunks: dict[str, list] = {}
-  batches = _iterator(exp, part, bs)
-  for batch in tqdm(batches, total=len(batches), desc=f"evaluating {part}", leave=False,
-                    disable=not (progress and is_main_process())):
-    out = eval_step(params, sharding.shard_batch(batch, exp.mesh))
-    out = {k: sharding.to_host(v) for k, v in out.items()}
-    mask = sharding.to_host(sharding.shard_batch({"mask": batch["mask"]}, exp.mesh)["mask"])
-    host = {k: batch[k] for k in ("slide_id", "patient_id")}
-    if jax.process_count() > 1:  # string ids: re-read from the cohort table below
-      host = {}
-    for k, v in {**out, **host}.items():
-      chunks.setdefault(k, []).append(np.asarray(v)[mask] if len(v) == len(mask) else v)
-  result = {k: np.concatenate(v) for k, v in chunks.items()}
-  idx = exp.splits[part]
-  slides = exp.cohort.slides.iloc[idx]
-  result["slide_id"] = slides["slide_id"].to_numpy().astype(str)
-  result["patient_id"] = slides["patient_id"].to_numpy().astype(str)
-  result["index"] = np.asarray(idx)
-  for field in ("grade", "diagnosis", "subtype", "surv_time", "event"):
-    result[field] = slides[field].to_numpy()
-  result["surv_bin"] = exp.preprocessor.survival_bins(result["surv_time"])
-  return result
-
-
-def split_metrics(exp: Experiment, preds: dict[str, np.ndarray]) -> dict[str, Any]:
-  """Task metrics of one split's predictions (slide level)."""
-  task, logits = exp.loss_config.task, preds["logits"]
-  train = exp.cohort.slides.iloc[exp.splits["train"]]
-  return task.metrics(task.prediction(logits), preds,
-                      train={k: train[k].to_numpy() for k in ("surv_time", "event")},
-                      bin_times=np.asarray(exp.preprocessor.surv_cuts), logits=logits)
-
-
-def _mean(values: list) -> float:
-  return float(np.mean([float(v) for v in values])) if values else float("nan")
-
-
 def _write_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
   if is_main_process():
     run_dir.write_jsonl(path, rows)
-
-
-def _prediction_rows(preds: dict[str, np.ndarray], task: Task) -> list[dict[str, Any]]:
-  columns = {"slide_id": preds["slide_id"], "patient_id": preds["patient_id"],
-             **task.truth_columns(preds), **task.prediction_columns(preds["logits"])}
-  return [{k: v[i].item() if isinstance(v[i], np.generic) else v[i] for k, v in columns.items()}
-          for i in range(len(preds["slide_id"]))]
 
 
 def _check_finite(metrics: dict, step: int, epoch: int, batch: int, steps_per_epoch: int,
@@ -252,10 +77,17 @@ def _check_finite(metrics: dict, step: int, epoch: int, batch: int, steps_per_ep
       + "; nothing after it was saved. Lower optim.learning_rate or check the inputs.")
 
 
+def _host_rows(rows: list[dict]) -> list[dict]:
+  """Per-step metrics as JSON numbers (float32 -> float is exact, so epoch means are unchanged)."""
+  return [{k: bool(v) if k == "finite" else float(v) for k, v in row.items()}
+          for row in jax.device_get(rows)]
+
+
 def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = False,
           overwrite: bool = False, stop_after_epoch: Optional[int] = None, mesh=None,
           keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          log: Callable[[str], None] = print,
+          stop_after_step: Optional[int] = None) -> dict[str, Any]:
   """Trains, evaluates every epoch, keeps the best epoch by VALIDATION metric.
 
   Everything is validated (run directory, config, cohort, model, batch size) before `out_dir`
@@ -264,10 +96,12 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
   Args:
     config: the resolved RunConfig.
     out_dir: run directory (config.json, metrics.jsonl, checkpoints/, summary.json, ...).
-    resume: continue from the newest intact checkpoint in out_dir (same config required); with
+    resume: continue from the newest intact checkpoint in out_dir (same config required; a
+      mid-epoch one, see `impl.checkpoint_every_steps`, continues at the very next batch); with
       no run in out_dir the run starts fresh (and says so).
     overwrite: replace the run in out_dir (its own files only; a foreign folder is refused).
     stop_after_epoch: return after this epoch (0-based) as if interrupted (used by tests).
+    stop_after_step: return after this train step (1-based) as if interrupted (used by tests).
     mesh: device mesh; default all devices.
     keep_checkpoints: how many of the latest epochs' checkpoints are kept (plus the best).
 
@@ -284,8 +118,8 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
                       f"{keep_checkpoints}")
   mode = check_run_dir(out_dir, config, resume=resume, overwrite=overwrite)
   exp = build_experiment(config, mesh)
-  batch_size = _global_batch(config.train.batch_size, exp.mesh)
-  steps_per_epoch = len(_iterator(exp, "train", batch_size, train=True))
+  batch_size = global_batch(config.train.batch_size, exp.mesh)
+  steps_per_epoch = len(batches(exp, "train", batch_size, train=True))
   if steps_per_epoch == 0:
     raise ConfigError(f"batch size {batch_size} exceeds the {len(exp.splits['train'])} training "
                       "slides")
@@ -312,22 +146,29 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
   metric = selection_metric(config)
   history: list[dict] = []
   best = {"epoch": -1, "value": -math.inf}
-  start_epoch = 0
+  start_epoch, position = 0, None  # position: where a mid-epoch checkpoint left the epoch
   if mode == run_dir.RESUME:
     restored = ckpts.restore_for_resume(state, log=log)
     if restored is not None:
       state, meta = restored
       state = sharding.replicate(state, exp.mesh)
       history, best, start_epoch = meta["history"], meta["best"], meta["epoch"] + 1
-      log(f"resumed {out_dir} after epoch {meta['epoch']}")
+      if meta.get("epoch_rows"):
+        start_epoch, position = meta["epoch"], {**meta["data"], "rows": meta["epoch_rows"]}
+        log(f"resumed {out_dir} at train step {int(state.step)} (epoch {start_epoch}, batch "
+            f"{len(position['rows'])} of {steps_per_epoch})")
+      else:
+        log(f"resumed {out_dir} after epoch {meta['epoch']}")
     else:
       log(f"--resume: {out_dir} holds no intact checkpoint; training from the first epoch")
   _write_jsonl(out_dir / run_dir.METRICS_FILE, history)
   show = config.train.progress and is_main_process()
   # print() would tear the progress bar; tqdm.write prints above it.
   console = tqdm.write if log is print else log
-  events = events_lib.RunEvents(out_dir, enabled=is_main_process(),
-                                purge_step=int(state.step) + 1 if start_epoch else None)
+  done_in_epoch = len(position["rows"]) if position else 0  # its steps are logged again
+  events = events_lib.RunEvents(
+      out_dir, enabled=is_main_process(),
+      purge_step=int(state.step) - done_in_epoch + 1 if start_epoch or position else None)
 
   def say(message: str) -> None:
     console(message)
@@ -347,16 +188,21 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
     return results
 
   step = int(state.step)  # 1-based count of train steps done, kept on the host
-  total_steps = steps_per_epoch * (config.train.epochs - start_epoch)
+  total_steps = steps_per_epoch * (config.train.epochs - start_epoch) - done_in_epoch
   bar = tqdm(total=total_steps, desc="training", unit="step", disable=not show, dynamic_ncols=True)
   compiled = False
   try:
     for epoch in range(start_epoch, config.train.epochs):
       bar.set_description(epoch_label(epoch, config.train.epochs))
       t0, seen, compile_s, losses = time.perf_counter(), 0, None, []
-      first_step = step
-      iterator = _iterator(exp, "train", batch_size, epoch=epoch, train=True)
+      iterator = pipeline.prefetch_to_device(
+          batches(exp, "train", batch_size, epoch=epoch, train=True),
+          put=lambda batch: sharding.shard_batch(batch, exp.mesh))
       train_rows, logged = [], 0
+      if position is not None:  # continue the interrupted epoch at its next batch
+        iterator.set_state(position["iterator"])
+        train_rows, position = list(position["rows"]), None
+      first_step = step - len(train_rows)
 
       def log_steps(rows: list, first: int, logged: int) -> int:
         """Host copies of the steps not yet in the event file; returns how many are logged."""
@@ -367,8 +213,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
 
       if not compiled:
         say(f"compiling the train step ({exp.config.model}, batch {batch_size}) ...")
-      batches = (sharding.shard_batch(batch, exp.mesh) for batch in iterator)
-      for stepped, m in epoch_lib.epoch_steps(train_step, state, batches):
+      for stepped, m in epoch_lib.epoch_steps(train_step, state, iterator):  # sharded by grain
         state = stepped  # evaluate() and the checkpoints read the latest state
         step += 1
         seen += batch_size
@@ -386,18 +231,30 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
         if len(train_rows) % 5 == 0:
           losses = [float(r["loss"]) for r in train_rows[-5:]]
           logged = log_steps(train_rows, first_step, logged)
-          bar.set_postfix(loss=f"{_mean(losses):.4f}",
+          bar.set_postfix(loss=f"{mean(losses):.4f}",
                           slides_per_s=f"{seen / (time.perf_counter() - t0):.1f}")
         if (config.train.eval_every_steps and step % config.train.eval_every_steps == 0):
           _check_finite(m, step, epoch, len(train_rows), steps_per_epoch, ckpts)
           evaluate(epoch, step)
+        if (config.impl.checkpoint_every_steps and step % config.impl.checkpoint_every_steps == 0
+            and len(train_rows) < steps_per_epoch):  # the epoch's end saves its own
+          _check_finite(m, step, epoch, len(train_rows), steps_per_epoch, ckpts)
+          ckpts.save_partial(step, state, {
+              "epoch": epoch, "history": history, "best": best, "config": config_to_dict(config),
+              "epoch_rows": _host_rows(train_rows)},
+              {"epoch": epoch, "iterator": iterator.get_state()})
+        if stop_after_step is not None and step >= stop_after_step:
+          pipeline.close(iterator)
+          events.close()
+          return {"stopped_after_step": step}
+      pipeline.close(iterator)
       _check_finite(train_rows[-1], step, epoch, len(train_rows), steps_per_epoch, ckpts)
       logged = log_steps(train_rows, first_step, logged)
       train_time = time.perf_counter() - t0
       timed = (seen - batch_size, train_time - compile_s) if compile_s and seen > batch_size else (
           seen, train_time)
       history.append({"epoch": epoch, "step": step, "split": "train",
-                      **{k: _mean([r[k] for r in train_rows]) for k in train_rows[0]
+                      **{k: mean([r[k] for r in train_rows]) for k in train_rows[0]
                          if k != "finite"},
                       "step_losses": [float(r["loss"]) for r in train_rows],
                       "slides_per_s": timed[0] / timed[1],
@@ -409,16 +266,17 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
         best = {"epoch": epoch, "value": float(val_value)}
       meta = {"epoch": epoch, "history": history, "best": best,
               "config": config_to_dict(config)}
+      data = {"epoch": epoch + 1, "iterator": None}  # the next epoch, from its first batch
       if improved:
-        ckpts.save_best(epoch, state, meta)
+        ckpts.save_best(epoch, state, meta, data)
         for part in run_dir.PREDICTION_SPLITS:
           _write_jsonl(out_dir / run_dir.predictions_file(part),
-                       _prediction_rows(results[part][1], exp.loss_config.task))
-      ckpts.save_latest(epoch, state, meta)
+                       prediction_rows(results[part][1], exp.loss_config.task))
+      ckpts.save_latest(epoch, state, meta, data)
       line = (f"{epoch_label(epoch, config.train.epochs)}: loss {history[-3]['loss']:.4f}  val "
-              f"{metric} {_fmt(val_value)}  (best "
-              f"{_fmt(best['value'] if best['epoch'] >= 0 else None)} at epoch {best['epoch']})")
-      test_part = f"  test {metric} {_fmt(results['test'][0].get(metric))}"
+              f"{metric} {fmt(val_value)}  (best "
+              f"{fmt(best['value'] if best['epoch'] >= 0 else None)} at epoch {best['epoch']})")
+      test_part = f"  test {metric} {fmt(results['test'][0].get(metric))}"
       speed = f"  ({train_time:.1f}s, {timed[0] / timed[1]:.1f} slides/s)"
       console(line + (test_part if config.train.log_test_every_epoch else "") + speed)
       events.info(line + test_part + speed)
@@ -437,23 +295,9 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
   if is_main_process():
     run_dir.write_json(out_dir / run_dir.SUMMARY_FILE, summary)
   val_value, test_value = ((summary[p] or {}).get(metric) for p in ("val", "test"))
-  say(f"selected epoch {best['epoch']} on validation {metric} {_fmt(val_value)}; "
-      f"test {metric} {_fmt(test_value)}")
+  say(f"selected epoch {best['epoch']} on validation {metric} {fmt(val_value)}; "
+      f"test {metric} {fmt(test_value)}")
   events.close()
   return summary
 
 
-def _fmt(v) -> str:
-  return "n/a" if v is None else f"{v:.4f}"
-
-
-def summarise(config: RunConfig, history: list[dict], best: dict) -> dict[str, Any]:
-  """Validation-selected epoch and its val/test metrics."""
-  at = lambda part, epoch: next((r for r in history if r["split"] == part and r["epoch"] == epoch
-                                 and r["step"] == max(x["step"] for x in history
-                                                      if x["epoch"] == epoch)), None)
-  last = max(r["epoch"] for r in history)
-  return {"task": config.task, "model": config.model, "seed": config.train.seed,
-          "selection_metric": selection_metric(config), "best_epoch": best["epoch"],
-          "val": at("val", best["epoch"]), "test": at("test", best["epoch"]),
-          "last_epoch": {"epoch": last, "val": at("val", last), "test": at("test", last)}}
