@@ -25,6 +25,7 @@ from smml_jax.optim.coordination import coordinate_gradients
 from smml_jax.optim.factory import epoch_schedule, make_optimizer, trainable_mask_from_predicate
 from smml_jax.tasks import Task, get_task
 from smml_jax.train import distributed, events as events_lib, run_dir, sharding
+from smml_jax.train import teacher as teacher_lib
 from smml_jax.train.checkpoints import RunCheckpoints
 from smml_jax.train.config import ConfigError, RunConfig, config_to_dict
 from smml_jax.train.run_dir import RunDirError  # noqa: F401  (re-exported for callers)
@@ -132,7 +133,8 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
   loss_config = LossConfig(task=task, class_weights=class_weights,
                            consistency_weight=t.consistency_weight,
                            consistency_mode=t.consistency_mode,
-                           coordination=spec.coordination and t.coordination != "none")
+                           coordination=spec.coordination and t.coordination != "none",
+                           distill=teacher_lib.distillation(config))
   return Experiment(config, cohort, parts, preprocessor, spec, loss_config, mesh)
 
 
@@ -304,6 +306,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
       "spec": run_dir.cohort_spec_record(config.data.data),
       "splits": {k: exp.cohort.slides["slide_id"].to_numpy()[v].tolist()
                  for k, v in exp.splits.items()}}
+  teacher = teacher_lib.for_experiment(exp, cohort_record)  # checked against this split
 
   # Everything is validated: only now is the run directory touched.
   if resume and mode == run_dir.NEW:
@@ -314,7 +317,8 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
 
   schedule = epoch_schedule(dataclasses.replace(config.optim, epochs=config.train.epochs),
                             steps_per_epoch)
-  train_step = make_train_step(exp.spec, tx, exp.loss_config, learning_rate=schedule)
+  train_step = make_train_step(exp.spec, tx, exp.loss_config, learning_rate=schedule,
+                               teacher=teacher)
   eval_step = make_eval_step(exp.spec)
   ckpts = RunCheckpoints(out_dir / run_dir.CHECKPOINTS_DIR, keep=keep_checkpoints)
   metric = selection_metric(config)

@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
 from smml_jax.losses.consistency import batch_consistency_loss
+from smml_jax.losses.distillation import feature_matching
 from smml_jax.models.registry import ModelSpec
 from smml_jax.optim.coordination import CoordinationState
 from smml_jax.tasks import Task, get_task
 from smml_jax.train.state import TrainState
 
 MODEL_INPUTS = ("patches", "genes_tumour", "genes_micro")
+
+
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+  """The distillation terms' weights (`train.config.DistillConfig`)."""
+  temperature: float = 2.0
+  kd_weight: float = 0.01
+  feature_weight: float = 0.01
+
+
+# The outputs matched to the teacher's: the subspace embeddings and the gene embeddings.
+DISTILLED_FEATURES = ("embed_tumour", "embed_micro", "gene_tumour", "gene_micro")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +44,7 @@ class LossConfig:
   consistency_weight: float = 0.5
   consistency_mode: str = "reference"
   coordination: bool = True
+  distill: Optional[Distillation] = None  # with a teacher: its KD and feature-matching terms
 
   def __post_init__(self):
     if isinstance(self.task, str):
@@ -43,8 +59,25 @@ def task_loss(logits: jax.Array, batch: Mapping[str, jax.Array], cfg: LossConfig
   return cfg.task.loss(logits, batch, batch["mask"], cfg.class_weights)
 
 
-def loss_fn(params, batch, rng, *, spec: ModelSpec, cfg: LossConfig, train: bool):
-  """Total loss and (model output, loss parts) for one global batch."""
+def distillation_parts(out, teacher_out, mask: jax.Array, cfg: LossConfig) -> dict[str, jax.Array]:
+  """{'distill_kd': T^2 KL of the logits, 'distill_<field>': MSE of each DISTILLED_FEATURES}."""
+  d = cfg.distill
+  parts = {"distill_kd": cfg.task.distillation_loss(out.logits.astype(jnp.float32),
+                                                    teacher_out.logits.astype(jnp.float32),
+                                                    temperature=d.temperature, mask=mask)}
+  for field in DISTILLED_FEATURES:
+    parts[f"distill_{field}"] = feature_matching(getattr(out, field), getattr(teacher_out, field),
+                                                 mask)
+  return parts
+
+
+def loss_fn(params, batch, rng, *, spec: ModelSpec, cfg: LossConfig, train: bool,
+            teacher: Optional[nn.Module] = None, teacher_params: Any = None):
+  """Total loss and (model output, loss parts) for one global batch.
+
+  With a `teacher` (module, eval mode, frozen `teacher_params`) the distillation terms of
+  `cfg.distill` are added.
+  """
   out = spec.module.apply({"params": params}, model_inputs(batch), train=train,
                           rngs={"dropout": rng})
   logits = out.logits.astype(jnp.float32)
@@ -59,6 +92,13 @@ def loss_fn(params, batch, rng, *, spec: ModelSpec, cfg: LossConfig, train: bool
                                   mode=cfg.consistency_mode, mask=batch["mask"]).sum()
       parts[f"consistency_{name}"] = bl
       total = total + cfg.consistency_weight * bl
+  if teacher is not None:
+    teacher_out = teacher.apply({"params": jax.lax.stop_gradient(teacher_params)},
+                                model_inputs(batch), train=False)
+    distill = distillation_parts(out, teacher_out, batch["mask"], cfg)
+    parts.update(distill)
+    total = total + cfg.distill.kd_weight * distill["distill_kd"] + cfg.distill.feature_weight * sum(
+        distill[f"distill_{f}"] for f in DISTILLED_FEATURES)
   parts["loss"] = total
   return total, (out, parts)
 
@@ -85,18 +125,23 @@ def coordination_edited(opt_state) -> Optional[jax.Array]:
 
 
 def make_train_step(spec: ModelSpec, tx: optax.GradientTransformationExtraArgs, cfg: LossConfig,
-                    learning_rate: Optional[optax.Schedule] = None):
+                    learning_rate: Optional[optax.Schedule] = None, teacher: Any = None):
   """(state, batch) -> (state, metrics); jit-compiled, the state buffers donated.
 
   metrics: the loss parts, grad_norm, the modality scores and `coordination_edited` when
   coordinating, and `learning_rate` (the schedule at the step taken) when given.
+  `teacher` (`train.teacher.Teacher`, with `cfg.distill`): its frozen params are an argument of
+  the compiled step, its outputs computed inside it.
   """
+  if teacher is not None and cfg.distill is None:
+    raise ValueError("make_train_step: a teacher needs LossConfig.distill (its loss weights)")
 
-  def step(state: TrainState, batch):
+  def step(state: TrainState, batch, teacher_params=None):
     rng, step_rng = jax.random.split(state.rng)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, (out, parts)), grads = grad_fn(state.params, batch, step_rng, spec=spec, cfg=cfg,
-                                       train=True)
+    (_, (out, parts)), grads = grad_fn(
+        state.params, batch, step_rng, spec=spec, cfg=cfg, train=True,
+        teacher=None if teacher is None else teacher.module, teacher_params=teacher_params)
     extra = (coordination_args(spec, state.params, out, batch, cfg.task, batch["mask"])
              if cfg.coordination else {})
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
@@ -113,7 +158,10 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformationExtraArgs, 
       metrics["learning_rate"] = jnp.asarray(learning_rate(state.step), jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
-  return jax.jit(step, donate_argnums=0)
+  compiled = jax.jit(step, donate_argnums=0)
+  if teacher is None:
+    return compiled
+  return functools.partial(compiled, teacher_params=teacher.params)
 
 
 def make_eval_step(spec: ModelSpec):
