@@ -1,7 +1,10 @@
 """Predict new slides with a trained run: `python -m experiments.predict --run DIR --input ...`.
 
 Inputs: a cohort (`--input synthetic` or a cohort spec YAML/JSON, optionally one of the run's stored
-splits with `--split`), or one slide (`--features slide.h5 --genes expression.tsv`). The run's own
+splits with `--split`), or one slide (`--features slide.h5 --genes expression.tsv`). Slides without
+expression (`--features` alone, `--without-expression`, or a cohort's slides marked without it) are
+predicted by a run that needs slides only (a `subspace-student`, `abmil`) and refused, naming them,
+by a run that needs expression; the `inputs` column says what each row used. The run's own
 preprocessing (gene order and normalisation, grid layout, survival cut points) is applied.
 Writes predictions.csv (one row per slide), patients.csv (slides of one patient averaged) and
 predictions.json (both, plus what produced them) to --out (default DIR/predictions/<input name>).
@@ -30,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="predict only the run's stored split of the cohort (default: all slides)")
   p.add_argument("--features", help="one slide's HDF5 feature file (Res_feature or features)")
   p.add_argument("--genes", help="that slide's expression: gene/value table or GDC STAR TSV")
+  p.add_argument("--without-expression", action="store_true",
+                 help="predict the cohort from its slides alone (needs a slides-only run, e.g. "
+                      "a subspace-student)")
   p.add_argument("--slide-id", help="slide id of --features (default: the file name's stem)")
   p.add_argument("--patient-id", help="patient id of --features (default: the slide id)")
   p.add_argument("--grid-layout", choices=("sample", "coords"),
@@ -47,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def predict(args: argparse.Namespace) -> dict[str, pathlib.Path]:
   from smml_jax.data.spec import load_cohort
   from smml_jax.evaluate import inference as inf
+  from smml_jax.evaluate import missing_modality as mm
   from smml_jax.train import run_dir as run_dir_lib
 
   if args.run:
@@ -56,13 +63,21 @@ def predict(args: argparse.Namespace) -> dict[str, pathlib.Path]:
   one_slide = args.features is not None or args.genes is not None
   if one_slide and args.input:
     raise inf.InferenceError("give either --input (a cohort) or --features/--genes (one slide)")
-  if one_slide and not (args.features and args.genes):
-    raise inf.InferenceError("one slide needs both --features and --genes")
+  if one_slide and not args.features:
+    raise inf.InferenceError("--genes needs the slide's --features")
+  if one_slide and args.without_expression:
+    raise inf.InferenceError("--without-expression applies to --input cohorts; for one slide "
+                             "leave out --genes")
   if not one_slide and not args.input:
     raise inf.InferenceError("nothing to predict: give --input (a cohort) or --features and "
                              "--genes (one slide)")
   run = inf.load_run(run_dir, which)
-  if one_slide:
+  if one_slide and not args.genes:
+    example = mm.slide_only_example(run, args.features, slide_id=args.slide_id,
+                                    patient_id=args.patient_id, grid_layout=args.grid_layout)
+    batches = inf.example_batches(run, [example], args.batch_size)
+    source, name = f"{args.features} (no expression)", str(example["slide_id"])
+  elif one_slide:
     example = inf.slide_example(run, args.features, args.genes, slide_id=args.slide_id,
                                 patient_id=args.patient_id, missing_genes=args.missing_genes,
                                 grid_layout=args.grid_layout)
@@ -72,12 +87,24 @@ def predict(args: argparse.Namespace) -> dict[str, pathlib.Path]:
     data_dir = args.data_dir or run.config.data.data_dir
     cohort = load_cohort(args.input, data_dir)
     indices = inf.split_indices(run, cohort, args.split)
-    batches = inf.cohort_batches(run, cohort, indices, batch_size=args.batch_size,
-                                 missing_genes=args.missing_genes)
+    table = cohort.slides.iloc[indices]
+    absent = (mm.expression_missing(table) | args.without_expression)
+    mm.require_expression(run, table["slide_id"].to_numpy()[absent],
+                          table["patient_id"].to_numpy()[absent],
+                          "--without-expression" if args.without_expression else
+                          f"cohort {args.input}, column {mm.HAS_EXPRESSION!r}")
+    with warnings.catch_warnings():
+      if mm.slides_only(run):  # the genes are never read: none is missing
+        warnings.simplefilter("ignore", inf.MissingGenesFilled)
+      batches = inf.cohort_batches(run, cohort, indices, batch_size=args.batch_size,
+                                   missing_genes="zero" if mm.slides_only(run) else
+                                   args.missing_genes)
+    if mm.slides_only(run):
+      batches = (mm.blank_genes(b) for b in batches)
     stem = "synthetic" if args.input == "synthetic" else pathlib.Path(args.input).stem
     source, name = f"{args.input} ({args.split})", f"{stem}-{args.split}"
   outputs = inf.run_model(run, batches)
-  slides = inf.prediction_table(run, outputs)
+  slides = mm.with_inputs_column(run, inf.prediction_table(run, outputs))
   patients = inf.patient_table(run, slides)
   out = pathlib.Path(args.out) if args.out else run_dir / run_dir_lib.PREDICT_DIR / name
   return inf.write_predictions(out, run, slides, patients, source)

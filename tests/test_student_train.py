@@ -106,3 +106,22 @@ def test_a_teacher_of_another_model_or_width_is_refused(teacher_run, tiny_spec, 
     train(config(tiny_spec, data_dir, model="subspace-student", teacher=teacher_run,
                  options=wide), tmp_path / "s2", log=lambda _: None)
   assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
+
+
+def test_compare_trains_the_teacher_before_its_student(tmp_path):
+  from experiments import compare
+  args = compare.build_parser().parse_args(["--task", "grading", "--out", str(tmp_path / "c"),
+                                            "--models", "subspace-student,abmil"])
+  with pytest.raises(compare.CompareError, match="list 'subspace' before it"):
+    compare.run_compare(args, log=lambda _: None)
+  compare.check_teacher_order(["subspace", "subspace-student"])  # the teacher first: accepted
+  assert not (tmp_path / "c").exists()
+
+
+def test_compare_cell_of_the_student_names_its_cells_teacher(tmp_path):
+  from experiments import compare
+  args = compare.build_parser().parse_args(["--task", "grading", "--out", str(tmp_path)])
+  teacher = tmp_path / "runs" / "subspace" / "fold1-seed2"
+  cfg = compare.cell_config(args, [], "subspace-student", {"split": "kfold", "n_folds": 3}, 1, 2,
+                            teacher=teacher)
+  assert cfg.distill.teacher == str(teacher) and cfg.data.fold == 1 and cfg.train.seed == 2
