@@ -1,7 +1,10 @@
 """Predict new slides with a trained run: `python -m experiments.predict --run DIR --input ...`.
 
 Inputs: a cohort (`--input synthetic` or a cohort spec YAML/JSON, optionally one of the run's stored
-splits with `--split`), or one slide (`--features slide.h5 --genes expression.tsv`). The run's own
+splits with `--split`), or one slide (`--features slide.h5 --genes expression.tsv`). Slides without
+expression (`--features` alone, `--without-expression`, or a cohort's slides marked without it) are
+predicted by a run that needs slides only (a `subspace-student`, `abmil`) and refused, naming them,
+by a run that needs expression; the `inputs` column says what each row used. The run's own
 preprocessing (gene order and normalisation, grid layout, survival cut points) is applied.
 Writes predictions.csv (one row per slide), patients.csv (slides of one patient averaged) and
 predictions.json (both, plus what produced them) to --out (default DIR/predictions/<input name>).
@@ -30,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="predict only the run's stored split of the cohort (default: all slides)")
   p.add_argument("--features", help="one slide's HDF5 feature file (Res_feature or features)")
   p.add_argument("--genes", help="that slide's expression: gene/value table or GDC STAR TSV")
+  p.add_argument("--without-expression", action="store_true",
+                 help="predict the cohort from its slides alone (needs a slides-only run, e.g. "
+                      "a subspace-student)")
   p.add_argument("--slide-id", help="slide id of --features (default: the file name's stem)")
   p.add_argument("--patient-id", help="patient id of --features (default: the slide id)")
   p.add_argument("--grid-layout", choices=("sample", "coords"),
@@ -51,14 +57,18 @@ def predict(args: argparse.Namespace) -> dict[str, pathlib.Path]:
   one_slide = args.features is not None or args.genes is not None
   if one_slide and args.input:
     raise InferenceError("give either --input (a cohort) or --features/--genes (one slide)")
-  if one_slide and not (args.features and args.genes):
-    raise InferenceError("one slide needs both --features and --genes")
+  if one_slide and not args.features:
+    raise InferenceError("--genes needs the slide's --features")
+  if one_slide and args.without_expression:
+    raise InferenceError("--without-expression applies to --input cohorts; for one slide leave "
+                         "out --genes")
   if not one_slide and not args.input:
     raise InferenceError("nothing to predict: give --input (a cohort) or --features and "
                          "--genes (one slide)")
   what = (SlideInput(args.features, args.genes, slide_id=args.slide_id,
                      patient_id=args.patient_id, grid_layout=args.grid_layout) if one_slide else
-          CohortInput(args.input, data_dir=args.data_dir, split=args.split))
+          CohortInput(args.input, data_dir=args.data_dir, split=args.split,
+                      without_expression=args.without_expression))
   return predict(args.run, what, which=args.which, checkpoint=args.checkpoint,
                  missing_genes=args.missing_genes, batch_size=args.batch_size, out=args.out)
 

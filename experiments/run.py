@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int)
   p.add_argument("--fold", type=int)
   p.add_argument("--out", help="run directory (default runs/<task>-<model>-seed<seed>)")
+  p.add_argument("--teacher", metavar="RUN_DIR",
+                 help="--model subspace-student: the trained subspace run it is distilled from "
+                      "(same split; sets distill.teacher)")
   p.add_argument("--config", action="append", default=[], help="extra YAML/JSON config layer")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="override a config key, e.g. --set train.consistency_weight=0")
@@ -57,6 +60,8 @@ def resolve_config(args: argparse.Namespace):
   cli: dict[str, Any] = {"task": args.task}
   if args.model:
     cli["model"] = args.model
+  if args.teacher:
+    cli["distill"] = {"teacher": args.teacher}
   data = {k: v for k, v in (("data", args.data), ("data_dir", args.data_dir),
                             ("fold", args.fold)) if v is not None}
   train = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),

@@ -135,8 +135,10 @@ def _setting(configs: Sequence[Mapping[str, Any]], key: str, default: Any) -> An
 
 
 def cell_config(settings: CompareSettings, configs: Sequence[Mapping[str, Any]], model: str,
-                split: Mapping[str, Any], fold: int, seed: int):
-  """The RunConfig of one (model, fold, seed) cell (layer order: see the module docstring)."""
+                split: Mapping[str, Any], fold: int, seed: int,
+                teacher: Optional[pathlib.Path] = None):
+  """The RunConfig of one (model, fold, seed) cell (layer order: see the module docstring);
+  `teacher`: the distilled student's teacher run (that cell's subspace run)."""
   from smml_jax.train.config import make_config, read_config_file
   layers = [read_config_file(settings.config_dir / f"{settings.task}.yaml")]
   for values in configs:
@@ -146,7 +148,18 @@ def cell_config(settings: CompareSettings, configs: Sequence[Mapping[str, Any]],
   if settings.data_dir:
     data["data_dir"] = settings.data_dir
   layers.append({"task": settings.task, "model": model, "data": data, "train": {"seed": seed}})
+  if teacher is not None:
+    layers.append({"distill": {"teacher": str(teacher)}})
   return make_config(*layers, overrides=settings.overrides)
+
+
+def check_teacher_order(models: Sequence[str]) -> None:
+  """The student's teacher is its cell's subspace run: `subspace` must be trained first."""
+  from smml_jax.models.registry import STUDENT
+  if STUDENT in models and ("subspace" not in models
+                            or models.index("subspace") > models.index(STUDENT)):
+    raise CompareError(f"--models: {STUDENT!r} is distilled from each cell's 'subspace' run; "
+                       f"list 'subspace' before it (e.g. --models subspace,{STUDENT})")
 
 
 def _run_cell(config, cell_dir: pathlib.Path, *, overwrite: bool,
@@ -191,13 +204,14 @@ def run_compare(settings: CompareSettings, log: Callable[[str], None] = print
     `comparison.write_comparison`'s paths ('results', 'markdown', ...).
   """
   from smml_jax.evaluate import comparison
-  from smml_jax.models.registry import model_names
+  from smml_jax.models.registry import STUDENT, model_names
   configs = compare_configs(settings)
   models = list(settings.models or _setting(configs, "models", DEFAULT_MODELS))
   unknown = [m for m in models if m not in model_names()]
   if unknown:
     raise CompareError(f"--models: unknown model(s) {unknown}; expected some of "
                        f"{list(model_names())}")
+  check_teacher_order(models)
   protocol = settings.protocol or _setting(configs, "protocol", DEFAULT_PROTOCOL)
   split = parse_protocol(protocol)
   all_folds = list(range(split.get("n_folds", 1)))
@@ -211,7 +225,8 @@ def run_compare(settings: CompareSettings, log: Callable[[str], None] = print
   grid = [(model, fold, seed) for model in models for fold in folds for seed in seeds]
   durations: list[float] = []  # of the runs that trained (finished ones are skipped in ~0 s)
   for k, (model, fold, seed) in enumerate(grid, start=1):
-    config = cell_config(settings, configs, model, split, fold, seed)
+    teacher = comparison.cell_dir(out, "subspace", fold, seed) if model == STUDENT else None
+    config = cell_config(settings, configs, model, split, fold, seed, teacher=teacher)
     run_dir = comparison.cell_dir(out, model, fold, seed)
     where = f"[compare {k}/{len(grid)}] {model} fold {fold} seed {seed}"
     log(f"{where}: starting {eta(durations, len(grid) - k + 1)}".rstrip())

@@ -28,11 +28,14 @@ class ModelSpec:
       modalities, as sorted (path, ModalitySplit) pairs (hashable); empty = no coordination.
       Build it with `coordinated_leaves({path: split})`.
     frozen: parameter-path prefixes that never train (the original's logged-only heads).
+    needs_expression: the model reads the batch's genes; False: it predicts from slides alone
+      (inference on slides without expression, `smml_jax.evaluate.missing_modality`).
   """
   module: nn.Module
   consistency: bool = False
   coordinated: tuple[tuple[str, ModalitySplit], ...] = ()
   frozen: tuple[str, ...] = ()
+  needs_expression: bool = True
 
   @property
   def coordination(self) -> bool:
@@ -55,6 +58,11 @@ def coordinated_leaves(splits: Mapping[str, ModalitySplit]) -> tuple[tuple[str, 
 
 SUBSPACE_VARIANTS = ("subspace", "subspace-no-consistency", "subspace-no-coordination",
                      "subspace-single", "subspace-1d")
+# The WSI-only student (smml_jax.models.student), distilled from a `subspace` teacher.
+STUDENT = "subspace-student"
+STUDENT_OPTIONS = ("predictor_hidden",)
+# Baselines that never read the genes.
+SLIDES_ONLY_BASELINES = ("abmil",)
 
 
 def _subspace_config(num_classes: int, options: Mapping[str, Any], ndim: int,
@@ -87,7 +95,7 @@ def _baselines() -> Mapping[str, Callable[..., nn.Module]]:
 
 
 def model_names() -> tuple[str, ...]:
-  return SUBSPACE_VARIANTS + tuple(sorted(_baselines()))
+  return SUBSPACE_VARIANTS + (STUDENT,) + tuple(sorted(_baselines()))
 
 
 # Implementation knobs: how the subspace model is computed, not what it computes (the run config's
@@ -153,6 +161,8 @@ def build_model(name: str, *, num_classes: int, n_genes_tumour: int, n_genes_mic
   unknown = sorted(set(impl) - set(IMPL_OPTIONS))
   if unknown:
     raise ValueError(f"unknown implementation options {unknown}; valid: {list(IMPL_OPTIONS)}")
+  if name == STUDENT:
+    return _student(num_classes, options, impl)
   if name in SUBSPACE_VARIANTS:
     options = {**options, **impl}
     config = _subspace_config(num_classes, options, ndim=1 if name == "subspace-1d" else 2,
@@ -170,8 +180,21 @@ def build_model(name: str, *, num_classes: int, n_genes_tumour: int, n_genes_mic
     from smml_jax.models.baselines.registry import build_baseline
     return ModelSpec(build_baseline(name, num_classes=num_classes, n_genes_tumour=n_genes_tumour,
                                     n_genes_micro=n_genes_micro, feature_dim=feature_dim,
-                                    **options))
+                                    **options),
+                     needs_expression=name not in SLIDES_ONLY_BASELINES)
   raise ValueError(f"unknown model {name!r}; expected one of {list(model_names())}")
+
+
+def _student(num_classes: int, options: Mapping[str, Any], impl: Mapping[str, Any]) -> ModelSpec:
+  """The subspace model's spec (consistency, coordination, frozen heads) on the student."""
+  from smml_jax.models.student import SubspaceStudent
+  own = {k: options[k] for k in STUDENT_OPTIONS if k in options}
+  rest = {k: v for k, v in options.items() if k not in STUDENT_OPTIONS}
+  config = _subspace_config(num_classes, {**rest, **impl}, ndim=2, single=False)
+  width = config.branch.dim
+  return ModelSpec(SubspaceStudent(config, **own), consistency=True,
+                   coordinated=coordinated_leaves(fused_classifier_split((width, width))),
+                   frozen=("classifier_tumour", "classifier_micro"), needs_expression=False)
 
 
 def implementations(spec: ModelSpec) -> dict[str, Any]:

@@ -98,6 +98,11 @@ class Task(abc.ABC):
            class_weights: Optional[Array] = None) -> Array:
     """() float32 task loss of (B, K) logits; padding (mask False) and unlabelled rows add nothing."""
 
+  def distillation_loss(self, student_logits: Array, teacher_logits: Array, *,
+                        temperature: float, mask: Optional[Array] = None) -> Array:
+    """() temperature-scaled KD of (B, K) student logits towards a teacher's (T^2 KL)."""
+    raise NotImplementedError(f"task {self.name!r} has no distillation loss")
+
   @abc.abstractmethod
   def modality_scores(self, logits: Sequence[Array], batch: Mapping[str, Array],
                       mask: Optional[Array] = None) -> tuple[Array, Array]:

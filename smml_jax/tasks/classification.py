@@ -10,6 +10,7 @@ import numpy as np
 
 from smml_jax.losses.classification import (ORIGINAL_CLASS_WEIGHTS, class_weights_from_labels,
                                             weighted_cross_entropy)
+from smml_jax.losses.distillation import softmax_kd
 from smml_jax.metrics.evaluation import classification_metrics
 from smml_jax.tasks.base import CLASS_NAMES, CLASS_WEIGHT_MODES, Task, _valid, softmax
 
@@ -59,6 +60,10 @@ class Classification(Task):
   def loss(self, logits, batch, mask=None, class_weights=None):
     weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
     return weighted_cross_entropy(logits, batch[self.label_field], weights, mask)
+
+  def distillation_loss(self, student_logits, teacher_logits, *, temperature, mask=None):
+    # KL over the classes' softmax.
+    return softmax_kd(student_logits, teacher_logits, temperature=temperature, mask=mask)
 
   def modality_scores(self, logits, batch, mask=None):
     # score_m = sum_b softmax(out_m[b])[y_b] (README §4); only compared, so a sum is harmless.

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from smml_jax.data.labels import assign_survival_bins, fit_survival_cuts
+from smml_jax.losses.distillation import sigmoid_kd
 from smml_jax.losses.survival import risk_from_logits, survival_nll
 from smml_jax.metrics.cindex import concordance
 from smml_jax.metrics.evaluation import survival_metrics
@@ -54,6 +55,10 @@ class Survival(Task):
   def loss(self, logits, batch, mask=None, class_weights=None):
     del class_weights
     return survival_nll(logits, batch[self.label_field], batch["event"], mask, alpha=self.alpha)
+
+  def distillation_loss(self, student_logits, teacher_logits, *, temperature, mask=None):
+    # KL per time bin's hazard (sigmoid).
+    return sigmoid_kd(student_logits, teacher_logits, temperature=temperature, mask=mask)
 
   def modality_scores(self, logits, batch, mask=None):
     # Each modality's batch C-index; a batch without a comparable pair (e.g. all censored)

@@ -87,6 +87,19 @@ class ImplConfig:
             "tile_pairs": self.tile_pairs, "sampler": self.sampler}
 
 
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+  """Distillation of `--model subspace-student` from a trained `subspace` run (the teacher, which
+  must have been trained on the same split: `smml_jax.train.teacher`). Loss = task loss +
+  kd_weight * T^2 KL(teacher_T || student_T) + feature_weight * the summed MSE of the two subspace
+  embeddings and the two gene embeddings (student's predicted vs teacher's SNN)."""
+
+  teacher: Optional[str] = None  # the teacher's run directory (--teacher RUN_DIR)
+  temperature: float = 2.0
+  kd_weight: float = 0.01
+  feature_weight: float = 0.01
+
+
 # model_options keys of older configs that are implementation knobs now: old key -> impl field.
 _MOVED_TO_IMPL = {"attention_impl": "attention", "query_tile": "query_tile",
                   "tile_pairs": "tile_pairs", "sampler": "sampler"}
@@ -103,6 +116,7 @@ class RunConfig:
   optim: OptimConfig = OptimConfig()
   train: TrainConfig = TrainConfig()
   impl: ImplConfig = ImplConfig()
+  distill: DistillConfig = DistillConfig()
 
   def __post_init__(self):
     # The cosine schedule's length is the run's epoch count, never a second, separate setting.
@@ -133,6 +147,8 @@ _CHOICES = {
 _RANGES = {key: {"above": 0} for key in ("train.epochs", "train.batch_size", "train.eval_batch_size",
                                           "optim.learning_rate", "data.n_folds")}
 _RANGES["impl.checkpoint_every_steps"] = {"min": 0}  # 0: off
+_RANGES.update({"distill.temperature": {"above": 0}, "distill.kd_weight": {"min": 0},
+                "distill.feature_weight": {"min": 0}})
 # Keys that no longer exist -> what to use instead.
 _REMOVED = {"optim.epochs": "the learning-rate schedule always spans train.epochs; set "
                             "train.epochs (--epochs) instead"}
@@ -251,6 +267,14 @@ def _check_run(config: RunConfig) -> RunConfig:
                 feature_dim=1, options=config.model_options)
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config key 'model_options' (model {config.model!r}): {e}") from None
+  from smml_jax.models.registry import STUDENT
+  if config.model == STUDENT and not config.distill.teacher:
+    raise ConfigError(f"config key 'distill.teacher': model {STUDENT!r} is distilled from a "
+                      "trained 'subspace' run of the same split; give its run directory "
+                      "(--teacher RUN_DIR)")
+  if config.distill.teacher and config.model != STUDENT:
+    raise ConfigError(f"config key 'distill.teacher': only model {STUDENT!r} learns from a "
+                      f"teacher, not model {config.model!r}")
   metric = config.train.selection_metric
   from smml_jax.tasks import get_task
   allowed = get_task(config.task, config.num_classes).selectable_metrics
@@ -265,6 +289,8 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
   """The stored form (config.json); `optim.epochs` is derived from train.epochs, so not stored."""
   values = json.loads(json.dumps(dataclasses.asdict(config)))
   values["optim"].pop("epochs", None)
+  if values["distill"] == dataclasses.asdict(DistillConfig()):  # runs without a teacher store
+    values.pop("distill")  # what they stored before distillation existed
   return values
 
 

@@ -20,7 +20,7 @@ from smml_jax.models.deform_attention import (DeformAttentionConfig, min_grid_si
 from smml_jax.models.registry import ModelSpec, build_model, implementations
 from smml_jax.ops import dispatch
 from smml_jax.tasks import Task, get_task
-from smml_jax.train import distributed, sharding
+from smml_jax.train import distributed, sharding, teacher as teacher_lib
 from smml_jax.train.config import ConfigError, RunConfig
 from smml_jax.train.state import TrainState
 from smml_jax.train.steps import LossConfig, make_run_optimizer, model_inputs
@@ -94,7 +94,8 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
   loss_config = LossConfig(task=task, class_weights=class_weights,
                            consistency_weight=t.consistency_weight,
                            consistency_mode=t.consistency_mode,
-                           coordination=spec.coordination and t.coordination != "none")
+                           coordination=spec.coordination and t.coordination != "none",
+                           distill=teacher_lib.distillation(config))
   return Experiment(config, cohort, parts, preprocessor, spec, loss_config, mesh)
 
 

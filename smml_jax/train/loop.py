@@ -21,6 +21,7 @@ from smml_jax.data import pipeline
 from smml_jax.models.registry import implementations
 from smml_jax.optim.factory import epoch_schedule
 from smml_jax.train import distributed, epoch as epoch_lib, events as events_lib, run_dir, sharding
+from smml_jax.train import teacher as teacher_lib
 from smml_jax.train.checkpoints import RunCheckpoints
 from smml_jax.train.config import ConfigError, RunConfig, config_to_dict
 from smml_jax.train.epoch import TrainingDiverged, epoch_label  # noqa: F401  (re-exported)
@@ -130,6 +131,7 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
       "spec": run_dir.cohort_spec_record(config.data.data),
       "splits": {k: exp.cohort.slides["slide_id"].to_numpy()[v].tolist()
                  for k, v in exp.splits.items()}}
+  teacher = teacher_lib.for_experiment(exp, cohort_record)  # checked against this split
 
   # Everything is validated: only now is the run directory touched.
   if resume and mode == run_dir.NEW:
@@ -140,7 +142,8 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
 
   schedule = epoch_schedule(dataclasses.replace(config.optim, epochs=config.train.epochs),
                             steps_per_epoch)
-  train_step = make_train_step(exp.spec, tx, exp.loss_config, learning_rate=schedule)
+  train_step = make_train_step(exp.spec, tx, exp.loss_config, learning_rate=schedule,
+                               teacher=teacher)
   eval_step = make_eval_step(exp.spec)
   ckpts = RunCheckpoints(out_dir / run_dir.CHECKPOINTS_DIR, keep=keep_checkpoints)
   metric = selection_metric(config)

@@ -76,7 +76,8 @@ def absolute_paths(config: RunConfig) -> RunConfig:
   absolute = lambda p: None if p is None else str(pathlib.Path(os.path.expanduser(p)).resolve())
   data = d.data if str(d.data) == "synthetic" else absolute(d.data)
   return dataclasses.replace(config, data=dataclasses.replace(
-      d, data=data, data_dir=absolute(d.data_dir), split_file=absolute(d.split_file)))
+      d, data=data, data_dir=absolute(d.data_dir), split_file=absolute(d.split_file)),
+      distill=dataclasses.replace(config.distill, teacher=absolute(config.distill.teacher)))
 
 
 def _read_json_or_none(path: pathlib.Path) -> Any:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
 from smml_jax.losses.consistency import batch_consistency_loss
+from smml_jax.losses.distillation import feature_matching
 from smml_jax.models.registry import ModelSpec
 from smml_jax.optim.coordination import CoordinationState, coordinate_gradients
 from smml_jax.optim.factory import OptimConfig, make_optimizer, trainable_mask_from_predicate
@@ -17,6 +20,18 @@ from smml_jax.tasks import Task, get_task
 from smml_jax.train.state import TrainState
 
 MODEL_INPUTS = ("patches", "genes_tumour", "genes_micro")
+
+
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+  """The distillation terms' weights (`train.config.DistillConfig`)."""
+  temperature: float = 2.0
+  kd_weight: float = 0.01
+  feature_weight: float = 0.01
+
+
+# The outputs matched to the teacher's: the subspace embeddings and the gene embeddings.
+DISTILLED_FEATURES = ("embed_tumour", "embed_micro", "gene_tumour", "gene_micro")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +48,7 @@ class LossConfig:
   consistency_mode: str = "reference"
   coordination: bool = True
   head_losses: bool = False
+  distill: Optional[Distillation] = None  # with a teacher: its KD and feature-matching terms
 
   def __post_init__(self):
     if isinstance(self.task, str):
@@ -51,8 +67,25 @@ def task_loss(logits: jax.Array, batch: Mapping[str, jax.Array], cfg: LossConfig
   return cfg.task.loss(logits, batch, batch["mask"], weights)
 
 
-def loss_fn(params, batch, rng, *, spec: ModelSpec, cfg: LossConfig, train: bool):
-  """Total loss and (model output, loss parts) for one global batch."""
+def distillation_parts(out, teacher_out, mask: jax.Array, cfg: LossConfig) -> dict[str, jax.Array]:
+  """{'distill_kd': T^2 KL of the logits, 'distill_<field>': MSE of each DISTILLED_FEATURES}."""
+  d = cfg.distill
+  parts = {"distill_kd": cfg.task.distillation_loss(out.logits.astype(jnp.float32),
+                                                    teacher_out.logits.astype(jnp.float32),
+                                                    temperature=d.temperature, mask=mask)}
+  for field in DISTILLED_FEATURES:
+    parts[f"distill_{field}"] = feature_matching(getattr(out, field), getattr(teacher_out, field),
+                                                 mask)
+  return parts
+
+
+def loss_fn(params, batch, rng, *, spec: ModelSpec, cfg: LossConfig, train: bool,
+            teacher: Optional[nn.Module] = None, teacher_params: Any = None):
+  """Total loss and (model output, loss parts) for one global batch.
+
+  With a `teacher` (module, eval mode, frozen `teacher_params`) the distillation terms of
+  `cfg.distill` are added.
+  """
   out = spec.module.apply({"params": params}, model_inputs(batch), train=train,
                           rngs={"dropout": rng})
   logits = out.logits.astype(jnp.float32)
@@ -73,6 +106,13 @@ def loss_fn(params, batch, rng, *, spec: ModelSpec, cfg: LossConfig, train: bool
       if head is not None:
         parts[f"head_loss_{name}"] = task_loss(head.astype(jnp.float32), batch, cfg)
         total = total + parts[f"head_loss_{name}"]
+  if teacher is not None:
+    teacher_out = teacher.apply({"params": jax.lax.stop_gradient(teacher_params)},
+                                model_inputs(batch), train=False)
+    distill = distillation_parts(out, teacher_out, batch["mask"], cfg)
+    parts.update(distill)
+    total = total + cfg.distill.kd_weight * distill["distill_kd"] + cfg.distill.feature_weight * sum(
+        distill[f"distill_{f}"] for f in DISTILLED_FEATURES)
   parts["loss"] = total
   return total, (out, parts)
 
@@ -114,18 +154,23 @@ def make_run_optimizer(spec: ModelSpec, optim: OptimConfig, *, steps_per_epoch: 
 
 
 def make_train_step(spec: ModelSpec, tx: optax.GradientTransformationExtraArgs, cfg: LossConfig,
-                    learning_rate: Optional[optax.Schedule] = None):
+                    learning_rate: Optional[optax.Schedule] = None, teacher: Any = None):
   """(state, batch) -> (state, metrics); jit-compiled, the state buffers donated.
 
   metrics: the loss parts, grad_norm, the modality scores and `coordination_edited` when
   coordinating, and `learning_rate` (the schedule at the step taken) when given.
+  `teacher` (`train.teacher.Teacher`, with `cfg.distill`): its frozen params are an argument of
+  the compiled step, its outputs computed inside it.
   """
+  if teacher is not None and cfg.distill is None:
+    raise ValueError("make_train_step: a teacher needs LossConfig.distill (its loss weights)")
 
-  def step(state: TrainState, batch):
+  def step(state: TrainState, batch, teacher_params=None):
     rng, step_rng = jax.random.split(state.rng)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, (out, parts)), grads = grad_fn(state.params, batch, step_rng, spec=spec, cfg=cfg,
-                                       train=True)
+    (_, (out, parts)), grads = grad_fn(
+        state.params, batch, step_rng, spec=spec, cfg=cfg, train=True,
+        teacher=None if teacher is None else teacher.module, teacher_params=teacher_params)
     extra = (coordination_args(spec, state.params, out, batch, cfg.task, batch["mask"])
              if cfg.coordination else {})
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
@@ -142,7 +187,10 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformationExtraArgs, 
       metrics["learning_rate"] = jnp.asarray(learning_rate(state.step), jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
-  return jax.jit(step, donate_argnums=0)
+  compiled = jax.jit(step, donate_argnums=0)
+  if teacher is None:
+    return compiled
+  return functools.partial(compiled, teacher_params=teacher.params)
 
 
 def make_eval_step(spec: ModelSpec):
