@@ -136,9 +136,14 @@ def options_class(name: str) -> type:
   model); a baseline's are its module's attributes. Sizes come from the data, the 1D / single
   variants from the name and implementation knobs from the `impl` section, so none is an option.
   """
-  if name in SUBSPACE_VARIANTS:
+  if name in SUBSPACE_VARIANTS or name == STUDENT:
     fields = [*_option_fields(DeformAttentionConfig), *_option_fields(BranchConfig),
               *_option_fields(SubspaceConfig)]
+    if name == STUDENT:  # the subspace model's options and its gene predictors' width
+      from smml_jax.models.student import SubspaceStudent
+      default = SubspaceStudent.__dataclass_fields__["predictor_hidden"].default
+      fields.append(("predictor_hidden", int, dataclasses.field(default=default, metadata={"min": 1})))
+      return dataclasses.make_dataclass("SubspaceStudentOptions", fields, frozen=True)
     return dataclasses.make_dataclass("SubspaceOptions", fields, frozen=True)
   baselines = _baselines()
   if name in baselines:
