@@ -8,9 +8,10 @@ heavy-tailed z-scores).
 Absent expression: a record whose genes are NaN (a patient without expression, or one whose
 expression a run drops) is absent. The statistics are fitted on the training patients that have
 expression only, and `__call__` gives every batch `has_expression` (B,) bool with the absent rows'
-genes set to 0 (finite, the training mean after the z-score). Survival bins: quartile cuts of the training patients' survival times
-(`survival_cuts='train'`), or the original's fixed 233.5 / 511 / 929 days (`'original'`), or any
-explicit list of cut points.
+genes set to 0 (finite, the training mean after the z-score).
+
+Survival bins: quartile cuts of the training patients' survival times (`survival_cuts='train'`),
+or the original's fixed 233.5 / 511 / 929 days (`'original'`), or any explicit list of cut points.
 """
 
 from __future__ import annotations
