@@ -182,3 +182,52 @@ def test_survival_confidence_score_is_the_likelihood_of_what_was_observed():
 def test_unknown_coordination_score_is_refused():
   with pytest.raises(ValueError, match="coordination_score"):
     get_task("survival", coordination_score="auc")
+
+
+def test_drop_expression_draws_training_patients_with_expression_by_the_run_seed():
+  from smml_jax.data import missing
+  rng = np.random.default_rng(1)
+  gt, gm = rng.normal(size=(12, GT)).astype(np.float32), rng.normal(size=(12, GM)).astype(np.float32)
+  gt[2:4] = gm[2:4] = np.nan  # patient p1 has no expression
+  cohort = _Cohort(gt, gm)
+  cohort.slides["patient_id"] = [f"p{i // 2}" for i in range(12)]  # two slides per patient
+  train = np.arange(10)  # slides 10, 11 (patient p5) are not training slides
+  a = missing.dropped_slides(cohort, train, 0.5, seed=0)
+  assert set(a) <= set(train) and 3 not in a and 2 not in a  # p1 has no expression to drop
+  drawn = {f"p{i // 2}" for i in a}
+  assert len(drawn) == 2  # round(0.5 x 4 patients with expression)
+  assert set(a) == {i for i in train if f"p{i // 2}" in drawn}  # every slide of a drawn patient
+  np.testing.assert_array_equal(a, missing.dropped_slides(cohort, train, 0.5, seed=0))
+  others = {tuple(missing.dropped_slides(cohort, train, 0.5, seed=s)) for s in range(1, 8)}
+  assert len(others | {tuple(a)}) > 1
+  assert len(missing.dropped_slides(cohort, train, 0.0, seed=0)) == 0
+  assert len(missing.dropped_slides(cohort, train, 1.0, seed=0)) == 8
+
+
+def test_dropped_slides_reach_the_step_without_expression():
+  from smml_jax.data import missing
+  drop = missing.DropExpression(frozenset({"s1"}), _preprocessor())
+  batch = {"slide_id": np.array(["s0", "s1", "s2"]), "genes_tumour": np.ones((3, GT), np.float32),
+           "genes_micro": np.ones((3, GM), np.float32)}
+  out = drop(batch)
+  np.testing.assert_array_equal(out["has_expression"], [True, False, True])
+  np.testing.assert_array_equal(out["genes_tumour"][1], 0.0)
+  assert np.all(batch["genes_tumour"] == 1.0)  # the input batch is not modified
+
+
+def test_drop_expression_and_coordination_score_config_checks():
+  from smml_jax.train.config import ConfigError, config_to_dict, make_config, run_identity
+  assert make_config({"data": {"drop_expression": 0.5}}).data.drop_expression == 0.5
+  for bad in (1.5, -0.1):
+    with pytest.raises(ConfigError, match="data.drop_expression"):
+      make_config({"data": {"drop_expression": bad}})
+  with pytest.raises(ConfigError, match="train.coordination_score"):
+    make_config({"task": "grading", "train": {"coordination_score": "cindex"}})
+  with pytest.raises(ConfigError, match="train.coordination_score"):
+    make_config({"train": {"coordination_score": "brier"}})
+  cfg = make_config({"task": "survival", "train": {"coordination_score": "confidence"}})
+  # Both are part of the run's identity (what --resume compares).
+  base = run_identity(config_to_dict(make_config({"task": "survival"})))
+  assert run_identity(config_to_dict(cfg)) != base
+  assert run_identity(config_to_dict(make_config({"task": "survival",
+                                                  "data": {"drop_expression": 0.25}}))) != base

@@ -44,6 +44,8 @@ class DataConfig:
   gene_transform: Optional[str] = None  # None: the cohort's default
   gene_clip: Optional[float] = None
   survival_cuts: Any = "train"  # 'train' (training-split quartiles), 'original' or a list (days)
+  # Fraction of the TRAINING patients with expression whose expression is dropped (run seed).
+  drop_expression: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +61,9 @@ class TrainConfig:
   consistency_weight: float = 0.5  # per subspace; 0 disables the consistency loss
   consistency_mode: str = "reference"  # or 'per_sample'
   coordination: str = "pcgrad"  # 'pcgrad', 'reference' or 'none'
+  # How coordination ranks the modalities: 'auto' (the paper's: classification confidence,
+  # survival batch C-index), 'confidence' or 'cindex' (survival); see tasks.get_task.
+  coordination_score: str = "auto"
   survival_alpha: float = 0.0
   selection_metric: str = "auto"  # 'auto': auc (classification) / c_index (survival), on VAL
   compute_dtype: str = "float32"  # or 'bfloat16' (params, softmax and losses stay float32)
@@ -120,6 +125,7 @@ _CHOICES = {
     "train.class_weights": ("train", "original", "none"),
     "train.consistency_mode": ("reference", "per_sample"),
     "train.coordination": ("pcgrad", "reference", "none"),
+    "train.coordination_score": ("auto", "confidence", "cindex"),
     "train.compute_dtype": ("float32", "bfloat16"),
     "impl.attention": ATTENTION_IMPLEMENTATIONS,
     "impl.sampler": ("gather", "matmul"),
@@ -214,8 +220,15 @@ def _check_run(config: RunConfig) -> RunConfig:
                 feature_dim=1, options=config.model_options)
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config key 'model_options' (model {config.model!r}): {e}") from None
+  if not 0.0 <= config.data.drop_expression <= 1.0:
+    raise ConfigError(f"config key 'data.drop_expression': expected a fraction in [0, 1], got "
+                      f"{config.data.drop_expression!r}")
   metric = config.train.selection_metric
   from smml_jax.tasks import get_task
+  try:
+    get_task(config.task, config.num_classes, coordination_score=config.train.coordination_score)
+  except ValueError as e:
+    raise ConfigError(f"config key 'train.coordination_score': {e}") from None
   allowed = get_task(config.task, config.num_classes).selectable_metrics
   if metric != "auto" and metric not in allowed:
     raise ConfigError(f"config key 'train.selection_metric': {metric!r} is not a validation "

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from smml_jax.data import normalise, splits as splits_lib
+from smml_jax.data import missing, normalise, splits as splits_lib
 from smml_jax.data.pipeline import BatchIterator
 from smml_jax.data.spec import load_cohort
 from smml_jax.models.deform_attention import (DeformAttentionConfig, min_grid_side,
@@ -44,7 +44,8 @@ def is_main_process() -> bool:
 
 def task_of(config: RunConfig) -> Task:
   """The run's task: its name, number of outputs and survival NLL weight."""
-  return get_task(config.task, config.num_classes, survival_alpha=config.train.survival_alpha)
+  return get_task(config.task, config.num_classes, survival_alpha=config.train.survival_alpha,
+                  coordination_score=config.train.coordination_score)
 
 
 def selection_metric(config: RunConfig) -> str:
@@ -84,6 +85,7 @@ class Experiment:
   spec: ModelSpec
   loss_config: LossConfig
   mesh: Any
+  dropped: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def _labelled(cohort, indices: np.ndarray, task: Task) -> np.ndarray:
@@ -105,9 +107,10 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
   for part, idx in parts.items():
     if not len(idx):
       raise ConfigError(f"the {part} split has no slide labelled for task {config.task!r}")
+  dropped = missing.dropped_slides(cohort, parts["train"], d.drop_expression, config.train.seed)
   preprocessor = normalise.fit_preprocessor(
       cohort, parts["train"], gene_transform=d.gene_transform, survival_cuts=d.survival_cuts,
-      clip=d.gene_clip)
+      clip=d.gene_clip, absent=dropped)
   mesh = mesh if mesh is not None else sharding.make_mesh()
   impl = dict(config.impl.model_options(), platform=dispatch.platform_of(mesh))
   try:
@@ -133,7 +136,7 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
                            consistency_weight=t.consistency_weight,
                            consistency_mode=t.consistency_mode,
                            coordination=spec.coordination and t.coordination != "none")
-  return Experiment(config, cohort, parts, preprocessor, spec, loss_config, mesh)
+  return Experiment(config, cohort, parts, preprocessor, spec, loss_config, mesh, dropped)
 
 
 def check_grid_side(spec: ModelSpec, grid_side: int, config: RunConfig) -> None:
@@ -157,9 +160,13 @@ def check_grid_side(spec: ModelSpec, grid_side: int, config: RunConfig) -> None:
 
 def _iterator(exp: Experiment, part: str, batch_size: int, *, epoch: int = 0,
               train: bool = False) -> BatchIterator:
+  preprocess = exp.preprocessor
+  if part == "train" and len(exp.dropped):  # data.drop_expression: training patients only
+    ids = exp.cohort.slides["slide_id"].to_numpy()[exp.dropped]
+    preprocess = missing.DropExpression(frozenset(ids.astype(str)), preprocess)
   return BatchIterator(exp.cohort.source, exp.splits[part], batch_size, seed=exp.config.train.seed,
                        epoch=epoch, shuffle=train, drop_remainder=train,
-                       preprocess=exp.preprocessor, process_index=jax.process_index(),
+                       preprocess=preprocess, process_index=jax.process_index(),
                        process_count=jax.process_count())
 
 
@@ -303,8 +310,15 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
       "feature_dim": exp.cohort.feature_dim, "gene_names": exp.cohort.gene_names,
       "spec": run_dir.cohort_spec_record(config.data.data),
       "splits": {k: exp.cohort.slides["slide_id"].to_numpy()[v].tolist()
-                 for k, v in exp.splits.items()}}
+                 for k, v in exp.splits.items()},
+      "expression": missing.expression_record(exp.cohort, exp.splits, exp.dropped,
+                                              config.data.drop_expression)}
 
+  absent = cohort_record["expression"]
+  if any(absent["without_expression"].values()) or absent["dropped_slides"]:
+    log(f"expression: {len(absent['dropped_slides'])} training slide(s) dropped "
+        f"(data.drop_expression {config.data.drop_expression}); slides without expression in "
+        f"the cohort, per split: {absent['without_expression']}")
   # Everything is validated: only now is the run directory touched.
   if resume and mode == run_dir.NEW:
     log(f"--resume: {out_dir} holds no run yet; starting a fresh run")
