@@ -231,3 +231,31 @@ def test_drop_expression_and_coordination_score_config_checks():
   assert run_identity(config_to_dict(cfg)) != base
   assert run_identity(config_to_dict(make_config({"task": "survival",
                                                   "data": {"drop_expression": 0.25}}))) != base
+
+
+@pytest.mark.slow
+def test_a_run_with_dropped_expression_trains_and_records_whom_it_dropped(tmp_path):
+  import json
+
+  import yaml
+
+  from smml_jax.train.config import make_config
+  from smml_jax.train.loop import train
+  spec = tmp_path / "tiny.yaml"
+  spec.write_text(yaml.safe_dump({"layout": "synthetic", "n_patients": 40, "grid_side": 8,
+                                  "feature_dim": 8, "n_genes_tumour": GT, "n_genes_micro": GM}))
+  config = make_config({"model_options": TINY,
+                        "data": {"data": str(spec), "data_dir": str(tmp_path / "records"),
+                                 "drop_expression": 0.5},
+                        "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 16,
+                                  "progress": False}})
+  summary = train(config, tmp_path / "run", log=lambda _: None)
+  assert np.isfinite(summary["test"]["auc"])
+  record = json.loads((tmp_path / "run" / "cohort.json").read_text())["expression"]
+  train_slides = json.loads((tmp_path / "run" / "cohort.json").read_text())["splits"]["train"]
+  patients = {s.rsplit("-", 1)[0] for s in train_slides}
+  dropped = record["dropped_slides"]
+  assert dropped and set(dropped) <= set(train_slides)
+  assert abs(len({s.rsplit("-", 1)[0] for s in dropped}) - len(patients) / 2) <= 1
+  assert record["drop_expression"] == 0.5
+  assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["drop_expression"] == 0.5
