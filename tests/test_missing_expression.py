@@ -259,3 +259,84 @@ def test_a_run_with_dropped_expression_trains_and_records_whom_it_dropped(tmp_pa
   assert abs(len({s.rsplit("-", 1)[0] for s in dropped}) - len(patients) / 2) <= 1
   assert record["drop_expression"] == 0.5
   assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["drop_expression"] == 0.5
+
+
+def _clam_cohort(root, rnaseq_missing=("c1",)):
+  """A 4-patient CLAM layout; the patients in `rnaseq_missing` have every gene column empty."""
+  import h5py
+  import pandas as pd
+  feats = root / "feats"
+  feats.mkdir(parents=True, exist_ok=True)
+  rows = []
+  rng = np.random.default_rng(0)
+  for i in range(4):
+    case, slide = f"c{i}", f"c{i}-s"
+    genes = {f"{g}_rnaseq": (np.nan if case in rnaseq_missing else rng.normal())
+             for g in ("T1", "T2", "M1", "M2")}
+    rows.append({"case_id": case, "slide_id": slide, "survival_months": 10.0 + i,
+                 "censorship": i % 2, **genes})
+    with h5py.File(feats / f"{slide}.h5", "w") as f:
+      f["features"] = rng.normal(size=(4, 4)).astype(np.float32)
+      f["coords"] = np.array([[0, 0], [256, 0], [0, 256], [256, 256]])
+  pd.DataFrame(rows).to_csv(root / "table.csv", index=False)
+  return {"layout": "clam", "csv": str(root / "table.csv"), "features": str(feats),
+          "grid_side": 2, "feature_dim": 4, "signature": {"tumour": ["T1", "T2"],
+                                                          "micro": ["M1", "M2"]}}
+
+
+def test_clam_patient_without_expression_is_refused_by_default_naming_it(tmp_path):
+  from smml_jax.data import spec as spec_lib
+  from smml_jax.data.errors import CohortError
+  spec = _clam_cohort(tmp_path)
+  with pytest.raises(CohortError, match=r"1 patient\(s\) have no expression.*'c1'.*missing_expression"):
+    spec_lib.load_cohort(spec, tmp_path / "records")
+  assert not list((tmp_path / "records").rglob("*.array_record*"))
+
+
+def test_clam_patient_without_expression_loads_when_allowed(tmp_path, capsys):
+  from smml_jax.data import spec as spec_lib
+  from smml_jax.data.errors import CohortError
+  spec = dict(_clam_cohort(tmp_path), missing_expression="allow")
+  cohort = spec_lib.load_cohort(spec, tmp_path / "records")
+  assert cohort.info["patients_without_expression"] == ["c1"]
+  assert "1 patient(s) (1 slide(s)) have no expression" in capsys.readouterr().err
+  present = normalise.has_expression(cohort, np.arange(len(cohort)))
+  np.testing.assert_array_equal(present, cohort.slides["patient_id"] != "c1")
+  pre = normalise.fit_preprocessor(cohort, np.arange(len(cohort)))
+  assert np.all(np.isfinite(pre.mean["tumour"]))
+  record = cohort.source[1]
+  batch = pre({k: np.asarray(record[k])[None] for k in ("genes_tumour", "genes_micro")})
+  assert not batch["has_expression"][0] and np.all(batch["genes_tumour"] == 0)
+  # A partial NaN is still an error naming the column, allowed or not.
+  import pandas as pd
+  table = pd.read_csv(tmp_path / "table.csv")
+  table.loc[2, "M2_rnaseq"] = np.nan
+  table.to_csv(tmp_path / "table.csv", index=False)
+  with pytest.raises(CohortError, match="M2_rnaseq"):
+    spec_lib.load_cohort(spec, tmp_path / "records2")
+
+
+def test_missing_expression_spec_value_is_checked():
+  from smml_jax.data.errors import CohortError
+  from smml_jax.data.spec_fields import validate_spec
+  with pytest.raises(CohortError, match="missing_expression"):
+    validate_spec({"layout": "clam", "csv": "a.csv", "features": "f",
+                   "signature": {"tumour": ["A"], "micro": ["B"]},
+                   "missing_expression": "skip"}, "spec.yaml")
+
+
+def test_original_layout_missing_expression_file_refused_or_loaded(tmp_path):
+  from test_data_original import make_layout, spec_for
+
+  from smml_jax.data import spec as spec_lib
+  from smml_jax.data.errors import CohortError
+  root = tmp_path / "raw"
+  truth = make_layout(root, np.random.default_rng(0))
+  star = next((root / "TCGA").rglob("sample1.*.tsv"))
+  star.unlink()
+  with pytest.raises(CohortError, match="does not exist.*patient.*missing_expression: allow"):
+    spec_lib.load_cohort(spec_for(root), tmp_path / "r")
+  cohort = spec_lib.load_cohort(spec_for(root, missing_expression="allow"), tmp_path / "r")
+  absent = ~normalise.has_expression(cohort, np.arange(len(cohort)))
+  assert absent.sum() == 1 and cohort.slides["slide_id"][absent].item() == truth["slides"][1]
+  assert len(cohort.info["patients_without_expression"]) == 1

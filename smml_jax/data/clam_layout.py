@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from smml_jax.data import builders, genes as genes_lib, tabular
+from smml_jax.data import builders, genes as genes_lib, missing as missing_lib, tabular
 from smml_jax.data.bags import GRID_LAYOUTS
 from smml_jax.data.errors import CohortError
 from smml_jax.data.h5features import check_h5, read_h5_grid
@@ -165,14 +165,20 @@ class ClamSource:
                                             spec.get("missing_genes", "drop"))
     mats, names = {}, {}
     for key in ("tumour", "micro"):
-      cols = [f"{g}_{o}" for g in kept[key] for o in omics]
-      values = raw[cols].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
-      bad = ~np.isfinite(values)
+      names[key] = [f"{g}_{o}" for g in kept[key] for o in omics]
+      mats[key] = raw[names[key]].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    # A patient whose genomic columns are all empty has no expression (refused unless allowed).
+    absent_info = missing_lib.absent_expression(table, mats["tumour"], mats["micro"],
+                                                spec.get("missing_expression", "error"), where)
+    absent = np.all(np.isnan(mats["tumour"]), 1) & np.all(np.isnan(mats["micro"]), 1)
+    for key in ("tumour", "micro"):
+      cols, values = names[key], mats[key]
+      bad = ~np.isfinite(values) & ~absent[:, None]
       if bad.any():
         r, c = np.argwhere(bad)[0]
         raise CohortError(f"{where}, data row {r} (slide {raw['slide_id'].iloc[r]!r}): column "
                           f"{cols[c]!r} is {raw[cols[c]].iloc[r]!r}; expected a finite number")
-      mats[key], names[key] = values.astype(np.float32), cols
+      mats[key] = values.astype(np.float32)
 
     def read_slide(i: int) -> dict[str, np.ndarray]:
       return read_h5_grid(h5_paths[i], fds, feature_dim, grid_side, layout, cds)
@@ -182,4 +188,4 @@ class ClamSource:
         grid_side=grid_side, feature_dim=feature_dim, read_slide=read_slide,
         patch_dtype=spec.get("patch_dtype", "float16"),
         gene_transform=spec.get("gene_transform", "zscore"),
-        info={"missing_genes": dropped, "omics": omics})
+        info={"missing_genes": dropped, "omics": omics, **absent_info})

@@ -9,10 +9,12 @@ absent exactly as one without expression in the records is: its genes become NaN
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Callable, Mapping
 
 import numpy as np
 
+from smml_jax.data.errors import CohortError
 from smml_jax.data.normalise import SUBSPACES, has_expression
 
 # Mixed into the run seed, so the drawn patients do not follow the split's or the shuffle's draw.
@@ -65,3 +67,32 @@ def expression_record(cohort, splits: Mapping[str, np.ndarray], dropped: np.ndar
   return {"without_expression": {k: len(v) for k, v in absent.items()},
           "without_expression_slides": absent, "drop_expression": fraction,
           "dropped_slides": slide_ids[np.asarray(dropped, np.int64)].tolist()}
+
+
+MISSING_EXPRESSION = ("error", "allow")
+
+
+def absent_expression(table, genes_tumour: np.ndarray, genes_micro: np.ndarray, policy: str,
+                      where: str) -> dict:
+  """Checks a layout's slides without expression (all-NaN rows in both subspaces).
+
+  With `policy` 'error' (the spec's default) any such slide is a CohortError naming its
+  patients; with 'allow' they are reported on stderr (the build log) and kept, absent.
+
+  Returns:
+    The cohort info entries: {'missing_expression': policy, 'patients_without_expression': [...]}.
+  """
+  if policy not in MISSING_EXPRESSION:
+    raise CohortError(f"{where}: missing_expression must be one of {list(MISSING_EXPRESSION)}, "
+                      f"got {policy!r}")
+  absent = (np.all(np.isnan(genes_tumour), axis=1) & np.all(np.isnan(genes_micro), axis=1))
+  patients = sorted(set(table["patient_id"].to_numpy()[absent].astype(str)))
+  if patients and policy == "error":
+    raise CohortError(f"{where}: {len(patients)} patient(s) have no expression "
+                      f"({int(absent.sum())} slide(s)), e.g. {patients[:5]}; set "
+                      "`missing_expression: allow` in the spec to train them on histology alone")
+  if patients:
+    print(f"smml_jax: {where}: {len(patients)} patient(s) ({int(absent.sum())} slide(s)) have no "
+          f"expression and train on histology alone (missing_expression: allow): {patients[:10]}"
+          + (" ..." if len(patients) > 10 else ""), file=sys.stderr, flush=True)
+  return {"missing_expression": policy, "patients_without_expression": patients}
