@@ -213,6 +213,8 @@ def test_dropped_slides_reach_the_step_without_expression():
   np.testing.assert_array_equal(out["has_expression"], [True, False, True])
   np.testing.assert_array_equal(out["genes_tumour"][1], 0.0)
   assert np.all(batch["genes_tumour"] == 1.0)  # the input batch is not modified
+  # A run where every slide has expression feeds the unmasked model (no has_expression).
+  assert "has_expression" not in missing.WithoutPresence(_preprocessor())(batch)
 
 
 def test_drop_expression_and_coordination_score_config_checks():

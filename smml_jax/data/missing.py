@@ -69,6 +69,18 @@ def expression_record(cohort, splits: Mapping[str, np.ndarray], dropped: np.ndar
           "dropped_slides": slide_ids[np.asarray(dropped, np.int64)].tolist()}
 
 
+@dataclasses.dataclass(frozen=True)
+class WithoutPresence:
+  """A batch -> `preprocess(batch)` without `has_expression`: for a run where every slide has
+  expression, so the model is exactly the unmasked one (no absent embedding parameters)."""
+  preprocess: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+  def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = self.preprocess(batch)
+    out.pop("has_expression", None)
+    return out
+
+
 MISSING_EXPRESSION = ("error", "allow")
 
 

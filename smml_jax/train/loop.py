@@ -86,6 +86,8 @@ class Experiment:
   loss_config: LossConfig
   mesh: Any
   dropped: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+  # Some slide of the run has no expression (or has it dropped): batches carry has_expression.
+  masked: bool = False
 
 
 def _labelled(cohort, indices: np.ndarray, task: Task) -> np.ndarray:
@@ -136,7 +138,9 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
                            consistency_weight=t.consistency_weight,
                            consistency_mode=t.consistency_mode,
                            coordination=spec.coordination and t.coordination != "none")
-  return Experiment(config, cohort, parts, preprocessor, spec, loss_config, mesh, dropped)
+  masked = bool(len(dropped)) or not all(normalise.has_expression(cohort, v).all()
+                                          for v in parts.values())
+  return Experiment(config, cohort, parts, preprocessor, spec, loss_config, mesh, dropped, masked)
 
 
 def check_grid_side(spec: ModelSpec, grid_side: int, config: RunConfig) -> None:
@@ -164,6 +168,8 @@ def _iterator(exp: Experiment, part: str, batch_size: int, *, epoch: int = 0,
   if part == "train" and len(exp.dropped):  # data.drop_expression: training patients only
     ids = exp.cohort.slides["slide_id"].to_numpy()[exp.dropped]
     preprocess = missing.DropExpression(frozenset(ids.astype(str)), preprocess)
+  if not exp.masked:  # every slide has expression: the unmasked model, as before
+    preprocess = missing.WithoutPresence(preprocess)
   return BatchIterator(exp.cohort.source, exp.splits[part], batch_size, seed=exp.config.train.seed,
                        epoch=epoch, shuffle=train, drop_remainder=train,
                        preprocess=preprocess, process_index=jax.process_index(),
