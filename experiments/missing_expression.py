@@ -47,6 +47,10 @@ def _runs(study: str, fractions: Sequence[float]) -> list[tuple[str, dict[str, A
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  import jax
+  # The runs share one program per setting (seeds differ only in data): compile it once.
+  jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(args.out) / "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   from smml_jax.train.config import make_config, merge
   from smml_jax.train.loop import train
   out = pathlib.Path(args.out)
