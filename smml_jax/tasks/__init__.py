@@ -7,7 +7,9 @@ Two forms, built by `get_task(name, num_classes)`:
     true class; macro one-vs-rest AUC selects the epoch.
   Survival: logits (B, K) are pre-sigmoid hazards of K discrete time bins; hazards, the
     survival curve S_k = prod_{j<=k} (1 - h_j) and risk = -sum_k S_k; the discrete-time NLL;
-    modality score = Harrell's C-index of each modality's risk; C-index selects the epoch.
+    modality score = Harrell's C-index of each modality's risk (or, with coordination_score
+    'confidence', the summed probability each modality gives to what was observed:
+    `survival.observed_confidence`); C-index selects the epoch.
 
 This package is the one place that decides between the two: training steps, loops, inference,
 interpretation and comparisons call the methods below. Traced (jit) functions take and return jax
