@@ -97,6 +97,7 @@ def model():
   return spec, params
 
 
+@pytest.mark.slow  # builds and applies the subspace model
 def test_absent_examples_use_the_learned_absent_embedding_not_their_genes(model):
   spec, params = model
   assert params["absent_tumour"].shape == (8,) and params["absent_micro"].shape == (8,)
@@ -117,6 +118,7 @@ def test_absent_examples_use_the_learned_absent_embedding_not_their_genes(model)
                              spec.module.apply({"params": params}, no_mask).logits, rtol=1e-6)
 
 
+@pytest.mark.slow  # builds and applies the subspace model
 def test_consistency_compares_only_pairs_that_both_have_expression(model):
   spec, params = model
   batch = _batch()
@@ -133,6 +135,7 @@ def _grid_rows(grid, present):
   return grid.reshape(len(present), groups, *grid.shape[1:])[present].reshape(-1, *grid.shape[1:])
 
 
+@pytest.mark.slow  # builds and applies the subspace model
 def test_coordination_scores_skip_absent_examples_and_none_present_skips(model):
   spec, params = model
   task = get_task("grading")
