@@ -236,6 +236,10 @@ def test_drop_expression_and_coordination_score_config_checks():
   assert run_identity(config_to_dict(cfg)) != base
   assert run_identity(config_to_dict(make_config({"task": "survival",
                                                   "data": {"drop_expression": 0.25}}))) != base
+  # A run stored before these keys existed trained with their defaults: it still resumes.
+  older = config_to_dict(make_config({"task": "survival"}))
+  del older["data"]["drop_expression"], older["train"]["coordination_score"]
+  assert run_identity(older) == base
 
 
 @pytest.mark.slow

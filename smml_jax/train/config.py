@@ -343,10 +343,23 @@ def config_from_dict(values: Mapping[str, Any]) -> RunConfig:
   return _check_run(_build(RunConfig, _move_impl_keys(_drop_removed_keys(values)), ""))
 
 
+# Keys added later, with the value every run stored before them trained with.
+_ADDED = {("data", "drop_expression"): 0.0, ("train", "coordination_score"): "auto"}
+
+
+def _add_new_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+  values = dict(values)
+  for (section, key), default in _ADDED.items():
+    if isinstance(values.get(section), Mapping) and key not in values[section]:
+      values[section] = {**values[section], key: default}
+  return values
+
+
 def run_identity(values: Mapping[str, Any]) -> dict[str, Any]:
   """A config dict without the sections that do not change the function trained (`impl`), older
-  names moved to their sections and removed keys dropped: what `--resume` compares."""
-  values = _move_impl_keys(_drop_removed_keys(values))
+  names moved to their sections, removed keys dropped and later keys at the value older runs
+  trained with: what `--resume` compares."""
+  values = _add_new_keys(_move_impl_keys(_drop_removed_keys(values)))
   return {k: v for k, v in values.items() if k not in NOT_IDENTITY}
 
 
