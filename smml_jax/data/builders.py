@@ -191,13 +191,19 @@ def _validate_prepared(p: PreparedCohort) -> None:
   dup = p.table["slide_id"][p.table["slide_id"].duplicated()].tolist()
   if dup:
     raise CohortError(f"duplicated slide ids {dup[:5]}: each slide must appear once")
+  # A slide without expression (all NaN in both subspaces) passes where the layout allowed it
+  # (`missing_expression: allow`, checked by missing.absent_expression); a partial NaN never does.
+  absent = np.zeros(n, bool)
+  if (p.info.get("missing_expression") == "allow" and p.genes_tumour.ndim == 2 == p.genes_micro.ndim
+      and len(p.genes_tumour) == n == len(p.genes_micro)):
+    absent = np.all(np.isnan(p.genes_tumour), 1) & np.all(np.isnan(p.genes_micro), 1)
   for name, genes in (("tumour", p.genes_tumour), ("micro", p.genes_micro)):
     if genes.ndim != 2 or genes.shape[0] != n or genes.shape[1] != len(p.gene_names[name]):
       raise CohortError(f"genes_{name} has shape {genes.shape}, expected "
                         f"({n}, {len(p.gene_names[name])})")
     if genes.shape[1] == 0:
       raise CohortError(f"the {name} gene subspace is empty: the signature matched no gene")
-    bad = ~np.isfinite(genes)
+    bad = ~np.isfinite(genes) & ~absent[:, None]
     if bad.any():
       r, c = np.argwhere(bad)[0]
       raise CohortError(f"gene expression of slide {p.table['slide_id'].iloc[r]!r} has "

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from smml_jax.data import builders, expression as expression_lib, genes as genes_lib, tabular
+from smml_jax.data import builders, expression as expression_lib, genes as genes_lib, missing as missing_lib, tabular
 from smml_jax.data.bags import GRID_LAYOUTS
 from smml_jax.data.errors import CohortError
 from smml_jax.data.feature_folders import clam_folder, slide_file_stem, trident_folder
@@ -169,11 +169,15 @@ class ClamSource:
 
     sig = genes_lib.read_signature(
         genes_lib.resolve_signature_paths(spec.get("signature") or {}, self.root)[0])
+    policy = spec.get("missing_expression", "error")
     if "expression" in spec:
-      mats, names, dropped = self._matrix_genes(sig, raw["case_id"].astype(str).str.strip())
+      mats, names, dropped = self._matrix_genes(sig, raw["case_id"].astype(str).str.strip(), policy)
       omics = ["rnaseq"]
     else:
       mats, names, dropped, omics = self._csv_genes(sig, raw, where)
+    # A patient whose genomic values are all absent has no expression (refused unless allowed).
+    absent_info = missing_lib.absent_expression(table, mats["tumour"], mats["micro"], policy,
+                                                where)
 
     def read_slide(i: int) -> dict[str, np.ndarray]:
       return read_h5_grid(h5_paths[i], fds, feature_dim, grid_side, layout, cds)
@@ -183,10 +187,11 @@ class ClamSource:
         grid_side=grid_side, feature_dim=feature_dim, read_slide=read_slide,
         patch_dtype=spec.get("patch_dtype", "float16"),
         gene_transform=spec.get("gene_transform", "zscore"),
-        info={"missing_genes": dropped, "omics": omics})
+        info={"missing_genes": dropped, "omics": omics, **absent_info})
 
-  def _matrix_genes(self, sig, case_ids: pd.Series):
-    """Subspace matrices from `expression: {path, orientation}`, joined on case id."""
+  def _matrix_genes(self, sig, case_ids: pd.Series, policy: str):
+    """Subspace matrices from `expression: {path, orientation}`, joined on case id; with
+    `missing_expression: allow` a case the matrix lacks is an all-NaN (absent) row."""
     expr = self.spec["expression"]
     matrix = expression_lib.read_expression_matrix(
         tabular.resolve(self.root, expr["path"]), list(case_ids),
@@ -196,7 +201,12 @@ class ClamSource:
     mats, names = {}, {}
     for key in ("tumour", "micro"):
       values, missing = expression_lib.join_expression(matrix, case_ids, kept[key])
-      expression_lib.require_complete(matrix, missing, values, list(case_ids), kept[key])
+      if policy == "allow":  # absent cases stay NaN rows; the values of the others must be finite
+        present = ~case_ids.isin(missing).to_numpy()
+        expression_lib.require_complete(matrix, [], values[present], list(case_ids[present]),
+                                        kept[key])
+      else:
+        expression_lib.require_complete(matrix, missing, values, list(case_ids), kept[key])
       mats[key] = values.astype(np.float32)
       names[key] = [f"{g}_rnaseq" for g in kept[key]]
     return mats, names, dropped
@@ -211,11 +221,15 @@ class ClamSource:
     mats, names = {}, {}
     for key in ("tumour", "micro"):
       cols = [f"{g}_{o}" for g in kept[key] for o in omics]
-      values = raw[cols].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
-      bad = ~np.isfinite(values)
+      mats[key] = raw[cols].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+      names[key] = cols
+    absent = np.all(np.isnan(mats["tumour"]), 1) & np.all(np.isnan(mats["micro"]), 1)
+    for key in ("tumour", "micro"):  # rows with every value empty are absent (checked by the caller)
+      cols, values = names[key], mats[key]
+      bad = ~np.isfinite(values) & ~absent[:, None]
       if bad.any():
         r, c = np.argwhere(bad)[0]
         raise CohortError(f"{where}, data row {r} (slide {raw['slide_id'].iloc[r]!r}): column "
                           f"{cols[c]!r} is {raw[cols[c]].iloc[r]!r}; expected a finite number")
-      mats[key], names[key] = values.astype(np.float32), cols
+      mats[key] = values.astype(np.float32)
     return mats, names, dropped, omics

@@ -3,9 +3,15 @@
 Gene transforms: `log1p_zscore` (default for FPKM-like expression: log1p, then z-score with the
 training mean/std), `zscore` (for data that are already log-scale or z-scores, such as the CLAM
 tables' `_rnaseq` columns), `raw` (unchanged). `clip` bounds the normalised values (useful for
-heavy-tailed z-scores). Survival bins: quartile cuts of the training patients' survival times
-(`survival_cuts='train'`), or the original's fixed 233.5 / 511 / 929 days (`'original'`), or any
-explicit list of cut points.
+heavy-tailed z-scores).
+
+Absent expression: a record whose genes are NaN (a patient without expression, or one whose
+expression a run drops) is absent. The statistics are fitted on the training patients that have
+expression only, and `__call__` gives every batch `has_expression` (B,) bool with the absent rows'
+genes set to 0 (finite, the training mean after the z-score).
+
+Survival bins: quartile cuts of the training patients' survival times (`survival_cuts='train'`),
+or the original's fixed 233.5 / 511 / 929 days (`'original'`), or any explicit list of cut points.
 """
 
 from __future__ import annotations
@@ -51,9 +57,16 @@ class Preprocessor:
     return np.where(t < 0, labels_lib.MISSING, bins).astype(np.int64)
 
   def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Normalised genes, `has_expression` (B,) bool (False where any gene is NaN, or where the
+    batch already says so) and, given `surv_time`, `surv_bin`."""
     out = dict(batch)
+    present = np.asarray(batch.get("has_expression", True), bool)
     for s in SUBSPACES:
-      out[f"genes_{s}"] = self.transform_genes(s, batch[f"genes_{s}"])
+      present = present & np.all(np.isfinite(np.asarray(batch[f"genes_{s}"])), axis=-1)
+    for s in SUBSPACES:
+      genes = self.transform_genes(s, np.nan_to_num(np.asarray(batch[f"genes_{s}"])))
+      out[f"genes_{s}"] = np.where(present[..., None], genes, np.float32(0.0))
+    out["has_expression"] = present
     if "surv_time" in batch:
       out["surv_bin"] = self.survival_bins(batch["surv_time"])
     return out
@@ -80,10 +93,24 @@ def _first_slide_per_patient(cohort, indices: np.ndarray) -> np.ndarray:
   return np.sort(indices[first])
 
 
+def has_expression(cohort, indices: np.ndarray) -> np.ndarray:
+  """(n,) bool: the slides' raw expression is present (no NaN in either subspace)."""
+  present = np.ones(len(indices), bool)
+  for s in SUBSPACES:
+    present &= np.all(np.isfinite(cohort.genes(s, indices)), axis=1)
+  return present
+
+
 def fit_preprocessor(cohort, train_indices: np.ndarray, *, gene_transform: str | None = None,
                      survival_cuts: str | Sequence[float] = "train", n_bins: int = 4,
-                     uncensored_only: bool = True, clip: float | None = None) -> Preprocessor:
-  """Fit on the TRAINING slides only (`train_indices` from make_splits)."""
+                     uncensored_only: bool = True, clip: float | None = None,
+                     absent: np.ndarray | None = None) -> Preprocessor:
+  """Fit on the TRAINING slides only (`train_indices` from make_splits).
+
+  Gene statistics use the training patients with expression: not NaN in the records and not in
+  `absent` (slide indices whose expression the run drops). With none, the z-score is the
+  identity (mean 0, std 1). Survival cut points use every training patient.
+  """
   transform = gene_transform or cohort.gene_transform
   if transform not in GENE_TRANSFORMS:
     raise CohortError(f"gene_transform must be one of {GENE_TRANSFORMS}, got {transform!r}")
@@ -91,9 +118,15 @@ def fit_preprocessor(cohort, train_indices: np.ndarray, *, gene_transform: str |
   if train_indices.size == 0:
     raise CohortError("cannot fit the preprocessor on an empty training split")
   idx = _first_slide_per_patient(cohort, train_indices)
+  with_genes = idx[has_expression(cohort, idx)]
+  if absent is not None:
+    with_genes = with_genes[~np.isin(with_genes, np.asarray(absent, np.int64))]
   mean, std = {}, {}
   for s in SUBSPACES:
-    x = cohort.genes(s, idx).astype(np.float64)
+    x = cohort.genes(s, with_genes).astype(np.float64)
+    if not len(x):
+      mean[s], std[s] = (0.0,) * len(cohort.gene_names[s]), (1.0,) * len(cohort.gene_names[s])
+      continue
     if transform == "log1p_zscore":
       if (x < 0).any():
         gene = cohort.gene_names[s][int(np.argwhere(x < 0)[0, 1])]

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from smml_jax.data import builders, genes as genes_lib, tabular
+from smml_jax.data import builders, genes as genes_lib, missing, tabular
 from smml_jax.data.bags import GRID_LAYOUTS
 from smml_jax.data.errors import CohortError
 from smml_jax.data.h5features import check_h5, read_h5_grid
@@ -77,6 +77,20 @@ class OriginalSource:
   @property
   def on_stale(self) -> str:
     return self.spec.get("on_stale", "rebuild")
+
+  @property
+  def _missing_expression(self) -> str:
+    return self.spec.get("missing_expression", "error")
+
+  def _expression(self, read, patient: str, slide: str):
+    """read() -> the slide's expression; None for a missing source when the spec allows it."""
+    try:
+      return read()
+    except CohortError as e:
+      if self._missing_expression == "allow":
+        return None
+      raise CohortError(f"{e} (patient {patient!r}, slide {slide!r}); set `missing_expression: "
+                        "allow` in the spec to train such patients on histology alone") from None
 
   def fingerprint(self) -> dict[str, Any]:
     """The spec's identity (names the records folder); the files' stamps are `input_files`."""
@@ -134,11 +148,15 @@ class OriginalSource:
                                 table["surv_days"].to_numpy(), table["event"].to_numpy(),
                                 "original layout (all cohorts)")
     # A gene must be present in every slide's source; NaN values of present genes are errors.
-    kept, dropped = genes_lib.resolve_genes(signature, [set(e.index) for e in expressions],
-                                            "original layout expression data",
-                                            spec.get("missing_genes", "drop"))
+    # A slide without expression (None: `missing_expression: allow`) is an all-NaN row.
+    kept, dropped = genes_lib.resolve_genes(
+        signature, [set(e.index) for e in expressions if e is not None],
+        "original layout expression data", spec.get("missing_genes", "drop"))
+    expressions = [pd.Series(dtype=np.float64) if e is None else e for e in expressions]
     gt = genes_lib.gene_matrix(expressions, kept["tumour"])
     gm = genes_lib.gene_matrix(expressions, kept["micro"])
+    absent_info = missing.absent_expression(table, gt, gm, self._missing_expression,
+                                            "original layout expression data")
 
     def read_slide(i: int) -> dict[str, np.ndarray]:
       return read_h5_grid(h5_paths[i], feature_dataset, feature_dim, grid_side, layout,
@@ -149,7 +167,8 @@ class OriginalSource:
         feature_dim=feature_dim, read_slide=read_slide,
         patch_dtype=spec.get("patch_dtype", "float16"), gene_transform="log1p_zscore",
         info={"missing_genes": dropped, "cohorts": [str(c.get("name", c["labels"]))
-                                                         for c in self._cohorts()]})
+                                                         for c in self._cohorts()],
+              **absent_info})
 
   def _label_table(self, c: Mapping[str, Any]):
     """(raw label table, field -> column Series or None, the file's name for messages)."""
@@ -202,11 +221,14 @@ class OriginalSource:
         raise CohortError(f"{where}: gdc_star genes need the gene_dir and gene_file columns")
       value_column = g.get("value_column", "fpkm_uq_unstranded")
       expr = []
-      for d, f in zip(gene_dir.astype(str), gene_file.astype(str)):
-        expr.append(genes_lib.read_gdc_star(folder / d.strip() / f.strip(), value_column))
+      for d, f, p, s in zip(gene_dir.astype(str), gene_file.astype(str), table["patient_id"],
+                            slide):
+        path = folder / d.strip() / f.strip()
+        expr.append(self._expression(lambda path=path: genes_lib.read_gdc_star(path, value_column), p, s))
     else:
       allen = genes_lib.AllenExpression(folder)
-      expr = [allen.for_slide(s) for s in slide]
+      expr = [self._expression(lambda s=s: allen.for_slide(s), p, s)
+              for p, s in zip(table["patient_id"], slide)]
     return table, expr, h5_paths
 
 

@@ -215,6 +215,10 @@ FIELDS: tuple[Field, ...] = (
     Field("missing_genes", _REAL, "str", "drop", "a signature gene absent from some source: "
           "`drop` it everywhere (listed in the cohort info) or `error`",
           _choice(("drop", "error"))),
+    Field("missing_expression", _REAL, "str", "error", "a patient without expression (no "
+          "expression file or specimen, or all its genomic columns empty): `error` naming the "
+          "patients, or `allow` (loaded with has_expression False, trained on histology alone; "
+          "counted in the build log and the cohort info)", _choice(("error", "allow"))),
     Field("signature", _REAL, "mapping", None,
           "which genes form the two subspaces, in order: `{path, sheet, symbol_column, "
           "type_column}` (Type = Tumor / Immune), `{path, "

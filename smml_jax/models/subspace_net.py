@@ -37,6 +37,14 @@ class SubspaceNet(nn.Module):
   logits = classifier(concat(embed_tumour, embed_micro)); logits_tumour / logits_micro are the
   per-subspace classifiers (logged only; the original never trains them). For survival all logits
   are pre-sigmoid hazards.
+
+  Missing expression: with `batch['has_expression']` (B,) bool, an example without expression
+  gets, in each subspace, a learned "absent" gene embedding (`absent_tumour` / `absent_micro`,
+  (dim,), created when the model is initialised with that input; zeros at first) in place of the
+  SNN's output. The gene embedding is the branch's guide (fused into every histology token, and
+  the deformable offsets follow it), so a fixed zero would be an arbitrary point of that space the
+  SNN can also reach; a learned token is the guide that serves histology alone best, as the mask
+  tokens of masked and missing-modality models are. An all-True mask is the unmasked function.
   """
 
   config: SubspaceConfig = SubspaceConfig()
@@ -53,17 +61,26 @@ class SubspaceNet(nn.Module):
     snn = lambda name: SNN(tuple(cfg.snn_widths), cfg.snn_dropout, name=name)
     branch = lambda name: SubspaceBranch(cfg.branch, self.dtype, name=name)
     head = lambda name: TorchDense(cfg.num_classes, name=name)
+    present = batch.get("has_expression")
+
+    def gene_embedding(name: str, genes: jax.Array) -> jax.Array:
+      gene = snn(name)(genes, train=train)
+      if present is None:
+        return gene
+      absent = self.param(name.replace("snn", "absent"), nn.initializers.zeros,
+                          (gene.shape[-1],), jnp.float32)
+      return jnp.where(jnp.asarray(present, bool)[:, None], gene, absent.astype(gene.dtype))
 
     if cfg.single_subspace:
       genes = jnp.concatenate([batch["genes_tumour"], batch["genes_micro"]], axis=-1)
-      gene = snn("snn")(genes, train=train)
+      gene = gene_embedding("snn", genes)
       embed, grid, mass = branch("branch")(patches, gene, train=train)
       logits = head("classifier")(embed.astype(jnp.float32))
       return ModelOutput(logits=logits, features=embed, embed_tumour=embed, gene_tumour=gene,
                          grid_tumour=grid, attn_tumour=mass)
 
-    gene_t = snn("snn_tumour")(batch["genes_tumour"], train=train)
-    gene_m = snn("snn_micro")(batch["genes_micro"], train=train)
+    gene_t = gene_embedding("snn_tumour", batch["genes_tumour"])
+    gene_m = gene_embedding("snn_micro", batch["genes_micro"])
     embed_t, grid_t, mass_t = branch("branch_tumour")(patches, gene_t, train=train)
     embed_m, grid_m, mass_m = branch("branch_micro")(patches, gene_m, train=train)
     embed_t, embed_m = embed_t.astype(jnp.float32), embed_m.astype(jnp.float32)

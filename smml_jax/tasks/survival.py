@@ -10,18 +10,42 @@ import numpy as np
 
 from smml_jax.data.labels import assign_survival_bins, fit_survival_cuts
 from smml_jax.losses.distillation import sigmoid_kd
-from smml_jax.losses.survival import risk_from_logits, survival_nll
+from smml_jax.losses.survival import (hazards_from_logits, risk_from_logits, survival_curve,
+                                      survival_nll)
 from smml_jax.metrics.cindex import concordance
 from smml_jax.metrics.evaluation import survival_metrics
-from smml_jax.tasks.base import CLASS_WEIGHT_MODES, Task, pred_bin, survival_outputs
+from smml_jax.tasks.base import CLASS_WEIGHT_MODES, Task, _valid, pred_bin, survival_outputs
+
+COORDINATION_SCORES = ("cindex", "confidence")
+
+
+def observed_confidence(logits: jax.Array, bins: jax.Array, event: jax.Array) -> jax.Array:
+  """(B,) the probability the model gives to what was observed of each patient.
+
+  With hazards h = sigmoid(logits) (B, K) and survival S_k = prod_{j<=k} (1 - h_j), S_{-1} = 1,
+  for the patient's time bin y:
+    uncensored (event 1): P(T = y) = h_y S_{y-1}, the mass of the true event bin;
+    censored (event 0):   P(T > y) = S_y, survival beyond the censoring bin
+  (the survival NLL's two terms, exponentiated: its per-patient likelihood for alpha = 0).
+  Rows with a negative bin get an arbitrary value; mask them.
+  """
+  hazards = hazards_from_logits(logits)
+  surv = survival_curve(hazards)
+  before = jnp.concatenate([jnp.ones_like(surv[:, :1]), surv[:, :-1]], axis=1)
+  y = jnp.maximum(jnp.asarray(bins), 0)[:, None]
+  pick = lambda a: jnp.take_along_axis(a, y, axis=1)[:, 0]
+  return jnp.where(jnp.asarray(event) == 1, pick(hazards) * pick(before), pick(surv))
 
 
 @dataclasses.dataclass(frozen=True)
 class Survival(Task):
   """Discrete-time survival over `num_classes` bins; `alpha` weighs the NLL's extra
-  uncensored term (0 in the original)."""
+  uncensored term (0 in the original); `coordination_score` ranks the modalities for gradient
+  coordination: 'cindex' (the paper's batch C-index) or 'confidence' (`observed_confidence`
+  summed over the batch, the follow-up's)."""
 
   alpha: float = 0.0
+  coordination_score: str = "cindex"
   kind: str = dataclasses.field(init=False, default="survival")
   selection_metric: str = dataclasses.field(init=False, default="c_index")
   table_metrics: tuple[str, ...] = dataclasses.field(init=False, default=(
@@ -56,11 +80,22 @@ class Survival(Task):
     del class_weights
     return survival_nll(logits, batch[self.label_field], batch["event"], mask, alpha=self.alpha)
 
+  def __post_init__(self):
+    if self.coordination_score not in COORDINATION_SCORES:
+      raise ValueError(f"survival coordination_score must be one of {COORDINATION_SCORES}, got "
+                       f"{self.coordination_score!r}")
+
   def distillation_loss(self, student_logits, teacher_logits, *, temperature, mask=None):
     # KL per time bin's hazard (sigmoid).
     return sigmoid_kd(student_logits, teacher_logits, temperature=temperature, mask=mask)
 
   def modality_scores(self, logits, batch, mask=None):
+    if self.coordination_score == "confidence":
+      # Every labelled patient counts, censored or not: no batch is left unranked.
+      valid = _valid(batch[self.label_field], mask)
+      scores = jnp.stack([jnp.sum(jnp.where(valid, observed_confidence(
+          out, batch[self.label_field], batch["event"]), 0.0)) for out in logits])
+      return jax.lax.stop_gradient(scores), jnp.asarray(False)
     # Each modality's batch C-index; a batch without a comparable pair (e.g. all censored)
     # cannot rank the modalities, so it skips coordination.
     results = [concordance(risk_from_logits(out), batch["surv_time"], batch["event"], mask)

@@ -45,6 +45,8 @@ class DataConfig:
   gene_transform: Optional[str] = None  # None: the cohort's default
   gene_clip: Optional[float] = None
   survival_cuts: Any = "train"  # 'train' (training-split quartiles), 'original' or a list (days)
+  # Fraction of the TRAINING patients with expression whose expression is dropped (run seed).
+  drop_expression: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,9 @@ class TrainConfig:
   consistency_weight: float = 0.5  # per subspace; 0 disables the consistency loss
   consistency_mode: str = "reference"  # or 'per_sample'
   coordination: str = "pcgrad"  # 'pcgrad', 'reference' or 'none'
+  # How coordination ranks the modalities: 'auto' (the paper's: classification confidence,
+  # survival batch C-index), 'confidence' or 'cindex' (survival); see tasks.get_task.
+  coordination_score: str = "auto"
   survival_alpha: float = 0.0
   selection_metric: str = "auto"  # 'auto': auc (classification) / c_index (survival), on VAL
   compute_dtype: str = "float32"  # or 'bfloat16' (params, softmax and losses stay float32)
@@ -138,6 +143,7 @@ _CHOICES = {
     "train.class_weights": ("train", "original", "none"),
     "train.consistency_mode": ("reference", "per_sample"),
     "train.coordination": ("pcgrad", "reference", "none"),
+    "train.coordination_score": ("auto", "confidence", "cindex"),
     "train.compute_dtype": ("float32", "bfloat16"),
     "impl.attention": ATTENTION_IMPLEMENTATIONS,
     "impl.sampler": ("gather", "matmul"),
@@ -275,8 +281,15 @@ def _check_run(config: RunConfig) -> RunConfig:
   if config.distill.teacher and config.model != STUDENT:
     raise ConfigError(f"config key 'distill.teacher': only model {STUDENT!r} learns from a "
                       f"teacher, not model {config.model!r}")
+  if not 0.0 <= config.data.drop_expression <= 1.0:
+    raise ConfigError(f"config key 'data.drop_expression': expected a fraction in [0, 1], got "
+                      f"{config.data.drop_expression!r}")
   metric = config.train.selection_metric
   from smml_jax.tasks import get_task
+  try:
+    get_task(config.task, config.num_classes, coordination_score=config.train.coordination_score)
+  except ValueError as e:
+    raise ConfigError(f"config key 'train.coordination_score': {e}") from None
   allowed = get_task(config.task, config.num_classes).selectable_metrics
   if metric != "auto" and metric not in allowed:
     raise ConfigError(f"config key 'train.selection_metric': {metric!r} is not a validation "
@@ -409,10 +422,23 @@ def config_from_dict(values: Mapping[str, Any]) -> RunConfig:
   return _check_run(_build(RunConfig, _move_impl_keys(_drop_removed_keys(values)), ""))
 
 
+# Keys added later, with the value every run stored before them trained with.
+_ADDED = {("data", "drop_expression"): 0.0, ("train", "coordination_score"): "auto"}
+
+
+def _add_new_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+  values = dict(values)
+  for (section, key), default in _ADDED.items():
+    if isinstance(values.get(section), Mapping) and key not in values[section]:
+      values[section] = {**values[section], key: default}
+  return values
+
+
 def run_identity(values: Mapping[str, Any]) -> dict[str, Any]:
   """A config dict without the sections that do not change the function trained (`impl`), older
-  names moved to their sections and removed keys dropped: what `--resume` compares."""
-  values = _move_impl_keys(_drop_removed_keys(values))
+  names moved to their sections, removed keys dropped and later keys at the value older runs
+  trained with: what `--resume` compares."""
+  values = _add_new_keys(_move_impl_keys(_drop_removed_keys(values)))
   return {k: v for k, v in values.items() if k not in NOT_IDENTITY}
 
 

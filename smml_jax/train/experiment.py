@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smml_jax.data import normalise, splits as splits_lib
+from smml_jax.data import missing, normalise, splits as splits_lib
 from smml_jax.data import pipeline
 from smml_jax.data.pipeline import BatchIterator
 from smml_jax.data.spec import load_cohort
@@ -27,7 +27,8 @@ from smml_jax.train.steps import LossConfig, make_run_optimizer, model_inputs
 
 def task_of(config: RunConfig) -> Task:
   """The run's task: its name, number of outputs and survival NLL weight."""
-  return get_task(config.task, config.num_classes, survival_alpha=config.train.survival_alpha)
+  return get_task(config.task, config.num_classes, survival_alpha=config.train.survival_alpha,
+                  coordination_score=config.train.coordination_score)
 
 
 def selection_metric(config: RunConfig) -> str:
@@ -46,6 +47,9 @@ class Experiment:
   spec: ModelSpec
   loss_config: LossConfig
   mesh: Any
+  dropped: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+  # Some slide of the run has no expression (or has it dropped): batches carry has_expression.
+  masked: bool = False
 
 
 def _labelled(cohort, indices: np.ndarray, task: Task) -> np.ndarray:
@@ -67,9 +71,10 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
   for part, idx in parts.items():
     if not len(idx):
       raise ConfigError(f"the {part} split has no slide labelled for task {config.task!r}")
+  dropped = missing.dropped_slides(cohort, parts["train"], d.drop_expression, config.train.seed)
   preprocessor = normalise.fit_preprocessor(
       cohort, parts["train"], gene_transform=d.gene_transform, survival_cuts=d.survival_cuts,
-      clip=d.gene_clip)
+      clip=d.gene_clip, absent=dropped)
   mesh = mesh if mesh is not None else sharding.make_mesh()
   impl = dict(config.impl.model_options(), platform=dispatch.platform_of(mesh))
   try:
@@ -96,7 +101,9 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
                            consistency_mode=t.consistency_mode,
                            coordination=spec.coordination and t.coordination != "none",
                            distill=teacher_lib.distillation(config))
-  return Experiment(config, cohort, parts, preprocessor, spec, loss_config, mesh)
+  masked = bool(len(dropped)) or not all(normalise.has_expression(cohort, v).all()
+                                          for v in parts.values())
+  return Experiment(config, cohort, parts, preprocessor, spec, loss_config, mesh, dropped, masked)
 
 
 def check_grid_side(spec: ModelSpec, grid_side: int, config: RunConfig) -> None:
@@ -123,9 +130,15 @@ def batches(exp: Experiment, part: str, batch_size: int, *, epoch: int = 0,
   """One epoch of `part` (train: shuffled by (seed, epoch), last partial batch dropped; else in
   order, padded and masked), this JAX process's slice of each global batch."""
   process_index, process_count = pipeline.jax_process_shard()
+  preprocess = exp.preprocessor
+  if part == "train" and len(exp.dropped):  # data.drop_expression: training patients only
+    ids = exp.cohort.slides["slide_id"].to_numpy()[exp.dropped]
+    preprocess = missing.DropExpression(frozenset(ids.astype(str)), preprocess)
+  if not exp.masked:  # every slide has expression: the unmasked model, as before
+    preprocess = missing.WithoutPresence(preprocess)
   return BatchIterator(exp.cohort.source, exp.splits[part], batch_size, seed=exp.config.train.seed,
                        epoch=epoch, shuffle=train, drop_remainder=train,
-                       preprocess=exp.preprocessor, process_index=process_index,
+                       preprocess=preprocess, process_index=process_index,
                        process_count=process_count)
 
 

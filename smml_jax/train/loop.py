@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from smml_jax.data import pipeline
+from smml_jax.data import missing, pipeline
 from smml_jax.models.registry import implementations
 from smml_jax.optim.factory import epoch_schedule
 from smml_jax.train import distributed, epoch as epoch_lib, events as events_lib, run_dir, sharding
@@ -130,9 +130,16 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
       "feature_dim": exp.cohort.feature_dim, "gene_names": exp.cohort.gene_names,
       "spec": run_dir.cohort_spec_record(config.data.data),
       "splits": {k: exp.cohort.slides["slide_id"].to_numpy()[v].tolist()
-                 for k, v in exp.splits.items()}}
+                 for k, v in exp.splits.items()},
+      "expression": missing.expression_record(exp.cohort, exp.splits, exp.dropped,
+                                              config.data.drop_expression)}
   teacher = teacher_lib.for_experiment(exp, cohort_record)  # checked against this split
 
+  absent = cohort_record["expression"]
+  if any(absent["without_expression"].values()) or absent["dropped_slides"]:
+    log(f"expression: {len(absent['dropped_slides'])} training slide(s) dropped "
+        f"(data.drop_expression {config.data.drop_expression}); slides without expression in "
+        f"the cohort, per split: {absent['without_expression']}")
   # Everything is validated: only now is the run directory touched.
   if resume and mode == run_dir.NEW:
     log(f"--resume: {out_dir} holds no run yet; starting a fresh run")

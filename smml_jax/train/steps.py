@@ -20,6 +20,8 @@ from smml_jax.tasks import Task, get_task
 from smml_jax.train.state import TrainState
 
 MODEL_INPUTS = ("patches", "genes_tumour", "genes_micro")
+# (B,) bool, False for a patient without expression (the Preprocessor adds it to every batch).
+PRESENCE = "has_expression"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +58,17 @@ class LossConfig:
 
 
 def model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-  """The batch fields a model reads; a bag-free (genomics-only) batch has no `patches`."""
-  return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+  """The batch fields a model reads; a bag-free (genomics-only) batch has no `patches`, and
+  `has_expression` is carried when some examples lack expression."""
+  return {k: batch[k] for k in MODEL_INPUTS + (PRESENCE,) if k in batch}
+
+
+def with_expression(batch: Mapping[str, jax.Array], mask: Optional[jax.Array]) -> Optional[jax.Array]:
+  """(B,) bool: `mask` (real examples) and `has_expression` (when the batch carries it)."""
+  if PRESENCE not in batch:
+    return mask
+  present = jnp.asarray(batch[PRESENCE], bool)
+  return present if mask is None else present & jnp.asarray(mask, bool)
 
 
 def task_loss(logits: jax.Array, batch: Mapping[str, jax.Array], cfg: LossConfig) -> jax.Array:
@@ -96,8 +107,11 @@ def loss_fn(params, batch, rng, *, spec: ModelSpec, cfg: LossConfig, train: bool
                              ("micro", out.gene_micro, out.grid_micro)):
       if gene is None:
         continue
+      # Only pairs that both have expression: an absent patient's gene embedding is the shared
+      # absent token, which says nothing about how similar its grids should be to others'.
       bl = batch_consistency_loss(gene.astype(jnp.float32), grid.astype(jnp.float32),
-                                  mode=cfg.consistency_mode, mask=batch["mask"]).sum()
+                                  mode=cfg.consistency_mode,
+                                  mask=with_expression(batch, batch["mask"])).sum()
       parts[f"consistency_{name}"] = bl
       total = total + cfg.consistency_weight * bl
   if cfg.head_losses:
@@ -119,8 +133,15 @@ def loss_fn(params, batch, rng, *, spec: ModelSpec, cfg: LossConfig, train: bool
 
 def coordination_args(spec: ModelSpec, params, out, batch, task: Task,
                       mask: Optional[jax.Array] = None) -> dict[str, Any]:
-  """The modality scores and skip flag the coordination transform takes as extra args."""
-  scores, skip = task.modality_scores(spec.modality_logits(params, out), batch, mask)
+  """The modality scores and skip flag the coordination transform takes as extra args.
+
+  The scores use the examples with expression only (the subspaces differ by their genes, so an
+  absent patient cannot rank them); a batch with none present coordinates nothing.
+  """
+  present = with_expression(batch, mask)
+  scores, skip = task.modality_scores(spec.modality_logits(params, out), batch, present)
+  if present is not None:
+    skip = skip | ~jnp.any(present)
   return {"modality_scores": scores, "skip": skip}
 
 
