@@ -11,7 +11,8 @@ from experiments import report as report_cli
 
 @pytest.mark.parametrize("extra,message", [
     ([], "nothing to predict: give --input"),
-    (["--features", "slide.h5"], "one slide needs both --features and --genes"),
+    (["--genes", "g.tsv"], "--genes needs the slide's --features"),
+    (["--features", "slide.h5", "--without-expression"], "--without-expression applies to --input"),
     (["--input", "synthetic", "--genes", "g.tsv"], "give either --input (a cohort) or --features"),
 ])
 def test_incomplete_arguments_are_refused_naming_what_is_missing(tmp_path, capsys, extra,

@@ -44,7 +44,7 @@ def test_divergence_message_names_step_parts_and_last_good_checkpoint(tmp_path):
   with pytest.raises(TrainingDiverged) as err:
     _check_finite(metrics, 17, 2, 5, 6, ckpts)
   message = str(err.value)
-  assert "step 17 (epoch 3, batch 5 of 6)" in message
+  assert "step 17 (epoch 2, batch 5 of 6)" in message  # 0-based epochs, as everywhere
   assert "consistency_tumour=inf" in message and "loss=nan" in message
   assert "task_loss" not in message and "grad_norm" not in message  # only the non-finite parts
   assert f"Last good checkpoint: {tmp_path / 'checkpoints' / 'latest' / '1'}" in message
