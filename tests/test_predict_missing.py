@@ -136,3 +136,33 @@ def test_the_student_predicts_slides_its_teacher_refuses(cohort_spec, tmp_path):
   assert row["inputs"] == "slides" and np.isfinite(row["prob_0"])
   meta = json.loads((tmp_path / "s" / "predictions.json").read_text())["meta"]
   assert meta["model"] == "subspace-student"
+
+
+TINY_SUBSPACE = {"dim": 8, "heads": 2, "dim_head": 4, "offset_groups": 2, "cpb_hidden": 4,
+                 "snn_widths": [8, 8, 8, 8]}
+
+
+@pytest.mark.slow  # trains a (tiny) subspace model
+def test_a_run_trained_with_missing_expression_predicts_slides_without_it(cohort_spec, tmp_path):
+  """A run that learned absence (data.drop_expression) predicts slides without expression through
+  its absent embedding, says so per row, and its predictions differ from those with expression."""
+  spec, data_dir = cohort_spec
+  run_dir = _train(spec, data_dir, tmp_path / "masked", "subspace", TINY_SUBSPACE,
+                   **{"data": {"data": str(spec), "data_dir": str(data_dir), "val_fraction": 0.2,
+                               "test_fraction": 0.2, "drop_expression": 0.5}})
+  run = inf.load_run(run_dir)
+  assert mm.learned_absence(run) and mm.predicts_without_expression(run)
+  with_genes = pd.read_csv(_predict(["--run", run_dir, "--input", spec, "--split", "test",
+                                     "--out", tmp_path / "with"])["slides_csv"])
+  without = pd.read_csv(_predict(["--run", run_dir, "--input", spec, "--split", "test",
+                                  "--without-expression", "--out", tmp_path / "without"])
+                        ["slides_csv"])
+  assert (with_genes["inputs"] == mm.SLIDES_AND_EXPRESSION).all()
+  assert (without["inputs"] == mm.SLIDES).all()
+  probs = [c for c in without.columns if c.startswith("prob_")]
+  assert np.isfinite(without[probs].to_numpy()).all()
+  assert not np.allclose(with_genes[probs].to_numpy(), without[probs].to_numpy())
+  h5, slide = _feature_file(tmp_path, spec, data_dir)
+  one = pd.read_csv(_predict(["--run", run_dir, "--features", h5, "--out", tmp_path / "one"])
+                    ["slides_csv"])
+  assert one["inputs"].tolist() == [mm.SLIDES] and one["slide_id"].tolist() == [slide]

@@ -82,7 +82,8 @@ def test_survival_bins_are_fitted_on_the_training_rows():
 def test_the_task_decision_lives_in_tasks_only():
   """No `task == "survival"`-style branch outside smml_jax/tasks/ (README: code map)."""
   pattern = re.compile(r"""(==|!=)\s*["']survival["']|["']survival["']\s*(==|!=)|"""
-                       r"""\bif\s+(not\s+)?survival\b|(?<!losses)\.survival\b""")
+                       r"""\bif\s+(not\s+)?survival\b|(?<!losses)(?<!figures)\.survival\b""")
+  # (losses.survival and figures.survival are modules named after what they hold, not decisions.)
   offenders = []
   for folder in ("smml_jax", "experiments", "benchmarks"):
     for path in sorted((REPO / folder).rglob("*.py")):

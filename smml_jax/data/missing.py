@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -67,6 +67,14 @@ def expression_record(cohort, splits: Mapping[str, np.ndarray], dropped: np.ndar
   return {"without_expression": {k: len(v) for k, v in absent.items()},
           "without_expression_slides": absent, "drop_expression": fraction,
           "dropped_slides": slide_ids[np.asarray(dropped, np.int64)].tolist()}
+
+
+def learned_absence(record: Mapping[str, Any]) -> bool:
+  """From a run's cohort record: it trained with slides without expression (some absent in the
+  cohort or dropped), so its model holds the learned absent embeddings and reads has_expression."""
+  expression = record.get("expression") or {}
+  return bool(expression.get("dropped_slides")) or any(
+      (expression.get("without_expression") or {}).values())
 
 
 @dataclasses.dataclass(frozen=True)

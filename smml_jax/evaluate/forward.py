@@ -16,6 +16,8 @@ from smml_jax.models.outputs import ModelOutput
 
 Batch = dict[str, np.ndarray]
 MODEL_INPUTS = ("patches", "genes_tumour", "genes_micro")
+# Read by a run trained with missing expression (its params hold the learned absent embeddings).
+PRESENCE = "has_expression"
 
 
 def forward_fn(run: TrainedRun) -> Callable[[Any, Mapping[str, jax.Array]], ModelOutput]:
@@ -30,7 +32,7 @@ def _forward(module) -> Callable[[Any, Mapping[str, jax.Array]], ModelOutput]:
 
 OUTPUT_FIELDS = ("logits", "grid_tumour", "grid_micro", "attn_tumour", "attn_micro")
 CARRIED_FIELDS = ("slide_id", "patient_id", "coords", "tissue_mask", "immune_mask",
-                  "tumour_mask", "surv_time") + INT_LABELS
+                  "tumour_mask", "surv_time", PRESENCE) + INT_LABELS
 
 
 def run_model(run: TrainedRun, batches: Iterable[Batch], fields: Sequence[str] = ("logits",),
@@ -47,11 +49,12 @@ def run_model(run: TrainedRun, batches: Iterable[Batch], fields: Sequence[str] =
     `patch_norm` (n, N) = the L2 norm of each patch feature (a neutral background for figures).
   """
   forward = forward_fn(run)
+  params = run.params if params is None else params
+  inputs = MODEL_INPUTS + ((PRESENCE,) if any(str(k).startswith("absent_") for k in params) else ())
   chunks: dict[str, list[np.ndarray]] = {}
   for batch in batches:
     mask = np.asarray(batch["mask"], bool)
-    out = forward(run.params if params is None else params,
-                  {k: jnp.asarray(batch[k]) for k in MODEL_INPUTS})
+    out = forward(params, {k: jnp.asarray(batch[k]) for k in inputs if k in batch})
     b = mask.shape[0]
     for name in fields:
       value = getattr(out, name)

@@ -30,6 +30,17 @@ def slides_only(run: TrainedRun) -> bool:
   return not run.spec.needs_expression
 
 
+def learned_absence(run: TrainedRun) -> bool:
+  """The run was trained with patients without expression: its model holds a learned "absent"
+  gene embedding per subspace (`absent_tumour` / `absent_micro`) and reads `has_expression`."""
+  return any(str(name).startswith("absent_") for name in run.params)
+
+
+def predicts_without_expression(run: TrainedRun) -> bool:
+  """Slides without expression can be predicted: a slides-only run, or one that learned absence."""
+  return slides_only(run) or learned_absence(run)
+
+
 def run_inputs(run: TrainedRun) -> str:
   """What the run's predictions use: 'slides' or 'slides+expression'."""
   return SLIDES if slides_only(run) else SLIDES_AND_EXPRESSION
@@ -39,7 +50,7 @@ def require_expression(run: TrainedRun, slide_ids: Sequence[str],
                        patient_ids: Sequence[str], where: str) -> None:
   """InferenceError naming the slides (and patients) without expression, unless the run predicts
   from slides alone or there are none."""
-  if slides_only(run) or not len(slide_ids):
+  if predicts_without_expression(run) or not len(slide_ids):
     return
   shown = lambda ids: ", ".join(map(str, list(ids)[:10])) + (" ..." if len(ids) > 10 else "")
   patients = list(dict.fromkeys(map(str, patient_ids)))
@@ -47,7 +58,8 @@ def require_expression(run: TrainedRun, slide_ids: Sequence[str],
       f"{len(slide_ids)} slide(s) have no expression ({where}): {shown(slide_ids)} (patient(s) "
       f"{shown(patients)}); the run {run.run_dir} (model {run.config.model!r}) needs expression "
       "for every slide. Give their expression, or predict them with a run that needs slides "
-      "only (e.g. a 'subspace-student' distilled from this run)")
+      "only (e.g. a 'subspace-student' distilled from this run) or one trained with missing "
+      "expression (data.drop_expression, missing_expression: allow)")
 
 
 def expression_missing(slides: pd.DataFrame) -> np.ndarray:
@@ -72,6 +84,8 @@ def slide_only_example(run: TrainedRun, features_path: str | pathlib.Path, *,
                      f"{features_path} was given without --genes")
   example = read_slide_features(run, features_path, **format_options)
   example.update(placeholder_genes(run))
+  if learned_absence(run):  # the model's absent embedding stands in for the genes
+    example["has_expression"] = np.asarray(False)
   example["slide_id"] = np.asarray(slide_id)
   example["patient_id"] = np.asarray(patient_id or slide_id)
   return example
@@ -85,8 +99,24 @@ def blank_genes(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   return batch
 
 
-def with_inputs_column(run: TrainedRun, table: pd.DataFrame) -> pd.DataFrame:
-  """The prediction table with `inputs` after the ids: what each row's prediction used."""
+def mark_absent(batch: Mapping[str, np.ndarray], absent_ids: frozenset) -> dict[str, np.ndarray]:
+  """For a run that learned absence: the batch's slides in `absent_ids` get `has_expression`
+  False (their genes are then never read)."""
+  batch = dict(batch)
+  absent = np.isin(np.asarray(batch["slide_id"]).astype(str), list(absent_ids))
+  present = np.asarray(batch.get("has_expression", np.ones(len(absent), bool)), bool)
+  batch["has_expression"] = present & ~absent
+  return batch
+
+
+def with_inputs_column(run: TrainedRun, table: pd.DataFrame,
+                       has_expression: Optional[np.ndarray] = None) -> pd.DataFrame:
+  """The prediction table with `inputs` after the ids: what each row's prediction used
+  (`has_expression` (n,) bool: per row, for a run that learned absence)."""
   table = table.copy()
-  table.insert(2, "inputs", run_inputs(run))
+  if learned_absence(run) and has_expression is not None:
+    inputs = np.where(np.asarray(has_expression, bool), SLIDES_AND_EXPRESSION, SLIDES)
+  else:
+    inputs = run_inputs(run)
+  table.insert(2, "inputs", inputs)
   return table

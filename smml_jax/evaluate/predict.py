@@ -66,6 +66,9 @@ def _batches(run: TrainedRun, what: Union[CohortInput, SlideInput], missing_gene
                                       missing_genes="zero" if slides_only else missing_genes)
   if slides_only:
     batches = (missing_modality.blank_genes(b) for b in batches)
+  elif missing_modality.learned_absence(run) and absent.any():
+    absent_ids = frozenset(table["slide_id"].to_numpy()[absent].astype(str))
+    batches = (missing_modality.mark_absent(b, absent_ids) for b in batches)
   stem = "synthetic" if what.spec == "synthetic" else pathlib.Path(what.spec).stem
   return batches, f"{what.spec} ({what.split})", f"{stem}-{what.split}"
 
@@ -93,8 +96,9 @@ def predict(run_dir: Optional[str | pathlib.Path], what: Union[CohortInput, Slid
     run_dir, which = resolve_run_dir(checkpoint)
   run = load_run(run_dir, which)
   batches, source, name = _batches(run, what, missing_genes, batch_size)
+  outputs = forward.run_model(run, batches)
   slides = missing_modality.with_inputs_column(
-      run, predictions.prediction_table(run, forward.run_model(run, batches)))
+      run, predictions.prediction_table(run, outputs), outputs.get(forward.PRESENCE))
   patients = predictions.patient_table(run, slides)
   folder = pathlib.Path(out) if out else pathlib.Path(run_dir) / run_dir_lib.PREDICT_DIR / name
   return predictions.write_predictions(folder, run, slides, patients, source)

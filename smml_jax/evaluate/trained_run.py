@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
+from smml_jax.data import missing
 from smml_jax.data.normalise import SUBSPACES, Preprocessor
 from smml_jax.evaluate.errors import InferenceError
 from smml_jax.models.registry import ModelSpec, build_model
@@ -105,11 +106,15 @@ def slide_format_of(cohort_record: Mapping[str, Any], config: RunConfig) -> Slid
   return SlideFormat(**{k: spec.get(k, v) for k, v in defaults.items()})
 
 
-def model_template(spec: ModelSpec, grid_side: int, feature_dim: int, n_genes: Mapping[str, int]):
-  """Abstract params (ShapeDtypeStructs) of `spec.module` for one slide of the given shapes."""
+def model_template(spec: ModelSpec, grid_side: int, feature_dim: int, n_genes: Mapping[str, int],
+                   learned_absence: bool = False):
+  """Abstract params (ShapeDtypeStructs) of `spec.module` for one slide of the given shapes
+  (`learned_absence`: with the absent gene embeddings of a run trained with missing expression)."""
   dummy = {"patches": jnp.zeros((1, grid_side * grid_side, feature_dim), jnp.float32),
            "genes_tumour": jnp.zeros((1, n_genes["tumour"]), jnp.float32),
            "genes_micro": jnp.zeros((1, n_genes["micro"]), jnp.float32)}
+  if learned_absence:
+    dummy["has_expression"] = jnp.ones((1,), bool)
   key = jax.random.PRNGKey(0)
   variables = jax.eval_shape(lambda: spec.module.init({"params": key, "dropout": key}, dummy))
   return variables["params"]
@@ -162,7 +167,8 @@ def load_run(run_dir: str | pathlib.Path, checkpoint: str = "best") -> TrainedRu
   if config.train.compute_dtype == "bfloat16" and hasattr(spec.module, "dtype"):
     spec = dataclasses.replace(spec, module=spec.module.clone(dtype=jnp.bfloat16))
   template = model_template(spec, int(record["grid_side"]), int(record["feature_dim"]),
-                            {s: len(v) for s, v in gene_names.items()})
+                            {s: len(v) for s, v in gene_names.items()},
+                            learned_absence=missing.learned_absence(record))
   params, meta = restore_params(stored.checkpoints, template, checkpoint)
   return TrainedRun(run_dir=stored.path, config=config, preprocessor=preprocessor,
                     gene_names=gene_names, grid_side=int(record["grid_side"]),

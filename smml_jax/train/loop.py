@@ -284,8 +284,9 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
                        prediction_rows(results[part][1], exp.loss_config.task))
       ckpts.save_latest(epoch, state, meta, data)
       line = (f"{epoch_label(epoch, config.train.epochs)}: loss {history[-3]['loss']:.4f}  val "
-              f"{metric} {fmt(val_value)}  (best "
-              f"{fmt(best['value'] if best['epoch'] >= 0 else None)} at epoch {best['epoch']})")
+              f"{metric} {fmt(val_value)}  "
+              + (f"(best {fmt(best['value'])} at epoch {best['epoch']})" if best["epoch"] >= 0
+                 else "(no finite validation value yet)"))
       test_part = f"  test {metric} {fmt(results['test'][0].get(metric))}"
       speed = f"  ({train_time:.1f}s, {timed[0] / timed[1]:.1f} slides/s)"
       console(line + (test_part if config.train.log_test_every_epoch else "") + speed)
