@@ -18,12 +18,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 from smml_jax.models.registry import build_model
 from smml_jax.ops import dispatch
 from smml_jax.train import run_dir as run_dir_lib, sharding
-from smml_jax.train.checkpoints import MANIFEST_DIR, CheckpointError, verify_step
+from smml_jax.train.checkpoints import CheckpointError, restore_params
 from smml_jax.train.config import ConfigError, RunConfig
 from smml_jax.train.steps import Distillation
 
@@ -102,32 +101,13 @@ def check_teacher(stored: run_dir_lib.StoredRun, config: RunConfig,
 
 
 def restore_best_params(run_path: pathlib.Path, template: Any) -> tuple[Any, int]:
-  """(params, epoch) of the run's `checkpoints/best`, verified against its manifest."""
-  folder = (run_path / run_dir_lib.CHECKPOINTS_DIR / "best").resolve()
-  if not folder.is_dir():
-    raise TeacherError(f"distill.teacher {run_path}: no best checkpoint ({folder})")
-  with ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(create=False)) as mgr:
-    step = mgr.latest_step()
-    if step is None:
-      raise TeacherError(f"distill.teacher {run_path}: {folder} holds no checkpoint step")
-    try:
-      verify_step(folder / str(step), folder.parent / MANIFEST_DIR / f"best-{step}.json",
-                  f"the teacher's checkpoint best/{step}")
-    except CheckpointError as e:
-      raise TeacherError(f"distill.teacher {run_path}: {e}") from e
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                            template)
-    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), abstract)
-    try:
-      restored = mgr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.PyTreeRestore(item={"params": abstract},
-                                       restore_args={"params": restore_args},
-                                       partial_restore=True)))
-    except Exception as e:  # orbax / tensorstore raise many types for unreadable files
-      raise TeacherError(f"distill.teacher {run_path}: checkpoint best/{step} cannot be read: "
-                         f"{type(e).__name__}: {e}") from e
-  return restored["state"]["params"], int(step)
+  """(params, epoch) of the run's `checkpoints/best`, verified against its manifest
+  (`checkpoints.restore_params`, the one reader of a run's params)."""
+  try:
+    params, meta = restore_params(run_path / run_dir_lib.CHECKPOINTS_DIR, "best", template)
+  except CheckpointError as e:
+    raise TeacherError(f"distill.teacher {run_path}: {e}") from e
+  return params, int(meta.get("epoch", -1))
 
 
 def load_teacher(config: RunConfig, *, splits: Mapping[str, list[str]],
