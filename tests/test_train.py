@@ -111,7 +111,7 @@ def test_resume_mid_epoch_continues_at_the_next_batch_bit_for_bit(full_run, tiny
   assert [p.name for p in (out / "checkpoints" / "partial").iterdir()] == [str(saved)]
   logs = []
   resumed = train(config, out, resume=True, log=logs.append)
-  assert any(f"at train step {saved} (epoch 2, batch {saved - steps_per_epoch} of "
+  assert any(f"at train step {saved} (epoch 1, batch {saved - steps_per_epoch} of "
              f"{steps_per_epoch})" in line for line in logs), logs
   assert resumed == summary  # the same batches in the same order, the same RNG stream
   untimed = lambda rows: [{k: v for k, v in r.items() if k not in ("slides_per_s", "compile_s")}
