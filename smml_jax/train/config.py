@@ -18,8 +18,9 @@ from smml_jax.data.labels import TASK_NUM_CLASSES
 from smml_jax.ops.dispatch import ATTENTION_IMPLEMENTATIONS
 from smml_jax.optim.factory import OptimConfig
 from smml_jax.train.config_compat import add_new_keys, drop_removed_keys, move_impl_keys
-from smml_jax.train.config_layers import (ConfigError, merge, parse_override,  # noqa: F401
-                                          read_config_file)
+# The noqa sits after "(" so that it covers every name, also once `ruff format` puts one per line.
+from smml_jax.train.config_layers import (  # noqa: F401  (read_config_file: re-exported)
+    ConfigError, merge, parse_override, read_config_file)
 from smml_jax.train.config_values import check_range, check_type
 
 
