@@ -143,6 +143,13 @@ def test_a_genomic_setting_out_of_range_is_refused(tmp_path, capsys, flag, value
   assert not out.exists()
 
 
+def test_the_genomic_study_needs_a_data_root(tmp_path, capsys):
+  out = tmp_path / "g"
+  assert compare.main(_GENOMIC + ["--protocol", "mcat5", "--out", str(out)]) == 2
+  assert "--data-root: expected the folder" in capsys.readouterr().err
+  assert not out.exists()
+
+
 @pytest.mark.parametrize("cohort, flag, instead", [
     ("tcga-gbmlgg", ["--folds", "0"], "--splits"),
     ("tcga-gbmlgg", ["--set", "train.epochs=3"], "--epochs"),

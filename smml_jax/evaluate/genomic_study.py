@@ -111,6 +111,9 @@ def settings_from(args: Any) -> dict[str, Any]:
   task = get("task")
   if task not in tcga_gbmlgg.TASKS:
     raise CompareError(f"--task: expected one of {tcga_gbmlgg.TASKS}, got {task!r}")
+  if not get("data_root"):
+    raise CompareError("--data-root: expected the folder holding the public TCGA tables (laid out "
+                       "like ../shared/data)")
   models = parse_models(get("models") or ",".join(MODELS))
   quick = bool(get("quick", False))
   # None is "not given"; 0 is a value, refused below rather than replaced by the default.
