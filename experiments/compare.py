@@ -12,7 +12,9 @@ split, fold and seed, and last --set overrides.
 Resumable: a cell whose summary.json exists is not retrained (its stored config must match); a
 cell that was interrupted continues from its latest checkpoint.
 
-`--cohort tcga-gbmlgg` hands over to experiments.compare_genomic.run_genomic_compare(args).
+`--cohort tcga-gbmlgg` hands over to experiments.compare_genomic.run_genomic_compare(args), with
+--source, --splits, --epochs, --batch-size and --learning-rate; a flag that the chosen cohort does
+not read (e.g. --folds or --set with tcga-gbmlgg, --splits with synthetic) is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pathlib
 import sys
 from typing import Sequence
 
+from smml_jax.data import tcga_gbmlgg
 from smml_jax.data.labels import TASK_NUM_CLASSES
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
@@ -69,14 +72,56 @@ def build_parser() -> argparse.ArgumentParser:
                  help="override a run-config key in every cell, e.g. --set train.epochs=5")
   p.add_argument("--overwrite", action="store_true",
                  help="retrain cells whose stored config differs instead of failing")
+  genomic = p.add_argument_group("tcga-gbmlgg only (smml_jax.evaluate.genomic_study)")
+  genomic.add_argument("--source", choices=("auto",) + tcga_gbmlgg.SOURCES,
+                       help="which table feeds the models (default auto)")
+  genomic.add_argument("--splits", type=_int_list,
+                       help="0-based split/fold indices of the protocol (comma list, default all)")
+  genomic.add_argument("--epochs", type=int, help="training epochs (default: the protocol's)")
+  genomic.add_argument("--batch-size", type=int, help="patients per batch (default: the study's)")
+  genomic.add_argument("--learning-rate", type=float,
+                       help="Adam learning rate (default: the study's)")
   return p
+
+
+# Flags that one cohort reads and the other does not (argparse attribute -> what to do instead):
+# given with the other cohort they would be ignored, so they are refused.
+_STUDY_FLAGS = "the study has no run configs; its settings are --epochs, --batch-size, --learning-rate"
+_SYNTHETIC_ONLY = {
+    "folds": "give --splits (0-based split indices of the protocol)",
+    "data_dir": "the study reads --data-root and writes no cohort records",
+    "compare_config": _STUDY_FLAGS,
+    "config": _STUDY_FLAGS,
+    "set": _STUDY_FLAGS,
+    "overwrite": "the study rewrites its tables in --out on every run",
+}
+_GENOMIC_ONLY = {
+    "data_root": "the synthetic cohort is embedded",
+    "source": "the synthetic cohort has one table",
+    "splits": "give --folds",
+    "epochs": "give --set train.epochs={}",
+    "batch_size": "give --set train.batch_size={}",
+    "learning_rate": "give --set optim.learning_rate={}",
+}
+
+
+def unread_flag(args: argparse.Namespace) -> str | None:
+  """The error for the first given flag that `args.cohort` does not read (None if there is none)."""
+  other, foreign = (("tcga-gbmlgg", _GENOMIC_ONLY) if args.cohort == "synthetic" else
+                    ("synthetic", _SYNTHETIC_ONLY))
+  for name, instead in foreign.items():
+    value = getattr(args, name)
+    if value is None or value is False or value == []:
+      continue
+    flag = "--" + name.replace("_", "-")
+    return (f"{flag} applies to --cohort {other} only, not --cohort {args.cohort}: "
+            f"{instead.format(value)}")
+  return None
 
 
 def settings(args: argparse.Namespace):
   """The parsed flags of a synthetic / spec-file comparison -> its `CompareSettings`."""
-  from smml_jax.evaluate.comparison_runner import CompareError, CompareSettings
-  if args.data_root:
-    raise CompareError("--data-root applies to --cohort tcga-gbmlgg only")
+  from smml_jax.evaluate.comparison_runner import CompareSettings
   return CompareSettings(
       task=args.task, out=pathlib.Path(args.out), config_dir=CONFIG_DIR, models=args.models,
       protocol=args.protocol, folds=args.folds, seeds=args.seeds,
@@ -88,6 +133,9 @@ def settings(args: argparse.Namespace):
 def main(argv: Sequence[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
+  if (unread := unread_flag(args)):
+    print(f"error: {unread}", file=sys.stderr)
+    return 2
   if args.cohort == "tcga-gbmlgg":
     if args.protocol is not None and args.protocol not in GENOMIC_PROTOCOLS:
       parser.error(f"--protocol {args.protocol!r}: --cohort tcga-gbmlgg takes one of "

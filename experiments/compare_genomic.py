@@ -19,21 +19,20 @@ from smml_jax.data.errors import CohortError
 from smml_jax.evaluate import genomic_study as study
 
 
-def add_genomic_args(parser: argparse.ArgumentParser, *, include_common: bool = True) -> None:
-  """Adds this comparison's flags. `include_common=False` skips the ones `experiments.compare`
-  already defines (--task, --models, --protocol, --data-root, --out, --seeds, --quick, --epochs)."""
-  if include_common:
-    parser.add_argument("--task", required=True, choices=tcga_gbmlgg.TASKS)
-    parser.add_argument("--models", default=",".join(study.MODELS),
-                        help=f"comma-separated, from {study.MODELS}")
-    parser.add_argument("--protocol", required=True, choices=sorted(splits_lib.PROTOCOLS))
-    parser.add_argument("--data-root", required=True, help="folder laid out like ../shared/data")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"CI slice: {study.QUICK_SPLITS} splits, {study.QUICK_EPOCHS} epochs")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help=f"training epochs (default {study.DEFAULT_EPOCHS})")
+def add_genomic_args(parser: argparse.ArgumentParser) -> None:
+  """Adds this comparison's flags (`experiments.compare` declares the same ones for its
+  `--cohort tcga-gbmlgg`)."""
+  parser.add_argument("--task", required=True, choices=tcga_gbmlgg.TASKS)
+  parser.add_argument("--models", default=",".join(study.MODELS),
+                      help=f"comma-separated, from {study.MODELS}")
+  parser.add_argument("--protocol", required=True, choices=sorted(splits_lib.PROTOCOLS))
+  parser.add_argument("--data-root", required=True, help="folder laid out like ../shared/data")
+  parser.add_argument("--out", required=True, help="output folder")
+  parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0)")
+  parser.add_argument("--quick", action="store_true",
+                      help=f"CI slice: {study.QUICK_SPLITS} splits, {study.QUICK_EPOCHS} epochs")
+  parser.add_argument("--epochs", type=int, default=None,
+                      help=f"training epochs (default {study.DEFAULT_EPOCHS})")
   parser.add_argument("--source", default="auto", choices=("auto",) + tcga_gbmlgg.SOURCES,
                       help="which table feeds the models (see smml_jax.evaluate.genomic_study)")
   parser.add_argument("--splits", default=None,

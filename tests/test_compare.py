@@ -117,6 +117,62 @@ def test_genomic_cohort_dispatches_lazily(monkeypatch, tmp_path):
   assert args.data_root == str(tmp_path)
 
 
+_GENOMIC = ["--cohort", "tcga-gbmlgg", "--task", "grading", "--models", "snn,linear"]
+
+
+def test_genomic_flags_reach_the_study_settings(tmp_path):
+  from smml_jax.evaluate import genomic_study
+  args = compare.build_parser().parse_args(_GENOMIC + [
+      "--protocol", "pnas15", "--data-root", str(tmp_path), "--out", str(tmp_path / "g"),
+      "--source", "pnas", "--splits", "1,3", "--batch-size", "4", "--learning-rate", "0.01",
+      "--epochs", "3"])
+  got = genomic_study.settings_from(args)
+  assert (got["source"], got["splits"], got["batch_size"], got["learning_rate"], got["epochs"]) == (
+      args.source, [1, 3], args.batch_size, args.learning_rate, args.epochs)
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--epochs", "0", "at least 1"), ("--batch-size", "0", "at least 1"),
+    ("--learning-rate", "0", "positive"), ("--learning-rate", "nan", "positive")])
+def test_a_genomic_setting_out_of_range_is_refused(tmp_path, capsys, flag, value, expected):
+  out = tmp_path / "g"
+  argv = _GENOMIC + ["--protocol", "mcat5", "--data-root", str(tmp_path), "--out", str(out)]
+  assert compare.main(argv + [flag, value]) == 2
+  err = capsys.readouterr().err
+  assert flag in err and expected in err and value in err
+  assert not out.exists()
+
+
+def test_the_genomic_study_needs_a_data_root(tmp_path, capsys):
+  out = tmp_path / "g"
+  assert compare.main(_GENOMIC + ["--protocol", "mcat5", "--out", str(out)]) == 2
+  assert "--data-root: expected the folder" in capsys.readouterr().err
+  assert not out.exists()
+
+
+@pytest.mark.parametrize("cohort, flag, instead", [
+    ("tcga-gbmlgg", ["--folds", "0"], "--splits"),
+    ("tcga-gbmlgg", ["--set", "train.epochs=3"], "--epochs"),
+    ("tcga-gbmlgg", ["--config", "x.yaml"], "synthetic"),
+    ("tcga-gbmlgg", ["--compare-config", "x.yaml"], "synthetic"),
+    ("tcga-gbmlgg", ["--data-dir", "d"], "synthetic"),
+    ("tcga-gbmlgg", ["--overwrite"], "rewrites"),
+    ("synthetic", ["--splits", "0"], "--folds"),
+    ("synthetic", ["--source", "pnas"], "tcga-gbmlgg"),
+    ("synthetic", ["--epochs", "3"], "--set train.epochs=3"),
+    ("synthetic", ["--batch-size", "4"], "--set train.batch_size=4"),
+    ("synthetic", ["--learning-rate", "0.1"], "--set optim.learning_rate=0.1")])
+def test_a_flag_the_cohort_does_not_read_is_refused(tmp_path, capsys, cohort, flag, instead):
+  out = tmp_path / "c"
+  argv = ["--cohort", cohort, "--out", str(out)]
+  if cohort == "tcga-gbmlgg":
+    argv += ["--task", "grading", "--protocol", "mcat5", "--data-root", str(tmp_path)]
+  assert compare.main(argv + flag) == 2
+  err = capsys.readouterr().err
+  assert flag[0] in err and instead in err and cohort in err
+  assert not out.exists()
+
+
 def _mtimes(out: pathlib.Path) -> dict[str, float]:
   return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json")}
 

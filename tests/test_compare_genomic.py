@@ -16,7 +16,7 @@ from sklearn import metrics as skm
 from sksurv.metrics import concordance_index_censored
 
 from experiments import compare_genomic
-from smml_jax.data import patient_arrays, splits as protocols, tcga_gbmlgg
+from smml_jax.data import patient_arrays, splits as protocols, tcga_gbmlgg, tcga_gbmlgg_tables
 from smml_jax.evaluate import genomic_study
 from smml_jax.models.genomic import build_genomic_model
 from smml_jax.optim.coordination import coordinate_gradients
@@ -95,7 +95,7 @@ def test_survival_mcat5_slice(tmp_path):
   assert list(preds.columns) == ["model", "protocol", "split", "seed", "case_id", "time",
                                  "event", "risk"]
   assert set(results.metric) == {"c_index"} and (results.n_folds == 2).all()
-  fold0 = pd.read_csv(shared_data_dir() / tcga_gbmlgg.PORPOISE_SPLITS.format(fold=0))
+  fold0 = pd.read_csv(shared_data_dir() / tcga_gbmlgg_tables.PORPOISE_SPLITS.format(fold=0))
   assert set(preds[preds.split == 0].case_id) == set(fold0["val"].dropna())
   rows = [dict(model=model, metric="c_index", value=concordance_index_censored(
       g.event.astype(bool).to_numpy(), g.time.to_numpy(), g.risk.to_numpy())[0])

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from smml_jax.data import labels
 from smml_jax.data import splits as protocols
-from smml_jax.data import tcga_gbmlgg
+from smml_jax.data import tcga_gbmlgg, tcga_gbmlgg_tables as tables
 from smml_jax.data.tcga_gbmlgg import GBMLGGDataError, load_gbmlgg
 from smml_jax.models import linear
 from conftest import shared_data_dir
@@ -27,13 +27,13 @@ def _cohort(source: str, task: str) -> tcga_gbmlgg.GenomicCohort:
 
 def _pnas_raw() -> pd.DataFrame:
   root = shared_data_dir()
-  feats = pd.read_csv(root / tcga_gbmlgg.PNAS_FEATURES)
-  grade = pd.read_csv(root / tcga_gbmlgg.PNAS_GRADE)
+  feats = pd.read_csv(root / tables.PNAS_FEATURES)
+  grade = pd.read_csv(root / tables.PNAS_GRADE)
   return feats.merge(grade, on="TCGA ID").set_index("TCGA ID")
 
 
 def _porpoise_raw() -> pd.DataFrame:
-  df = pd.read_csv(shared_data_dir() / tcga_gbmlgg.PORPOISE_TABLE)
+  df = pd.read_csv(shared_data_dir() / tables.PORPOISE_TABLE)
   return df.drop_duplicates("case_id").set_index("case_id")
 
 
@@ -129,10 +129,10 @@ def test_porpoise_subspaces_are_disjoint_and_knowledge_driven():
   c = _cohort("porpoise", "grading")
   tumour, micro = set(c.tumour_features), set(c.micro_features)
   assert c.has_micro and len(tumour) > 100 and len(micro) > 100 and not tumour & micro
-  sig = pd.read_csv(root / tcga_gbmlgg.SIGNATURES)
+  sig = pd.read_csv(root / tables.SIGNATURES)
   families = set(sig["Oncogenes"].dropna()) | set(sig["Tumor Suppressor Genes"].dropna())
-  est = pd.read_excel(root / tcga_gbmlgg.ESTIMATE, sheet_name="gene", header=1)
-  lm22 = pd.read_csv(root / tcga_gbmlgg.LM22, sep="\t")
+  est = pd.read_excel(root / tables.ESTIMATE, sheet_name="gene", header=1)
+  lm22 = pd.read_csv(root / tables.LM22, sep="\t")
   immune = set(est["Gene"]) | set(lm22["Gene symbol"])
   raw = _porpoise_raw()
   alterations = {col for col in raw.columns if col.endswith(("_cnv", "_mut"))}
@@ -193,7 +193,7 @@ def test_survival_bins_use_training_event_times():
 @pytest.mark.parametrize("task", ["grading", "survival"])
 def test_pnas15_splits_are_disjoint_and_follow_the_file(task):
   c = _cohort("pnas", task)
-  table = pd.read_csv(shared_data_dir() / tcga_gbmlgg.PNAS_SPLITS, index_col=0)
+  table = pd.read_csv(shared_data_dir() / tables.PNAS_SPLITS, index_col=0)
   splits = protocols.pnas15_splits(c, shared_data_dir(), splits=[0, 7, 14])
   usable = c.labelled()
   for k, s in zip([0, 7, 14], splits):
@@ -237,7 +237,7 @@ def test_mcat5_folds_partition_the_labelled_patients():
 # --- errors -------------------------------------------------------------------------------------
 
 def _copy_pnas(tmp_path):
-  for rel in (tcga_gbmlgg.PNAS_FEATURES, tcga_gbmlgg.PNAS_GRADE, tcga_gbmlgg.PNAS_SPLITS):
+  for rel in (tables.PNAS_FEATURES, tables.PNAS_GRADE, tables.PNAS_SPLITS):
     (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(shared_data_dir() / rel, tmp_path / rel)
 
@@ -248,7 +248,7 @@ def test_missing_file_and_column_are_named(tmp_path):
   _copy_pnas(tmp_path)
   with pytest.raises(GBMLGGDataError, match="tcga_gbmlgg_all_clean.csv.zip"):
     load_gbmlgg(tmp_path, "porpoise", "grading")
-  path = tmp_path / tcga_gbmlgg.PNAS_FEATURES
+  path = tmp_path / tables.PNAS_FEATURES
   pd.read_csv(path).drop(columns=["codeletion"]).to_csv(path, index=False)
   with pytest.raises(GBMLGGDataError, match="codeletion"):
     load_gbmlgg(tmp_path, "pnas", "grading")
@@ -260,7 +260,7 @@ def test_missing_file_and_column_are_named(tmp_path):
 
 def test_bad_split_cell_is_reported(tmp_path):
   _copy_pnas(tmp_path)
-  path = tmp_path / tcga_gbmlgg.PNAS_SPLITS
+  path = tmp_path / tables.PNAS_SPLITS
   table = pd.read_csv(path, index_col=0)
   table.iloc[3, 2] = "Tset"
   table.to_csv(path)

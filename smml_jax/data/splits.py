@@ -36,9 +36,10 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from smml_jax.data import tcga_gbmlgg
+from smml_jax.data import tcga_gbmlgg_tables as tables
 from smml_jax.data.errors import CohortError
-from smml_jax.data.tcga_gbmlgg import GBMLGGDataError, GenomicCohort
+from smml_jax.data.tcga_gbmlgg import GenomicCohort
+from smml_jax.data.tcga_gbmlgg_tables import GBMLGGDataError
 
 SCHEMES = ("original", "kfold", "file")
 PARTS = ("train", "val", "test")
@@ -215,7 +216,7 @@ def pnas15_splits(cohort: GenomicCohort, data_root: str | os.PathLike, val_fract
   """
   if not 0.0 <= val_fraction < 1.0:
     raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-  path = _protocol_file(data_root, tcga_gbmlgg.PNAS_SPLITS)
+  path = _protocol_file(data_root, tables.PNAS_SPLITS)
   table = pd.read_csv(path, index_col=0)
   columns = [f"Randomization - {k}" for k in range(1, NUM_PNAS_SPLITS + 1)]
   missing = [c for c in columns if c not in table.columns]
@@ -244,7 +245,7 @@ def mcat5_splits(cohort: GenomicCohort, data_root: str | os.PathLike,
   usable = cohort.labelled()
   out = []
   for k in (range(NUM_MCAT_FOLDS) if folds is None else folds):
-    parts = read_split_file(_protocol_file(data_root, tcga_gbmlgg.PORPOISE_SPLITS.format(fold=k)))
+    parts = read_split_file(_protocol_file(data_root, tables.PORPOISE_SPLITS.format(fold=k)))
     train = _usable(cohort.index_of(parts["train"]), usable)
     held = _usable(cohort.index_of(parts["val"]), usable)
     out.append({"train": train, "val": held, "test": held.copy()})

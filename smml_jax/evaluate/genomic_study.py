@@ -25,6 +25,7 @@ Writes to `out` (only after the settings, cohort and splits are validated):
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -72,6 +73,10 @@ def _int_list(text, what: str) -> list[int] | None:
     raise CompareError(f"--{what}: expected comma-separated integers, got {text!r}") from e
 
 
+def _given(value, default):
+  return default if value is None else value
+
+
 def parse_models(text) -> list[str]:
   models = list(text) if isinstance(text, (list, tuple)) else [
       m.strip() for m in str(text).split(",") if m.strip()]
@@ -106,14 +111,21 @@ def settings_from(args: Any) -> dict[str, Any]:
   task = get("task")
   if task not in tcga_gbmlgg.TASKS:
     raise CompareError(f"--task: expected one of {tcga_gbmlgg.TASKS}, got {task!r}")
+  if not get("data_root"):
+    raise CompareError("--data-root: expected the folder holding the public TCGA tables (laid out "
+                       "like ../shared/data)")
   models = parse_models(get("models") or ",".join(MODELS))
   quick = bool(get("quick", False))
-  epochs = get("epochs") or (QUICK_EPOCHS if quick else DEFAULT_EPOCHS[protocol])
+  # None is "not given"; 0 is a value, refused below rather than replaced by the default.
+  epochs = _given(get("epochs"), QUICK_EPOCHS if quick else DEFAULT_EPOCHS[protocol])
   if int(epochs) < 1:
     raise CompareError(f"--epochs: expected at least 1, got {epochs}")
-  batch_size = int(get("batch_size") or DEFAULT_BATCH_SIZE)
+  batch_size = int(_given(get("batch_size"), DEFAULT_BATCH_SIZE))
   if batch_size < 1:
     raise CompareError(f"--batch-size: expected at least 1, got {batch_size}")
+  learning_rate = float(_given(get("learning_rate"), DEFAULT_LEARNING_RATE))
+  if not (math.isfinite(learning_rate) and learning_rate > 0):
+    raise CompareError(f"--learning-rate: expected a positive number, got {learning_rate}")
   splits = _int_list(get("splits"), "splits")
   if splits is None and quick:
     splits = list(range(QUICK_SPLITS))
@@ -124,8 +136,7 @@ def settings_from(args: Any) -> dict[str, Any]:
   return dict(task=task, models=models, protocol=protocol, data_root=str(get("data_root")),
               out=str(get("out")), seeds=seeds, quick=quick, epochs=int(epochs), splits=splits,
               source=resolve_source(protocol, models, get("source", "auto") or "auto"),
-              batch_size=batch_size,
-              learning_rate=float(get("learning_rate") or DEFAULT_LEARNING_RATE))
+              batch_size=batch_size, learning_rate=learning_rate)
 
 
 def _truth(cohort, task: Task, idx=slice(None)) -> dict[str, np.ndarray]:

@@ -8,10 +8,8 @@ naming the dotted key. `optim.epochs` is not a key: the schedule always spans `t
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import json
-import math
 import typing
 from typing import Any, Mapping, Optional, Sequence
 
@@ -19,8 +17,11 @@ from smml_jax.data.errors import did_you_mean
 from smml_jax.data.labels import TASK_NUM_CLASSES
 from smml_jax.ops.dispatch import ATTENTION_IMPLEMENTATIONS
 from smml_jax.optim.factory import OptimConfig
-from smml_jax.train.config_layers import (ConfigError, merge, parse_override,  # noqa: F401
-                                          read_config_file)
+from smml_jax.train.config_compat import add_new_keys, drop_removed_keys, move_impl_keys
+# The noqa sits after "(" so that it covers every name, also once `ruff format` puts one per line.
+from smml_jax.train.config_layers import (  # noqa: F401  (read_config_file: re-exported)
+    ConfigError, merge, parse_override, read_config_file)
+from smml_jax.train.config_values import check_range, check_type
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +101,6 @@ class DistillConfig:
   feature_weight: float = 0.01
 
 
-# model_options keys of older configs that are implementation knobs now: old key -> impl field.
-_MOVED_TO_IMPL = {"attention_impl": "attention", "query_tile": "query_tile",
-                  "tile_pairs": "tile_pairs", "sampler": "sampler"}
 # Sections of a config that do not change the function trained (not compared on --resume).
 NOT_IDENTITY = ("impl",)
 
@@ -155,62 +153,6 @@ _REMOVED = {"optim.epochs": "the learning-rate schedule always spans train.epoch
                             "train.epochs (--epochs) instead"}
 
 
-def _check_type(value: Any, hint: Any, key: str) -> Any:
-  origin = typing.get_origin(hint)
-  if hint is Any or origin in (Mapping, dict) or hint in (dict,):
-    if origin in (Mapping, dict) and not isinstance(value, Mapping):
-      raise ConfigError(f"config key {key!r}: expected a mapping, got {value!r}")
-    return dict(value) if isinstance(value, Mapping) else value
-  if origin is typing.Union:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if value is None:
-      return None
-    return _check_type(value, args[0], key)
-  if origin is typing.Literal:
-    if value not in typing.get_args(hint):
-      raise ConfigError(f"config key {key!r}: expected one of {typing.get_args(hint)}, got {value!r}")
-    return value
-  if origin in (collections.abc.Sequence, tuple, list):
-    if not isinstance(value, (list, tuple)):
-      raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
-    item = (typing.get_args(hint) or (Any,))[0]
-    return tuple(_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value))
-  if hint is bool:
-    if not isinstance(value, bool):
-      raise ConfigError(f"config key {key!r}: expected true/false, got {value!r}")
-    return value
-  if hint is int:
-    if isinstance(value, bool) or not isinstance(value, int):
-      raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
-    return value
-  if hint is float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-      raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
-    return float(value)
-  if hint is str:
-    if not isinstance(value, str):
-      raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
-    return value
-  return value
-
-
-def _check_range(value: Any, bounds: Mapping[str, float], key: str) -> None:
-  """`bounds` ('min' >=, 'above' >, 'below' <) hold for a number, or for each item of a list."""
-  for i, v in enumerate(value if isinstance(value, tuple) else (value,)):
-    if v is None:
-      continue
-    ok = math.isfinite(v) and all(
-        test(v, bounds[name]) for name, test in (("min", lambda a, b: a >= b),
-                                                 ("above", lambda a, b: a > b),
-                                                 ("below", lambda a, b: a < b)) if name in bounds)
-    if not ok:
-      expected = "a positive number" if dict(bounds) == {"above": 0} else "a number " + " and ".join(
-          f"{op} {bounds[name]}" for name, op in (("min", ">="), ("above", ">"), ("below", "<"))
-          if name in bounds)
-      where = f"{key}[{i}]" if isinstance(value, tuple) else key
-      raise ConfigError(f"config key {where!r}: expected {expected}, got {v!r}")
-
-
 def _build(cls, values: Mapping[str, Any], prefix: str):
   if not isinstance(values, Mapping):
     raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'!r}: expected a mapping, "
@@ -233,13 +175,13 @@ def _build(cls, values: Mapping[str, Any], prefix: str):
     if dataclasses.is_dataclass(hint):
       kwargs[name] = _build(hint, value, key + ".")
     else:
-      kwargs[name] = _check_type(value, hint, key)
+      kwargs[name] = check_type(value, hint, key)
       if key in _CHOICES and kwargs[name] not in _CHOICES[key]:
         raise ConfigError(f"config key {key!r}: expected one of {_CHOICES[key]}, got "
                           f"{value!r}{did_you_mean(str(value), _CHOICES[key])}")
       bounds = fields[name].metadata or _RANGES.get(key)
       if bounds:
-        _check_range(kwargs[name], bounds, key)
+        check_range(kwargs[name], bounds, key)
   if cls is OptimConfig:  # a placeholder length: RunConfig sets it to train.epochs and checks it
     kwargs["epochs"] = max(OptimConfig.epochs, kwargs.get("warmup_epochs", 0) + 1)
   try:
@@ -302,37 +244,13 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
   return values
 
 
-def _move_impl_keys(values: Mapping[str, Any]) -> dict[str, Any]:
-  """Older configs' `model_options.attention_impl` / `query_tile` / `tile_pairs` / `sampler` ->
-  the `impl` section (a conflicting value in both places is an error naming both keys)."""
-  values = dict(values)
-  options = values.get("model_options")
-  if not isinstance(options, Mapping) or not set(options) & set(_MOVED_TO_IMPL):
-    return values
-  if not isinstance(values.get("impl") or {}, Mapping):
-    return values  # _build names the bad `impl` value
-  impl = dict(values.get("impl") or {})
-  options = dict(options)
-  for old, new in _MOVED_TO_IMPL.items():
-    if old not in options:
-      continue
-    value = options.pop(old)
-    if new in impl and impl[new] != value:
-      raise ConfigError(f"config keys 'model_options.{old}' ({value!r}) and 'impl.{new}' "
-                        f"({impl[new]!r}) disagree; 'model_options.{old}' is the older name of "
-                        f"'impl.{new}': set only 'impl.{new}'")
-    impl[new] = value
-  values["model_options"], values["impl"] = options, impl
-  return values
-
-
 def make_config(*layers: Mapping[str, Any], overrides: Sequence[str] = ()) -> RunConfig:
   """Merges layers (later wins) and `key=value` overrides into a validated RunConfig."""
   values: dict[str, Any] = {}
   for layer in layers:  # older names move within each layer, so a later layer still wins
-    values = merge(values, _move_impl_keys(layer))
+    values = merge(values, move_impl_keys(layer))
   for item in overrides:
-    values = merge(values, _move_impl_keys(parse_override(item)))
+    values = merge(values, move_impl_keys(parse_override(item)))
   config = _check_run(_build(RunConfig, values, ""))
   if config.data.data != "synthetic":  # the spec's keys and values now, its files when loaded
     from smml_jax.data.errors import CohortError
@@ -344,37 +262,16 @@ def make_config(*layers: Mapping[str, Any], overrides: Sequence[str] = ()) -> Ru
   return config
 
 
-def _drop_removed_keys(values: Mapping[str, Any]) -> dict[str, Any]:
-  """Runs written before `optim.epochs` was removed store it with a value that never took effect
-  (the loop always used train.epochs): dropped when a stored config is read or compared."""
-  values = dict(values)
-  if isinstance(values.get("optim"), Mapping):
-    values["optim"] = {k: v for k, v in values["optim"].items() if k != "epochs"}
-  return values
-
-
 def config_from_dict(values: Mapping[str, Any]) -> RunConfig:
   """A stored config.json (older names moved to their sections, removed keys dropped)."""
-  return _check_run(_build(RunConfig, _move_impl_keys(_drop_removed_keys(values)), ""))
-
-
-# Keys added later, with the value every run stored before them trained with.
-_ADDED = {("data", "drop_expression"): 0.0, ("train", "coordination_score"): "auto"}
-
-
-def _add_new_keys(values: Mapping[str, Any]) -> dict[str, Any]:
-  values = dict(values)
-  for (section, key), default in _ADDED.items():
-    if isinstance(values.get(section), Mapping) and key not in values[section]:
-      values[section] = {**values[section], key: default}
-  return values
+  return _check_run(_build(RunConfig, move_impl_keys(drop_removed_keys(values)), ""))
 
 
 def run_identity(values: Mapping[str, Any]) -> dict[str, Any]:
   """A config dict without the sections that do not change the function trained (`impl`), older
   names moved to their sections, removed keys dropped and later keys at the value older runs
   trained with: what `--resume` compares."""
-  values = _add_new_keys(_move_impl_keys(_drop_removed_keys(values)))
+  values = add_new_keys(move_impl_keys(drop_removed_keys(values)))
   return {k: v for k, v in values.items() if k not in NOT_IDENTITY}
 
 

@@ -25,12 +25,13 @@ from smml_jax.train import teacher as teacher_lib
 from smml_jax.train.checkpoints import RunCheckpoints
 from smml_jax.train.config import ConfigError, RunConfig, config_to_dict
 from smml_jax.train.epoch import TrainingDiverged, epoch_label  # noqa: F401  (re-exported)
-# Re-exported: callers build experiments and predict through the loop module.
-from smml_jax.train.experiment import (Experiment, batches, build_experiment,  # noqa: F401
-                                       check_grid_side, global_batch, init_state, selection_metric,
-                                       task_of)
-from smml_jax.train.results import (fmt, is_main_process, mean, predict,  # noqa: F401
-                                    prediction_rows, split_metrics, summarise)
+# Re-exported: callers build experiments and predict through the loop module. The noqa sits after
+# "(" so that it covers every name, also once `ruff format` puts one per line.
+from smml_jax.train.experiment import (  # noqa: F401
+    Experiment, batches, build_experiment, check_grid_side, global_batch, init_state,
+    selection_metric, task_of)
+from smml_jax.train.results import (  # noqa: F401
+    fmt, is_main_process, mean, predict, prediction_rows, split_metrics, summarise)
 from smml_jax.train.run_dir import RunDirError  # noqa: F401  (re-exported for callers)
 from smml_jax.train.steps import make_eval_step, make_train_step
 
