@@ -131,3 +131,18 @@ def test_a_non_finite_validation_metric_stops_the_study(tmp_path):
   s = _settings(tmp_path, references=("abmil",))
   with pytest.raises(study.StudyError, match="abmil-seed1.*non-finite"):
     study.run_study(s, train_fn=_SummaryTrainer(val_nan_for="abmil-seed1"), log=lambda _: None)
+
+
+def test_a_chosen_run_changed_after_its_validation_was_recorded_stops_the_study(tmp_path):
+  trainer = _SummaryTrainer()
+
+  def rewriting(config, run_dir, **kw):  # the fw-1 run of seed 0 is rewritten by the next run
+    summary = trainer(config, run_dir, **kw)
+    if pathlib.Path(run_dir).name == f"{study.STUDENT}-fw1-seed1":
+      stale = tmp_path / "out" / f"{study.STUDENT}-fw1-seed0" / "summary.json"
+      stale.write_text(json.dumps({**summary, "val": {"auc": 0.1}}))
+    return summary
+
+  with pytest.raises(study.StudyError, match="fw1-seed0.*changed underneath"):
+    study.run_study(_settings(tmp_path, references=(study.STUDENT,)), train_fn=rewriting,
+                    log=lambda _: None)

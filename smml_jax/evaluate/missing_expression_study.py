@@ -168,10 +168,17 @@ def select_on_validation(candidates: Mapping[float, Sequence[Row]]) -> tuple[flo
 
 
 def _read_test(path: pathlib.Path, row: Row) -> Row:
-  summary = json.loads((path / "summary.json").read_text())
-  test = float(summary["test"][row["metric"]])
+  """The chosen candidate's row with its test metric, from the run's summary (the same run)."""
+  from smml_jax.train.run_dir import SUMMARY_FILE
+  file = path / SUMMARY_FILE
+  summary = json.loads(file.read_text())
+  metric = row["metric"]
+  if float(summary["val"][metric]) != row["val"]:
+    raise StudyError(f"{file}: field val.{metric} {summary['val'][metric]} is not the "
+                     f"{row['val']} this study recorded for it: the run changed underneath")
+  test = float(summary["test"][metric])
   if not np.isfinite(test):
-    raise StudyError(f"{path / 'summary.json'}: field test.{row['metric']} is {test}")
+    raise StudyError(f"{file}: field test.{metric} is {test}, expected a finite value")
   return {**row, "test": test}
 
 
