@@ -31,14 +31,27 @@ gap = np.array([student[k] - abmil[k] for k in seeds])
 recovered = np.array([teacher[k] - abmil[k] for k in seeds])
 paired = (f"student - abmil per seed: {', '.join(f'{d:+.3f}' for d in gap)}; teacher (drop0) - "
           f"abmil per seed: {', '.join(f'{d:+.3f}' for d in recovered)}")
+means = {k: float(np.mean([r["test"] for r in v])) for k, v in results.items()}
+val_means = sorted(sweep["val_mean"].values(), reverse=True)
+val_spread = max(np.std([r["val"] for r in rows], ddof=1) for rows in sweep["candidates"].values())
+reading = ("Reading: the chosen feature_weight leads the next candidate by "
+           f"{val_means[0] - val_means[1]:.3f} mean validation AUC, less than the largest "
+           f"seed-to-seed std of a candidate ({val_spread:.3f}): the choice is not established "
+           "at this protocol. " if val_means[0] - val_means[1] < val_spread else
+           "Reading: the chosen feature_weight leads the next candidate by more than the largest "
+           "seed-to-seed std of a candidate. ")
+if min(means["abmil"], means["subspace-student"]) < 0.5:
+  reading += ("A slides-only reference is below chance (AUC 0.5) on average: at this many epochs "
+              "the tiny slides-only models are barely trained, so the reference lines show the "
+              "study runs end to end rather than measure what distillation recovers.")
 section = f"""## (c) Reference lines and the student's feature_weight chosen on validation (REDUCED protocol)
 
 Reduced protocol (to finish on a 2-core machine shared by 4 engineers, load average about 10):
 the study's cohort (`COHORT` in `smml_jax/evaluate/missing_expression_study.py`), the tiny
 models (`TINY_OPTIONS`: subspace as in (a); the student the same plus `predictor_hidden` 16;
 `abmil` hidden 16), **{len(seeds)} seeds ({', '.join(map(str, seeds))}), {epochs} epochs**, fractions
-{', '.join(k[4:] for k in results if k.startswith('drop'))} only. The reference models do not see
-expression, so each is one horizontal line (mean, ± std band over the seeds) on the same cohort,
+{', '.join(k[4:] for k in results if k.startswith('drop'))}. The reference models do not see expression,
+so each is one horizontal line (mean, ± std band over the seeds) on the same cohort,
 splits and seeds; each seed's student is distilled from that seed's fraction-0 subspace run (its
 teacher, not trained again). `distill.feature_weight` in {{{', '.join(sweep['candidates'])}}} with
 `distill.kd_weight` 0.01 and T = 2 (the defaults) is chosen on the mean validation AUC over
@@ -53,6 +66,8 @@ program includes compiling it):
 
 {(out / 'table.md').read_text()}
 {paired}.
+
+{reading}
 
 ![robustness with reference lines](missing_expression_robustness_reference.png)
 """
