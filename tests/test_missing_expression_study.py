@@ -146,3 +146,18 @@ def test_a_chosen_run_changed_after_its_validation_was_recorded_stops_the_study(
   with pytest.raises(study.StudyError, match="fw1-seed0.*changed underneath"):
     study.run_study(_settings(tmp_path, references=(study.STUDENT,)), train_fn=rewriting,
                     log=lambda _: None)
+
+
+def test_a_folder_that_is_not_a_studys_is_refused_and_left_as_it_was(tmp_path):
+  out = tmp_path / "out"
+  (out / "drop0-seed0").mkdir(parents=True)
+  (out / "drop0-seed0" / "mine.txt").write_text("a user's file")
+  trainer = _SummaryTrainer()
+  with pytest.raises(study.StudyError, match="no cohort.yaml"):
+    study.run_study(_settings(tmp_path, references=()), train_fn=trainer, log=lambda _: None)
+  assert not trainer.calls and [p.name for p in out.rglob("*")] == ["drop0-seed0", "mine.txt"]
+  # An earlier study's folder is rerun in place.
+  (out / "drop0-seed0" / "mine.txt").unlink()
+  (out / "cohort.yaml").write_text(json.dumps(study.COHORT))
+  assert list(study.run_study(_settings(tmp_path, references=()), train_fn=trainer,
+                              log=lambda _: None)) == ["drop0", "drop0.5"]

@@ -113,6 +113,16 @@ def check_settings(s: StudySettings) -> None:
       raise StudyError(f"feature_weights {list(w)}: expected distinct finite values >= 0")
 
 
+def check_out(out: pathlib.Path) -> None:
+  """StudyError unless `out` is new, empty or an earlier study's folder (whose runs a rerun
+  replaces): a study never replaces a folder it did not write."""
+  if out.exists() and not out.is_dir():
+    raise StudyError(f"out {out}: exists and is not a folder")
+  if out.is_dir() and any(out.iterdir()) and not (out / "cohort.yaml").is_file():
+    raise StudyError(f"out {out}: holds files but no cohort.yaml, so it is not a study's folder "
+                     "(a study replaces its own run folders): choose a new or empty folder")
+
+
 def plan(s: StudySettings) -> list[Run]:
   """The runs in training order: every teacher (the fraction-0 run) before its students."""
   if s.study == "survival":
@@ -197,6 +207,7 @@ def run_study(s: StudySettings, *, log: Callable[[str], None] = print,
   check_settings(s)
   runs = plan(s)
   out = pathlib.Path(s.out)
+  check_out(out)
   with tempfile.TemporaryDirectory() as tmp:  # every config (and the cohort spec) checked first
     draft = pathlib.Path(tmp) / "cohort.yaml"
     draft.write_text(yaml.safe_dump(dict(s.cohort)))
