@@ -58,10 +58,12 @@ def section(out, command, tag):
              f"AUC, {'less' if lead < spread else 'more'} than the largest seed-to-seed std of a "
              f"candidate ({spread:.3f})" + (": the choice is not established at this protocol."
                                             if lead < spread else "."))
-  if min(means["abmil"], means["subspace-student"]) < 0.5:
-    reading += (" A slides-only reference is below chance (AUC 0.5) on average: the tiny "
-                "slides-only models are barely trained at this protocol, so their lines show the "
-                "study runs end to end rather than measure what distillation recovers.")
+  below = [k for k in ("abmil", "subspace-student") if means[k] < 0.5]
+  if below:
+    reading += (f" {' and '.join(f'`{k}`' for k in below)} averages below chance (AUC 0.5): "
+                "tiny slides-only models are barely trained at this protocol, so the reference "
+                "lines show the study runs end to end more than they measure what distillation "
+                "recovers.")
   return f"""### {len(seeds)} seeds ({', '.join(map(str, seeds))}), {epochs} epochs, fractions {fractions}
 
 Command (wall s per setting over its seeds: {walls}; the sweep: {sweep_walls}; the first run of
