@@ -161,3 +161,13 @@ def test_a_folder_that_is_not_a_studys_is_refused_and_left_as_it_was(tmp_path):
   (out / "cohort.yaml").write_text(json.dumps(study.COHORT))
   assert list(study.run_study(_settings(tmp_path, references=()), train_fn=trainer,
                               log=lambda _: None)) == ["drop0", "drop0.5"]
+
+
+def test_the_survival_study_compares_the_two_coordination_scores_without_references(tmp_path):
+  trainer = _SummaryTrainer()
+  s = _settings(tmp_path, study="survival")
+  results = study.run_study(s, train_fn=trainer, log=lambda _: None)
+  assert list(results) == ["cindex", "confidence"] and len(trainer.calls) == 4
+  assert [(c.task, c.train.coordination_score, c.model) for _, c in trainer.calls[::2]] == [
+      ("survival", "cindex", "subspace"), ("survival", "confidence", "subspace")]
+  assert not (s.out / "sweep.json").exists() and not (s.out / "robustness.png").exists()

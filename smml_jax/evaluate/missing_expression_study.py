@@ -28,7 +28,8 @@ import yaml
 
 from smml_jax.evaluate.figures.robustness import plot_robustness
 
-STUDIES = ("robustness", "survival")
+ROBUSTNESS = "robustness"
+STUDIES = (ROBUSTNESS, "survival")  # the second: the survival coordination scores
 STUDENT = "subspace-student"
 REFERENCES = ("abmil", STUDENT)
 FEATURE_WEIGHTS = (0.01, 0.1, 1.0)
@@ -95,7 +96,7 @@ def check_settings(s: StudySettings) -> None:
     raise StudyError(f"seeds {list(s.seeds)}: expected at least one seed, each once")
   if s.epochs < 1:
     raise StudyError(f"epochs {s.epochs}: expected at least 1")
-  if s.study == "survival":
+  if s.study != ROBUSTNESS:
     return
   if not s.fractions or any(not 0 <= f <= 1 for f in s.fractions) or (
       len(set(s.fractions)) != len(s.fractions)):
@@ -125,7 +126,7 @@ def check_out(out: pathlib.Path) -> None:
 
 def plan(s: StudySettings) -> list[Run]:
   """The runs in training order: every teacher (the fraction-0 run) before its students."""
-  if s.study == "survival":
+  if s.study != ROBUSTNESS:
     return [Run(score, seed, "setting",
                 {"task": "survival", "train": {"coordination_score": score,
                                                "class_weights": "none"}})
@@ -249,7 +250,7 @@ def run_study(s: StudySettings, *, log: Callable[[str], None] = print,
   text = table(results) + ("" if choice is None else "\n" + sweep_table(choice))
   (out / "table.md").write_text(text)
   log(text)
-  if s.study == "robustness":
+  if s.study == ROBUSTNESS:
     write_figure(results, s, out / "robustness.png")
   return results
 
