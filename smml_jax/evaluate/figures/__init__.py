@@ -7,12 +7,14 @@ returns the log-rank p-value it printed in the title.
   classification  ROC curves, confusion matrix
   survival        Kaplan-Meier risk groups (log-rank), time-dependent AUC
   curves          training and validation curves of metrics.jsonl
+  robustness      a metric against the fraction of patients without expression, reference lines
 """
 
 from smml_jax.evaluate.figures import _common
 from smml_jax.evaluate.figures._common import PathLike
 from smml_jax.evaluate.figures.classification import plot_confusion, plot_roc
 from smml_jax.evaluate.figures.curves import plot_training_curves, read_metrics_jsonl
+from smml_jax.evaluate.figures.robustness import plot_robustness, robustness_figure
 from smml_jax.evaluate.figures.slides import outside_fraction, plot_gene_importance, plot_slide_sampling
 from smml_jax.evaluate.figures.survival import (km_tick_times, numbers_at_risk, plot_km_risk_groups,
                                                 plot_time_dependent_auc, risk_groups,
