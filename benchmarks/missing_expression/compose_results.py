@@ -5,7 +5,7 @@ import pathlib
 import shutil
 import sys
 import numpy as np
-repo = pathlib.Path("/work/wt-missing")
+repo = pathlib.Path(__file__).resolve().parents[2]  # the repository root
 robust, surv = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 r = json.loads((robust / "results.json").read_text())
 s = json.loads((surv / "results.json").read_text())
