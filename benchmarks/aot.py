@@ -101,6 +101,15 @@ def abstract_inputs(cfg, mesh):
   return train_step, state, batch, spec
 
 
+def timed(fn):
+  """(fn(), wall s, this process's CPU s over all its threads, 1-minute load average at the start
+  and at the end): on a shared host the wall time is mostly waiting, so the CPU time and the load
+  go beside it."""
+  load0, w0, c0 = os.getloadavg()[0], time.perf_counter(), time.process_time()
+  value = fn()
+  return value, time.perf_counter() - w0, time.process_time() - c0, [load0, os.getloadavg()[0]]
+
+
 def compile_record(cfg, topology: str, mesh=None) -> dict[str, Any]:
   """Compiles the train step of `cfg` (per-chip batch) for `topology`; one JSON record."""
   import jax
@@ -117,15 +126,21 @@ def compile_record(cfg, topology: str, mesh=None) -> dict[str, Any]:
       "attention_impl": cfg.attention_impl, "attention_path": impl.get("attention"),
       "depthwise_path": impl.get("depthwise"), "dtype": cfg.compute_dtype,
       "n_patches": cfg.n_patches, "feature_dim": cfg.feature_dim, "jax": jax.__version__}
-  t0 = time.perf_counter()
-  try:
-    compiled = train_step.lower(state, batch).compile()
-  except Exception as e:  # e.g. the program does not fit the chip's HBM
-    message = str(e).strip().splitlines()
-    record.update(compiled=False, compile_s=time.perf_counter() - t0, fits=False,
-                  error=f"{type(e).__name__}: {message[0][:500] if message else ''}")
+  failure = []
+
+  def lower_and_compile():
+    try:
+      return train_step.lower(state, batch).compile()
+    except Exception as e:  # e.g. the program does not fit the chip's HBM
+      failure.append(e)
+
+  compiled, compile_s, compile_cpu_s, load = timed(lower_and_compile)
+  record.update(compile_s=compile_s, compile_cpu_s=compile_cpu_s, load_avg_1m=load)
+  if failure:
+    message = str(failure[0]).strip().splitlines()
+    record.update(compiled=False, fits=False,
+                  error=f"{type(failure[0]).__name__}: {message[0][:500] if message else ''}")
     return record
-  compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -137,7 +152,7 @@ def compile_record(cfg, topology: str, mesh=None) -> dict[str, Any]:
   param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
   est_step_s = max(flops / chip["peak_flops"], accessed / chip["hbm_bytes_per_s"])
   record.update(
-      compiled=True, compile_s=compile_s,
+      compiled=True,
       temp_mb=mb(mem.temp_size_in_bytes), argument_mb=mb(mem.argument_size_in_bytes),
       output_mb=mb(mem.output_size_in_bytes), alias_mb=mb(mem.alias_size_in_bytes),
       hbm_mb=mb(hbm), hbm_capacity_mb=mb(chip["hbm_bytes"]), fits=hbm <= chip["hbm_bytes"],

@@ -33,7 +33,8 @@ def test_default_train_step_compiles_for_a_v5e_slice():
   assert (r["topology"], r["chips"], r["per_chip_batch"], r["global_batch"]) == (
       "v5e:2x2", 4, 2, 8)
   assert r["device_kind"].startswith("TPU v5")
-  assert r["compiled"] and r["fits"] and r["compile_s"] > 0
+  assert r["compiled"] and r["fits"] and r["compile_s"] > 0 and r["compile_cpu_s"] > 0
+  assert len(r["load_avg_1m"]) == 2  # the host's load at the compile's start and end
   # `auto` resolved for the TPU, not for this CPU host: an XLA path, the XLA depthwise conv.
   assert r["attention_impl"] == "auto" and r["attention_path"] != "native"
   assert r["depthwise_path"] == "selection"
@@ -64,6 +65,14 @@ def test_max_batch_search_finds_the_largest_fitting_size():
   assert aot.search_max(lambda n: False, start=4) == (None, 1)
   fit, fail = aot.search_max(lambda n: n <= 45, start=8, resolution=8)
   assert fit <= 45 < fail and fail - fit <= 8
+
+
+def test_timed_reports_wall_and_cpu_seconds_and_the_hosts_load():
+  busy = lambda: sum(i * i for i in range(300_000))
+  value, wall_s, cpu_s, load = aot.timed(busy)
+  assert value == busy()
+  assert wall_s > 0 and cpu_s > 0  # the process's CPU time, all threads (the compiler's too)
+  assert len(load) == 2 and all(x >= 0 for x in load)
 
 
 def test_all_reduce_bytes_counts_sync_and_async_all_reduces_once():
