@@ -23,8 +23,10 @@ import numpy as np
 from smml_jax.ops.attention import cpb_attention
 from smml_jax.ops.cpb import query_positions
 
-SHAPES = {"small": dict(b=2, groups=2, heads=1, side=12, m=16, dh=16),
-          "full": dict(b=1, groups=8, heads=1, side=50, m=144, dh=64)}
+SHAPES = {
+  "small": dict(b=2, groups=2, heads=1, side=12, m=16, dh=16),
+  "full": dict(b=1, groups=8, heads=1, side=50, m=144, dh=64),
+}
 
 
 def _inputs(b, groups, heads, side, m, dh, seed=0):
@@ -33,17 +35,26 @@ def _inputs(b, groups, heads, side, m, dh, seed=0):
   h = groups * heads
   q, k, v = f(b, h, side * side, dh, scale=0.5), f(b, h, m, dh), f(b, h, m, dh)
   widths = (2, 32, 32, heads)
-  params = [(f(i, o, scale=0.7 if i == 2 else 0.4), f(o, scale=0.1))
-            for i, o in zip(widths[:-1], widths[1:])]
+  params = [(f(i, o, scale=0.7 if i == 2 else 0.4), f(o, scale=0.1)) for i, o in zip(widths[:-1], widths[1:])]
   return (q, k, v, jnp.tanh(f(b, groups, m, 2)), params), query_positions(side, 2)
 
 
 def _value_and_grads(impl, args, pos_q, cpb_dtype=jnp.float32):
   def loss(q, k, v, pos_k, params):
-    out, mass = cpb_attention(q, k, v, pos_q, pos_k, params, implementation=impl,
-                              query_tile=256, cpb_dtype=cpb_dtype,
-                              platform=jax.default_backend())
+    out, mass = cpb_attention(
+      q,
+      k,
+      v,
+      pos_q,
+      pos_k,
+      params,
+      implementation=impl,
+      query_tile=256,
+      cpb_dtype=cpb_dtype,
+      platform=jax.default_backend(),
+    )
     return jnp.sum(jnp.sin(out.astype(jnp.float32))) + jnp.sum(mass**2)
+
   fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
   return [np.asarray(x, np.float64) for x in jax.tree.leaves(fn(*args))]
 
@@ -52,8 +63,7 @@ def _excess(got, want, rel):
   """max over leaves of ||a - b|| / max(rel ||b||, rel ||all of want||): <= 1 passes (the tests'
   rule: a leaf that is zero up to rounding, like the last CPB bias, is held to the whole's norm)."""
   floor = rel * np.sqrt(sum(np.sum(b**2) for b in want))
-  return max(float(np.linalg.norm(a - b) / max(rel * np.linalg.norm(b), floor))
-             for a, b in zip(got, want))
+  return max(float(np.linalg.norm(a - b) / max(rel * np.linalg.norm(b), floor)) for a, b in zip(got, want))
 
 
 def main(argv=None) -> int:
@@ -69,8 +79,7 @@ def main(argv=None) -> int:
     inputs, pos_q = _inputs(**SHAPES[shape])
     want = _value_and_grads("reference", inputs, pos_q)
     for impl in args.impl:
-      record = dict(backend=jax.default_backend(), device=str(jax.devices()[0].device_kind),
-                    shape=shape, impl=impl)
+      record = dict(backend=jax.default_backend(), device=str(jax.devices()[0].device_kind), shape=shape, impl=impl)
       try:
         got = _value_and_grads(impl, inputs, pos_q)
         got16 = _value_and_grads(impl, inputs, pos_q, cpb_dtype=jnp.bfloat16)
@@ -80,9 +89,17 @@ def main(argv=None) -> int:
       excess32, excess16 = _excess(got, want, 1e-5), _excess(got16, want, 3e-2)
       ok = excess32 <= 1 and excess16 <= 1
       failed |= not ok
-      print(json.dumps({**record, "status": "ok" if ok else "MISMATCH",
-                        "error_over_tolerance_f32": excess32,
-                        "error_over_tolerance_bf16": excess16}), flush=True)
+      print(
+        json.dumps(
+          {
+            **record,
+            "status": "ok" if ok else "MISMATCH",
+            "error_over_tolerance_f32": excess32,
+            "error_over_tolerance_bf16": excess16,
+          }
+        ),
+        flush=True,
+      )
   return 1 if failed else 0
 
 

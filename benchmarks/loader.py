@@ -37,16 +37,16 @@ def epoch_batches(cohort, indices: np.ndarray, preprocessor, batch_size: int, ep
   """One training epoch from the trainer's pipeline: host batches, or on the mesh with `mesh`."""
   from smml_jax.data import pipeline
   from smml_jax.train import sharding
-  host = pipeline.BatchIterator(cohort.source, indices, batch_size, seed=0, epoch=epoch,
-                                shuffle=True, drop_remainder=True, preprocess=preprocessor)
+
+  host = pipeline.BatchIterator(
+    cohort.source, indices, batch_size, seed=0, epoch=epoch, shuffle=True, drop_remainder=True, preprocess=preprocessor
+  )
   if mesh is None:
     return iter(host)
-  return pipeline.prefetch_to_device(host, put=lambda b: {**sharding.shard_batch(b, mesh),
-                                                          "mask": b["mask"]})
+  return pipeline.prefetch_to_device(host, put=lambda b: {**sharding.shard_batch(b, mesh), "mask": b["mask"]})
 
 
-def measure(data_dir: str, n_patients: int, batch_size: int, passes: int,
-            device: bool) -> dict[str, Any]:
+def measure(data_dir: str, n_patients: int, batch_size: int, passes: int, device: bool) -> dict[str, Any]:
   import jax
 
   from smml_jax.data import normalise, spec as spec_lib
@@ -60,18 +60,23 @@ def measure(data_dir: str, n_patients: int, batch_size: int, passes: int,
   for epoch in range(passes + 1):
     t0 = time.perf_counter()
     n = 0
-    for batch in epoch_batches(cohort, indices, preprocessor, batch_size, epoch,
-                               mesh if device else None):
+    for batch in epoch_batches(cohort, indices, preprocessor, batch_size, epoch, mesh if device else None):
       jax.block_until_ready([v for v in batch.values() if isinstance(v, jax.Array)])
       n += int(np.asarray(batch["mask"]).sum())
     if epoch:  # pass 0 warms the page cache
       times.append(time.perf_counter() - t0)
   seconds = statistics.median(times)
-  return {"pipeline": PIPELINE, "slides": n, "batch_size": batch_size, "device": device,
-          "slide_mb": round(np.prod([FULL_SLIDE["grid_side"] ** 2, FULL_SLIDE["feature_dim"]])
-                            * 4 / 2**20, 2),
-          "seconds_per_pass": round(seconds, 3), "slides_per_s": round(n / seconds, 1),
-          "passes": passes, "backend": jax.default_backend()}
+  return {
+    "pipeline": PIPELINE,
+    "slides": n,
+    "batch_size": batch_size,
+    "device": device,
+    "slide_mb": round(np.prod([FULL_SLIDE["grid_side"] ** 2, FULL_SLIDE["feature_dim"]]) * 4 / 2**20, 2),
+    "seconds_per_pass": round(seconds, 3),
+    "slides_per_s": round(n / seconds, 1),
+    "passes": passes,
+    "backend": jax.default_backend(),
+  }
 
 
 PIPELINE = "grain (MapDataset, thread reads + prefetch)"
@@ -90,9 +95,11 @@ def main(argv=None) -> None:
   if args.json:
     print(json.dumps(row))
   else:
-    print(f"{row['pipeline']}: {row['slides_per_s']} slides/s ({row['slides']} slides of "
-          f"{row['slide_mb']} MB in {row['seconds_per_pass']} s, batch {row['batch_size']}, "
-          f"{'to ' + row['backend'] if row['device'] else 'host only'})")
+    print(
+      f"{row['pipeline']}: {row['slides_per_s']} slides/s ({row['slides']} slides of "
+      f"{row['slide_mb']} MB in {row['seconds_per_pass']} s, batch {row['batch_size']}, "
+      f"{'to ' + row['backend'] if row['device'] else 'host only'})"
+    )
 
 
 if __name__ == "__main__":

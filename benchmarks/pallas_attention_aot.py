@@ -32,8 +32,7 @@ import time
 
 # Public peak numbers per chip (bf16 FLOP/s, HBM bytes/s, HBM bytes):
 # https://cloud.google.com/tpu/docs/v5e, /v5p, /v6e ("System architecture" tables).
-CHIPS = {"v5e": (197e12, 819e9, 16 * 2**30), "v5p": (459e12, 2765e9, 95 * 2**30),
-         "v6e": (918e12, 1640e9, 32 * 2**30)}
+CHIPS = {"v5e": (197e12, 819e9, 16 * 2**30), "v5p": (459e12, 2765e9, 95 * 2**30), "v6e": (918e12, 1640e9, 32 * 2**30)}
 
 # MXU side (a weight-stationary systolic array of MXU x MXU): 128 on v5e and v5p, 256 on v6e
 # (Trillium), https://cloud.google.com/tpu/docs/v6e ("System architecture").
@@ -68,25 +67,43 @@ def _attention_step(path, dtype, mesh, per_chip_batch):
   chips = mesh.devices.size
 
   def loss(q, k, v, pos_k, params, rng):
-    out, mass = cpb_attention(q, k, v, pos_q, pos_k, params, dropout_rate=0.1, dropout_rng=rng,
-                              implementation=impl, query_tile=tile, cpb_dtype=dtype)
-    return jnp.sum(out.astype(jnp.float32)**2) + jnp.sum(mass**2)
+    out, mass = cpb_attention(
+      q,
+      k,
+      v,
+      pos_q,
+      pos_k,
+      params,
+      dropout_rate=0.1,
+      dropout_rng=rng,
+      implementation=impl,
+      query_tile=tile,
+      cpb_dtype=dtype,
+    )
+    return jnp.sum(out.astype(jnp.float32) ** 2) + jnp.sum(mass**2)
 
   def per_chip(q, k, v, pos_k, params, rng):
     rng = jax.random.fold_in(rng[0], jax.lax.axis_index("data"))
     grads = jax.grad(loss, argnums=(0, 1, 2, 3, 4))(q, k, v, pos_k, params, rng)
     return grads[:4] + (jax.lax.psum(grads[4], "data"),)
 
-  step = jax.jit(jax.shard_map(per_chip, mesh=mesh, in_specs=(P("data"),) * 4 + (P(), P()),
-                               out_specs=(P("data"),) * 4 + (P(),), check_vma=False))
+  step = jax.jit(
+    jax.shard_map(
+      per_chip, mesh=mesh, in_specs=(P("data"),) * 4 + (P(), P()), out_specs=(P("data"),) * 4 + (P(),), check_vma=False
+    )
+  )
   data, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   b = per_chip_batch * chips
   spec = lambda shape, dt=jnp.float32, s=data: jax.ShapeDtypeStruct(shape, dt, sharding=s)
-  params = [(spec((i, o), s=rep), spec((o,), s=rep))
-            for i, o in zip(CPB_WIDTHS[:-1], CPB_WIDTHS[1:])]
-  args = (spec((b, HEADS, n, DIM_HEAD), dtype), spec((b, HEADS, KEYS, DIM_HEAD), dtype),
-          spec((b, HEADS, KEYS, DIM_HEAD), dtype), spec((b, GROUPS, KEYS, 2)), params,
-          jax.ShapeDtypeStruct((1, 2), jnp.uint32, sharding=rep))
+  params = [(spec((i, o), s=rep), spec((o,), s=rep)) for i, o in zip(CPB_WIDTHS[:-1], CPB_WIDTHS[1:])]
+  args = (
+    spec((b, HEADS, n, DIM_HEAD), dtype),
+    spec((b, HEADS, KEYS, DIM_HEAD), dtype),
+    spec((b, HEADS, KEYS, DIM_HEAD), dtype),
+    spec((b, GROUPS, KEYS, 2)),
+    params,
+    jax.ShapeDtypeStruct((1, 2), jnp.uint32, sharding=rep),
+  )
   return step, args, tile
 
 
@@ -105,37 +122,41 @@ def _model_step(path, dtype, mesh, per_chip_batch):
 
   impl = "fused" if path.startswith("fused") else path
   options = dict(attention_impl=impl, query_tile=SIDE * SIDE if path == "fused-1tile" else 0)
-  spec = build_model("subspace", num_classes=FULL_SHAPE["num_classes"],
-                     n_genes_tumour=FULL_SHAPE["n_genes_tumour"],
-                     n_genes_micro=FULL_SHAPE["n_genes_micro"],
-                     feature_dim=FULL_SHAPE["feature_dim"], options=options)
+  spec = build_model(
+    "subspace",
+    num_classes=FULL_SHAPE["num_classes"],
+    n_genes_tumour=FULL_SHAPE["n_genes_tumour"],
+    n_genes_micro=FULL_SHAPE["n_genes_micro"],
+    feature_dim=FULL_SHAPE["feature_dim"],
+    options=options,
+  )
   if dtype == jnp.bfloat16:
     spec = dataclasses.replace(spec, module=spec.module.clone(dtype=jnp.bfloat16))
   cfg = LossConfig(task="diagnosis", consistency_weight=0.5, coordination=False)
   chips = mesh.devices.size
   b = per_chip_batch * chips
-  batch = {"patches": (b, FULL_SHAPE["n_patches"], FULL_SHAPE["feature_dim"]),
-           "genes_tumour": (b, FULL_SHAPE["n_genes_tumour"]),
-           "genes_micro": (b, FULL_SHAPE["n_genes_micro"])}
+  batch = {
+    "patches": (b, FULL_SHAPE["n_patches"], FULL_SHAPE["feature_dim"]),
+    "genes_tumour": (b, FULL_SHAPE["n_genes_tumour"]),
+    "genes_micro": (b, FULL_SHAPE["n_genes_micro"]),
+  }
   one = {k: jax.ShapeDtypeStruct((1,) + s[1:], jnp.float32) for k, s in batch.items()}
-  params = jax.eval_shape(lambda x: spec.module.init(
-      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}, x)["params"], one)
+  params = jax.eval_shape(
+    lambda x: spec.module.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}, x)["params"], one
+  )
 
   def per_chip(params, batch, rng):
     rng = jax.random.fold_in(rng[0], jax.lax.axis_index("data"))
     grads = jax.grad(lambda p: loss_fn(p, batch, rng, spec=spec, cfg=cfg, train=True)[0])(params)
     return jax.lax.pmean(grads, "data")
 
-  step = jax.jit(jax.shard_map(per_chip, mesh=mesh, in_specs=(P(), P("data"), P()),
-                               out_specs=P(), check_vma=False))
+  step = jax.jit(jax.shard_map(per_chip, mesh=mesh, in_specs=(P(), P("data"), P()), out_specs=P(), check_vma=False))
   data, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   args_batch = {k: jax.ShapeDtypeStruct(s, jnp.float32, sharding=data) for k, s in batch.items()}
   args_batch["diagnosis"] = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=data)
   args_batch["mask"] = jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=data)
-  args_params = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=rep),
-                             params)
-  return step, (args_params, args_batch,
-                jax.ShapeDtypeStruct((1, 2), jnp.uint32, sharding=rep)), None
+  args_params = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=rep), params)
+  return step, (args_params, args_batch, jax.ShapeDtypeStruct((1, 2), jnp.uint32, sharding=rep)), None
 
 
 def measure(what, path, dtype_name, topology_name, per_chip_batch):
@@ -149,8 +170,16 @@ def measure(what, path, dtype_name, topology_name, per_chip_batch):
   dtype = jnp.dtype(dtype_name)
   build = _attention_step if what == "attention" else _model_step
   step, args, tile = build(path, dtype, mesh, per_chip_batch)
-  record = dict(what=what, topology=topology_name, chips=chips, per_chip_batch=per_chip_batch,
-                attention_path=path, dtype=dtype_name, query_tile=tile, compiled=False)
+  record = dict(
+    what=what,
+    topology=topology_name,
+    chips=chips,
+    per_chip_batch=per_chip_batch,
+    attention_path=path,
+    dtype=dtype_name,
+    query_tile=tile,
+    compiled=False,
+  )
   start = time.perf_counter()
   try:
     compiled = step.lower(*args).compile()
@@ -169,17 +198,20 @@ def measure(what, path, dtype_name, topology_name, per_chip_batch):
     record.update(tiles=tiles)
   peak_flops, hbm_bw, _ = CHIPS[topology_name.split(":")[0]]
   record.update(
-      temp_mb=mb(mem.temp_size_in_bytes), argument_mb=mb(mem.argument_size_in_bytes),
-      output_mb=mb(mem.output_size_in_bytes), gflops=round(flops / 1e9, 2),
-      gbytes=round(nbytes / 1e9, 3), mb_per_slide=mb(nbytes / per_chip_batch),
-      transcendentals=float(cost.get("transcendentals", 0.0)),
-      est_step_s=round(max(flops / peak_flops, nbytes / hbm_bw), 5),
-      bound="flops" if flops / peak_flops > nbytes / hbm_bw else "hbm",
-      loop_undercount=path == "fused",
-      pallas_kernels=compiled.as_text().count('custom_call_target="tpu_custom_call"'))
+    temp_mb=mb(mem.temp_size_in_bytes),
+    argument_mb=mb(mem.argument_size_in_bytes),
+    output_mb=mb(mem.output_size_in_bytes),
+    gflops=round(flops / 1e9, 2),
+    gbytes=round(nbytes / 1e9, 3),
+    mb_per_slide=mb(nbytes / per_chip_batch),
+    transcendentals=float(cost.get("transcendentals", 0.0)),
+    est_step_s=round(max(flops / peak_flops, nbytes / hbm_bw), 5),
+    bound="flops" if flops / peak_flops > nbytes / hbm_bw else "hbm",
+    loop_undercount=path == "fused",
+    pallas_kernels=compiled.as_text().count('custom_call_target="tpu_custom_call"'),
+  )
   if path == "pallas":
-    record.update(_mxu_estimate(topology_name.split(":")[0], dtype, per_chip_batch, tile, flops,
-                                nbytes))
+    record.update(_mxu_estimate(topology_name.split(":")[0], dtype, per_chip_batch, tile, flops, nbytes))
   return record
 
 
@@ -192,6 +224,7 @@ def _mxu_estimate(chip, dtype, per_chip_batch, tile, flops, nbytes):
   import jax.numpy as jnp
 
   from smml_jax.ops import pallas_attention_mlp as mlp
+
   peak_flops, hbm_bw, _ = CHIPS[chip]
   mxu = MXU[chip]
   pairs = per_chip_batch * GROUPS * -(-SIDE * SIDE // tile) * tile * KEYS
@@ -200,8 +233,13 @@ def _mxu_estimate(chip, dtype, per_chip_batch, tile, flops, nbytes):
   pushes_per_s = peak_flops / (2 * mxu * mxu)
   mxu_s = pairs * passes / pushes_per_s
   est = max(mxu_s + flops / peak_flops, nbytes / hbm_bw)
-  return dict(mxu=mxu, mxu_passes_per_pair=passes, mlp_mxu_s=round(mxu_s, 5),
-              est_mxu_step_s=round(est, 5), roofline_fraction=round(flops / peak_flops / est, 3))
+  return dict(
+    mxu=mxu,
+    mxu_passes_per_pair=passes,
+    mlp_mxu_s=round(mxu_s, 5),
+    est_mxu_step_s=round(est, 5),
+    roofline_fraction=round(flops / peak_flops / est, 3),
+  )
 
 
 def main(argv=None) -> None:
@@ -209,21 +247,22 @@ def main(argv=None) -> None:
   parser.add_argument("--topology", default="v5e:2x2")
   parser.add_argument("--per-chip-batch", type=int, default=8)
   parser.add_argument("--what", choices=["attention", "model"], default="attention")
-  parser.add_argument("--paths", default="fused,fused-1tile,pallas",
-                      help="comma-separated: fused, fused-1tile, reference, chunked, pallas")
+  parser.add_argument(
+    "--paths",
+    default="fused,fused-1tile,pallas",
+    help="comma-separated: fused, fused-1tile, reference, chunked, pallas",
+  )
   parser.add_argument("--dtypes", default="float32,bfloat16")
   args = parser.parse_args(argv)
   if args.topology.split(":")[0] not in CHIPS:
-    parser.error(f"--topology: expected one of {sorted(CHIPS)} (as v5e:2x2), "
-                 f"got {args.topology!r}")
+    parser.error(f"--topology: expected one of {sorted(CHIPS)} (as v5e:2x2), got {args.topology!r}")
   # Compiling needs no TPU; libtpu's single-process lock would otherwise refuse a second user.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   if args.what == "model":
     os.environ["SMML_JAX_NATIVE"] = "0"
   for path in args.paths.split(","):
     for dtype in args.dtypes.split(","):
-      print(json.dumps(measure(args.what, path, dtype, args.topology, args.per_chip_batch)),
-            flush=True)
+      print(json.dumps(measure(args.what, path, dtype, args.topology, args.per_chip_batch)), flush=True)
 
 
 if __name__ == "__main__":

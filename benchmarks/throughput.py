@@ -34,8 +34,7 @@ from typing import Any, Optional
 
 from smml_jax.ops.dispatch import ATTENTION_IMPLEMENTATIONS
 
-FULL_SHAPE = dict(n_patches=2500, feature_dim=1024, n_genes_tumour=59, n_genes_micro=361,
-                  num_classes=4)
+FULL_SHAPE = dict(n_patches=2500, feature_dim=1024, n_genes_tumour=59, n_genes_micro=361, num_classes=4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,21 +55,25 @@ class BenchConfig:
 
 def batch_shapes(cfg: BenchConfig) -> dict[str, tuple[tuple[int, ...], str]]:
   """Per-slide shape and dtype of every batch field."""
-  return {"patches": ((cfg.n_patches, cfg.feature_dim), "float32"),
-          "genes_tumour": ((cfg.n_genes_tumour,), "float32"),
-          "genes_micro": ((cfg.n_genes_micro,), "float32"),
-          "diagnosis": ((), "int32"), "mask": ((), "bool")}
+  return {
+    "patches": ((cfg.n_patches, cfg.feature_dim), "float32"),
+    "genes_tumour": ((cfg.n_genes_tumour,), "float32"),
+    "genes_micro": ((cfg.n_genes_micro,), "float32"),
+    "diagnosis": ((), "int32"),
+    "mask": ((), "bool"),
+  }
 
 
 def _synthetic_batch(cfg: BenchConfig, batch: int, seed: int = 0) -> dict[str, Any]:
   import numpy as np
+
   rng = np.random.default_rng(seed)
   return {
-      "patches": rng.normal(size=(batch, cfg.n_patches, cfg.feature_dim)).astype(np.float32),
-      "genes_tumour": rng.normal(size=(batch, cfg.n_genes_tumour)).astype(np.float32),
-      "genes_micro": rng.normal(size=(batch, cfg.n_genes_micro)).astype(np.float32),
-      "diagnosis": rng.integers(0, cfg.num_classes, batch).astype(np.int32),
-      "mask": np.ones((batch,), bool),
+    "patches": rng.normal(size=(batch, cfg.n_patches, cfg.feature_dim)).astype(np.float32),
+    "genes_tumour": rng.normal(size=(batch, cfg.n_genes_tumour)).astype(np.float32),
+    "genes_micro": rng.normal(size=(batch, cfg.n_genes_micro)).astype(np.float32),
+    "diagnosis": rng.integers(0, cfg.num_classes, batch).astype(np.int32),
+    "mask": np.ones((batch,), bool),
   }
 
 
@@ -88,27 +91,34 @@ def build_step(cfg: BenchConfig, mesh, *, abstract: bool = False):
   from smml_jax.train.state import TrainState
   from smml_jax.train.steps import LossConfig, make_train_step, model_inputs
 
-  impl = dict(attention_impl=cfg.attention_impl, query_tile=cfg.query_tile, sampler=cfg.sampler,
-              platform=dispatch.platform_of(mesh))
-  spec = build_model("subspace", num_classes=cfg.num_classes,
-                     n_genes_tumour=cfg.n_genes_tumour, n_genes_micro=cfg.n_genes_micro,
-                     feature_dim=cfg.feature_dim, impl=impl)
+  impl = dict(
+    attention_impl=cfg.attention_impl,
+    query_tile=cfg.query_tile,
+    sampler=cfg.sampler,
+    platform=dispatch.platform_of(mesh),
+  )
+  spec = build_model(
+    "subspace",
+    num_classes=cfg.num_classes,
+    n_genes_tumour=cfg.n_genes_tumour,
+    n_genes_micro=cfg.n_genes_micro,
+    feature_dim=cfg.feature_dim,
+    impl=impl,
+  )
   if cfg.compute_dtype == "bfloat16":
     spec = dataclasses.replace(spec, module=spec.module.clone(dtype=jnp.bfloat16))
   elif cfg.compute_dtype != "float32":
     raise ValueError(f"--dtype: expected float32 or bfloat16, got {cfg.compute_dtype!r}")
   loss_cfg = LossConfig(task="diagnosis", consistency_weight=0.5, coordination=True)
   sample = {k: jnp.zeros((1, *shape), dtype) for k, (shape, dtype) in batch_shapes(cfg).items()}
-  init_params = lambda key: spec.module.init({"params": key, "dropout": key},
-                                             model_inputs(sample))["params"]
+  init_params = lambda key: spec.module.init({"params": key, "dropout": key}, model_inputs(sample))["params"]
   key = jax.random.PRNGKey(0)
   coordination = coordinate_gradients(spec.splits)
   tx = make_optimizer(OptimConfig(), steps_per_epoch=100, coordination=coordination)
 
   def init_state(key):
     params = init_params(key)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), rng=key)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=key)
 
   if abstract:
     state = jax.eval_shape(init_state, key)
@@ -140,9 +150,10 @@ def _effective_tile(cfg: BenchConfig, path: str) -> Optional[int]:
   if path in ("native", "reference"):
     return None
   from smml_jax.models.deform_attention import DeformAttentionConfig, offset_grid_side
+
   attn = DeformAttentionConfig(query_tile=cfg.query_tile)
   side = int(round(cfg.n_patches**0.5))
-  keys = offset_grid_side(side, attn.offset_kernel, attn.downsample)**attn.ndim
+  keys = offset_grid_side(side, attn.offset_kernel, attn.downsample) ** attn.ndim
   return attn.tile_for(cfg.batch * attn.offset_groups, keys)
 
 
@@ -152,6 +163,7 @@ def _rss_mb() -> float:
 
 def _device_peak_mb() -> Optional[float]:
   import jax
+
   stats = jax.local_devices()[0].memory_stats()
   if not stats or "peak_bytes_in_use" not in stats:
     return None
@@ -205,47 +217,46 @@ def measure(cfg: BenchConfig) -> dict[str, Any]:
     pass
   devices = int(mesh.devices.size)
   return {
-      "batch": cfg.batch,
-      "devices": devices,
-      "processes": jax.process_count(),
-      "per_device_batch": cfg.batch // devices,
-      "attention_impl": cfg.attention_impl,
-      "attention_path": impl["attention"],
-      "depthwise_path": impl["depthwise"],
-      "platform": impl["platform"],
-      "query_tile": _effective_tile(cfg, impl["attention"]),
-      "sampler": cfg.sampler,
-      "compute_dtype": cfg.compute_dtype,
-      "step_s_median": step_s,
-      "step_s_min": min(step_times),
-      # CPU seconds of this process (all threads) per step: on a shared machine the wall time
-      # includes waiting for cores other processes hold.
-      "step_cpu_s_median": statistics.median(step_cpu),
-      "loadavg_1min": [load_before, os.getloadavg()[0]],
-      "forward_s_median": fwd_s,
-      "train_slides_per_s": cfg.batch / step_s,  # global, all devices of all processes
-      "train_slides_per_s_per_device": cfg.batch / step_s / devices,
-      "forward_slides_per_s": cfg.batch / fwd_s,
-      "forward_slides_per_s_per_device": cfg.batch / fwd_s / devices,
-      "compile_train_s": compile_s,
-      "compile_forward_s": compile_fwd_s,
-      "peak_rss_mb": _rss_mb(),
-      "peak_device_mb": _device_peak_mb(),
-      "xla_flops_per_step": flops,
-      "loss": float(sharding.to_host(metrics["loss"])),
-      "backend": jax.default_backend(),
-      "device": str(jax.local_devices()[0].device_kind),
-      "jax": jax.__version__,
-      "n_patches": cfg.n_patches,
-      "feature_dim": cfg.feature_dim,
-      "steps": cfg.steps,
+    "batch": cfg.batch,
+    "devices": devices,
+    "processes": jax.process_count(),
+    "per_device_batch": cfg.batch // devices,
+    "attention_impl": cfg.attention_impl,
+    "attention_path": impl["attention"],
+    "depthwise_path": impl["depthwise"],
+    "platform": impl["platform"],
+    "query_tile": _effective_tile(cfg, impl["attention"]),
+    "sampler": cfg.sampler,
+    "compute_dtype": cfg.compute_dtype,
+    "step_s_median": step_s,
+    "step_s_min": min(step_times),
+    # CPU seconds of this process (all threads) per step: on a shared machine the wall time
+    # includes waiting for cores other processes hold.
+    "step_cpu_s_median": statistics.median(step_cpu),
+    "loadavg_1min": [load_before, os.getloadavg()[0]],
+    "forward_s_median": fwd_s,
+    "train_slides_per_s": cfg.batch / step_s,  # global, all devices of all processes
+    "train_slides_per_s_per_device": cfg.batch / step_s / devices,
+    "forward_slides_per_s": cfg.batch / fwd_s,
+    "forward_slides_per_s_per_device": cfg.batch / fwd_s / devices,
+    "compile_train_s": compile_s,
+    "compile_forward_s": compile_fwd_s,
+    "peak_rss_mb": _rss_mb(),
+    "peak_device_mb": _device_peak_mb(),
+    "xla_flops_per_step": flops,
+    "loss": float(sharding.to_host(metrics["loss"])),
+    "backend": jax.default_backend(),
+    "device": str(jax.local_devices()[0].device_kind),
+    "jax": jax.__version__,
+    "n_patches": cfg.n_patches,
+    "feature_dim": cfg.feature_dim,
+    "steps": cfg.steps,
   }
 
 
 def _run_child(cfg: BenchConfig) -> tuple[Optional[dict[str, Any]], str]:
   """Measures `cfg` in a fresh interpreter; (record or None, error text)."""
-  args = [sys.executable, "-m", "benchmarks.throughput", "--child",
-          json.dumps(dataclasses.asdict(cfg))]
+  args = [sys.executable, "-m", "benchmarks.throughput", "--child", json.dumps(dataclasses.asdict(cfg))]
   proc = subprocess.run(args, capture_output=True, text=True, env=os.environ.copy())
   for line in proc.stdout.splitlines()[::-1]:
     if line.startswith("{"):
@@ -255,10 +266,17 @@ def _run_child(cfg: BenchConfig) -> tuple[Optional[dict[str, Any]], str]:
 
 
 def _table(records: list[dict[str, Any]]) -> str:
-  cols = [("batch", "{:>5}"), ("attention_path", "{:>9}"), ("compute_dtype", "{:>8}"),
-          ("step_s_median", "{:>8.3f}"), ("train_slides_per_s", "{:>8.2f}"),
-          ("forward_s_median", "{:>8.3f}"), ("forward_slides_per_s", "{:>8.2f}"),
-          ("compile_train_s", "{:>8.1f}"), ("peak_rss_mb", "{:>8.0f}")]
+  cols = [
+    ("batch", "{:>5}"),
+    ("attention_path", "{:>9}"),
+    ("compute_dtype", "{:>8}"),
+    ("step_s_median", "{:>8.3f}"),
+    ("train_slides_per_s", "{:>8.2f}"),
+    ("forward_s_median", "{:>8.3f}"),
+    ("forward_slides_per_s", "{:>8.2f}"),
+    ("compile_train_s", "{:>8.1f}"),
+    ("peak_rss_mb", "{:>8.0f}"),
+  ]
   heads = ["batch", "impl", "dtype", "step s", "train/s", "fwd s", "fwd/s", "compile", "RSS MB"]
   lines = ["  ".join(f"{h:>{len(f.format(records[0][c]))}}" for h, (c, f) in zip(heads, cols))]
   for r in records:
@@ -273,18 +291,32 @@ def main(argv=None) -> None:
   p.add_argument("--query-tile", type=int, default=BenchConfig.query_tile)
   p.add_argument("--sampler", default=BenchConfig.sampler, choices=["gather", "matmul"])
   p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
-  p.add_argument("--patches", type=int, default=FULL_SHAPE["n_patches"],
-                 help="tokens per slide (a square number); default the paper's 2500")
+  p.add_argument(
+    "--patches",
+    type=int,
+    default=FULL_SHAPE["n_patches"],
+    help="tokens per slide (a square number); default the paper's 2500",
+  )
   p.add_argument("--grid-side", type=int, help="tokens per slide as a grid side (--patches N^2)")
-  p.add_argument("--aot", metavar="TOPOLOGY",
-                 help="compile the sharded train step for a TPU topology (e.g. v5e:2x2, v5e:4x4, "
-                      "v5p:4x4x4, v6e:4x4) ahead of time, deviceless (needs libtpu: the `tpu` "
-                      "extra); --batch-sizes are then PER CHIP")
-  p.add_argument("--max-batch", action="store_true",
-                 help="with --aot: find the largest per-chip batch that fits the chip's HBM "
-                      "(doubling from the smallest --batch-sizes, then bisection)")
-  p.add_argument("--max-batch-resolution", type=int, default=1,
-                 help="stop the bisection when the fitting and failing batches are this close")
+  p.add_argument(
+    "--aot",
+    metavar="TOPOLOGY",
+    help="compile the sharded train step for a TPU topology (e.g. v5e:2x2, v5e:4x4, "
+    "v5p:4x4x4, v6e:4x4) ahead of time, deviceless (needs libtpu: the `tpu` "
+    "extra); --batch-sizes are then PER CHIP",
+  )
+  p.add_argument(
+    "--max-batch",
+    action="store_true",
+    help="with --aot: find the largest per-chip batch that fits the chip's HBM "
+    "(doubling from the smallest --batch-sizes, then bisection)",
+  )
+  p.add_argument(
+    "--max-batch-resolution",
+    type=int,
+    default=1,
+    help="stop the bisection when the fitting and failing batches are this close",
+  )
   p.add_argument("--feature-dim", type=int, default=FULL_SHAPE["feature_dim"])
   p.add_argument("--steps", type=int, default=BenchConfig.steps)
   p.add_argument("--warmup", type=int, default=BenchConfig.warmup)
@@ -301,15 +333,26 @@ def main(argv=None) -> None:
     p.error("--max-batch needs --aot TOPOLOGY (it sizes the program against a chip's HBM)")
   if args.aot:
     from benchmarks import aot
+
     for impl in args.impl:
       for dtype in args.dtype:
-        cfg = BenchConfig(n_patches=args.patches, feature_dim=args.feature_dim,
-                          attention_impl=impl, query_tile=args.query_tile, sampler=args.sampler,
-                          compute_dtype=dtype)
+        cfg = BenchConfig(
+          n_patches=args.patches,
+          feature_dim=args.feature_dim,
+          attention_impl=impl,
+          query_tile=args.query_tile,
+          sampler=args.sampler,
+          compute_dtype=dtype,
+        )
         try:
-          aot.run(cfg, args.aot, args.batch_sizes, find_max=args.max_batch,
-                  resolution=args.max_batch_resolution,
-                  print_record=lambda r: print(json.dumps(r), flush=True))
+          aot.run(
+            cfg,
+            args.aot,
+            args.batch_sizes,
+            find_max=args.max_batch,
+            resolution=args.max_batch_resolution,
+            print_record=lambda r: print(json.dumps(r), flush=True),
+          )
         except aot.AotError as e:
           p.exit(2, f"error: {e}\n")
     return
@@ -318,9 +361,17 @@ def main(argv=None) -> None:
   for impl in args.impl:
     for dtype in args.dtype:
       for b in args.batch_sizes:
-        cfg = BenchConfig(batch=b, n_patches=args.patches, feature_dim=args.feature_dim,
-                          attention_impl=impl, query_tile=args.query_tile, sampler=args.sampler,
-                          compute_dtype=dtype, steps=args.steps, warmup=args.warmup)
+        cfg = BenchConfig(
+          batch=b,
+          n_patches=args.patches,
+          feature_dim=args.feature_dim,
+          attention_impl=impl,
+          query_tile=args.query_tile,
+          sampler=args.sampler,
+          compute_dtype=dtype,
+          steps=args.steps,
+          warmup=args.warmup,
+        )
         record, err = _run_child(cfg)
         if record is None:  # e.g. out of memory: skip what does not fit
           print(f"batch {b} ({impl}, {dtype}) skipped: {err}", file=sys.stderr, flush=True)
@@ -329,8 +380,10 @@ def main(argv=None) -> None:
         print(json.dumps(record), flush=True)
   if not args.json and records:
     print()
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"backend {records[0]['backend']} ({records[0]['device']}), jax {records[0]['jax']}")
+    print(
+      f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+      f"backend {records[0]['backend']} ({records[0]['device']}), jax {records[0]['jax']}"
+    )
     print(_table(records))
 
 

@@ -25,25 +25,38 @@ def _numbers(kind: type, flag: str):
     try:
       return tuple(kind(v) for v in text.split(",") if v.strip())
     except ValueError:
-      raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected comma-separated "
-                                       f"{kind.__name__} values") from None
+      raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected comma-separated {kind.__name__} values") from None
+
   return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m experiments.missing_expression", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m experiments.missing_expression",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument("study", choices=study.STUDIES)
   p.add_argument("--out", required=True, help="folder for the runs and the results")
   p.add_argument("--seeds", type=_numbers(int, "--seeds"), default=(0, 1, 2))
-  p.add_argument("--fractions", type=_numbers(float, "--fractions"),
-                 default=(0.0, 0.25, 0.5, 0.75, 1.0), help="robustness: drop fractions")
-  p.add_argument("--references", type=lambda t: tuple(v for v in t.split(",") if v),
-                 default=study.REFERENCES,
-                 help="robustness: WSI-only reference lines (comma-separated; '' for none)")
-  p.add_argument("--feature-weights", type=_numbers(float, "--feature-weights"),
-                 default=study.FEATURE_WEIGHTS,
-                 help="robustness: the student's distill.feature_weight candidates")
+  p.add_argument(
+    "--fractions",
+    type=_numbers(float, "--fractions"),
+    default=(0.0, 0.25, 0.5, 0.75, 1.0),
+    help="robustness: drop fractions",
+  )
+  p.add_argument(
+    "--references",
+    type=lambda t: tuple(v for v in t.split(",") if v),
+    default=study.REFERENCES,
+    help="robustness: WSI-only reference lines (comma-separated; '' for none)",
+  )
+  p.add_argument(
+    "--feature-weights",
+    type=_numbers(float, "--feature-weights"),
+    default=study.FEATURE_WEIGHTS,
+    help="robustness: the student's distill.feature_weight candidates",
+  )
   p.add_argument("--epochs", type=int, default=6)
   p.add_argument("--data-dir", help="where cohort records are written (default: user cache)")
   return p
@@ -52,9 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   settings = study.StudySettings(
-      study=args.study, out=pathlib.Path(args.out), seeds=args.seeds, fractions=args.fractions,
-      epochs=args.epochs, data_dir=args.data_dir, references=args.references,
-      feature_weights=args.feature_weights)
+    study=args.study,
+    out=pathlib.Path(args.out),
+    seeds=args.seeds,
+    fractions=args.fractions,
+    epochs=args.epochs,
+    data_dir=args.data_dir,
+    references=args.references,
+    feature_weights=args.feature_weights,
+  )
   try:
     study.run_study(settings, log=lambda line: print(line, flush=True))
   except study.StudyError as e:

@@ -20,31 +20,45 @@ from typing import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m experiments.predict", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m experiments.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   where = p.add_mutually_exclusive_group(required=True)
   where.add_argument("--run", help="training run directory (uses checkpoints/<--which>)")
   where.add_argument("--checkpoint", help="a checkpoint folder, e.g. DIR/checkpoints/best")
-  p.add_argument("--which", choices=("best", "latest"), default="best",
-                 help="which checkpoint of --run (default: best, selected on validation)")
+  p.add_argument(
+    "--which",
+    choices=("best", "latest"),
+    default="best",
+    help="which checkpoint of --run (default: best, selected on validation)",
+  )
   p.add_argument("--input", help="'synthetic' or a cohort spec file (YAML/JSON)")
   p.add_argument("--data-dir", help="where cohort records are written (default: the run's)")
-  p.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
-                 help="predict only the run's stored split of the cohort (default: all slides)")
+  p.add_argument(
+    "--split",
+    default="all",
+    choices=("all", "train", "val", "test"),
+    help="predict only the run's stored split of the cohort (default: all slides)",
+  )
   p.add_argument("--features", help="one slide's HDF5 feature file (Res_feature or features)")
   p.add_argument("--genes", help="that slide's expression: gene/value table or GDC STAR TSV")
-  p.add_argument("--without-expression", action="store_true",
-                 help="predict the cohort from its slides alone (needs a slides-only run, e.g. "
-                      "a subspace-student)")
+  p.add_argument(
+    "--without-expression",
+    action="store_true",
+    help="predict the cohort from its slides alone (needs a slides-only run, e.g. a subspace-student)",
+  )
   p.add_argument("--slide-id", help="slide id of --features (default: the file name's stem)")
   p.add_argument("--patient-id", help="patient id of --features (default: the slide id)")
-  p.add_argument("--grid-layout", choices=("sample", "coords"),
-                 help="override the run's grid layout for --features")
-  p.add_argument("--missing-genes", choices=("error", "zero"), default="error",
-                 help="features are matched by exact name (modality suffix included; an "
-                      "expression file's symbols are the _rnaseq features). Run features the input "
-                      "lacks: error (default, listing them) or zero = fill with the training mean "
-                      "(the count is printed)")
+  p.add_argument("--grid-layout", choices=("sample", "coords"), help="override the run's grid layout for --features")
+  p.add_argument(
+    "--missing-genes",
+    choices=("error", "zero"),
+    default="error",
+    help="features are matched by exact name (modality suffix included; an "
+    "expression file's symbols are the _rnaseq features). Run features the input "
+    "lacks: error (default, listing them) or zero = fill with the training mean "
+    "(the count is printed)",
+  )
   p.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
   p.add_argument("--out", help="output folder (default DIR/predictions/<input name>)")
   return p
@@ -60,17 +74,25 @@ def predict(args: argparse.Namespace) -> dict[str, pathlib.Path]:
   if one_slide and not args.features:
     raise InferenceError("--genes needs the slide's --features")
   if one_slide and args.without_expression:
-    raise InferenceError("--without-expression applies to --input cohorts; for one slide leave "
-                         "out --genes")
+    raise InferenceError("--without-expression applies to --input cohorts; for one slide leave out --genes")
   if not one_slide and not args.input:
-    raise InferenceError("nothing to predict: give --input (a cohort) or --features and "
-                         "--genes (one slide)")
-  what = (SlideInput(args.features, args.genes, slide_id=args.slide_id,
-                     patient_id=args.patient_id, grid_layout=args.grid_layout) if one_slide else
-          CohortInput(args.input, data_dir=args.data_dir, split=args.split,
-                      without_expression=args.without_expression))
-  return predict(args.run, what, which=args.which, checkpoint=args.checkpoint,
-                 missing_genes=args.missing_genes, batch_size=args.batch_size, out=args.out)
+    raise InferenceError("nothing to predict: give --input (a cohort) or --features and --genes (one slide)")
+  what = (
+    SlideInput(
+      args.features, args.genes, slide_id=args.slide_id, patient_id=args.patient_id, grid_layout=args.grid_layout
+    )
+    if one_slide
+    else CohortInput(args.input, data_dir=args.data_dir, split=args.split, without_expression=args.without_expression)
+  )
+  return predict(
+    args.run,
+    what,
+    which=args.which,
+    checkpoint=args.checkpoint,
+    missing_genes=args.missing_genes,
+    batch_size=args.batch_size,
+    out=args.out,
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   from smml_jax.data.errors import CohortError
   from smml_jax.evaluate.inference import InferenceError, MissingGenesFilled
   from smml_jax.train.config import ConfigError
+
   try:
     with warnings.catch_warnings(record=True) as caught:
       warnings.simplefilter("always", MissingGenesFilled)

@@ -24,16 +24,17 @@ from smml_jax.evaluate.run_report import ReportOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m experiments.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--run", required=True, help="training run directory")
   p.add_argument("--out", help="output folder (default DIR/report)")
   p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
   p.add_argument("--which", choices=("best", "latest"), default="best")
-  p.add_argument("--slides", type=int, default=ReportOptions.n_slides,
-                 help="slides with a sampling figure")
-  p.add_argument("--ig-slides", type=int, default=ReportOptions.ig_slides,
-                 help="slides the gene importances average over")
+  p.add_argument("--slides", type=int, default=ReportOptions.n_slides, help="slides with a sampling figure")
+  p.add_argument(
+    "--ig-slides", type=int, default=ReportOptions.ig_slides, help="slides the gene importances average over"
+  )
   p.add_argument("--ig-steps", type=int, default=ReportOptions.ig_steps)
   p.add_argument("--top-k", type=int, default=ReportOptions.top_k)
   p.add_argument("--data-dir", help="where cohort records are written (default: the run's)")
@@ -47,9 +48,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   from smml_jax.evaluate.errors import InferenceError
   from smml_jax.evaluate.run_report import build_report
   from smml_jax.evaluate.sampling import immune_sentence
-  options = ReportOptions(split=args.split, checkpoint=args.which, n_slides=args.slides,
-                          ig_slides=args.ig_slides, ig_steps=args.ig_steps, top_k=args.top_k,
-                          data_dir=args.data_dir)
+
+  options = ReportOptions(
+    split=args.split,
+    checkpoint=args.which,
+    n_slides=args.slides,
+    ig_slides=args.ig_slides,
+    ig_steps=args.ig_steps,
+    top_k=args.top_k,
+    data_dir=args.data_dir,
+  )
   try:
     metrics = build_report(args.run, options, args.out, progress=not args.no_progress)
   except (InferenceError, CohortError) as e:

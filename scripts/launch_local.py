@@ -20,8 +20,7 @@ from smml_jax.train.distributed import launch_local  # noqa: E402
 
 
 def main() -> int:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("-n", "--num-processes", type=int, default=2)
   p.add_argument("--devices-per-process", type=int, default=1)
   p.add_argument("--timeout", type=float, default=3600.0, help="seconds before all are killed")
@@ -31,9 +30,13 @@ def main() -> int:
   command = args.command[1:] if args.command[:1] == ["--"] else args.command
   if not command:
     p.error("give the command to run after --")
-  results = launch_local(command, args.num_processes,
-                         devices_per_process=args.devices_per_process, timeout_s=args.timeout,
-                         log_dir=args.log_dir)
+  results = launch_local(
+    command,
+    args.num_processes,
+    devices_per_process=args.devices_per_process,
+    timeout_s=args.timeout,
+    log_dir=args.log_dir,
+  )
   print(results[0][1], end="")
   for i, (rc, out) in enumerate(results):
     if rc != 0:

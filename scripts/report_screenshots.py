@@ -27,8 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not report.is_file():
     print(f"error: {report} does not exist", file=sys.stderr)
     return 2
-  blank = [name for name, data in screenshot.embedded_images(report.read_text())
-           if screenshot.drawn_fraction(screenshot.png_array(data)) < 0.02]
+  blank = [
+    name
+    for name, data in screenshot.embedded_images(report.read_text())
+    if screenshot.drawn_fraction(screenshot.png_array(data)) < 0.02
+  ]
   if blank:
     print(f"error: {report}: blank figure(s) {blank}", file=sys.stderr)
     return 1

@@ -60,33 +60,33 @@ def deform_attention_rules(torch_prefix: str, flax_prefix: str, cpb_depth: int =
   f = lambda path: f"{flax_prefix}/{path}" if flax_prefix else path
   rules = [Rule(t(f"to_{n}.weight"), f(f"to_{n}/kernel"), _grouped_1x1) for n in "qkv"]
   rules += [
-      Rule(t("to_out.weight"), f("to_out/kernel"), _dense_1x1),
-      Rule(t("to_out.bias"), f("to_out/bias")),
-      Rule(t("to_offsets.0.weight"), f("offset_conv_kernel"), _depthwise),
-      Rule(t("to_offsets.0.bias"), f("offset_conv_bias")),
-      Rule(t("to_offsets.2.weight"), f("offset_proj/kernel"), _dense_1x1),
+    Rule(t("to_out.weight"), f("to_out/kernel"), _dense_1x1),
+    Rule(t("to_out.bias"), f("to_out/bias")),
+    Rule(t("to_offsets.0.weight"), f("offset_conv_kernel"), _depthwise),
+    Rule(t("to_offsets.0.bias"), f("offset_conv_bias")),
+    Rule(t("to_offsets.2.weight"), f("offset_proj/kernel"), _dense_1x1),
   ]
   for i in range(cpb_depth + 1):
     name = f"rel_pos_bias.mlp.{i}" + (".0" if i < cpb_depth else "")
-    rules += [Rule(t(f"{name}.weight"), f(f"cpb_{i}_kernel"), _linear),
-              Rule(t(f"{name}.bias"), f(f"cpb_{i}_bias"))]
+    rules += [Rule(t(f"{name}.weight"), f(f"cpb_{i}_kernel"), _linear), Rule(t(f"{name}.bias"), f(f"cpb_{i}_bias"))]
   return rules
 
 
 def _linear_rules(torch_name: str, flax_path: str) -> list[Rule]:
-  return [Rule(f"{torch_name}.weight", f"{flax_path}/kernel", _linear),
-          Rule(f"{torch_name}.bias", f"{flax_path}/bias")]
+  return [Rule(f"{torch_name}.weight", f"{flax_path}/kernel", _linear), Rule(f"{torch_name}.bias", f"{flax_path}/bias")]
 
 
 def _layer_norm_rules(torch_name: str, flax_path: str) -> list[Rule]:
-  return [Rule(f"{torch_name}.weight", f"{flax_path}/scale"),
-          Rule(f"{torch_name}.bias", f"{flax_path}/bias")]
+  return [Rule(f"{torch_name}.weight", f"{flax_path}/scale"), Rule(f"{torch_name}.bias", f"{flax_path}/bias")]
 
 
 # Tensors the original keeps in its state_dict but never uses in the forward pass that counts.
 _ORIGINAL_UNUSED = (
-    r"(.*\.)?output_range", r"(.*\.)?output_shift", r"omic_net_\w+\.classifier\..*",
-    r"pathomic_net_\w+\.cls_token", r"pathomic_net_\w+\._fc2\..*",
+  r"(.*\.)?output_range",
+  r"(.*\.)?output_shift",
+  r"omic_net_\w+\.classifier\..*",
+  r"pathomic_net_\w+\.cls_token",
+  r"pathomic_net_\w+\._fc2\..*",
 )
 
 
@@ -107,8 +107,7 @@ def subspace_net_rules(config: SubspaceConfig) -> tuple[list[Rule], list[str]]:
     rules += _layer_norm_rules(f"{t}.layer3.norm", f"{f}/layer_norm")
     if branch.separate_norms:  # a port starts both norms from the original's shared one
       rules += _layer_norm_rules(f"{t}.layer3.norm", f"{f}/layer_norm_kv")
-    rules += deform_attention_rules(f"{t}.layer3.{attn_name}", f"{f}/attention",
-                                    branch.attention.cpb_depth)
+    rules += deform_attention_rules(f"{t}.layer3.{attn_name}", f"{f}/attention", branch.attention.cpb_depth)
     rules += _layer_norm_rules(f"{t}.norm", f"{f}/final_norm")
     rules += _linear_rules(f"{t}.pooler.dense", f"{f}/pooler")
     rules += _linear_rules(f"{t}.multimodal_projection", f"{f}/projection")
@@ -118,28 +117,28 @@ def subspace_net_rules(config: SubspaceConfig) -> tuple[list[Rule], list[str]]:
   return rules, ignored
 
 
-def load_state_dict(source: str | os.PathLike | Mapping[str, Any],
-                    prefix: str = "") -> dict[str, np.ndarray]:
+def load_state_dict(source: str | os.PathLike | Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
   """A flat name -> float32 array mapping from a mapping or an `.npz` file (no pickle).
 
   With `prefix` (e.g. "param/" for the reference fixtures) only keys under it are kept, stripped.
   """
   if isinstance(source, (str, os.PathLike)):
     if not str(source).endswith(".npz"):
-      raise ConversionError(f"{source}: expected an .npz file of arrays (load a .pth with torch "
-                            "yourself and pass the dict)")
+      raise ConversionError(
+        f"{source}: expected an .npz file of arrays (load a .pth with torch yourself and pass the dict)"
+      )
     with np.load(source, allow_pickle=False) as data:
       source = {k: data[k] for k in data.files}
   out = {}
   for key, value in source.items():
     if key.startswith(prefix):
-      out[key[len(prefix):]] = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach")
-                                          else value)
+      out[key[len(prefix) :]] = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
   return out
 
 
-def convert_state_dict(state_dict: Mapping[str, np.ndarray], template: Any,
-                       rules: Iterable[Rule], ignored: Iterable[str] = ()) -> Any:
+def convert_state_dict(
+  state_dict: Mapping[str, np.ndarray], template: Any, rules: Iterable[Rule], ignored: Iterable[str] = ()
+) -> Any:
   """Maps a torch state_dict onto a Flax param template (e.g. `model.init(...)['params']`).
 
   Raises:
@@ -150,8 +149,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], template: Any,
   rules = list(rules)
   used_torch = {r.torch_name for r in rules}
   problems = []
-  unexpected = [k for k in state_dict
-                if k not in used_torch and not any(p.fullmatch(k) for p in patterns)]
+  unexpected = [k for k in state_dict if k not in used_torch and not any(p.fullmatch(k) for p in patterns)]
   problems += [f"unexpected tensor {k!r} {tuple(np.shape(state_dict[k]))}" for k in unexpected]
   out = {}
   for rule in rules:
@@ -166,12 +164,12 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], template: Any,
     try:
       value = rule.transform(w, want)
     except ValueError as e:
-      problems.append(f"tensor {rule.torch_name!r} has shape {w.shape}, cannot map to "
-                      f"{rule.flax_path} {want}: {e}")
+      problems.append(f"tensor {rule.torch_name!r} has shape {w.shape}, cannot map to {rule.flax_path} {want}: {e}")
       continue
     if tuple(value.shape) != want:
-      problems.append(f"tensor {rule.torch_name!r} has shape {w.shape}: maps to {value.shape}, "
-                      f"but {rule.flax_path} expects {want}")
+      problems.append(
+        f"tensor {rule.torch_name!r} has shape {w.shape}: maps to {value.shape}, but {rule.flax_path} expects {want}"
+      )
       continue
     out[rule.flax_path] = value
   missing = sorted(set(flat_template) - {r.flax_path for r in rules})
@@ -181,8 +179,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], template: Any,
   return flax.traverse_util.unflatten_dict(out, sep="/")
 
 
-def convert_subspace_net(state_dict: Mapping[str, np.ndarray], config: SubspaceConfig,
-                         template: Any) -> Any:
+def convert_subspace_net(state_dict: Mapping[str, np.ndarray], config: SubspaceConfig, template: Any) -> Any:
   """The original DeformPathomicNet's state_dict -> SubspaceNet params."""
   rules, ignored = subspace_net_rules(config)
   return convert_state_dict(state_dict, template, rules, ignored)

@@ -39,8 +39,10 @@ def reference_dir() -> pathlib.Path:
   path = pathlib.Path(env) if env else SHARED / "fixtures" / "reference"
   if not path.is_dir():
     pytest.fail(
-        f"reference fixtures not found at {path}: set SMML_REFERENCE_FIXTURES or place the "
-        "shared folder beside the repository (../shared/fixtures/reference)", pytrace=False)
+      f"reference fixtures not found at {path}: set SMML_REFERENCE_FIXTURES or place the "
+      "shared folder beside the repository (../shared/fixtures/reference)",
+      pytrace=False,
+    )
   return path
 
 
@@ -56,8 +58,7 @@ def shared_data_dir() -> pathlib.Path:
   """The real public TCGA tables: ../shared/data (fails, never skips, when absent)."""
   path = SHARED / "data"
   if not path.is_dir():
-    pytest.fail(f"shared data folder not found at {path}: place ../shared beside the repository",
-                pytrace=False)
+    pytest.fail(f"shared data folder not found at {path}: place ../shared beside the repository", pytrace=False)
   return path
 
 
@@ -78,6 +79,7 @@ def assert_within_tol(got, want, tol: float, name: str) -> None:
 def native_skip_reason() -> Optional[str]:
   """Why the native CPU kernels cannot run here (no C++ compiler, SMML_JAX_NATIVE=0), else None."""
   from smml_jax.ops import native
+
   return None if native.load() else f"no native kernels: {native.unavailable_reason()}"
 
 

@@ -18,18 +18,21 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-TINY_MODEL = {"heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8,
-              "snn_widths": [8, 8, 8, 32], "dim": 32}
+TINY_MODEL = {"heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8, "snn_widths": [8, 8, 8, 32], "dim": 32}
 
 
 def tiny_config(data: str, data_dir: str, epochs: int = 2):
   """The grading task config with a tiny subspace model (dropout on) and a 4-divisible batch."""
   from smml_jax.train.config import make_config, read_config_file
-  return make_config(read_config_file(REPO / "experiments" / "configs" / "grading.yaml"),
-                     {"model_options": TINY_MODEL,
-                      "data": {"data": data, "data_dir": data_dir},
-                      "train": {"epochs": epochs, "batch_size": 8, "eval_batch_size": 8,
-                                "progress": False}})
+
+  return make_config(
+    read_config_file(REPO / "experiments" / "configs" / "grading.yaml"),
+    {
+      "model_options": TINY_MODEL,
+      "data": {"data": data, "data_dir": data_dir},
+      "train": {"epochs": epochs, "batch_size": 8, "eval_batch_size": 8, "progress": False},
+    },
+  )
 
 
 def main() -> int:
@@ -45,17 +48,23 @@ def main() -> int:
   p.add_argument("--process-id", type=int)
   args = p.parse_args()
   from smml_jax.train import distributed
+
   distributed.maybe_initialize(args.coordinator_address, args.num_processes, args.process_id)
   import jax
   from smml_jax.train import loop
+
   out = pathlib.Path(args.out)
-  loop.train(tiny_config(args.data, args.data_dir), out, resume=args.resume,
-             stop_after_epoch=args.stop_after_epoch, log=lambda _: None)
+  loop.train(
+    tiny_config(args.data, args.data_dir),
+    out,
+    resume=args.resume,
+    stop_after_epoch=args.stop_after_epoch,
+    log=lambda _: None,
+  )
   if args.snapshot and jax.process_index() == 0:
     shutil.copytree(out / "checkpoints" / "latest", out / args.snapshot)
   distributed.barrier("worker:done")
-  print(f"worker {jax.process_index()}/{jax.process_count()} done, "
-        f"{jax.device_count()} devices")
+  print(f"worker {jax.process_index()}/{jax.process_count()} done, {jax.device_count()} devices")
   return 0
 
 

@@ -19,14 +19,16 @@ SIDE, DIM, FEAT, GROUPS = 8, 32, 24, 4
 
 @pytest.fixture(scope="module")
 def model_and_params():
-  attention = DeformAttentionConfig(heads=4, dim_head=8, offset_groups=GROUPS, cpb_hidden=8,
-                                    dropout=0.0)
-  model = SubspaceNet(SubspaceConfig(num_classes=3, branch=BranchConfig(dim=DIM, attention=attention),
-                                     snn_widths=(16, 12, 8, DIM)))
+  attention = DeformAttentionConfig(heads=4, dim_head=8, offset_groups=GROUPS, cpb_hidden=8, dropout=0.0)
+  model = SubspaceNet(
+    SubspaceConfig(num_classes=3, branch=BranchConfig(dim=DIM, attention=attention), snn_widths=(16, 12, 8, DIM))
+  )
   rng = np.random.default_rng(0)
-  batch = {"patches": jnp.asarray(rng.normal(size=(3, SIDE * SIDE, FEAT)), jnp.float32),
-           "genes_tumour": jnp.asarray(rng.normal(size=(3, 5)), jnp.float32),
-           "genes_micro": jnp.asarray(rng.normal(size=(3, 9)), jnp.float32)}
+  batch = {
+    "patches": jnp.asarray(rng.normal(size=(3, SIDE * SIDE, FEAT)), jnp.float32),
+    "genes_tumour": jnp.asarray(rng.normal(size=(3, 5)), jnp.float32),
+    "genes_micro": jnp.asarray(rng.normal(size=(3, 9)), jnp.float32),
+  }
   params = jax.jit(model.init)(jax.random.PRNGKey(0), batch)["params"]  # one compile, not per op
   apply = jax.jit(lambda p, b: model.apply({"params": p}, b))
   return apply, params, batch
@@ -37,8 +39,7 @@ def test_ablated_params_zero_only_the_named_leaves(model_and_params):
   before = traverse_util.flatten_dict(jax.tree_util.tree_map(np.array, params))
   edited = traverse_util.flatten_dict(ablation.ablated_params(params, "micro", "attention_off"))
   changed = {k for k in before if not np.array_equal(before[k], edited[k])}
-  assert changed == {("branch_micro", "attention", "to_out", "kernel"),
-                     ("branch_micro", "attention", "to_out", "bias")}
+  assert changed == {("branch_micro", "attention", "to_out", "kernel"), ("branch_micro", "attention", "to_out", "bias")}
   assert all(not np.any(edited[k]) for k in changed)
   after = traverse_util.flatten_dict(params)  # the input is not modified
   assert all(np.array_equal(before[k], after[k]) for k in before)
@@ -105,8 +106,14 @@ def test_offset_statistics_separate_a_fixed_shift_from_content():
 
 
 def test_headline_metric():
-  table = pd.DataFrame({"label": [0, 1, 2, 1], "prob_0": [0.8, 0.1, 0.1, 0.2],
-                        "prob_1": [0.1, 0.8, 0.1, 0.7], "prob_2": [0.1, 0.1, 0.8, 0.1]})
+  table = pd.DataFrame(
+    {
+      "label": [0, 1, 2, 1],
+      "prob_0": [0.8, 0.1, 0.1, 0.2],
+      "prob_1": [0.1, 0.8, 0.1, 0.7],
+      "prob_2": [0.1, 0.1, 0.8, 0.1],
+    }
+  )
   assert get_task("grading").headline(table) == ("auc", 1.0)
   flipped = table.assign(prob_0=table["prob_2"], prob_2=table["prob_0"])
   assert get_task("grading").headline(flipped)[1] < 1.0

@@ -12,14 +12,16 @@ import pytest
 
 from benchmarks import aot
 
-needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                                  reason="libtpu not installed (pip install '.[tpu]')")
+needs_libtpu = pytest.mark.skipif(
+  importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (pip install '.[tpu]')"
+)
 SMALL = ["--grid-side", "8", "--feature-dim", "16", "--json"]
 
 
 def _aot(*args):
-  proc = subprocess.run([sys.executable, "-m", "benchmarks.throughput", *args], text=True,
-                        capture_output=True, timeout=1200)
+  proc = subprocess.run(
+    [sys.executable, "-m", "benchmarks.throughput", *args], text=True, capture_output=True, timeout=1200
+  )
   records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
   return proc, records
 
@@ -30,8 +32,7 @@ def test_default_train_step_compiles_for_a_v5e_slice():
   proc, records = _aot("--aot", "v5e:2x2", "--batch-sizes", "2", *SMALL)
   assert proc.returncode == 0, proc.stderr[-3000:]
   (r,) = records
-  assert (r["topology"], r["chips"], r["per_chip_batch"], r["global_batch"]) == (
-      "v5e:2x2", 4, 2, 8)
+  assert (r["topology"], r["chips"], r["per_chip_batch"], r["global_batch"]) == ("v5e:2x2", 4, 2, 8)
   assert r["device_kind"].startswith("TPU v5")
   assert r["compiled"] and r["fits"] and r["compile_s"] > 0 and r["compile_cpu_s"] > 0
   assert len(r["load_avg_1m"]) == 2  # the host's load at the compile's start and end
@@ -43,8 +44,9 @@ def test_default_train_step_compiles_for_a_v5e_slice():
   assert r["argument_mb"] >= 3 * r["grad_mb"]
   assert r["collective_mb"] >= r["grad_mb"]
   chip = aot.CHIPS["v5e"]
-  assert r["est_step_s"] == pytest.approx(max(r["gflops"] * 1e9 / chip["peak_flops"],
-                                              r["gbytes"] * 1e9 / chip["hbm_bytes_per_s"]))
+  assert r["est_step_s"] == pytest.approx(
+    max(r["gflops"] * 1e9 / chip["peak_flops"], r["gbytes"] * 1e9 / chip["hbm_bytes_per_s"])
+  )
   assert r["est_slides_per_s_per_chip"] == pytest.approx(2 / r["est_step_s"])
 
 
@@ -76,9 +78,12 @@ def test_timed_reports_wall_and_cpu_seconds_and_the_hosts_load():
 
 
 def test_all_reduce_bytes_counts_sync_and_async_all_reduces_once():
-  hlo = "\n".join([
+  hlo = "\n".join(
+    [
       "  %a = f32[128,64]{1,0} all-reduce(f32[128,64]{1,0} %x), replica_groups={}",
       "  %b = (f32[10]{0}, bf16[4,4]{1,0}) all-reduce-start(f32[10]{0} %y, bf16[4,4]{1,0} %z)",
       "  %c = (f32[10]{0}, bf16[4,4]{1,0}) all-reduce-done(%b)",
-      "  %d = f32[999]{0} add(f32[999]{0} %p, f32[999]{0} %q)"])
+      "  %d = f32[999]{0} add(f32[999]{0} %p, f32[999]{0} %q)",
+    ]
+  )
   assert aot.all_reduce_bytes(hlo) == 128 * 64 * 4 + 10 * 4 + 4 * 4 * 2

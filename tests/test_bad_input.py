@@ -39,15 +39,32 @@ def make_clam(root: pathlib.Path, rng: np.random.Generator, n_slides: int = 6) -
     with h5py.File(root / "h5" / f"{slide[:-4]}.h5", "w") as f:
       f["features"] = rng.standard_normal((n, D)).astype(np.float32)
       f["coords"] = (rng.integers(0, 20, (n, 2)) * 256).astype(np.int64)
-    row = {"case_id": case, "slide_id": slide, "survival_months": 5.0 + 7 * p,
-           "censorship": p % 2, "IDH1_mut": (p + 1) % 2, "oncotree_code": ONCOTREE[p % 3]}
+    row = {
+      "case_id": case,
+      "slide_id": slide,
+      "survival_months": 5.0 + 7 * p,
+      "censorship": p % 2,
+      "IDH1_mut": (p + 1) % 2,
+      "oncotree_code": ONCOTREE[p % 3],
+    }
     row.update({f"{g}_rnaseq": float(rng.normal()) for s in GENES.values() for g in s})
     rows.append(row)
   pd.DataFrame(rows).to_csv(root / "slides.csv", index=False)
-  return {"layout": "clam", "root": str(root), "csv": "slides.csv", "features": "h5",
-          "grid_side": 4, "feature_dim": D, "patch_dtype": "float32", "signature": GENES,
-          "labels": {"idh": "IDH1_mut", "grade": {"column": "oncotree_code", "map": "oncotree"},
-                     "histology": {"column": "oncotree_code", "map": "oncotree"}}}
+  return {
+    "layout": "clam",
+    "root": str(root),
+    "csv": "slides.csv",
+    "features": "h5",
+    "grid_side": 4,
+    "feature_dim": D,
+    "patch_dtype": "float32",
+    "signature": GENES,
+    "labels": {
+      "idh": "IDH1_mut",
+      "grade": {"column": "oncotree_code", "map": "oncotree"},
+      "histology": {"column": "oncotree_code", "map": "oncotree"},
+    },
+  }
 
 
 def _csv(root, edit, name="slides.csv"):
@@ -88,7 +105,7 @@ def _expression_without(root, spec, case):
   """Genes as a separate matrix (genes x cases) lacking one case."""
   t = pd.read_csv(root / "slides.csv").drop_duplicates("case_id").set_index("case_id")
   cols = [c for c in t.columns if c.endswith("_rnaseq")]
-  m = t[cols].rename(columns=lambda c: c[:-len("_rnaseq")]).drop(index=case).T
+  m = t[cols].rename(columns=lambda c: c[: -len("_rnaseq")]).drop(index=case).T
   m.rename_axis("gene").to_csv(root / "expression.tsv", sep="\t")
   spec["expression"] = {"path": "expression.tsv"}
   return root / "expression.tsv"
@@ -108,6 +125,7 @@ def _trident_two_encoders(root, spec):
 @dataclasses.dataclass(frozen=True)
 class Case:
   """break_(root, spec, data_dir) edits files / the spec and may return a path to name."""
+
   id: str
   layout: str
   break_: Callable
@@ -118,84 +136,168 @@ class Case:
 
 ORIGINAL_TCGA = "TCGA/labels.csv"
 CASES = [
-    # ---- cohort spec keys and values
-    Case("spec_unknown_key", "clam", lambda r, s, d: s.update(grid_sdie=8),
-         ("cohort.yaml", "grid_sdie", "did you mean 'grid_side'")),
-    Case("spec_patch_dtype", "clam", lambda r, s, d: s.update(patch_dtype="float64"),
-         ("cohort.yaml", "patch_dtype", "float64")),
-    Case("spec_map_typo", "clam",
-         lambda r, s, d: s["labels"]["grade"].update(map="oncotre"),
-         ("cohort.yaml", "labels.grade.map", "did you mean 'oncotree'")),
-    Case("spec_cohort_key_typo", "original",
-         lambda r, s, d: s["cohorts"][0].update(featurs="x"),
-         ("cohort.yaml", "cohorts[0]", "featurs", "did you mean 'features'")),
-    Case("spec_missing_file", "clam", lambda r, s, d: None, ("missing.yaml", "does not exist"),
-         args=("--data", "{root}/missing.yaml")),
-    # ---- slide tables and labels
-    Case("clam_csv_header_only", "clam", lambda r, s, d: _csv(r, lambda t: t.iloc[:0]),
-         ("slides.csv", "no data rows")),
-    Case("clam_conflicting_labels", "clam",
-         lambda r, s, d: _csv(r, lambda t: _set(t, 1, "oncotree_code", "ODG")),
-         ("slides.csv", "TCGA-XX-0000", "conflicting", "data row 0", "data row 1")),
-    Case("clam_censorship", "clam", lambda r, s, d: _csv(r, lambda t: _set(t, 2, "censorship", 2)),
-         ("slides.csv", "data row 2", "censorship")),
-    Case("clam_label_value", "clam",
-         lambda r, s, d: _csv(r, lambda t: _set(t, 2, "oncotree_code", "XYZ")),
-         ("slides.csv", "oncotree_code", "'XYZ'")),
-    Case("clam_gene_value", "clam",
-         lambda r, s, d: _csv(r, lambda t: _set(t, 3, "CD4_rnaseq", "high")),
-         ("slides.csv", "data row 3", "CD4_rnaseq")),
-    Case("original_missing_label_column", "original",
-         lambda r, s, d: _csv(r, lambda t: t.drop(columns=["CDKN2A"]), ORIGINAL_TCGA),
-         (ORIGINAL_TCGA, "'cdkn2a'")),
-    Case("original_unknown_grade", "original",
-         lambda r, s, d: _csv(r, lambda t: _set(t, 2, "grade", "G7"), ORIGINAL_TCGA),
-         (ORIGINAL_TCGA, "data row 2", "'grade'", "'G7'")),
-    Case("original_label_csv_header_only", "original",
-         lambda r, s, d: _csv(r, lambda t: t.iloc[:0], ORIGINAL_TCGA),
-         (ORIGINAL_TCGA, "no data rows")),
-    Case("original_conflicting_labels", "original",
-         lambda r, s, d: _csv(r, lambda t: _set(t, 1, "vital", 1 - t.loc[0, "vital"]),
-                              ORIGINAL_TCGA),
-         (ORIGINAL_TCGA, "TCGA-AA-0000", "'event'", "data row 1")),
-    # ---- feature and expression files
-    Case("clam_missing_h5", "clam", lambda r, s, d: _unlink(_first_h5(r)),
-         ("does not exist", ".h5")),
-    Case("clam_feature_dim", "clam",
-         lambda r, s, d: _write_h5(_first_h5(r), features=np.zeros((5, D + 1), np.float32),
-                                   coords=np.zeros((5, 2))) or _first_h5(r),
-         ("'features'", f"expected (N, {D})")),
-    Case("clam_expression_missing_case", "clam",
-         lambda r, s, d: _expression_without(r, s, "TCGA-XX-0001"),
-         ("1 case(s)", "TCGA-XX-0001", "no expression")),
-    Case("clam_gene_list_file_missing", "clam",
-         lambda r, s, d: s.update(signature={"tumour": "tumour.txt", "micro": ["CD4"]}),
-         ("tumour.txt", "does not exist")),
-    Case("trident_encoder_not_given", "clam", lambda r, s, d: _trident_two_encoders(r, s),
-         ("2 features_<encoder> folders", "conch_v15", "`encoder`")),
-    Case("clam_nan_features", "clam",
-         lambda r, s, d: _write_h5(_first_h5(r), features=np.full((5, D), np.nan, np.float32),
-                                   coords=np.zeros((5, 2))) or _first_h5(r),
-         ("'features'", "NaN")),
-    Case("original_missing_star_file", "original",
-         lambda r, s, d: next((r / "TCGA").rglob("sample1.*.tsv")).unlink(),
-         ("sample1.rna_seq.augmented_star_gene_counts.tsv", "does not exist")),
-    Case("clam_stale_records_refused", "clam", _clam_stale, ("changed", "on_stale: refuse"),
-         records_before=True),
-    # ---- run config (refused at parse time)
-    Case("config_removed_optim_epochs", "clam", lambda r, s, d: None, ("optim.epochs", "removed"),
-         args=("--set", "optim.epochs=3")),
-    Case("config_zero_epochs", "clam", lambda r, s, d: None, ("train.epochs", "positive"),
-         args=("--epochs", "0")),
-    Case("config_zero_keep_checkpoints", "clam", lambda r, s, d: None,
-         ("--keep-checkpoints", "at least 1"), args=("--keep-checkpoints", "0")),
-    Case("config_negative_learning_rate", "clam", lambda r, s, d: None,
-         ("optim.learning_rate", "positive"), args=("--set", "optim.learning_rate=-1")),
-    Case("config_model_option", "clam", lambda r, s, d: None, ("model_options", "dimm"),
-         args=("--set", "model_options.dimm=8")),
-    Case("config_selection_metric", "clam", lambda r, s, d: None,
-         ("train.selection_metric", "did you mean 'c_index'"),
-         args=("--task", "survival", "--set", "train.selection_metric=cindex")),
+  # ---- cohort spec keys and values
+  Case(
+    "spec_unknown_key",
+    "clam",
+    lambda r, s, d: s.update(grid_sdie=8),
+    ("cohort.yaml", "grid_sdie", "did you mean 'grid_side'"),
+  ),
+  Case(
+    "spec_patch_dtype",
+    "clam",
+    lambda r, s, d: s.update(patch_dtype="float64"),
+    ("cohort.yaml", "patch_dtype", "float64"),
+  ),
+  Case(
+    "spec_map_typo",
+    "clam",
+    lambda r, s, d: s["labels"]["grade"].update(map="oncotre"),
+    ("cohort.yaml", "labels.grade.map", "did you mean 'oncotree'"),
+  ),
+  Case(
+    "spec_cohort_key_typo",
+    "original",
+    lambda r, s, d: s["cohorts"][0].update(featurs="x"),
+    ("cohort.yaml", "cohorts[0]", "featurs", "did you mean 'features'"),
+  ),
+  Case(
+    "spec_missing_file",
+    "clam",
+    lambda r, s, d: None,
+    ("missing.yaml", "does not exist"),
+    args=("--data", "{root}/missing.yaml"),
+  ),
+  # ---- slide tables and labels
+  Case("clam_csv_header_only", "clam", lambda r, s, d: _csv(r, lambda t: t.iloc[:0]), ("slides.csv", "no data rows")),
+  Case(
+    "clam_conflicting_labels",
+    "clam",
+    lambda r, s, d: _csv(r, lambda t: _set(t, 1, "oncotree_code", "ODG")),
+    ("slides.csv", "TCGA-XX-0000", "conflicting", "data row 0", "data row 1"),
+  ),
+  Case(
+    "clam_censorship",
+    "clam",
+    lambda r, s, d: _csv(r, lambda t: _set(t, 2, "censorship", 2)),
+    ("slides.csv", "data row 2", "censorship"),
+  ),
+  Case(
+    "clam_label_value",
+    "clam",
+    lambda r, s, d: _csv(r, lambda t: _set(t, 2, "oncotree_code", "XYZ")),
+    ("slides.csv", "oncotree_code", "'XYZ'"),
+  ),
+  Case(
+    "clam_gene_value",
+    "clam",
+    lambda r, s, d: _csv(r, lambda t: _set(t, 3, "CD4_rnaseq", "high")),
+    ("slides.csv", "data row 3", "CD4_rnaseq"),
+  ),
+  Case(
+    "original_missing_label_column",
+    "original",
+    lambda r, s, d: _csv(r, lambda t: t.drop(columns=["CDKN2A"]), ORIGINAL_TCGA),
+    (ORIGINAL_TCGA, "'cdkn2a'"),
+  ),
+  Case(
+    "original_unknown_grade",
+    "original",
+    lambda r, s, d: _csv(r, lambda t: _set(t, 2, "grade", "G7"), ORIGINAL_TCGA),
+    (ORIGINAL_TCGA, "data row 2", "'grade'", "'G7'"),
+  ),
+  Case(
+    "original_label_csv_header_only",
+    "original",
+    lambda r, s, d: _csv(r, lambda t: t.iloc[:0], ORIGINAL_TCGA),
+    (ORIGINAL_TCGA, "no data rows"),
+  ),
+  Case(
+    "original_conflicting_labels",
+    "original",
+    lambda r, s, d: _csv(r, lambda t: _set(t, 1, "vital", 1 - t.loc[0, "vital"]), ORIGINAL_TCGA),
+    (ORIGINAL_TCGA, "TCGA-AA-0000", "'event'", "data row 1"),
+  ),
+  # ---- feature and expression files
+  Case("clam_missing_h5", "clam", lambda r, s, d: _unlink(_first_h5(r)), ("does not exist", ".h5")),
+  Case(
+    "clam_feature_dim",
+    "clam",
+    lambda r, s, d: (
+      _write_h5(_first_h5(r), features=np.zeros((5, D + 1), np.float32), coords=np.zeros((5, 2))) or _first_h5(r)
+    ),
+    ("'features'", f"expected (N, {D})"),
+  ),
+  Case(
+    "clam_expression_missing_case",
+    "clam",
+    lambda r, s, d: _expression_without(r, s, "TCGA-XX-0001"),
+    ("1 case(s)", "TCGA-XX-0001", "no expression"),
+  ),
+  Case(
+    "clam_gene_list_file_missing",
+    "clam",
+    lambda r, s, d: s.update(signature={"tumour": "tumour.txt", "micro": ["CD4"]}),
+    ("tumour.txt", "does not exist"),
+  ),
+  Case(
+    "trident_encoder_not_given",
+    "clam",
+    lambda r, s, d: _trident_two_encoders(r, s),
+    ("2 features_<encoder> folders", "conch_v15", "`encoder`"),
+  ),
+  Case(
+    "clam_nan_features",
+    "clam",
+    lambda r, s, d: (
+      _write_h5(_first_h5(r), features=np.full((5, D), np.nan, np.float32), coords=np.zeros((5, 2))) or _first_h5(r)
+    ),
+    ("'features'", "NaN"),
+  ),
+  Case(
+    "original_missing_star_file",
+    "original",
+    lambda r, s, d: next((r / "TCGA").rglob("sample1.*.tsv")).unlink(),
+    ("sample1.rna_seq.augmented_star_gene_counts.tsv", "does not exist"),
+  ),
+  Case("clam_stale_records_refused", "clam", _clam_stale, ("changed", "on_stale: refuse"), records_before=True),
+  # ---- run config (refused at parse time)
+  Case(
+    "config_removed_optim_epochs",
+    "clam",
+    lambda r, s, d: None,
+    ("optim.epochs", "removed"),
+    args=("--set", "optim.epochs=3"),
+  ),
+  Case("config_zero_epochs", "clam", lambda r, s, d: None, ("train.epochs", "positive"), args=("--epochs", "0")),
+  Case(
+    "config_zero_keep_checkpoints",
+    "clam",
+    lambda r, s, d: None,
+    ("--keep-checkpoints", "at least 1"),
+    args=("--keep-checkpoints", "0"),
+  ),
+  Case(
+    "config_negative_learning_rate",
+    "clam",
+    lambda r, s, d: None,
+    ("optim.learning_rate", "positive"),
+    args=("--set", "optim.learning_rate=-1"),
+  ),
+  Case(
+    "config_model_option",
+    "clam",
+    lambda r, s, d: None,
+    ("model_options", "dimm"),
+    args=("--set", "model_options.dimm=8"),
+  ),
+  Case(
+    "config_selection_metric",
+    "clam",
+    lambda r, s, d: None,
+    ("train.selection_metric", "did you mean 'c_index'"),
+    args=("--task", "survival", "--set", "train.selection_metric=cindex"),
+  ),
 ]
 
 

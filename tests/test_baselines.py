@@ -22,9 +22,11 @@ NAMES = sorted(BASELINES)
 
 def make_batch(seed: int = 0) -> dict[str, jax.Array]:
   kp, kt, km = jax.random.split(jax.random.PRNGKey(seed), 3)
-  return {"patches": jax.random.normal(kp, (B, N, D)),
-          "genes_tumour": jax.random.normal(kt, (B, GT)),
-          "genes_micro": jax.random.normal(km, (B, GM))}
+  return {
+    "patches": jax.random.normal(kp, (B, N, D)),
+    "genes_tumour": jax.random.normal(kt, (B, GT)),
+    "genes_micro": jax.random.normal(km, (B, GM)),
+  }
 
 
 def key(seed: int) -> jax.Array:
@@ -33,8 +35,7 @@ def key(seed: int) -> jax.Array:
 
 
 def build(name: str, **overrides):
-  return build_baseline(name, num_classes=K, n_genes_tumour=GT, n_genes_micro=GM,
-                        feature_dim=D, **overrides)
+  return build_baseline(name, num_classes=K, n_genes_tumour=GT, n_genes_micro=GM, feature_dim=D, **overrides)
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,8 +148,9 @@ def test_abmil_attention_sums_to_one_and_is_permutation_invariant():
   chex.assert_trees_all_close(permuted.attn_tumour, out.attn_tumour[:, perm], atol=1e-6)
   # Histology only: the genes never enter.
   other = make_batch(seed=10)
-  regened, _, _, _ = apply("abmil", {**batch, "genes_tumour": other["genes_tumour"],
-                                     "genes_micro": other["genes_micro"]})
+  regened, _, _, _ = apply(
+    "abmil", {**batch, "genes_tumour": other["genes_tumour"], "genes_micro": other["genes_micro"]}
+  )
   chex.assert_trees_all_equal(regened.logits, out.logits)
 
 
@@ -226,8 +228,7 @@ def test_bilinear_gate_is_torch_bilinear():
   model = build("pathomic", bilinear_gate=True, path_fusion_dim=6, gene_fusion_dim=4)
   shapes = jax.eval_shape(model.init, key(0), make_batch())["params"]
   assert shapes["gate_path"]["gate"]["kernel"].shape == (6, model.path_hidden, 128)
-  out = jax.eval_shape(lambda: model.apply(
-      model.init(key(0), make_batch()), make_batch(), mutable=["intermediates"]))
+  out = jax.eval_shape(lambda: model.apply(model.init(key(0), make_batch()), make_batch(), mutable=["intermediates"]))
   chex.assert_shape(out[1]["intermediates"]["kronecker"][0], (B, 7 * 5))
 
 
@@ -249,12 +250,20 @@ def test_mcat_coattention_weights_sum_to_one_per_token():
 
 @pytest.mark.slow
 def test_mcat_custom_groups_and_heads():
-  model = build("mcat", group_sizes=(3, 4, 11), coattn_heads=2, embed_dim=32, num_layers=1,
-                gene_widths=(32, 32), ff_hidden=64, attention_hidden=16, fusion_hidden=16)
+  model = build(
+    "mcat",
+    group_sizes=(3, 4, 11),
+    coattn_heads=2,
+    embed_dim=32,
+    num_layers=1,
+    gene_widths=(32, 32),
+    ff_hidden=64,
+    attention_hidden=16,
+    fusion_hidden=16,
+  )
   batch = make_batch(seed=20)
   variables = jax.jit(model.init)({"params": key(3)}, batch)
-  capture = jax.jit(lambda v, b: model.apply(v, b, capture_intermediates=True,
-                                             mutable=["intermediates"]))
+  capture = jax.jit(lambda v, b: model.apply(v, b, capture_intermediates=True, mutable=["intermediates"]))
   out, s1 = capture(variables, batch)
   chex.assert_shape(out.attn_micro, (B, 2, 3, N))
   chex.assert_trees_all_close(out.attn_micro.sum(-1), jnp.ones((B, 2, 3)), atol=1e-6)

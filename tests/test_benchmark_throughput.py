@@ -22,8 +22,13 @@ def _records(stdout):
 def test_throughput_runs_the_sharded_step_over_all_local_devices():
   # Also the fields every JSON line carries (one run: each configuration compiles in a child).
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  proc = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--batch-sizes", "4", "6",
-                         *SMALL], capture_output=True, text=True, timeout=900, env=env)
+  proc = subprocess.run(
+    [sys.executable, "-m", "benchmarks.throughput", "--batch-sizes", "4", "6", *SMALL],
+    capture_output=True,
+    text=True,
+    timeout=900,
+    env=env,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   (r,) = _records(proc.stdout)  # 6 slides do not split over 4 devices: skipped, and said so
   assert "batch 6" in proc.stderr and "multiple of the 4 devices" in proc.stderr
@@ -40,10 +45,29 @@ def test_throughput_runs_the_sharded_step_over_all_local_devices():
 
 @pytest.mark.slow
 def test_throughput_in_a_multi_process_job():
-  proc = subprocess.run([sys.executable, str(REPO / "scripts" / "launch_local.py"), "-n", "2",
-                         "--devices-per-process", "2", "--timeout", "900", "--",
-                         sys.executable, "-m", "benchmarks.throughput", "--batch-sizes", "4",
-                         *SMALL], capture_output=True, text=True, timeout=1000, cwd=REPO)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      str(REPO / "scripts" / "launch_local.py"),
+      "-n",
+      "2",
+      "--devices-per-process",
+      "2",
+      "--timeout",
+      "900",
+      "--",
+      sys.executable,
+      "-m",
+      "benchmarks.throughput",
+      "--batch-sizes",
+      "4",
+      *SMALL,
+    ],
+    capture_output=True,
+    text=True,
+    timeout=1000,
+    cwd=REPO,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   (r,) = _records(proc.stdout)
   assert (r["devices"], r["processes"], r["per_device_batch"]) == (4, 2, 1)

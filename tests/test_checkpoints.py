@@ -80,6 +80,7 @@ def test_resume_with_every_checkpoint_damaged_starts_over(tmp_path):
 
 def test_predict_and_report_refuse_a_damaged_checkpoint_naming_the_file(tmp_path):
   from smml_jax.evaluate import inference as inf
+
   ckpts = RunCheckpoints(tmp_path / "checkpoints")
   ckpts.save_best(3, {"params": {"w": jnp.arange(64, dtype=jnp.float32)}}, {"epoch": 3})
   ckpts.close()
@@ -103,22 +104,21 @@ def test_partial_checkpoint_carries_the_pipeline_position_and_is_resumed_first(t
   assert "data" not in ckpts.restore("latest", 1, _state(0))[1]  # epoch ends: none given
   ckpts.save_latest(2, _state(2), {"epoch": 2})  # the epoch's end supersedes it
   assert ckpts.steps("partial") == []
-  assert not any(p.name.startswith("partial") for p in (tmp_path / "checkpoints" /
-                                                          "manifests").iterdir())
+  assert not any(p.name.startswith("partial") for p in (tmp_path / "checkpoints" / "manifests").iterdir())
   assert ckpts.restore_for_resume(_state(0), log=lambda _: None)[1]["epoch"] == 2
   ckpts.close()
 
 
 def test_damaged_partial_checkpoint_falls_back_to_the_epoch_end(tmp_path):
   ckpts = _save_epochs(tmp_path / "checkpoints", range(2))
-  ckpts.save_partial(13, _state(13), {"epoch": 2, "epoch_rows": [{"loss": 0.5}]},
-                     {"epoch": 2, "iterator": {"next_index": 3}})
+  ckpts.save_partial(
+    13, _state(13), {"epoch": 2, "epoch_rows": [{"loss": 0.5}]}, {"epoch": 2, "iterator": {"next_index": 3}}
+  )
   victim = _largest_file(ckpts.step_dir("partial", 13))
   victim.write_bytes(victim.read_bytes()[:10])
   logs = []
   state, meta = ckpts.restore_for_resume(_state(0), log=logs.append)
   assert meta["epoch"] == 1 and np.all(np.asarray(state["w"]) == 1)
   assert any("partial/13" in line and str(victim) in line for line in logs), logs
-  assert ckpts.steps("partial") == [] and (tmp_path / "checkpoints" / "damaged" /
-                                           "partial-13").is_dir()
+  assert ckpts.steps("partial") == [] and (tmp_path / "checkpoints" / "damaged" / "partial-13").is_dir()
   ckpts.close()

@@ -24,8 +24,14 @@ def _slides(n_patients: int = 4):
   for p in range(n_patients):
     for k in range(1 + p % 2):
       case = f"TCGA-AA-{p:04d}"
-      rows.append({"case_id": case, "slide_id": f"{case}-01Z-00-DX{k + 1}.svs",
-                   "survival_months": 3.0 + 5 * p, "censorship": p % 2})
+      rows.append(
+        {
+          "case_id": case,
+          "slide_id": f"{case}-01Z-00-DX{k + 1}.svs",
+          "survival_months": 3.0 + 5 * p,
+          "censorship": p % 2,
+        }
+      )
   return pd.DataFrame(rows)
 
 
@@ -58,17 +64,26 @@ def cohort_files(tmp_path):
   for slide in table["slide_id"]:
     stem = slide[:-4]
     job = tmp_path / "job" / "20x_256px_0px_overlap"
-    feats[slide] = _write_h5(job / "features_uni_v2" / f"{stem}.h5", rng,
-                             attrs={"patch_size": 256, "patch_size_level0": PS0, "overlap": 0})
+    feats[slide] = _write_h5(
+      job / "features_uni_v2" / f"{stem}.h5", rng, attrs={"patch_size": 256, "patch_size_level0": PS0, "overlap": 0}
+    )
     _write_h5(job / "features_conch_v15" / f"{stem}.h5", rng, dim=7)
   return {"root": tmp_path, "table": table, "expr": expr, "feats": feats}
 
 
 def _spec(files, **extra) -> dict:
   files["expr"].T.rename_axis("gene").to_csv(files["root"] / "expression.tsv", sep="\t")
-  spec = {"layout": "trident", "root": str(files["root"]), "csv": "clinical.csv",
-          "features": "job", "encoder": "uni_v2", "grid_side": 4, "patch_dtype": "float32",
-          "expression": {"path": "expression.tsv"}, "signature": GENES}
+  spec = {
+    "layout": "trident",
+    "root": str(files["root"]),
+    "csv": "clinical.csv",
+    "features": "job",
+    "encoder": "uni_v2",
+    "grid_side": 4,
+    "patch_dtype": "float32",
+    "expression": {"path": "expression.tsv"},
+    "signature": GENES,
+  }
   spec.update(extra)
   return {k: v for k, v in spec.items() if v is not None}
 
@@ -87,17 +102,22 @@ def test_trident_job_folder_reads_encoder_and_feature_dim_from_files(cohort_file
 
 def test_trident_features_folder_given_directly(cohort_files, tmp_path):
   folder = "job/20x_256px_0px_overlap/features_uni_v2"
-  cohort = spec_lib.load_cohort(_spec(cohort_files, features=folder, encoder=None),
-                                tmp_path / "records")
+  cohort = spec_lib.load_cohort(_spec(cohort_files, features=folder, encoder=None), tmp_path / "records")
   assert cohort.feature_dim == D
 
 
 def test_trident_several_encoders_need_the_encoder_field(cohort_files, tmp_path):
-  with pytest.raises(CohortError, match=r"2 features_<encoder> folders.*conch_v15.*uni_v2.*"
-                     r"`encoder`"):
+  with pytest.raises(
+    CohortError,
+    match=r"2 features_<encoder> folders.*conch_v15.*uni_v2.*"
+    r"`encoder`",
+  ):
     spec_lib.load_cohort(_spec(cohort_files, encoder=None), tmp_path / "records")
-  with pytest.raises(CohortError, match=r"no features_<encoder> folder 'uni_v3'.*did you mean "
-                     r"'uni_v2'"):
+  with pytest.raises(
+    CohortError,
+    match=r"no features_<encoder> folder 'uni_v3'.*did you mean "
+    r"'uni_v2'",
+  ):
     spec_lib.load_cohort(_spec(cohort_files, encoder="uni_v3"), tmp_path / "records")
   assert not (tmp_path / "records").exists()
 
@@ -124,8 +144,13 @@ def test_trident_patch_size_places_sparse_patches_on_their_lattice(tmp_path):
   coords = np.array([[0, 0], [2, 0], [0, 2], [2, 2]]) * PS0 + 4096
   folder = tmp_path / "feats"
   stem = table["slide_id"].iloc[0][:-4]
-  feats = _write_h5(folder / "features_uni_v2" / f"{stem}.h5", rng, n=4, coords=coords,
-                    attrs={"patch_size": 256, "patch_size_level0": PS0, "overlap": 0})
+  feats = _write_h5(
+    folder / "features_uni_v2" / f"{stem}.h5",
+    rng,
+    n=4,
+    coords=coords,
+    attrs={"patch_size": 256, "patch_size_level0": PS0, "overlap": 0},
+  )
   files = {"root": tmp_path, "expr": _expression(table, rng)}
   spec = _spec(files, features="feats/features_uni_v2", encoder=None, grid_layout="coords")
   ex = spec_lib.load_cohort(spec, tmp_path / "records").source[0]
@@ -146,8 +171,7 @@ def test_clam_job_folder_with_h5_files(tmp_path):
   table.to_csv(tmp_path / "clinical.csv", index=False)
   for slide in table["slide_id"]:
     _write_h5(tmp_path / "clam_out" / "h5_files" / f"{slide[:-4]}.h5", rng)
-  spec = _spec({"root": tmp_path, "expr": _expression(table, rng)}, layout="clam",
-               features="clam_out", encoder=None)
+  spec = _spec({"root": tmp_path, "expr": _expression(table, rng)}, layout="clam", features="clam_out", encoder=None)
   assert spec_lib.load_cohort(spec, tmp_path / "records").feature_dim == D
 
 
@@ -169,8 +193,7 @@ def test_expression_matrix_in_either_orientation_joins_on_case(cohort_files, tmp
   cases = cohort.slides["patient_id"]
   for key in ("tumour", "micro"):
     assert cohort.gene_names[key] == [f"{g}_rnaseq" for g in GENES[key]]
-    np.testing.assert_allclose(cohort.genes(key), expr.loc[cases, GENES[key]].to_numpy(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(cohort.genes(key), expr.loc[cases, GENES[key]].to_numpy(), rtol=1e-6)
 
 
 def test_missing_cases_are_listed(cohort_files, tmp_path):
@@ -178,9 +201,10 @@ def test_missing_cases_are_listed(cohort_files, tmp_path):
   dropped = list(expr.index[[0, 2]])
   spec = _spec(dict(cohort_files, expr=expr.drop(index=dropped)))
   values, missing = expression_lib.join_expression(
-      expression_lib.read_expression_matrix(cohort_files["root"] / "expression.tsv",
-                                            cohort_files["table"]["case_id"]),
-      cohort_files["table"]["case_id"], GENES["tumour"])
+    expression_lib.read_expression_matrix(cohort_files["root"] / "expression.tsv", cohort_files["table"]["case_id"]),
+    cohort_files["table"]["case_id"],
+    GENES["tumour"],
+  )
   assert missing == sorted(dropped)
   rows = cohort_files["table"]["case_id"].isin(dropped).to_numpy()
   assert np.isnan(values[rows]).all() and np.isfinite(values[~rows]).all()
@@ -193,8 +217,11 @@ def test_ambiguous_orientation_asks_for_it(cohort_files, tmp_path):
   pd.DataFrame({"x": ["a", "b"], "y": [1.0, 2.0]}).to_csv(root / "m.csv", index=False)
   spec = _spec(cohort_files)
   spec["expression"] = {"path": "m.csv"}
-  with pytest.raises(CohortError, match=r"m.csv.*neither the header nor the first column.*"
-                     r"expression.orientation"):
+  with pytest.raises(
+    CohortError,
+    match=r"m.csv.*neither the header nor the first column.*"
+    r"expression.orientation",
+  ):
     spec_lib.load_cohort(spec, tmp_path / "records")
 
 
@@ -210,13 +237,16 @@ def test_gene_lists_from_files(cohort_files, tmp_path):
     spec_lib.load_cohort(spec, tmp_path / "r2")
 
 
-@pytest.mark.parametrize("edit,needle", [
+@pytest.mark.parametrize(
+  "edit,needle",
+  [
     ({"expression": {"path": "e.tsv", "orientaton": "auto"}}, "did you mean 'orientation'"),
     ({"expression": {"path": "e.tsv", "orientation": "genes"}}, "'genes_by_samples'"),
     ({"expression": {"path": "e.tsv"}, "omics": ["rnaseq"]}, "give one of them"),
     ({"encodr": "uni_v2"}, "did you mean 'encoder'"),
     ({"signature": {"tumour": "t.txt", "micro": 3}}, "gene-list file"),
-])
+  ],
+)
 def test_new_fields_are_validated(tmp_path, edit, needle):
   spec = {"layout": "trident", "csv": "c.csv", "features": "job", "signature": GENES, **edit}
   with pytest.raises(CohortError, match=needle):
@@ -230,12 +260,17 @@ def test_one_new_trident_slide_is_laid_out_as_in_the_cohort(tmp_path):
 
   from smml_jax.data.h5features import read_h5_grid
   from smml_jax.evaluate.inference import SlideFormat, read_slide_features
+
   coords = np.array([[0, 0], [2, 0], [0, 2], [2, 2], [4, 4]]) * PS0
   path = tmp_path / "slide.h5"
-  _write_h5(path, np.random.default_rng(0), n=5, coords=coords,
-            attrs={"patch_size": 256, "patch_size_level0": PS0, "overlap": 0})
-  run = types.SimpleNamespace(slide_format=SlideFormat("coords", "features", "coords"),
-                              grid_side=6, feature_dim=D)
+  _write_h5(
+    path,
+    np.random.default_rng(0),
+    n=5,
+    coords=coords,
+    attrs={"patch_size": 256, "patch_size_level0": PS0, "overlap": 0},
+  )
+  run = types.SimpleNamespace(slide_format=SlideFormat("coords", "features", "coords"), grid_side=6, feature_dim=D)
   got = read_slide_features(run, path)
   want = read_h5_grid(path, "features", D, 6, "coords", "coords")
   for key in ("patches", "coords", "tissue_mask"):
@@ -250,6 +285,5 @@ def test_trident_several_patchings_need_the_patching_field(cohort_files, tmp_pat
   (job / "20x_256px_0px_overlap").mkdir()
   with pytest.raises(CohortError, match=r"2 <mag>x_<ps>px_<ov>px_overlap folders.*`patching`"):
     spec_lib.load_cohort(_spec(cohort_files), tmp_path / "records")
-  cohort = spec_lib.load_cohort(_spec(cohort_files, patching="10x_512px_64px_overlap"),
-                                tmp_path / "records")
+  cohort = spec_lib.load_cohort(_spec(cohort_files, patching="10x_512px_64px_overlap"), tmp_path / "records")
   assert cohort.feature_dim == D

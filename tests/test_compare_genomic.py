@@ -37,8 +37,11 @@ def _run(tmp_path, *extra):
   out = tmp_path / "out"
   code = compare_genomic.main(["--data-root", str(shared_data_dir()), "--out", str(out), *extra])
   assert code == 0
-  return (pd.read_csv(out / "results.csv"), pd.read_csv(out / "predictions.csv"),
-          json.loads((out / "run.json").read_text()))
+  return (
+    pd.read_csv(out / "results.csv"),
+    pd.read_csv(out / "predictions.csv"),
+    json.loads((out / "run.json").read_text()),
+  )
 
 
 def _check_results_match(results, recomputed, task):
@@ -55,12 +58,12 @@ def _check_results_match(results, recomputed, task):
 def test_grading_pnas15_slice_all_models(tmp_path):
   """Default pnas15 command with all three models: runs on the porpoise table (shared patients);
   results.csv agrees with metrics recomputed (independently) from predictions.csv."""
-  results, preds, run = _run(tmp_path, "--task", "grading", "--protocol", "pnas15",
-                             "--models", "snn,subspace-genomic,linear", "--quick")
+  results, preds, run = _run(
+    tmp_path, "--task", "grading", "--protocol", "pnas15", "--models", "snn,subspace-genomic,linear", "--quick"
+  )
   assert run["source"] == "porpoise" and run["splits"] == [0, 1]
   assert list(results.columns) == RESULT_COLUMNS
-  assert list(preds.columns) == ["model", "protocol", "split", "seed", "case_id", "label",
-                                 "prob_0", "prob_1", "prob_2"]
+  assert list(preds.columns) == ["model", "protocol", "split", "seed", "case_id", "label", "prob_0", "prob_1", "prob_2"]
   assert set(results.model) == {"snn", "subspace-genomic", "linear"}
   assert set(results.metric) == {"auc", "auc_micro", "accuracy", "f1"}
   assert (results.n_folds == genomic_study.QUICK_SPLITS).all()
@@ -71,16 +74,17 @@ def test_grading_pnas15_slice_all_models(tmp_path):
   for (model, k), g in preds.groupby(["model", "split"]):
     want = sorted(cohort.case_ids[splits[k]["test"]])
     assert sorted(g.case_id) == want, (model, k)
-    np.testing.assert_array_equal(g.sort_values("case_id").label,
-                                  cohort.grade[cohort.index_of(want)])
+    np.testing.assert_array_equal(g.sort_values("case_id").label, cohort.grade[cohort.index_of(want)])
   rows = []
   for (model, k, seed), g in preds.groupby(["model", "split", "seed"]):
     probs, y = g[["prob_0", "prob_1", "prob_2"]].to_numpy(), g.label.to_numpy()
     pred = probs.argmax(1)
-    values = {"auc": skm.roc_auc_score(y, probs, multi_class="ovr", average="macro"),
-              "auc_micro": skm.roc_auc_score(np.eye(3)[y].ravel(), probs.ravel()),
-              "accuracy": skm.accuracy_score(y, pred),
-              "f1": skm.f1_score(y, pred, average="macro")}
+    values = {
+      "auc": skm.roc_auc_score(y, probs, multi_class="ovr", average="macro"),
+      "auc_micro": skm.roc_auc_score(np.eye(3)[y].ravel(), probs.ravel()),
+      "accuracy": skm.accuracy_score(y, pred),
+      "f1": skm.f1_score(y, pred, average="macro"),
+    }
     rows += [dict(model=model, metric=m, value=v) for m, v in values.items()]
   _check_results_match(results, pd.DataFrame(rows), "grading")
 
@@ -88,18 +92,32 @@ def test_grading_pnas15_slice_all_models(tmp_path):
 @pytest.mark.slow
 def test_survival_mcat5_slice(tmp_path):
   """mcat5: test = the held-out fold of the PORPOISE file; c_index recomputed with sksurv."""
-  results, preds, run = _run(tmp_path, "--task", "survival", "--protocol", "mcat5",
-                           "--models", "snn,subspace-genomic,linear", "--splits", "0,1",
-                           "--epochs", "2")
+  results, preds, run = _run(
+    tmp_path,
+    "--task",
+    "survival",
+    "--protocol",
+    "mcat5",
+    "--models",
+    "snn,subspace-genomic,linear",
+    "--splits",
+    "0,1",
+    "--epochs",
+    "2",
+  )
   assert list(results.columns) == RESULT_COLUMNS
-  assert list(preds.columns) == ["model", "protocol", "split", "seed", "case_id", "time",
-                                 "event", "risk"]
+  assert list(preds.columns) == ["model", "protocol", "split", "seed", "case_id", "time", "event", "risk"]
   assert set(results.metric) == {"c_index"} and (results.n_folds == 2).all()
   fold0 = pd.read_csv(shared_data_dir() / tcga_gbmlgg_tables.PORPOISE_SPLITS.format(fold=0))
   assert set(preds[preds.split == 0].case_id) == set(fold0["val"].dropna())
-  rows = [dict(model=model, metric="c_index", value=concordance_index_censored(
-      g.event.astype(bool).to_numpy(), g.time.to_numpy(), g.risk.to_numpy())[0])
-          for (model, _, _), g in preds.groupby(["model", "split", "seed"])]
+  rows = [
+    dict(
+      model=model,
+      metric="c_index",
+      value=concordance_index_censored(g.event.astype(bool).to_numpy(), g.time.to_numpy(), g.risk.to_numpy())[0],
+    )
+    for (model, _, _), g in preds.groupby(["model", "split", "seed"])
+  ]
   _check_results_match(results, pd.DataFrame(rows), "survival")
   assert (results["mean"] > 0.5).all()  # even 2 epochs rank survival better than chance
   # mcat5 keeps the last epoch; epochs are numbered from 0 as in summary.json.
@@ -108,9 +126,23 @@ def test_survival_mcat5_slice(tmp_path):
 
 
 def test_subspace_genomic_on_pnas_source_is_a_clear_error(tmp_path, capsys):
-  code = compare_genomic.main(["--task", "grading", "--protocol", "pnas15", "--source", "pnas",
-                               "--models", "snn,subspace-genomic", "--data-root",
-                               str(shared_data_dir()), "--out", str(tmp_path), "--quick"])
+  code = compare_genomic.main(
+    [
+      "--task",
+      "grading",
+      "--protocol",
+      "pnas15",
+      "--source",
+      "pnas",
+      "--models",
+      "snn,subspace-genomic",
+      "--data-root",
+      str(shared_data_dir()),
+      "--out",
+      str(tmp_path),
+      "--quick",
+    ]
+  )
   assert code == 2
   err = capsys.readouterr().err
   assert "microenvironment" in err and "porpoise" in err and "subspace-genomic" in err
@@ -137,13 +169,19 @@ def _toy_arrays(n=48, gt=12, gm=9, k=3, seed=0):
   # Tumour genes carry the label; micro genes carry a conflicting (permuted) signal.
   y = np.argmax(xt[:, :k] + 0.3 * rng.normal(size=(n, k)), 1)
   xm[:, :k] = np.eye(k)[(y + 1) % k] * 2.0
-  return patient_arrays.GenomicArrays(xt, xm, y.astype(np.int64), rng.uniform(10, 1000, n).astype(np.float32),
-                          rng.integers(0, 2, n))
+  return patient_arrays.GenomicArrays(
+    xt, xm, y.astype(np.int64), rng.uniform(10, 1000, n).astype(np.float32), rng.integers(0, 2, n)
+  )
 
 
 def _small_spec():
-  return build_genomic_model("subspace-genomic", num_classes=3, n_genes_tumour=12,
-                             n_genes_micro=9, options={"widths": (16, 8), "dropout_rate": 0.0})
+  return build_genomic_model(
+    "subspace-genomic",
+    num_classes=3,
+    n_genes_tumour=12,
+    n_genes_micro=9,
+    options={"widths": (16, 8), "dropout_rate": 0.0},
+  )
 
 
 def _batch(arrays, task):
@@ -152,8 +190,9 @@ def _batch(arrays, task):
 
 
 def _loss_config(spec, task, coordination=True):
-  return steps.LossConfig(task=task, class_weights=(1.0, 1.0, 1.0),
-                          coordination=coordination and spec.coordination, head_losses=True)
+  return steps.LossConfig(
+    task=task, class_weights=(1.0, 1.0, 1.0), coordination=coordination and spec.coordination, head_losses=True
+  )
 
 
 @pytest.mark.slow  # ~22 s of CPU: eager gradients over seeds, then two jitted train steps
@@ -171,15 +210,18 @@ def test_subspace_genomic_coordination_changes_the_fused_kernel_gradient():
   for seed in range(8):
     params = spec.module.init(jax.random.PRNGKey(seed), steps.model_inputs(data))["params"]
     (_, (out, _)), grads = jax.value_and_grad(steps.loss_fn, has_aux=True)(
-        params, data, jax.random.PRNGKey(0), spec=spec, cfg=cfg, train=True)
+      params, data, jax.random.PRNGKey(0), spec=spec, cfg=cfg, train=True
+    )
     extra = steps.coordination_args(spec, params, out, data, task, data["mask"])
     coord = coordinate_gradients(split)
     new, state = coord.update(grads, coord.init(params), params, **extra)
     g, h = grads["classifier"]["kernel"], new["classifier"]["kernel"]
     changed = np.asarray(state.changed["classifier/kernel"])  # (2, K)
-    others_same = jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)),
-                                         {k: v for k, v in grads.items() if k != "classifier"},
-                                         {k: v for k, v in new.items() if k != "classifier"})
+    others_same = jax.tree_util.tree_map(
+      lambda a, b: bool(jnp.all(a == b)),
+      {k: v for k, v in grads.items() if k != "classifier"},
+      {k: v for k, v in new.items() if k != "classifier"},
+    )
     assert all(jax.tree_util.tree_leaves(others_same))
     if not changed.any():
       np.testing.assert_array_equal(g, h)
@@ -198,16 +240,18 @@ def test_subspace_genomic_coordination_changes_the_fused_kernel_gradient():
     # update is sign-like), the next ones the fused kernel itself.
     step_c = steps.make_train_step(spec, tx_coord, cfg)
     step_p = steps.make_train_step(spec, tx_plain, plain)
-    state_of = lambda tx: TrainState(step=jnp.zeros((), jnp.int32),
-                                     params=jax.tree_util.tree_map(jnp.copy, params),
-                                     opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
+    state_of = lambda tx: TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=jax.tree_util.tree_map(jnp.copy, params),
+      opt_state=tx.init(params),
+      rng=jax.random.PRNGKey(0),
+    )
     sc, sp = state_of(tx_coord), state_of(tx_plain)
     for _ in range(3):
       sc, mc = step_c(sc, data)
       sp, mp = step_p(sp, data)
     assert "coordination_edited" in mc and "coordination_edited" not in mp
-    assert float(jnp.abs(sc.params["classifier"]["kernel"]
-                         - sp.params["classifier"]["kernel"]).max()) > 1e-6
+    assert float(jnp.abs(sc.params["classifier"]["kernel"] - sp.params["classifier"]["kernel"]).max()) > 1e-6
     break
   assert conflicts > 0, "no seed produced a gradient conflict between the subspaces"
 
@@ -220,8 +264,7 @@ def test_subspace_heads_train_without_moving_the_encoders():
 
   def head_loss(p):
     out = spec.module.apply({"params": p}, steps.model_inputs(data))
-    return optax.softmax_cross_entropy_with_integer_labels(
-        out.logits_tumour + out.logits_micro, data["grade"]).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(out.logits_tumour + out.logits_micro, data["grade"]).mean()
 
   grads = jax.grad(head_loss)(params)
   for name in ("snn_tumour", "snn_micro", "classifier"):
@@ -237,12 +280,10 @@ def test_head_losses_are_added_only_when_asked():
   task = get_task("grading")
   data = _batch(_toy_arrays(), task)
   params = spec.module.init(jax.random.PRNGKey(0), steps.model_inputs(data))["params"]
-  run = lambda cfg: steps.loss_fn(params, data, jax.random.PRNGKey(0), spec=spec, cfg=cfg,
-                                  train=False)
+  run = lambda cfg: steps.loss_fn(params, data, jax.random.PRNGKey(0), spec=spec, cfg=cfg, train=False)
   total, (out, parts) = run(_loss_config(spec, task))
   fused = task.loss(out.logits, data, data["mask"], (1.0, 1.0, 1.0))
-  heads = [task.loss(getattr(out, f"logits_{m}"), data, data["mask"], (1.0, 1.0, 1.0))
-           for m in ("tumour", "micro")]
+  heads = [task.loss(getattr(out, f"logits_{m}"), data, data["mask"], (1.0, 1.0, 1.0)) for m in ("tumour", "micro")]
   np.testing.assert_allclose(parts["head_loss_tumour"], heads[0], rtol=1e-6)
   np.testing.assert_allclose(total, fused + heads[0] + heads[1], rtol=1e-6)
   total_off, (_, parts_off) = run(dataclasses.replace(_loss_config(spec, task), head_losses=False))
@@ -252,16 +293,21 @@ def test_head_losses_are_added_only_when_asked():
 
 @pytest.mark.parametrize("task", ["grading", pytest.param("survival", marks=pytest.mark.slow)])
 def test_training_selects_and_restores_the_best_validation_epoch(task):
-  spec = build_genomic_model("snn", num_classes=3 if task == "grading" else 4, n_genes_tumour=12,
-                             n_genes_micro=9, options={"widths": (16, 8)})
+  spec = build_genomic_model(
+    "snn", num_classes=3 if task == "grading" else 4, n_genes_tumour=12, n_genes_micro=9, options={"widths": (16, 8)}
+  )
   train, val = _toy_arrays(seed=1), _toy_arrays(n=30, seed=2)
   if task == "survival":
     bins = lambda a: np.minimum((a.time // 250).astype(np.int64), 3)
     train = dataclasses.replace(train, target=bins(train))
     val = dataclasses.replace(val, target=bins(val))
   spec_task = get_task(task)
-  loss = steps.LossConfig(task=spec_task, class_weights=spec_task.class_weights(
-      "train", train.truth(spec_task.label_field)), coordination=False, head_losses=True)
+  loss = steps.LossConfig(
+    task=spec_task,
+    class_weights=spec_task.class_weights("train", train.truth(spec_task.label_field)),
+    coordination=False,
+    head_losses=True,
+  )
   optim = OptimConfig(learning_rate=3e-3, weight_decay=1e-4, epochs=6)
   result = in_memory.fit(spec, loss, optim, train, val, batch_size=16, seed=0)
   scores = [r["val_score"] for r in result.history]
@@ -278,8 +324,7 @@ def test_training_selects_and_restores_the_best_validation_epoch(task):
     reweighted = dataclasses.replace(loss, class_weights=(3.0, 1.0, 0.5))
     other = in_memory.fit(spec, reweighted, optim, train, batch_size=16, select_on_val=False)
     assert in_memory._compiled.cache_info().misses == misses
-    _, step = in_memory._compiled(spec, dataclasses.replace(loss, class_weights=None), optim,
-                                  3, "pcgrad")
+    _, step = in_memory._compiled(spec, dataclasses.replace(loss, class_weights=None), optim, 3, "pcgrad")
     assert step._cache_size() == 1
     assert other.history[0]["loss"] != fixed.history[0]["loss"]  # the weights did change the loss
   with pytest.raises(ValueError, match="validation"):
@@ -287,8 +332,7 @@ def test_training_selects_and_restores_the_best_validation_epoch(task):
 
 
 def test_a_non_finite_loss_stops_the_genomic_fit_naming_the_epoch():
-  spec = build_genomic_model("snn", num_classes=3, n_genes_tumour=12, n_genes_micro=9,
-                             options={"widths": (16, 8)})
+  spec = build_genomic_model("snn", num_classes=3, n_genes_tumour=12, n_genes_micro=9, options={"widths": (16, 8)})
   train = _toy_arrays()
   train = dataclasses.replace(train, genes_tumour=np.full_like(train.genes_tumour, np.nan))
   loss = steps.LossConfig(task=get_task("grading"), coordination=False)
@@ -304,8 +348,9 @@ def test_epoch_batches_cover_every_patient_once():
 
 def test_a_bad_data_root_writes_nothing(tmp_path, capsys):
   out = tmp_path / "out"
-  code = compare_genomic.main(["--task", "grading", "--protocol", "mcat5", "--data-root",
-                               str(tmp_path / "nowhere"), "--out", str(out), "--quick"])
+  code = compare_genomic.main(
+    ["--task", "grading", "--protocol", "mcat5", "--data-root", str(tmp_path / "nowhere"), "--out", str(out), "--quick"]
+  )
   assert code == 2
   assert "nowhere" in capsys.readouterr().err
   assert not out.exists()

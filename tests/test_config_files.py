@@ -19,8 +19,7 @@ def _write(path, text):
 def test_extends_merges_the_base_under_the_file_relative_to_its_folder(tmp_path):
   (tmp_path / "sub").mkdir()
   _write(tmp_path / "base.yaml", "task: grading\ntrain: {epochs: 10, batch_size: 8}\n")
-  child = _write(tmp_path / "sub" / "child.yaml",
-                 "extends: ../base.yaml\ntask: survival\ntrain: {epochs: 3}\n")
+  child = _write(tmp_path / "sub" / "child.yaml", "extends: ../base.yaml\ntask: survival\ntrain: {epochs: 3}\n")
   assert read_config_file(child) == {"task": "survival", "train": {"epochs": 3, "batch_size": 8}}
 
 

@@ -2,14 +2,12 @@
 
 import pytest
 
-from smml_jax.train.config import ConfigError, config_from_dict, config_to_dict, make_config, \
-    run_identity
+from smml_jax.train.config import ConfigError, config_from_dict, config_to_dict, make_config, run_identity
 
 
 def test_impl_section_defaults_and_choices():
   config = make_config({}, overrides=["impl.attention=reference", "impl.query_tile=32"])
-  assert (config.impl.attention, config.impl.query_tile, config.impl.sampler) == (
-      "reference", 32, "gather")
+  assert (config.impl.attention, config.impl.query_tile, config.impl.sampler) == ("reference", 32, "gather")
   with pytest.raises(ConfigError, match="'impl.attention'.*expected one of"):
     make_config({}, overrides=["impl.attention=flash"])
   with pytest.raises(ConfigError, match="'impl.sampler'"):
@@ -17,14 +15,17 @@ def test_impl_section_defaults_and_choices():
 
 
 def test_older_model_options_keys_move_to_impl():
-  config = make_config({"model_options": {"attention_impl": "fused", "query_tile": 16,
-                                          "sampler": "matmul", "dim": 128}})
+  config = make_config(
+    {"model_options": {"attention_impl": "fused", "query_tile": 16, "sampler": "matmul", "dim": 128}}
+  )
   assert config.model_options == {"dim": 128}
-  assert (config.impl.attention, config.impl.query_tile, config.impl.sampler) == (
-      "fused", 16, "matmul")
+  assert (config.impl.attention, config.impl.query_tile, config.impl.sampler) == ("fused", 16, "matmul")
   # A later layer or --set wins over an earlier one, whichever name each uses.
-  later = make_config({"model_options": {"query_tile": 16}}, {"impl": {"query_tile": 8}},
-                      overrides=["model_options.attention_impl=reference"])
+  later = make_config(
+    {"model_options": {"query_tile": 16}},
+    {"impl": {"query_tile": 8}},
+    overrides=["model_options.attention_impl=reference"],
+  )
   assert (later.impl.query_tile, later.impl.attention) == (8, "reference")
   # An old run directory's config.json reads as the same config.
   stored = config_to_dict(make_config({}))

@@ -12,13 +12,24 @@ from smml_jax.train.config import ConfigError, make_config
 def test_every_declared_option_is_one_the_builder_takes(name):
   options = options_class(name)()
   fields = {f.name for f in dataclasses.fields(options)}
-  assert fields and not fields & {"num_classes", "feature_dim", "n_genes_tumour", "n_genes_micro",
-                                  "attention_impl", "query_tile", "sampler", "platform"}
-  build_model(name, num_classes=3, n_genes_tumour=4, n_genes_micro=5, feature_dim=8,
-              options=dataclasses.asdict(options))
+  assert fields and not fields & {
+    "num_classes",
+    "feature_dim",
+    "n_genes_tumour",
+    "n_genes_micro",
+    "attention_impl",
+    "query_tile",
+    "sampler",
+    "platform",
+  }
+  build_model(
+    name, num_classes=3, n_genes_tumour=4, n_genes_micro=5, feature_dim=8, options=dataclasses.asdict(options)
+  )
 
 
-@pytest.mark.parametrize("model, options, match", [
+@pytest.mark.parametrize(
+  "model, options, match",
+  [
     ("subspace", {"dimm": 8}, r"model_options\.dimm.*did you mean model_options\.dim\?"),
     ("abmil", {"hiden": 8}, r"model_options\.hiden.*did you mean model_options\.hidden\?"),
     ("subspace", {"dim": "wide"}, r"'model_options\.dim': expected an integer, got 'wide'"),
@@ -28,7 +39,8 @@ def test_every_declared_option_is_one_the_builder_takes(name):
     ("snn", {"widths": 8}, r"'model_options\.widths': expected a list, got 8"),
     ("subspace", {"offset_scale": 0}, r"'model_options\.offset_scale': expected a positive number, got 0\.0"),
     ("mcat", {"num_classes": 3}, r"model_options\.num_classes"),
-])
+  ],
+)
 def test_a_bad_option_is_refused_at_parse_time_naming_key_and_expectation(model, options, match):
   with pytest.raises(ConfigError, match=match):
     make_config({"model": model, "model_options": options})

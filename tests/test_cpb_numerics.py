@@ -41,9 +41,12 @@ def _native_available() -> bool:
 
 # A path whose kernel has not landed, or cannot run here, is skipped with the reason. The Pallas
 # path (attention_impl "pallas") joins this list when it lands.
-PATHS = ["reference", "chunked", "fused",
-         pytest.param("native", marks=pytest.mark.skipif(
-             not _native_available(), reason="no native kernels on this machine"))]
+PATHS = [
+  "reference",
+  "chunked",
+  "fused",
+  pytest.param("native", marks=pytest.mark.skipif(not _native_available(), reason="no native kernels on this machine")),
+]
 
 
 def _case(seed, batch, side, keys_side, groups=8, dim_head=4):
@@ -52,9 +55,8 @@ def _case(seed, batch, side, keys_side, groups=8, dim_head=4):
   f32 = lambda a: np.asarray(a, np.float32)
 
   def torch_linear(fan_in, fan_out):
-    bound = fan_in ** -0.5
-    return (f32(rng.uniform(-bound, bound, (fan_in, fan_out))),
-            f32(rng.uniform(-bound, bound, (fan_out,))))
+    bound = fan_in**-0.5
+    return (f32(rng.uniform(-bound, bound, (fan_in, fan_out))), f32(rng.uniform(-bound, bound, (fan_out,))))
 
   params = [torch_linear(2, WIDTH), torch_linear(WIDTH, WIDTH), torch_linear(WIDTH, 1)]
   n, m = side * side, keys_side * keys_side
@@ -62,17 +64,16 @@ def _case(seed, batch, side, keys_side, groups=8, dim_head=4):
   grid = np.stack([ox.reshape(-1), oy.reshape(-1)], -1).astype(np.float64)
   offsets = 4.0 * np.tanh(rng.normal(0, 0.3, (batch, groups, m, 2)))  # offset scale 4, as the module
   pos_k = f32(2.0 * (grid + offsets) / (keys_side - 1) - 1.0)
-  q = f32(rng.normal(0, 0.125 * 8 ** 0.5, (batch, groups, n, dim_head)))
+  q = f32(rng.normal(0, 0.125 * 8**0.5, (batch, groups, n, dim_head)))
   k = f32(rng.normal(size=(batch, groups, m, dim_head)))
   v = f32(rng.normal(size=(batch, groups, m, dim_head)))
   cot = f32(rng.normal(size=(batch, groups, n, dim_head)))
-  return dict(q=q, k=k, v=v, pos_q=np.asarray(query_positions(side, 2)), pos_k=pos_k,
-              params=params, cot=cot)
+  return dict(q=q, k=k, v=v, pos_q=np.asarray(query_positions(side, 2)), pos_k=pos_k, params=params, cot=cot)
 
 
 def _t64(case, b, g, i, j):
   """The MLP input of pair (query i, key j) of row (b, g), in float64 from the float32 positions."""
-  delta = (np.asarray(case["pos_q"][i], np.float64) - np.asarray(case["pos_k"][b, g, j], np.float64))
+  delta = np.asarray(case["pos_q"][i], np.float64) - np.asarray(case["pos_k"][b, g, j], np.float64)
   return np.sign(delta) * np.log1p(np.abs(delta))
 
 
@@ -86,8 +87,7 @@ def _with_kinks(case, seed):
   rng = np.random.default_rng(seed)
   batch, groups, m, _ = case["pos_k"].shape
   n = case["pos_q"].shape[0]
-  (w1, b1), (w2, b2), last = [tuple(np.asarray(a, np.float64) for a in layer)
-                              for layer in case["params"]]
+  (w1, b1), (w2, b2), last = [tuple(np.asarray(a, np.float64) for a in layer) for layer in case["params"]]
   pick = lambda: (rng.integers(batch), rng.integers(groups), rng.integers(n), rng.integers(m))
   b1 = b1.copy()
   for i in range(WIDTH):
@@ -106,12 +106,14 @@ def _grads(case, impl, dtype):
   c = jax.tree.map(lambda a: jnp.asarray(a, dtype), case)
 
   def scalar(q, k, v, pos_k, params):
-    out, _ = cpb_attention(q, k, v, c["pos_q"], pos_k, params, implementation=impl,
-                           query_tile=32, softmax_dtype=dtype, cpb_dtype=dtype)
+    out, _ = cpb_attention(
+      q, k, v, c["pos_q"], pos_k, params, implementation=impl, query_tile=32, softmax_dtype=dtype, cpb_dtype=dtype
+    )
     return jnp.sum(out * c["cot"]), out
 
   (_, out), grads = jax.jit(jax.value_and_grad(scalar, argnums=(0, 1, 2, 3, 4), has_aux=True))(
-      c["q"], c["k"], c["v"], c["pos_k"], c["params"])
+    c["q"], c["k"], c["v"], c["pos_k"], c["params"]
+  )
   return [np.asarray(x, np.float64) for x in jax.tree.leaves((out, grads))]
 
 
@@ -122,8 +124,9 @@ def _exact(case):
     leaves = _grads(case, "reference", jnp.float64)
     bias = relative_position_bias(c["pos_q"], c["pos_k"], c["params"], compute_dtype=jnp.float64)
     n = c["q"].shape[2]
-    _, vjp = jax.vjp(lambda b: _attend_with_bias(c["q"], c["k"], c["v"], b, jnp.ones((n,), bool),
-                                                 0.0, None, jnp.float64)[0], bias)
+    _, vjp = jax.vjp(
+      lambda b: _attend_with_bias(c["q"], c["k"], c["v"], b, jnp.ones((n,), bool), 0.0, None, jnp.float64)[0], bias
+    )
     g_bias = np.asarray(vjp(c["cot"])[0])
   return leaves, g_bias
 
@@ -137,8 +140,7 @@ def _flip_bounds(case, g_bias):
   (h1_pi < NEAR * scale). Returns zeros for the q, k, v gradients and the output: a flip moves the
   bias by at most |w3_j z2_pj|, far below rounding.
   """
-  (w1, b1), (w2, b2), (w3, _) = [tuple(np.asarray(a, np.float64) for a in layer)
-                                 for layer in case["params"]]
+  (w1, b1), (w2, b2), (w3, _) = [tuple(np.asarray(a, np.float64) for a in layer) for layer in case["params"]]
   pos_q = np.asarray(case["pos_q"], np.float64)
   pos_k = np.asarray(case["pos_k"], np.float64)
   batch, groups, m, _ = pos_k.shape
@@ -171,19 +173,41 @@ def _flip_bounds(case, g_bias):
       b_t = ((a1 + u1) @ np.abs(w1).T) * slope  # d delta = d t * slope; delta = q - k
       b_pos_k[b, g] += b_t.reshape(delta.shape).sum(0)
   zeros = lambda name: np.zeros_like(np.asarray(case[name], np.float64))
-  return [zeros("cot"), zeros("q"), zeros("k"), zeros("v"), b_pos_k, bw1, bb1, bw2, bb2,
-          np.zeros((WIDTH, 1)), np.zeros(1)]
+  return [
+    zeros("cot"),
+    zeros("q"),
+    zeros("k"),
+    zeros("v"),
+    b_pos_k,
+    bw1,
+    bb1,
+    bw2,
+    bb2,
+    np.zeros((WIDTH, 1)),
+    np.zeros(1),
+  ]
 
 
-NAMES = ["out", "grad q", "grad k", "grad v", "grad pos_k", "grad w1", "grad b1", "grad w2",
-         "grad b2", "grad w3", "grad b3"]
+NAMES = [
+  "out",
+  "grad q",
+  "grad k",
+  "grad v",
+  "grad pos_k",
+  "grad w1",
+  "grad b1",
+  "grad w2",
+  "grad b2",
+  "grad w3",
+  "grad b3",
+]
 
 
 def _failures(case, impl, exact, g_bias, bounds):
   """What `impl` gets wrong against the float64 `exact` leaves (an empty list when nothing)."""
   got = _grads(case, impl, jnp.float32)
   pairs = g_bias.size
-  rtol = RTOL if impl in STRICT else max(RTOL, float(np.finfo(np.float32).eps) * pairs ** 0.5)
+  rtol = RTOL if impl in STRICT else max(RTOL, float(np.finfo(np.float32).eps) * pairs**0.5)
   failures = []
   for name, a, e, bound in zip(NAMES, got, exact, bounds):
     assert a.shape == e.shape, name
@@ -192,8 +216,10 @@ def _failures(case, impl, exact, g_bias, bounds):
     if name == "grad b3":  # mathematically zero (softmax is shift invariant): rounding only
       allowed = rtol * np.abs(g_bias).sum()
     if not err <= allowed:
-      failures.append(f"{impl} {name}: max abs error {err:.3g} > {allowed:.3g} "
-                      f"({err / max(np.abs(e).max(), 1e-300):.3g} of its largest entry)")
+      failures.append(
+        f"{impl} {name}: max abs error {err:.3g} > {allowed:.3g} "
+        f"({err / max(np.abs(e).max(), 1e-300):.3g} of its largest entry)"
+      )
   return failures
 
 
@@ -207,9 +233,9 @@ def _check(case, *impls):
 
 @pytest.mark.parametrize("impl", PATHS)
 # Batch sizes 1 and 4 in the developer loop; the others add seeds, not new code paths.
-@pytest.mark.parametrize("seed,batch", [
-    (0, 1), pytest.param(1, 2, marks=pytest.mark.slow),
-    pytest.param(2, 3, marks=pytest.mark.slow), (3, 4)])
+@pytest.mark.parametrize(
+  "seed,batch", [(0, 1), pytest.param(1, 2, marks=pytest.mark.slow), pytest.param(2, 3, marks=pytest.mark.slow), (3, 4)]
+)
 def test_cpb_paths_match_float64_small_grid(impl, seed, batch):
   _check(_case(seed, batch, side=10, keys_side=3), impl)
 

@@ -14,8 +14,15 @@ import yaml
 from smml_jax.data import builders, cohort as cohort_lib, spec as spec_lib, synthetic
 from smml_jax.data.errors import CohortError
 
-SMALL = {"layout": "synthetic", "n_patients": 24, "grid_side": 4, "feature_dim": 8,
-         "n_genes_tumour": 5, "n_genes_micro": 4, "seed": 2}
+SMALL = {
+  "layout": "synthetic",
+  "n_patients": 24,
+  "grid_side": 4,
+  "feature_dim": 8,
+  "n_genes_tumour": 5,
+  "n_genes_micro": 4,
+  "seed": 2,
+}
 
 
 def _config(spec):
@@ -130,7 +137,6 @@ def test_wrong_patch_shape_from_a_reader_is_an_error(tmp_path):
     def prepare(self):
       return builders.PreparedCohort(**{**prepared.__dict__, "read_slide": read})
 
-  with pytest.raises(CohortError,
-                     match=r"row 2.*'patches' has shape \(16, 7\), expected \(16, 8\)"):
+  with pytest.raises(CohortError, match=r"row 2.*'patches' has shape \(16, 7\), expected \(16, 8\)"):
     cohort_lib.build_cohort(Broken(), tmp_path)
   assert not list(tmp_path.rglob("smml_cohort.json"))  # nothing half-written is reused

@@ -55,17 +55,32 @@ def clam(tmp_path_factory):
       f["features"], f["coords"] = feats, coords
     truth[slide] = (feats, coords)
   spec = {
-      "layout": "clam", "csv": str(csv), "features": str(feat_dir), "grid_side": 6,
-      "feature_dim": D, "patch_dtype": "float32", "slides": list(chosen["slide_id"]),
-      "signature": {"path": str(sig),
-                    "families": {"tumour": TUMOUR_FAMILIES, "micro": MICRO_FAMILIES}},
-      "labels": {"idh": "IDH1_mut", "cdkn2a": "CDKN2A_cnv",
-                 "histology": {"column": "oncotree_code", "map": "oncotree"},
-                 "grade": {"column": "oncotree_code", "map": "oncotree"}},
+    "layout": "clam",
+    "csv": str(csv),
+    "features": str(feat_dir),
+    "grid_side": 6,
+    "feature_dim": D,
+    "patch_dtype": "float32",
+    "slides": list(chosen["slide_id"]),
+    "signature": {"path": str(sig), "families": {"tumour": TUMOUR_FAMILIES, "micro": MICRO_FAMILIES}},
+    "labels": {
+      "idh": "IDH1_mut",
+      "cdkn2a": "CDKN2A_cnv",
+      "histology": {"column": "oncotree_code", "map": "oncotree"},
+      "grade": {"column": "oncotree_code", "map": "oncotree"},
+    },
   }
   data_dir = tmp_path_factory.mktemp("clam_records")
-  return {"spec": spec, "data_dir": data_dir, "table": table, "chosen": chosen, "truth": truth,
-          "split": split, "sig": pd.read_csv(sig), "cohort": spec_lib.load_cohort(spec, data_dir)}
+  return {
+    "spec": spec,
+    "data_dir": data_dir,
+    "table": table,
+    "chosen": chosen,
+    "truth": truth,
+    "split": split,
+    "sig": pd.read_csv(sig),
+    "cohort": spec_lib.load_cohort(spec, data_dir),
+  }
 
 
 def test_clam_genes_follow_signature_order_and_csv_values(clam):
@@ -76,16 +91,14 @@ def test_clam_genes_follow_signature_order_and_csv_values(clam):
     assert cohort.gene_names[key] == expected
     assert len(cohort.info["missing_genes"][key]) == len(order) - len(expected)
     np.testing.assert_allclose(cohort.genes(key), chosen[expected].to_numpy(np.float32))
-    np.testing.assert_allclose(cohort.source[0][f"genes_{key}"],
-                               chosen[expected].iloc[0].to_numpy(np.float32))
+    np.testing.assert_allclose(cohort.source[0][f"genes_{key}"], chosen[expected].iloc[0].to_numpy(np.float32))
   assert cohort.gene_transform == "zscore"
 
 
 def test_clam_survival_and_labels(clam):
   s, chosen = clam["cohort"].slides, clam["chosen"]
   assert list(s["slide_id"]) == list(chosen["slide_id"])
-  np.testing.assert_allclose(s["surv_time"], chosen["survival_months"] * DAYS_PER_MONTH,
-                             rtol=1e-5)
+  np.testing.assert_allclose(s["surv_time"], chosen["survival_months"] * DAYS_PER_MONTH, rtol=1e-5)
   np.testing.assert_array_equal(s["event"], 1 - chosen["censorship"])
   np.testing.assert_array_equal(s["idh"], chosen["IDH1_mut"])
   np.testing.assert_array_equal(s["cdkn2a"], (chosen["CDKN2A_cnv"] <= -1).astype(int))
@@ -100,8 +113,11 @@ def test_clam_sample_layout_tiles_small_bags(clam):
   for i, slide in enumerate(cohort.slides["slide_id"]):
     feats, coords = truth[slide]
     n = len(feats)
-    idx = (np.concatenate([np.tile(np.arange(n), 36 // n), np.arange(36 % n)]) if n <= 36
-           else np.around(np.arange(36) * (n / 36)).astype(int))
+    idx = (
+      np.concatenate([np.tile(np.arange(n), 36 // n), np.arange(36 % n)])
+      if n <= 36
+      else np.around(np.arange(36) * (n / 36)).astype(int)
+    )
     ex = cohort.source[i]
     np.testing.assert_allclose(ex["patches"], feats[idx])
     np.testing.assert_allclose(ex["coords"], coords[idx])
@@ -126,8 +142,7 @@ def test_clam_coords_layout_keeps_neighbours(clam, tmp_path):
 
 def test_clam_split_file_is_patient_disjoint(clam):
   cohort = clam["cohort"]
-  parts = splits_lib.make_splits(cohort, "file", seed=0, fold=0, split_file=str(clam["split"]),
-                                 val_fraction=0.0)
+  parts = splits_lib.make_splits(cohort, "file", seed=0, fold=0, split_file=str(clam["split"]), val_fraction=0.0)
   splits_lib.assert_patient_disjoint(cohort, parts)
   folds = pd.read_csv(str(clam["split"]).format(fold=0))
   pid = cohort.slides["patient_id"].to_numpy()

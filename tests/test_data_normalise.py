@@ -9,8 +9,15 @@ from smml_jax.data import labels as labels_lib
 from smml_jax.data import normalise, spec as spec_lib, splits as splits_lib
 from smml_jax.data.errors import CohortError
 
-SMALL = {"layout": "synthetic", "n_patients": 60, "grid_side": 2, "feature_dim": 4,
-         "n_genes_tumour": 4, "n_genes_micro": 3, "seed": 9}
+SMALL = {
+  "layout": "synthetic",
+  "n_patients": 60,
+  "grid_side": 2,
+  "feature_dim": 4,
+  "n_genes_tumour": 4,
+  "n_genes_micro": 3,
+  "seed": 9,
+}
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +70,11 @@ def test_preprocessor_json_round_trip_and_batch_application(cohort):
   pre = normalise.fit_preprocessor(cohort, parts["train"], clip=3.0)
   back = normalise.Preprocessor.from_json(pre.to_json())
   assert back == pre
-  batch = {"genes_tumour": cohort.genes("tumour", parts["test"]),
-           "genes_micro": cohort.genes("micro", parts["test"]),
-           "surv_time": cohort.slides["surv_time"].to_numpy()[parts["test"]]}
+  batch = {
+    "genes_tumour": cohort.genes("tumour", parts["test"]),
+    "genes_micro": cohort.genes("micro", parts["test"]),
+    "surv_time": cohort.slides["surv_time"].to_numpy()[parts["test"]],
+  }
   out = back(batch)
   assert np.abs(out["genes_micro"]).max() <= 3.0
   np.testing.assert_array_equal(out["surv_bin"], pre.survival_bins(batch["surv_time"]))

@@ -16,9 +16,17 @@ D = 12
 N_PATCHES = 16  # grid 4 x 4
 # Signature order deliberately differs from the expression files' order; GENE_X is duplicated
 # within Tumor, GENE_B is in both subspaces, GENE_ZZ exists in no expression source.
-SIGNATURE = [("GENE_C", "Tumor"), ("GENE_A", "Tumor"), ("GENE_X", "Tumor"), ("GENE_X", "Tumor"),
-             ("GENE_B", "Tumor"), ("GENE_ZZ", "Tumor"), ("GENE_M2", "Immune"),
-             ("GENE_M1", "Immune"), ("GENE_B", "Immune")]
+SIGNATURE = [
+  ("GENE_C", "Tumor"),
+  ("GENE_A", "Tumor"),
+  ("GENE_X", "Tumor"),
+  ("GENE_X", "Tumor"),
+  ("GENE_B", "Tumor"),
+  ("GENE_ZZ", "Tumor"),
+  ("GENE_M2", "Immune"),
+  ("GENE_M1", "Immune"),
+  ("GENE_B", "Immune"),
+]
 ALL_GENES = ["GENE_A", "GENE_B", "GENE_C", "GENE_M1", "GENE_M2", "GENE_X", "GENE_Q"]
 
 
@@ -40,8 +48,7 @@ def _write_star(path: pathlib.Path, values: dict[str, float]) -> None:
   path.write_text("# gene-model: GENCODE v36\n" + "\n".join(rows) + "\n")
 
 
-def make_layout(root: pathlib.Path, rng: np.random.Generator, n_tcga: int = 5,
-                n_ivy: int = 3) -> dict:
+def make_layout(root: pathlib.Path, rng: np.random.Generator, n_tcga: int = 5, n_ivy: int = 3) -> dict:
   """Writes a TCGA and an IvYGAP cohort; returns the truth (features, genes, labels)."""
   truth = {"slides": [], "feats": {}, "genes": {}}
   rows = []
@@ -52,27 +59,58 @@ def make_layout(root: pathlib.Path, rng: np.random.Generator, n_tcga: int = 5,
     slide = f"{patient}-01Z-00-DX{i % 2 + 1}"
     values = {g: float(rng.uniform(0, 50)) for g in ALL_GENES}
     gene_dir, gene_file = f"uuid{i}", f"sample{i}.rna_seq.augmented_star_gene_counts.tsv"
-    _write_star(root / "TCGA/transcriptomeProfiling_geneExpression" / gene_dir / gene_file,
-                values)
+    _write_star(root / "TCGA/transcriptomeProfiling_geneExpression" / gene_dir / gene_file, values)
     n = int(rng.integers(5, 40))
     feats = rng.standard_normal((1, n, D)).astype(np.float32)
     _write_h5(root / "TCGA/Res50_feature_16_fixdim0_norm" / f"{slide}.h5", feats)
     p = i // 2  # a patient's slides carry the same labels (conflicts are an error)
-    rows.append([patient, slide, hist[p % 4], grades[p % 3], idh[(p + 1) % 2],
-                 codel[(p // 2) % 2], cn[p % 3], 0, 0, 0, 0, gene_dir, gene_file, p % 2,
-                 100.0 + 50 * p])
+    rows.append(
+      [
+        patient,
+        slide,
+        hist[p % 4],
+        grades[p % 3],
+        idh[(p + 1) % 2],
+        codel[(p // 2) % 2],
+        cn[p % 3],
+        0,
+        0,
+        0,
+        0,
+        gene_dir,
+        gene_file,
+        p % 2,
+        100.0 + 50 * p,
+      ]
+    )
     truth["slides"].append(slide)
     truth["feats"][slide] = feats[0]
     truth["genes"][slide] = values
-  cols = ["patient", "slide", "histology", "grade", "IDH", "1p19q", "CDKN2A", "a", "b", "c", "d",
-          "folder", "file", "vital", "days"]
+  cols = [
+    "patient",
+    "slide",
+    "histology",
+    "grade",
+    "IDH",
+    "1p19q",
+    "CDKN2A",
+    "a",
+    "b",
+    "c",
+    "d",
+    "folder",
+    "file",
+    "vital",
+    "days",
+  ]
   pd.DataFrame(rows, columns=cols).to_csv(root / "TCGA/labels.csv", index=False)
 
   allen = root / "IvYGAP/gene_expression_matrix_2014-11-25"
   allen.mkdir(parents=True)
   genes_ivy = ALL_GENES[:-1]  # GENE_Q is TCGA-only: not in the signature, harmless
   pd.DataFrame({"gene_id": np.arange(len(genes_ivy)) + 100, "gene_symbol": genes_ivy}).to_csv(
-      allen / "rows-genes.csv", index=False)
+    allen / "rows-genes.csv", index=False
+  )
   wells, specimens, ivy_rows, fpkm = [], [], [], {}
   for j in range(n_ivy):
     slide = f"W{j + 1}-1-{j + 1}-E.02"
@@ -83,34 +121,42 @@ def make_layout(root: pathlib.Path, rng: np.random.Generator, n_tcga: int = 5,
     fpkm[well] = [values[g] for g in genes_ivy]
     feats = rng.standard_normal((1, N_PATCHES, D)).astype(np.float32)
     _write_h5(root / "IvYGAP/Res50_feature_16_fixdim0_norm" / f"{slide}.h5", feats)
-    ivy_rows.append([f"W{j + 1}", slide, "glioblastoma", "G4", "WT", "non-codel", 0, 0, 0, 0, 0,
-                     "", "", 1, 300.0 + j])
+    ivy_rows.append([f"W{j + 1}", slide, "glioblastoma", "G4", "WT", "non-codel", 0, 0, 0, 0, 0, "", "", 1, 300.0 + j])
     truth["slides"].append(slide)
     truth["feats"][slide] = feats[0]
     truth["genes"][slide] = values
-  pd.DataFrame({"rna_well_id": wells, "specimen_name": specimens}).to_csv(
-      allen / "columns-samples.csv", index=False)
+  pd.DataFrame({"rna_well_id": wells, "specimen_name": specimens}).to_csv(allen / "columns-samples.csv", index=False)
   table = pd.DataFrame(fpkm)
   table.insert(0, "gene_id\\rna_well_id", np.arange(len(genes_ivy)) + 100)
   table.to_csv(allen / "fpkm_table.csv", index=False)
   pd.DataFrame(ivy_rows, columns=cols).to_csv(root / "IvYGAP/labels.csv", index=False)
-  pd.DataFrame(SIGNATURE, columns=["gene_symbol", "Type"]).to_csv(root / "signature.csv",
-                                                                   index=False)
+  pd.DataFrame(SIGNATURE, columns=["gene_symbol", "Type"]).to_csv(root / "signature.csv", index=False)
   return truth
 
 
 def spec_for(root: pathlib.Path, **overrides) -> dict:
   spec = {
-      "layout": "original", "root": str(root), "grid_side": 4, "feature_dim": D,
-      "patch_dtype": "float32", "signature": {"path": "signature.csv"},
-      "cohorts": [
-          {"name": "TCGA", "labels": "TCGA/labels.csv",
-           "features": "TCGA/Res50_feature_16_fixdim0_norm",
-           "genes": {"format": "gdc_star", "folder": "TCGA/transcriptomeProfiling_geneExpression"}},
-          {"name": "IvYGAP", "labels": "IvYGAP/labels.csv",
-           "features": "IvYGAP/Res50_feature_16_fixdim0_norm",
-           "genes": {"format": "allen", "folder": "IvYGAP/gene_expression_matrix_2014-11-25"}},
-      ]}
+    "layout": "original",
+    "root": str(root),
+    "grid_side": 4,
+    "feature_dim": D,
+    "patch_dtype": "float32",
+    "signature": {"path": "signature.csv"},
+    "cohorts": [
+      {
+        "name": "TCGA",
+        "labels": "TCGA/labels.csv",
+        "features": "TCGA/Res50_feature_16_fixdim0_norm",
+        "genes": {"format": "gdc_star", "folder": "TCGA/transcriptomeProfiling_geneExpression"},
+      },
+      {
+        "name": "IvYGAP",
+        "labels": "IvYGAP/labels.csv",
+        "features": "IvYGAP/Res50_feature_16_fixdim0_norm",
+        "genes": {"format": "allen", "folder": "IvYGAP/gene_expression_matrix_2014-11-25"},
+      },
+    ],
+  }
   spec.update(overrides)
   return spec
 
@@ -124,8 +170,10 @@ def layout(tmp_path):
 def test_original_layout_builds_and_aligns_genes_by_signature(layout, tmp_path):
   root, truth = layout
   cohort = spec_lib.load_cohort(spec_for(root), tmp_path / "records")
-  assert cohort.gene_names == {"tumour": ["GENE_C", "GENE_A", "GENE_X", "GENE_B"],
-                               "micro": ["GENE_M2", "GENE_M1", "GENE_B"]}
+  assert cohort.gene_names == {
+    "tumour": ["GENE_C", "GENE_A", "GENE_X", "GENE_B"],
+    "micro": ["GENE_M2", "GENE_M1", "GENE_B"],
+  }
   assert cohort.info["missing_genes"]["tumour"] == ["GENE_ZZ"]
   assert list(cohort.slides["slide_id"]) == truth["slides"]
   for i, slide in enumerate(truth["slides"]):
@@ -154,8 +202,15 @@ def test_original_layout_labels_follow_who2021(layout, tmp_path):
   np.testing.assert_allclose(s["surv_time"], raw["days"])
   # The original's own rule, written out: WT -> 0, codel -> 3, CDKN2A del or G4 -> 1, else 2.
   for (_, r), diag in zip(raw.iterrows(), s["diagnosis"]):
-    want = (0 if r["IDH"] == "WT" else 3 if r["1p19q"] == "codel" else
-            1 if r["CDKN2A"] in (-2, -1) or r["grade"] == "G4" else 2)
+    want = (
+      0
+      if r["IDH"] == "WT"
+      else 3
+      if r["1p19q"] == "codel"
+      else 1
+      if r["CDKN2A"] in (-2, -1) or r["grade"] == "G4"
+      else 2
+    )
     assert diag == want
   hist = {"oligoastrocytoma": 0, "astrocytoma": 1, "oligodendroglioma": 2, "glioblastoma": 3}
   np.testing.assert_array_equal(s["histology"], raw["histology"].map(hist))
@@ -177,10 +232,10 @@ def test_original_layout_missing_feature_file(layout, tmp_path):
 
 def test_original_layout_wrong_feature_dim(layout, tmp_path):
   root, truth = layout
-  _write_h5(root / "TCGA/Res50_feature_16_fixdim0_norm" / f"{truth['slides'][0]}.h5",
-            np.zeros((1, 16, D + 1), np.float32))
-  _expect_error(spec_for(root), tmp_path / "r", truth["slides"][0], "Res_feature",
-                f"expected (N, {D})")
+  _write_h5(
+    root / "TCGA/Res50_feature_16_fixdim0_norm" / f"{truth['slides'][0]}.h5", np.zeros((1, 16, D + 1), np.float32)
+  )
+  _expect_error(spec_for(root), tmp_path / "r", truth["slides"][0], "Res_feature", f"expected (N, {D})")
 
 
 def test_original_layout_nan_features(layout, tmp_path):
@@ -209,8 +264,9 @@ def test_original_layout_duplicated_slide(layout, tmp_path):
 
 def test_original_layout_signature_matching_no_gene(layout, tmp_path):
   root, _ = layout
-  pd.DataFrame([("NOPE1", "Tumor"), ("GENE_M1", "Immune")], columns=["gene_symbol", "Type"]
-               ).to_csv(root / "signature.csv", index=False)
+  pd.DataFrame([("NOPE1", "Tumor"), ("GENE_M1", "Immune")], columns=["gene_symbol", "Type"]).to_csv(
+    root / "signature.csv", index=False
+  )
   _expect_error(spec_for(root), tmp_path / "r", "tumour gene signature", "matches no gene")
 
 
@@ -223,8 +279,9 @@ def test_original_layout_nan_gene_value(layout, tmp_path):
   root, truth = layout
   slide = truth["slides"][0]
   values = dict(truth["genes"][slide], GENE_M1="nan")
-  _write_star(root / "TCGA/transcriptomeProfiling_geneExpression/uuid0/"
-              "sample0.rna_seq.augmented_star_gene_counts.tsv", values)
+  _write_star(
+    root / "TCGA/transcriptomeProfiling_geneExpression/uuid0/sample0.rna_seq.augmented_star_gene_counts.tsv", values
+  )
   _expect_error(spec_for(root), tmp_path / "r", slide, "GENE_M1", "NaN/inf")
 
 
@@ -233,8 +290,7 @@ def test_original_layout_unmatched_ivygap_specimen(layout, tmp_path):
   table = pd.read_csv(root / "IvYGAP/labels.csv")
   table.loc[0, "slide"] = "W77-9-9-E.02"
   table.to_csv(root / "IvYGAP/labels.csv", index=False)
-  _write_h5(root / "IvYGAP/Res50_feature_16_fixdim0_norm/W77-9-9-E.02.h5",
-            np.zeros((1, 16, D), np.float32))
+  _write_h5(root / "IvYGAP/Res50_feature_16_fixdim0_norm/W77-9-9-E.02.h5", np.zeros((1, 16, D), np.float32))
   _expect_error(spec_for(root), tmp_path / "r", "W77-9-9-E.02", "columns-samples.csv")
 
 
@@ -257,8 +313,7 @@ def test_original_layout_missing_label_column_is_an_error_naming_it(layout, tmp_
   root, _ = layout
   # By position the original would read CDKN2A from the next column and shift every later field.
   _edit_labels(root, lambda t: t.drop(columns=["CDKN2A"]))
-  _expect_error(spec_for(root), tmp_path / "r", "TCGA/labels.csv", "'cdkn2a'",
-                "columns: positional")
+  _expect_error(spec_for(root), tmp_path / "r", "TCGA/labels.csv", "'cdkn2a'", "columns: positional")
   assert not (tmp_path / "r").exists()
 
 
@@ -271,8 +326,7 @@ def test_original_layout_columns_rename_and_drop(layout, tmp_path):
   spec["cohorts"][1]["columns"] = {"cdkn2a": None}
   s = spec_lib.load_cohort(spec, tmp_path / "r").slides
   raw = pd.read_csv(root / "TCGA/labels.csv")
-  np.testing.assert_array_equal(s["grade"][:len(raw)], raw["WHO grade"].map(
-      {"G2": 0, "G3": 1, "G4": 2}))
+  np.testing.assert_array_equal(s["grade"][: len(raw)], raw["WHO grade"].map({"G2": 0, "G3": 1, "G4": 2}))
   assert (s["cdkn2a"] == -1).all()
   spec["cohorts"][0]["columns"] = {"grade": "WHO_grade"}
   _expect_error(spec, tmp_path / "r2", "no column 'WHO_grade'", "columns.grade")
@@ -302,6 +356,15 @@ def test_original_layout_conflicting_labels_of_one_patient(layout, tmp_path):
   def conflict(t):
     t.loc[1, "grade"] = "G4" if t.loc[0, "grade"] != "G4" else "G2"
     return t
+
   _edit_labels(root, conflict)
-  _expect_error(spec_for(root), tmp_path / "r", "TCGA/labels.csv", "TCGA-AA-0000", "'grade'",
-                "data row 0", "data row 1", truth["slides"][1])
+  _expect_error(
+    spec_for(root),
+    tmp_path / "r",
+    "TCGA/labels.csv",
+    "TCGA-AA-0000",
+    "'grade'",
+    "data row 0",
+    "data row 1",
+    truth["slides"][1],
+  )

@@ -8,8 +8,15 @@ import pytest
 
 from smml_jax.data import normalise, pipeline, spec as spec_lib, splits as splits_lib
 
-SMALL = {"layout": "synthetic", "n_patients": 20, "grid_side": 2, "feature_dim": 4,
-         "n_genes_tumour": 3, "n_genes_micro": 2, "seed": 1}
+SMALL = {
+  "layout": "synthetic",
+  "n_patients": 20,
+  "grid_side": 2,
+  "feature_dim": 4,
+  "n_genes_tumour": 3,
+  "n_genes_micro": 2,
+  "seed": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +53,10 @@ def test_padding_and_dropping_the_last_batch(cohort):
 def test_hosts_get_contiguous_slices_of_each_global_batch(cohort):
   idx = np.arange(len(cohort))
   whole = list(pipeline.BatchIterator(cohort.source, idx, 6, seed=2, drop_remainder=False))
-  shards = [list(pipeline.BatchIterator(cohort.source, idx, 6, seed=2, drop_remainder=False,
-                                        process_index=p, process_count=3)) for p in range(3)]
+  shards = [
+    list(pipeline.BatchIterator(cohort.source, idx, 6, seed=2, drop_remainder=False, process_index=p, process_count=3))
+    for p in range(3)
+  ]
   assert all(len(s) == len(whole) for s in shards)
   for b, parts in zip(whole, zip(*shards)):
     assert all(p["patches"].shape[0] == 2 for p in parts)
@@ -60,17 +69,13 @@ def test_hosts_get_contiguous_slices_of_each_global_batch(cohort):
 def test_batches_match_records_and_preprocess(cohort):
   parts = splits_lib.make_splits(cohort, "original", seed=0)
   pre = normalise.fit_preprocessor(cohort, parts["train"])
-  batch = next(iter(pipeline.BatchIterator(cohort.source, parts["train"], 4, seed=0,
-                                           preprocess=pre)))
+  batch = next(iter(pipeline.BatchIterator(cohort.source, parts["train"], 4, seed=0, preprocess=pre)))
   assert batch["patches"].dtype == np.float32 and batch["slide_id"].dtype.kind == "U"
   assert batch["surv_time"].dtype == np.float32 and batch["grade"].dtype == np.int64
   rows = [cohort.slides.index[cohort.slides["slide_id"] == s][0] for s in batch["slide_id"]]
-  np.testing.assert_allclose(batch["genes_tumour"],
-                             pre.transform_genes("tumour", cohort.genes("tumour", rows)))
-  np.testing.assert_array_equal(batch["surv_bin"],
-                                pre.survival_bins(cohort.slides["surv_time"].to_numpy()[rows]))
-  np.testing.assert_allclose(batch["patches"][0],
-                             np.asarray(cohort.source[rows[0]]["patches"], np.float32))
+  np.testing.assert_allclose(batch["genes_tumour"], pre.transform_genes("tumour", cohort.genes("tumour", rows)))
+  np.testing.assert_array_equal(batch["surv_bin"], pre.survival_bins(cohort.slides["surv_time"].to_numpy()[rows]))
+  np.testing.assert_allclose(batch["patches"][0], np.asarray(cohort.source[rows[0]]["patches"], np.float32))
 
 
 def test_reader_errors_reach_the_consumer_and_early_exit_is_clean(cohort):
@@ -92,6 +97,7 @@ def test_reader_errors_reach_the_consumer_and_early_exit_is_clean(cohort):
 
 def test_prefetch_to_device_keeps_order_and_host_strings(cohort):
   import jax
+
   iterator = pipeline.BatchIterator(cohort.source, np.arange(8), 2, seed=0)
   batches = list(iterator)
   on_device = list(pipeline.prefetch_to_device(iterator, size=2))
@@ -104,8 +110,7 @@ def test_prefetch_to_device_keeps_order_and_host_strings(cohort):
 
 @pytest.mark.parametrize("on_device", [False, True])
 def test_iterator_state_resumes_mid_epoch_with_the_same_batches(cohort, on_device):
-  make = lambda: pipeline.BatchIterator(cohort.source, np.arange(len(cohort)), 4, seed=7, epoch=2,
-                                        drop_remainder=False)
+  make = lambda: pipeline.BatchIterator(cohort.source, np.arange(len(cohort)), 4, seed=7, epoch=2, drop_remainder=False)
   start = (lambda it: pipeline.prefetch_to_device(it, size=2)) if on_device else iter
   whole = [b["slide_id"].tolist() for b in start(make())]
   assert len(whole) == len(make()) >= 4
@@ -120,4 +125,5 @@ def test_iterator_state_resumes_mid_epoch_with_the_same_batches(cohort, on_devic
 
 def test_process_shard_comes_from_jax():
   import jax
+
   assert pipeline.jax_process_shard() == (jax.process_index(), jax.process_count())

@@ -12,8 +12,16 @@ from smml_jax.data import spec as spec_lib
 from smml_jax.data import splits as splits_lib
 from smml_jax.data.errors import CohortError
 
-SMALL = {"layout": "synthetic", "n_patients": 50, "grid_side": 2, "feature_dim": 4,
-         "n_genes_tumour": 3, "n_genes_micro": 3, "seed": 4, "second_slide_fraction": 0.5}
+SMALL = {
+  "layout": "synthetic",
+  "n_patients": 50,
+  "grid_side": 2,
+  "feature_dim": 4,
+  "n_genes_tumour": 3,
+  "n_genes_micro": 3,
+  "seed": 4,
+  "second_slide_fraction": 0.5,
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +56,9 @@ def test_original_scheme_matches_the_original_shuffle(cohort):
   np.random.shuffle(ids)
   n = len(ids)
   sets = _patient_sets(cohort, parts)
-  assert sets["train"] == set(ids[:int(n * 0.8)])
-  assert sets["test"] == set(ids[int(n * 0.8):int(n * 0.9)])
-  assert sets["val"] == set(ids[int(n * 0.9):])
+  assert sets["train"] == set(ids[: int(n * 0.8)])
+  assert sets["test"] == set(ids[int(n * 0.8) : int(n * 0.9)])
+  assert sets["val"] == set(ids[int(n * 0.9) :])
   other = splits_lib.make_splits(cohort, "original", seed=8)
   assert other["train"].tolist() != parts["train"].tolist()
 
@@ -70,8 +78,7 @@ def test_kfold_scheme_partitions_patients(cohort):
 
 def test_split_file_scheme(cohort, tmp_path):
   ids = sorted(cohort.slides["patient_id"].unique())
-  table = pd.DataFrame({"train": ids[:30], "val": ids[30:40] + [None] * 20,
-                        "test": ids[40:] + [None] * 20})
+  table = pd.DataFrame({"train": ids[:30], "val": ids[30:40] + [None] * 20, "test": ids[40:] + [None] * 20})
   table.to_csv(tmp_path / "splits_0.csv")
   parts = splits_lib.make_splits(cohort, "file", fold=0, split_file=tmp_path / "splits_{fold}.csv")
   _assert_disjoint_and_whole(cohort, parts)

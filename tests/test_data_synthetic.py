@@ -12,8 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from smml_jax.data import labels as labels_lib
 from smml_jax.data import synthetic
 
-SMALL = synthetic.SyntheticConfig(n_patients=60, grid_side=8, feature_dim=16, n_genes_tumour=8,
-                                  n_genes_micro=6, seed=5)
+SMALL = synthetic.SyntheticConfig(n_patients=60, grid_side=8, feature_dim=16, n_genes_tumour=8, n_genes_micro=6, seed=5)
 
 
 def test_synthetic_is_deterministic_per_seed():
@@ -28,7 +27,8 @@ def test_synthetic_labels_follow_who2021_and_patients_share_values():
   c = synthetic.generate(SMALL)
   s = c.slides
   np.testing.assert_array_equal(
-      s["diagnosis"], labels_lib.who2021_diagnosis(s["idh"], s["codel"], s["cdkn2a"], s["grade"]))
+    s["diagnosis"], labels_lib.who2021_diagnosis(s["idh"], s["codel"], s["cdkn2a"], s["grade"])
+  )
   np.testing.assert_array_equal(s["subtype"], labels_lib.who2021_subtype(s["idh"], s["codel"]))
   assert s["slide_id"].is_unique
   per_patient = s.groupby("patient_id")
@@ -73,7 +73,9 @@ def test_synthetic_grading_needs_both_modalities():
   test_patients = np.random.default_rng(0).permutation(c.config.n_patients)[:120]
   test = np.isin(pi, test_patients)
   y = s["grade"].to_numpy()
-  auc = {name: _probe_auc(x, y, ~test, test) for name, x in
-         (("genes", genes), ("patches", pooled), ("both", np.concatenate([genes, pooled], 1)))}
+  auc = {
+    name: _probe_auc(x, y, ~test, test)
+    for name, x in (("genes", genes), ("patches", pooled), ("both", np.concatenate([genes, pooled], 1)))
+  }
   assert auc["both"] >= 0.8, auc
   assert auc["both"] > auc["genes"] + 0.05 and auc["both"] > auc["patches"] + 0.05, auc

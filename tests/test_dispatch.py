@@ -9,17 +9,24 @@ import pytest
 from smml_jax.models.registry import build_model, implementations
 from smml_jax.ops import dispatch, native
 
-TINY = {"dim": 16, "heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8,
-        "snn_widths": [8, 8, 8, 16]}
+TINY = {"dim": 16, "heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8, "snn_widths": [8, 8, 8, 16]}
 NATIVE_TARGETS = ("smml_cpb_bias", "smml_depthwise2d")
 
 
-@pytest.mark.parametrize("impl,platform,native_ok,want", [
-    ("auto", "cpu", True, "native"), ("auto", "cpu", False, "fused"),
+@pytest.mark.parametrize(
+  "impl,platform,native_ok,want",
+  [
+    ("auto", "cpu", True, "native"),
+    ("auto", "cpu", False, "fused"),
     ("auto", "tpu", True, dispatch.ACCELERATOR_ATTENTION),
-    ("auto", "gpu", True, dispatch.ACCELERATOR_ATTENTION), ("auto", None, True, "auto"),
-    ("reference", "tpu", True, "reference"), ("fused", "cpu", True, "fused"),
-    ("native", "cpu", True, "native"), ("native", None, True, "native")])
+    ("auto", "gpu", True, dispatch.ACCELERATOR_ATTENTION),
+    ("auto", None, True, "auto"),
+    ("reference", "tpu", True, "reference"),
+    ("fused", "cpu", True, "fused"),
+    ("native", "cpu", True, "native"),
+    ("native", None, True, "native"),
+  ],
+)
 def test_resolve_attention_by_platform(impl, platform, native_ok, want):
   assert dispatch.resolve_attention(impl, platform, native_supported=native_ok) == want
 
@@ -31,24 +38,32 @@ def test_native_on_an_accelerator_and_unknown_names_are_refused():
     dispatch.resolve_attention("flash", "cpu", native_supported=True)
 
 
-@pytest.mark.parametrize("attention,conv", [
-    ("native", "native"), ("auto", "auto"), ("fused", "selection"), ("reference", "selection"),
-    ("chunked", "selection")])
+@pytest.mark.parametrize(
+  "attention,conv",
+  [
+    ("native", "native"),
+    ("auto", "auto"),
+    ("fused", "selection"),
+    ("reference", "selection"),
+    ("chunked", "selection"),
+  ],
+)
 def test_the_attention_choice_governs_the_depthwise_conv(attention, conv):
   assert dispatch.depthwise_for(attention) == conv
 
 
 def test_platform_of_a_mesh_and_of_devices():
   from smml_jax.train import sharding
+
   assert dispatch.platform_of(sharding.make_mesh(jax.devices()[:1])) == "cpu"
   assert dispatch.platform_of(jax.devices()) == "cpu"
 
 
 def _lowered_text(impl):
-  spec = build_model("subspace", num_classes=3, n_genes_tumour=5, n_genes_micro=6,
-                     feature_dim=8, options=TINY, impl=impl)
-  batch = {"patches": jnp.ones((2, 64, 8)), "genes_tumour": jnp.ones((2, 5)),
-           "genes_micro": jnp.ones((2, 6))}
+  spec = build_model(
+    "subspace", num_classes=3, n_genes_tumour=5, n_genes_micro=6, feature_dim=8, options=TINY, impl=impl
+  )
+  batch = {"patches": jnp.ones((2, 64, 8)), "genes_tumour": jnp.ones((2, 5)), "genes_micro": jnp.ones((2, 6))}
   params = jax.eval_shape(lambda: spec.module.init(jax.random.PRNGKey(0), batch))
 
   def loss(p):
@@ -61,8 +76,7 @@ needs_native = pytest.mark.skipif(not native.load(), reason="native kernels not 
 
 
 @needs_native
-@pytest.mark.parametrize("impl", [{"attention_impl": "auto", "platform": "cpu"},
-                                  {"attention_impl": "auto"}])
+@pytest.mark.parametrize("impl", [{"attention_impl": "auto", "platform": "cpu"}, {"attention_impl": "auto"}])
 def test_auto_runs_the_native_kernels_on_the_cpu(impl):
   spec, text = _lowered_text(impl)
   for target in NATIVE_TARGETS:
@@ -72,9 +86,15 @@ def test_auto_runs_the_native_kernels_on_the_cpu(impl):
 
 
 @needs_native
-@pytest.mark.parametrize("impl", [{"attention_impl": "reference"}, {"attention_impl": "fused"},
-                                  {"attention_impl": "auto", "platform": "tpu"},
-                                  {"attention_impl": "auto", "platform": "gpu"}])
+@pytest.mark.parametrize(
+  "impl",
+  [
+    {"attention_impl": "reference"},
+    {"attention_impl": "fused"},
+    {"attention_impl": "auto", "platform": "tpu"},
+    {"attention_impl": "auto", "platform": "gpu"},
+  ],
+)
 def test_other_paths_and_other_platforms_run_no_native_kernel(impl):
   """An explicit XLA path governs the depthwise conv too, and a TPU/GPU target is honoured on
   this CPU host (whose default backend would pick the native kernels)."""
@@ -83,8 +103,7 @@ def test_other_paths_and_other_platforms_run_no_native_kernel(impl):
     assert target not in text
   record = implementations(spec)
   assert record["depthwise"] == "selection"
-  assert record["attention"] == ("fused" if impl["attention_impl"] == "auto"
-                                 else impl["attention_impl"])
+  assert record["attention"] == ("fused" if impl["attention_impl"] == "auto" else impl["attention_impl"])
 
 
 def test_native_for_a_tpu_model_is_a_clear_error():
@@ -97,13 +116,17 @@ def test_auto_without_a_platform_is_resolved_where_it_is_lowered():
   and the result equals the explicit paths'."""
   from smml_jax.ops.attention import cpb_attention
   from smml_jax.ops.cpb import query_positions
+
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.normal(size=(1, 2, 16, 4)), jnp.float32)
   k = v = jnp.asarray(rng.normal(size=(1, 2, 9, 4)), jnp.float32)
   pos_k = jnp.asarray(rng.uniform(-1, 1, size=(1, 2, 9, 2)), jnp.float32)
-  params = [(jnp.asarray(rng.normal(size=s), jnp.float32), jnp.asarray(rng.normal(size=s[1:]),
-                                                                       jnp.float32))
-            for s in ((2, 8), (8, 8), (8, 1))]
-  out = {impl: cpb_attention(q, k, v, query_positions(4, 2), pos_k, params, query_tile=8,
-                             implementation=impl)[0] for impl in ("auto", "reference")}
+  params = [
+    (jnp.asarray(rng.normal(size=s), jnp.float32), jnp.asarray(rng.normal(size=s[1:]), jnp.float32))
+    for s in ((2, 8), (8, 8), (8, 1))
+  ]
+  out = {
+    impl: cpb_attention(q, k, v, query_positions(4, 2), pos_k, params, query_tile=8, implementation=impl)[0]
+    for impl in ("auto", "reference")
+  }
   np.testing.assert_allclose(out["auto"], out["reference"], rtol=1e-5, atol=1e-6)

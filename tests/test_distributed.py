@@ -30,30 +30,51 @@ pytestmark = pytest.mark.slow  # trains runs / spawns processes: minutes on 2 co
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "distributed_worker.py"
 TIMEOUT_S = 420
-SPEC = ("layout: synthetic\nn_patients: 40\ngrid_side: 8\nfeature_dim: 16\n"
-        "n_genes_tumour: 8\nn_genes_micro: 8\n")
+SPEC = "layout: synthetic\nn_patients: 40\ngrid_side: 8\nfeature_dim: 16\nn_genes_tumour: 8\nn_genes_micro: 8\n"
 
 
 def _cache_env(root: pathlib.Path) -> dict[str, str]:
   # The single-process runs compile the same 4-device programs: share them through the cache.
-  return {"JAX_COMPILATION_CACHE_DIR": str(root / "xla_cache"),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1",
-          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-          "PYTHONPATH": str(REPO)}
+  return {
+    "JAX_COMPILATION_CACHE_DIR": str(root / "xla_cache"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    "PYTHONPATH": str(REPO),
+  }
 
 
 def _worker_args(root: pathlib.Path, out: pathlib.Path, *extra: str) -> list[str]:
-  return [sys.executable, str(WORKER), "--out", str(out), "--data", str(root / "spec.yaml"),
-          "--data-dir", str(root / "data"), *extra]
+  return [
+    sys.executable,
+    str(WORKER),
+    "--out",
+    str(out),
+    "--data",
+    str(root / "spec.yaml"),
+    "--data-dir",
+    str(root / "data"),
+    *extra,
+  ]
 
 
 def _run_single(root: pathlib.Path, out: pathlib.Path, *extra: str, devices: int = 4) -> None:
-  env = {**os.environ, **_cache_env(root), "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  env = {
+    **os.environ,
+    **_cache_env(root),
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+  }
   for k in ("SMML_COORDINATOR_ADDRESS", "SMML_NUM_PROCESSES", "SMML_PROCESS_ID"):
     env.pop(k, None)
-  proc = subprocess.run(_worker_args(root, out, *extra), env=env, cwd=REPO, timeout=TIMEOUT_S,
-                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.run(
+    _worker_args(root, out, *extra),
+    env=env,
+    cwd=REPO,
+    timeout=TIMEOUT_S,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   assert proc.returncode == 0, f"single-process worker failed:\n{proc.stdout[-4000:]}"
   assert "worker 0/1 done, 4 devices" in proc.stdout
 
@@ -78,8 +99,7 @@ def _state(checkpoint_step_dir: pathlib.Path) -> dict:
 def _assert_trees_close(a, b, what: str) -> None:
   assert jax.tree.structure(a) == jax.tree.structure(b), what
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5,
-                               err_msg=f"{what}: {jax.tree_util.keystr(path)}")
+    np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5, err_msg=f"{what}: {jax.tree_util.keystr(path)}")
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +109,14 @@ def runs(tmp_path_factory):
   multi = root / "two_processes"
   # First, so the cohort is built here: process 0 writes the records, process 1 waits.
   results = distributed.launch_local(
-      _worker_args(root, multi, "--stop-after-epoch", "0", "--snapshot", "epoch0"), 2,
-      devices_per_process=2, timeout_s=TIMEOUT_S, env=_cache_env(root), cwd=str(REPO),
-      log_dir=str(root / "logs"))
+    _worker_args(root, multi, "--stop-after-epoch", "0", "--snapshot", "epoch0"),
+    2,
+    devices_per_process=2,
+    timeout_s=TIMEOUT_S,
+    env=_cache_env(root),
+    cwd=str(REPO),
+    log_dir=str(root / "logs"),
+  )
   for i, (rc, out) in enumerate(results):
     assert rc == 0, f"process {i} of the 2-process run exited with {rc}:\n{out[-4000:]}"
     assert f"worker {i}/2 done, 4 devices" in out
@@ -115,8 +140,10 @@ def test_two_processes_match_one_process(runs):
   _assert_trees_close(multi_state["opt_state"], ref_state["opt_state"], "optimiser state")
   np.testing.assert_array_equal(multi_state["rng"], ref_state["rng"])
   # Evaluation metrics cover the whole split (every slide, gathered from both hosts).
-  val_rows = {name: [r for r in _metric_rows(run) if r["split"] != "train" and r["epoch"] == 0]
-              for name, run in (("multi", multi), ("reference", reference))}
+  val_rows = {
+    name: [r for r in _metric_rows(run) if r["split"] != "train" and r["epoch"] == 0]
+    for name, run in (("multi", multi), ("reference", reference))
+  }
   assert [r["split"] for r in val_rows["multi"]] == ["val", "test"]
   for m, r in zip(val_rows["multi"], val_rows["reference"]):
     assert m["num_examples"] == r["num_examples"] > 0
@@ -152,8 +179,13 @@ def test_maybe_initialize_needs_a_process_id(monkeypatch):
 
 
 def test_maybe_initialize_single_process_does_nothing(monkeypatch):
-  for k in ("SMML_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS", "SMML_NUM_PROCESSES",
-            "JAX_NUM_PROCESSES", "SMML_DISTRIBUTED"):
+  for k in (
+    "SMML_COORDINATOR_ADDRESS",
+    "JAX_COORDINATOR_ADDRESS",
+    "SMML_NUM_PROCESSES",
+    "JAX_NUM_PROCESSES",
+    "SMML_DISTRIBUTED",
+  ):
     monkeypatch.delenv(k, raising=False)
   assert distributed.maybe_initialize() is False
   assert distributed.maybe_initialize("127.0.0.1:1", 1, 0) is False

@@ -11,15 +11,12 @@ from smml_jax.train import events
 def test_scalars_round_trip_through_an_event_file(tmp_path):
   writer = events.RunEvents(tmp_path)
   for step in range(1, 4):
-    writer.train_step(step, {"loss": np.float32(1.0 / step), "grad_norm": 2.0 * step,
-                             "learning_rate": 1e-3})
-  writer.evaluation(3, "val", {"auc": 0.75, "confusion_matrix": [[1, 0], [0, 1]],
-                               "c_index_ipcw": None})
+    writer.train_step(step, {"loss": np.float32(1.0 / step), "grad_norm": 2.0 * step, "learning_rate": 1e-3})
+  writer.evaluation(3, "val", {"auc": 0.75, "confusion_matrix": [[1, 0], [0, 1]], "c_index_ipcw": None})
   writer.info("epoch 1: done")
   writer.close()
   scalars = events.read_scalars(tmp_path / events.EVENTS_DIR)
-  assert scalars["train/loss"] == [(1, pytest.approx(1.0)), (2, pytest.approx(0.5)),
-                                   (3, pytest.approx(1 / 3))]
+  assert scalars["train/loss"] == [(1, pytest.approx(1.0)), (2, pytest.approx(0.5)), (3, pytest.approx(1 / 3))]
   assert [s for s, _ in scalars["train/grad_norm"]] == [1, 2, 3]
   assert scalars["val/auc"] == [(3, pytest.approx(0.75))]
   assert not any("confusion" in tag or "ipcw" in tag for tag in scalars)  # not scalars
@@ -45,7 +42,7 @@ def test_a_nan_scalar_is_written_not_dropped(tmp_path):
   writer = events.RunEvents(tmp_path)
   writer.train_step(1, {"loss": float("nan")})
   writer.close()
-  (step, value), = events.read_scalars(tmp_path / events.EVENTS_DIR)["train/loss"]
+  ((step, value),) = events.read_scalars(tmp_path / events.EVENTS_DIR)["train/loss"]
   assert step == 1 and np.isnan(value)
 
 

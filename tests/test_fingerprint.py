@@ -42,6 +42,7 @@ def test_changes_name_added_deleted_and_changed_files(tmp_path):
 def test_a_feature_file_that_appears_rebuilds_the_records(tmp_path, caplog):
   from smml_jax.data import spec as spec_lib
   from test_bad_input import make_clam
+
   spec = make_clam(tmp_path / "raw", np.random.default_rng(0))
   spec["missing_features"] = "skip"
   h5 = sorted((tmp_path / "raw" / "h5").glob("*.h5"))[-1]

@@ -33,8 +33,7 @@ def test_integrated_gradients_completeness(probability):
   key = jax.random.PRNGKey(0)
   fn = _nonlinear_model(key)
   kx, kb = jax.random.split(jax.random.PRNGKey(1))
-  inputs = {"genes_tumour": jax.random.normal(kx, (4, 5)),
-            "genes_micro": jax.random.normal(kb, (4, 7))}
+  inputs = {"genes_tumour": jax.random.normal(kx, (4, 5)), "genes_micro": jax.random.normal(kb, (4, 7))}
   baselines = {"genes_tumour": jnp.full((5,), 0.3), "genes_micro": jnp.full((7,), -0.2)}  # a "mean"
   target_fn = interpret.class_target(fn(inputs).argmax(-1), probability=probability)
   attr = interpret.integrated_gradients(fn, inputs, baselines, target_fn, steps=64)
@@ -52,12 +51,17 @@ def test_integrated_gradients_completeness(probability):
 
 def test_integrated_gradients_jit_and_alpha_batches_agree():
   fn = _nonlinear_model(jax.random.PRNGKey(2))
-  inputs = {"genes_tumour": jax.random.normal(jax.random.PRNGKey(3), (3, 5)),
-            "genes_micro": jax.random.normal(jax.random.PRNGKey(4), (3, 7))}
+  inputs = {
+    "genes_tumour": jax.random.normal(jax.random.PRNGKey(3), (3, 5)),
+    "genes_micro": jax.random.normal(jax.random.PRNGKey(4), (3, 7)),
+  }
   target_fn = interpret.class_target(jnp.array([0, 1, 2]))
   full = interpret.integrated_gradients(fn, inputs, None, target_fn, steps=16)
-  ig = jax.jit(functools.partial(interpret.integrated_gradients, fn, baselines=None,
-                                 target_fn=target_fn, steps=16, alpha_batch_size=5))
+  ig = jax.jit(
+    functools.partial(
+      interpret.integrated_gradients, fn, baselines=None, target_fn=target_fn, steps=16, alpha_batch_size=5
+    )
+  )
   chunked = ig(inputs)
   for k in inputs:
     np.testing.assert_allclose(np.asarray(chunked[k]), np.asarray(full[k]), rtol=1e-5, atol=1e-6)
@@ -72,8 +76,10 @@ def test_integrated_gradients_ranks_planted_gene_first():
     return jnp.stack([jnp.tanh(2 * x), x**2 - 1.0, 0.5 * x, jnp.zeros_like(x)], axis=-1)
 
   rng = np.random.default_rng(0)
-  inputs = {"genes_tumour": jnp.asarray(rng.normal(size=(8, 6)), jnp.float32),
-            "genes_micro": jnp.asarray(rng.normal(size=(8, 20)), jnp.float32)}
+  inputs = {
+    "genes_tumour": jnp.asarray(rng.normal(size=(8, 6)), jnp.float32),
+    "genes_micro": jnp.asarray(rng.normal(size=(8, 20)), jnp.float32),
+  }
   attr = interpret.integrated_gradients(fn, inputs, None, risk_from_logits, steps=32)
   table = interpret.top_genes(attr["genes_micro"], names)
   assert table.iloc[0]["gene"] == f"GENE{planted}"
@@ -192,13 +198,15 @@ def test_model_gene_attributions_on_a_flax_model(survival):
     def __call__(self, batch, train: bool = False):
       del train
       pooled = nn.Dense(4)(batch["patches"].mean(axis=1))
-      gene = batch["genes_micro"][:, planted:planted + 1]
+      gene = batch["genes_micro"][:, planted : planted + 1]
       return ModelOutput(logits=pooled + nn.Dense(4)(jnp.tanh(3.0 * gene)))
 
   rng = np.random.default_rng(3)
-  batch = {"patches": jnp.asarray(rng.normal(size=(5, 6, 8)), jnp.float32),
-           "genes_tumour": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32),
-           "genes_micro": jnp.asarray(rng.normal(size=(5, 9)), jnp.float32)}
+  batch = {
+    "patches": jnp.asarray(rng.normal(size=(5, 6, 8)), jnp.float32),
+    "genes_tumour": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32),
+    "genes_micro": jnp.asarray(rng.normal(size=(5, 9)), jnp.float32),
+  }
   model = PlantedModel()
   variables = model.init(jax.random.PRNGKey(0), batch)
   task = get_task("survival" if survival else "diagnosis")
@@ -214,6 +222,7 @@ def test_model_gene_attributions_on_a_flax_model(survival):
 def test_lattice_grid_is_the_attention_grid_without_offsets():
   """With the offset projection zeroed, the module's grid is exactly `lattice_grid`."""
   from smml_jax.models.deform_attention import DeformAttentionConfig, DeformCrossAttention
+
   cfg = DeformAttentionConfig(heads=2, dim_head=4, offset_groups=2, cpb_hidden=4, dropout=0.0)
   module = DeformCrossAttention(cfg)
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 8 * 8, 8))

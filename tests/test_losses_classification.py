@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import load_fixture
-from smml_jax.losses.classification import (ORIGINAL_CLASS_WEIGHTS, class_weights_from_labels,
-                                            weighted_cross_entropy)
+from smml_jax.losses.classification import ORIGINAL_CLASS_WEIGHTS, class_weights_from_labels, weighted_cross_entropy
 
 
 def _torch_weighted_mean_numpy(logits, labels, weights):
@@ -27,17 +26,18 @@ def test_matches_pytorch_weighted_mean_formula():
   got = jax.jit(weighted_cross_entropy)(logits, labels, weights)
   np.testing.assert_allclose(got, _torch_weighted_mean_numpy(logits, labels, weights), rtol=1e-6)
   unweighted = weighted_cross_entropy(logits, labels)
-  np.testing.assert_allclose(unweighted, _torch_weighted_mean_numpy(logits, labels, np.ones(4)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(unweighted, _torch_weighted_mean_numpy(logits, labels, np.ones(4)), rtol=1e-6)
 
 
 @pytest.mark.parity
 def test_parity_ce_deform_pathomic_net():
   fx = load_fixture("deform_pathomic_net.npz")
-  np.testing.assert_array_equal(fx["loss/class_weights_diag2021_train"],
-                                np.asarray(ORIGINAL_CLASS_WEIGHTS["diagnosis"], np.float32))
-  got = weighted_cross_entropy(fx["out/logits2_hazard"], fx["input/label_diag2021"],
-                               fx["loss/class_weights_diag2021_train"])
+  np.testing.assert_array_equal(
+    fx["loss/class_weights_diag2021_train"], np.asarray(ORIGINAL_CLASS_WEIGHTS["diagnosis"], np.float32)
+  )
+  got = weighted_cross_entropy(
+    fx["out/logits2_hazard"], fx["input/label_diag2021"], fx["loss/class_weights_diag2021_train"]
+  )
   np.testing.assert_allclose(got, fx["loss/ce_diag2021"], rtol=0, atol=1.5e-5)
 
 
@@ -57,8 +57,7 @@ def test_mask_and_missing_labels_equal_the_subset():
 
 def test_all_padding_gives_zero_and_finite_gradient():
   logits = jnp.ones((3, 4))
-  value, grad = jax.value_and_grad(weighted_cross_entropy)(logits, jnp.zeros(3, int), None,
-                                                           jnp.zeros(3, bool))
+  value, grad = jax.value_and_grad(weighted_cross_entropy)(logits, jnp.zeros(3, int), None, jnp.zeros(3, bool))
   assert value == 0.0
   assert np.all(np.isfinite(grad)) and np.all(grad == 0)
 

@@ -50,16 +50,19 @@ def test_parity_batch_loss_values_and_gradients():
 def test_parity_batch_sim_deform_pathomic_net():
   fx = load_fixture("deform_pathomic_net.npz")
   sums = {}
-  for name, omic_key, grid_key in (("tumor", "out/logits3_omic_tumor", "out/logits4_vgrid_tumor"),
-                                   ("immune", "out/logits5_omic_immune", "out/logits6_vgrid_immune")):
+  for name, omic_key, grid_key in (
+    ("tumor", "out/logits3_omic_tumor", "out/logits4_vgrid_tumor"),
+    ("immune", "out/logits5_omic_immune", "out/logits6_vgrid_immune"),
+  ):
     matrix = batch_consistency_loss(fx[omic_key], fx[grid_key])
     np.testing.assert_allclose(matrix, fx[f"loss/batch_sim_{name}_matrix"], rtol=0, atol=1.5e-5)
     sums[name] = jnp.sum(matrix)
     np.testing.assert_allclose(sums[name], fx[f"loss/batch_sim_{name}"], rtol=0, atol=1.5e-5)
   batch_sim = 0.5 * sums["tumor"] + 0.5 * sums["immune"]
   np.testing.assert_allclose(batch_sim, fx["loss/batch_sim"], rtol=0, atol=1.5e-5)
-  ce = weighted_cross_entropy(fx["out/logits2_hazard"], fx["input/label_diag2021"],
-                              fx["loss/class_weights_diag2021_train"])
+  ce = weighted_cross_entropy(
+    fx["out/logits2_hazard"], fx["input/label_diag2021"], fx["loss/class_weights_diag2021_train"]
+  )
   np.testing.assert_allclose(ce + batch_sim, fx["loss/total"], rtol=0, atol=1.5e-5)
 
 
@@ -69,8 +72,7 @@ def test_modes_match_the_written_definition(mode):
   omic = rng.uniform(size=(4, 6)).astype(np.float32)
   vgrid = rng.uniform(0, 3, size=(4 * 3, 2, 2, 2)).astype(np.float32)
   got = batch_consistency_loss(omic, vgrid, mode=mode)
-  np.testing.assert_allclose(got, _numpy_batch_loss(omic, vgrid, mode == "per_sample"),
-                             rtol=1e-4, atol=1e-8)
+  np.testing.assert_allclose(got, _numpy_batch_loss(omic, vgrid, mode == "per_sample"), rtol=1e-4, atol=1e-8)
 
 
 def test_per_sample_is_permutation_equivariant_reference_is_not():
@@ -105,8 +107,9 @@ def test_mask_equals_the_loss_of_the_real_examples(mode):
   assert np.all(np.isfinite(g_omic)) and np.all(np.isfinite(g_vgrid))
   np.testing.assert_array_equal(g_omic[~mask], 0.0)
   np.testing.assert_array_equal(np.asarray(g_vgrid).reshape(n, g, -1)[~mask], 0.0)
-  np.testing.assert_allclose(loss(omic, vgrid, np.ones(n, bool)), batch_consistency_loss(omic, vgrid, mode=mode),
-                             rtol=1e-5, atol=1e-9)
+  np.testing.assert_allclose(
+    loss(omic, vgrid, np.ones(n, bool)), batch_consistency_loss(omic, vgrid, mode=mode), rtol=1e-5, atol=1e-9
+  )
 
 
 def test_zero_gene_embedding_nan_unless_guarded():
@@ -119,8 +122,7 @@ def test_zero_gene_embedding_nan_unless_guarded():
 
 def test_single_example_is_zero_and_bad_shapes_raise():
   # Exactly 0 in exact arithmetic; XLA's x * rsqrt(y) leaves ~1e-16.
-  np.testing.assert_allclose(batch_consistency_loss(np.ones((1, 3)), np.ones((8, 2, 2, 2))), 0.0,
-                             atol=1e-12)
+  np.testing.assert_allclose(batch_consistency_loss(np.ones((1, 3)), np.ones((8, 2, 2, 2))), 0.0, atol=1e-12)
   with pytest.raises(ValueError, match="multiple of the batch size"):
     batch_consistency_loss(np.ones((3, 4)), np.ones((8, 2, 2, 2)))
   with pytest.raises(ValueError, match="mode"):

@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 
 from conftest import load_fixture
-from smml_jax.losses.survival import (hazards_from_logits, risk_from_hazards, risk_from_logits,
-                                      survival_curve, survival_nll)
+from smml_jax.losses.survival import (
+  hazards_from_logits,
+  risk_from_hazards,
+  risk_from_logits,
+  survival_curve,
+  survival_nll,
+)
 
 
 @pytest.mark.parity
@@ -15,16 +20,15 @@ def test_parity_survival_nll_value_and_gradient():
   assert int(fx["num_cases"]) >= 1
   for case in range(int(fx["num_cases"])):
     p = f"case{case}/"
-    np.testing.assert_allclose(hazards_from_logits(fx[p + "logits"]), fx[p + "hazards"],
-                               rtol=1e-5, atol=1e-6, err_msg=str(fx[p + "name"]))
+    np.testing.assert_allclose(
+      hazards_from_logits(fx[p + "logits"]), fx[p + "hazards"], rtol=1e-5, atol=1e-6, err_msg=str(fx[p + "name"])
+    )
     np.testing.assert_allclose(survival_curve(fx[p + "hazards"]), fx[p + "S"], rtol=1e-5, atol=1e-6)
     event = 1 - fx[p + "c"]  # the fixture stores censorship
-    loss = lambda z: survival_nll(z, fx[p + "Y"], event, alpha=float(fx[p + "alpha"]),
-                                  eps=float(fx["eps"]))
+    loss = lambda z: survival_nll(z, fx[p + "Y"], event, alpha=float(fx[p + "alpha"]), eps=float(fx["eps"]))
     value, grad = jax.jit(jax.value_and_grad(loss))(fx[p + "logits"])
     np.testing.assert_allclose(value, fx[p + "loss"], rtol=1e-5, atol=1e-6, err_msg=str(fx[p + "name"]))
-    np.testing.assert_allclose(grad, fx[p + "grad_logits"], rtol=1e-5, atol=1e-6,
-                               err_msg=str(fx[p + "name"]))
+    np.testing.assert_allclose(grad, fx[p + "grad_logits"], rtol=1e-5, atol=1e-6, err_msg=str(fx[p + "name"]))
 
 
 def test_mask_and_missing_bins_equal_the_subset():

@@ -25,8 +25,9 @@ def test_equals_sksurv_with_tied_times_and_risks():
       event = rng.random(size) < 0.5
       risk = np.round(rng.normal(size=size), 1).astype(np.float32)  # tied risks
       expected = _sksurv_or_nan(risk.astype(np.float64), time.astype(np.float64), event)
-      np.testing.assert_allclose(fn(risk, time, event), expected, rtol=1e-6,
-                                 err_msg=f"time={time} event={event} risk={risk}")
+      np.testing.assert_allclose(
+        fn(risk, time, event), expected, rtol=1e-6, err_msg=f"time={time} event={event} risk={risk}"
+      )
       checked += np.isfinite(expected)
   assert checked > 50
 
@@ -46,5 +47,6 @@ def test_mask_equals_the_subset():
   mask = rng.random(10) < 0.7
   got = concordance(risk, time, event, mask)
   want = concordance(risk[mask], time[mask], event[mask])
-  np.testing.assert_allclose([got.cindex, got.concordant, got.comparable],
-                             [want.cindex, want.concordant, want.comparable], rtol=1e-6)
+  np.testing.assert_allclose(
+    [got.cindex, got.concordant, got.comparable], [want.cindex, want.concordant, want.comparable], rtol=1e-6
+  )

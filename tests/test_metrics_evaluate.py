@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 from sklearn import metrics as skm
-from sksurv.metrics import (concordance_index_censored, concordance_index_ipcw,
-                            integrated_brier_score)
+from sksurv.metrics import concordance_index_censored, concordance_index_ipcw, integrated_brier_score
 from sksurv.util import Surv
 
 from smml_jax.metrics.evaluation import classification_metrics, survival_metrics
@@ -90,7 +89,8 @@ def test_survival_metrics_equal_sksurv():
   assert got["c_index_ipcw"] == pytest.approx(concordance_index_ipcw(train, test, risk)[0])
   assert got["brier_times"] == [200.0, 400.0, 800.0]
   assert got["integrated_brier_score"] == pytest.approx(
-      integrated_brier_score(train, test, curves[:, :3], bin_times[:3]))
+    integrated_brier_score(train, test, curves[:, :3], bin_times[:3])
+  )
   assert got["num_events"] == int(event.sum())
 
 

@@ -13,14 +13,17 @@ from smml_jax.optim.coordination import coordinate_blocks
 from smml_jax.tasks import get_task
 from smml_jax.train.steps import LossConfig, coordination_args, loss_fn, model_inputs
 
-TINY = {"dim": 8, "heads": 2, "dim_head": 4, "offset_groups": 2, "cpb_hidden": 4,
-        "snn_widths": [8, 8]}
+TINY = {"dim": 8, "heads": 2, "dim_head": 4, "offset_groups": 2, "cpb_hidden": 4, "snn_widths": [8, 8]}
 B, SIDE, D, GT, GM = 6, 8, 8, 3, 4
 
 
 def _preprocessor(gene_transform="zscore"):
-  return normalise.Preprocessor(gene_transform, {"tumour": (1.0,) * GT, "micro": (2.0,) * GM},
-                                {"tumour": (2.0,) * GT, "micro": (4.0,) * GM}, (100.0, 200.0))
+  return normalise.Preprocessor(
+    gene_transform,
+    {"tumour": (1.0,) * GT, "micro": (2.0,) * GM},
+    {"tumour": (2.0,) * GT, "micro": (4.0,) * GM},
+    (100.0, 200.0),
+  )
 
 
 def test_preprocessor_marks_nan_rows_absent_and_fills_them_with_zeros():
@@ -41,10 +44,15 @@ class _Cohort:
 
   def __init__(self, genes_t, genes_m):
     import pandas as pd
+
     n = len(genes_t)
-    self.slides = pd.DataFrame({"patient_id": [f"p{i}" for i in range(n)],
-                                "surv_time": np.arange(n, dtype=np.float32) * 100 + 50,
-                                "event": np.ones(n, np.int64)})
+    self.slides = pd.DataFrame(
+      {
+        "patient_id": [f"p{i}" for i in range(n)],
+        "surv_time": np.arange(n, dtype=np.float32) * 100 + 50,
+        "event": np.ones(n, np.int64),
+      }
+    )
     self.raw_genes = {"tumour": genes_t, "micro": genes_m}
     self.gene_names = {"tumour": [f"t{i}" for i in range(GT)], "micro": [f"m{i}" for i in range(GM)]}
     self.gene_transform = "zscore"
@@ -65,8 +73,7 @@ def test_normalisation_is_fitted_on_present_training_expression_only():
   np.testing.assert_allclose(pre.mean["tumour"], gt[present].astype(np.float64).mean(0), rtol=1e-6)
   np.testing.assert_allclose(pre.std["micro"], gm[present].astype(np.float64).std(0), rtol=1e-6)
   # Survival cuts still see every training patient (absent expression is not absent survival).
-  full = normalise.fit_preprocessor(_Cohort(np.ones((10, GT), np.float32),
-                                            np.ones((10, GM), np.float32)), train)
+  full = normalise.fit_preprocessor(_Cohort(np.ones((10, GT), np.float32), np.ones((10, GM), np.float32)), train)
   assert pre.surv_cuts == full.surv_cuts
 
 
@@ -78,22 +85,26 @@ def test_no_training_expression_at_all_gives_the_identity_normalisation():
 
 def _batch(task="grading", present=(True, False, True, False, True, True), seed=0):
   rng = np.random.default_rng(seed)
-  batch = {"patches": rng.normal(size=(B, SIDE * SIDE, D)).astype(np.float32),
-           "genes_tumour": rng.normal(size=(B, GT)).astype(np.float32),
-           "genes_micro": rng.normal(size=(B, GM)).astype(np.float32),
-           "mask": np.ones(B, bool), "has_expression": np.asarray(present, bool),
-           "grade": np.array([0, 1, 2, 0, 1, 2]), "surv_bin": np.array([0, 1, 2, 3, 1, 0]),
-           "surv_time": np.array([10., 300., 500., 900., 250., 40.], np.float32),
-           "event": np.array([1, 0, 1, 0, 1, 1])}
+  batch = {
+    "patches": rng.normal(size=(B, SIDE * SIDE, D)).astype(np.float32),
+    "genes_tumour": rng.normal(size=(B, GT)).astype(np.float32),
+    "genes_micro": rng.normal(size=(B, GM)).astype(np.float32),
+    "mask": np.ones(B, bool),
+    "has_expression": np.asarray(present, bool),
+    "grade": np.array([0, 1, 2, 0, 1, 2]),
+    "surv_bin": np.array([0, 1, 2, 3, 1, 0]),
+    "surv_time": np.array([10.0, 300.0, 500.0, 900.0, 250.0, 40.0], np.float32),
+    "event": np.array([1, 0, 1, 0, 1, 1]),
+  }
   return {k: jnp.asarray(v) for k, v in batch.items()}
 
 
 @pytest.fixture(scope="module")
 def model():
-  spec = build_model("subspace", num_classes=4, n_genes_tumour=GT, n_genes_micro=GM,
-                     feature_dim=D, options=TINY)
-  params = spec.module.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
-                            model_inputs(_batch()))["params"]
+  spec = build_model("subspace", num_classes=4, n_genes_tumour=GT, n_genes_micro=GM, feature_dim=D, options=TINY)
+  params = spec.module.init(
+    {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, model_inputs(_batch())
+  )["params"]
   return spec, params
 
 
@@ -114,8 +125,11 @@ def test_absent_examples_use_the_learned_absent_embedding_not_their_genes(model)
   # All present: the same function as a batch without the mask.
   full = dict(batch, has_expression=jnp.ones(B, bool))
   no_mask = {k: v for k, v in model_inputs(batch).items() if k != "has_expression"}
-  np.testing.assert_allclose(spec.module.apply({"params": params}, model_inputs(full)).logits,
-                             spec.module.apply({"params": params}, no_mask).logits, rtol=1e-6)
+  np.testing.assert_allclose(
+    spec.module.apply({"params": params}, model_inputs(full)).logits,
+    spec.module.apply({"params": params}, no_mask).logits,
+    rtol=1e-6,
+  )
 
 
 @pytest.mark.slow  # builds and applies the subspace model
@@ -189,6 +203,7 @@ def test_unknown_coordination_score_is_refused():
 
 def test_drop_expression_draws_training_patients_with_expression_by_the_run_seed():
   from smml_jax.data import missing
+
   rng = np.random.default_rng(1)
   gt, gm = rng.normal(size=(12, GT)).astype(np.float32), rng.normal(size=(12, GM)).astype(np.float32)
   gt[2:4] = gm[2:4] = np.nan  # patient p1 has no expression
@@ -209,9 +224,13 @@ def test_drop_expression_draws_training_patients_with_expression_by_the_run_seed
 
 def test_dropped_slides_reach_the_step_without_expression():
   from smml_jax.data import missing
+
   drop = missing.DropExpression(frozenset({"s1"}), _preprocessor())
-  batch = {"slide_id": np.array(["s0", "s1", "s2"]), "genes_tumour": np.ones((3, GT), np.float32),
-           "genes_micro": np.ones((3, GM), np.float32)}
+  batch = {
+    "slide_id": np.array(["s0", "s1", "s2"]),
+    "genes_tumour": np.ones((3, GT), np.float32),
+    "genes_micro": np.ones((3, GM), np.float32),
+  }
   out = drop(batch)
   np.testing.assert_array_equal(out["has_expression"], [True, False, True])
   np.testing.assert_array_equal(out["genes_tumour"][1], 0.0)
@@ -222,6 +241,7 @@ def test_dropped_slides_reach_the_step_without_expression():
 
 def test_drop_expression_and_coordination_score_config_checks():
   from smml_jax.train.config import ConfigError, config_to_dict, make_config, run_identity
+
   assert make_config({"data": {"drop_expression": 0.5}}).data.drop_expression == 0.5
   for bad in (1.5, -0.1):
     with pytest.raises(ConfigError, match="data.drop_expression"):
@@ -234,8 +254,7 @@ def test_drop_expression_and_coordination_score_config_checks():
   # Both are part of the run's identity (what --resume compares).
   base = run_identity(config_to_dict(make_config({"task": "survival"})))
   assert run_identity(config_to_dict(cfg)) != base
-  assert run_identity(config_to_dict(make_config({"task": "survival",
-                                                  "data": {"drop_expression": 0.25}}))) != base
+  assert run_identity(config_to_dict(make_config({"task": "survival", "data": {"drop_expression": 0.25}}))) != base
   # A run stored before these keys existed trained with their defaults: it still resumes.
   older = config_to_dict(make_config({"task": "survival"}))
   del older["data"]["drop_expression"], older["train"]["coordination_score"]
@@ -250,14 +269,27 @@ def test_a_run_with_dropped_expression_trains_and_records_whom_it_dropped(tmp_pa
 
   from smml_jax.train.config import make_config
   from smml_jax.train.loop import train
+
   spec = tmp_path / "tiny.yaml"
-  spec.write_text(yaml.safe_dump({"layout": "synthetic", "n_patients": 40, "grid_side": 8,
-                                  "feature_dim": 8, "n_genes_tumour": GT, "n_genes_micro": GM}))
-  config = make_config({"model_options": TINY,
-                        "data": {"data": str(spec), "data_dir": str(tmp_path / "records"),
-                                 "drop_expression": 0.5},
-                        "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 16,
-                                  "progress": False}})
+  spec.write_text(
+    yaml.safe_dump(
+      {
+        "layout": "synthetic",
+        "n_patients": 40,
+        "grid_side": 8,
+        "feature_dim": 8,
+        "n_genes_tumour": GT,
+        "n_genes_micro": GM,
+      }
+    )
+  )
+  config = make_config(
+    {
+      "model_options": TINY,
+      "data": {"data": str(spec), "data_dir": str(tmp_path / "records"), "drop_expression": 0.5},
+      "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 16, "progress": False},
+    }
+  )
   summary = train(config, tmp_path / "run", log=lambda _: None)
   assert np.isfinite(summary["test"]["auc"])
   record = json.loads((tmp_path / "run" / "cohort.json").read_text())["expression"]
@@ -274,28 +306,33 @@ def _clam_cohort(root, rnaseq_missing=("c1",)):
   """A 4-patient CLAM layout; the patients in `rnaseq_missing` have every gene column empty."""
   import h5py
   import pandas as pd
+
   feats = root / "feats"
   feats.mkdir(parents=True, exist_ok=True)
   rows = []
   rng = np.random.default_rng(0)
   for i in range(4):
     case, slide = f"c{i}", f"c{i}-s"
-    genes = {f"{g}_rnaseq": (np.nan if case in rnaseq_missing else rng.normal())
-             for g in ("T1", "T2", "M1", "M2")}
-    rows.append({"case_id": case, "slide_id": slide, "survival_months": 10.0 + i,
-                 "censorship": i % 2, **genes})
+    genes = {f"{g}_rnaseq": (np.nan if case in rnaseq_missing else rng.normal()) for g in ("T1", "T2", "M1", "M2")}
+    rows.append({"case_id": case, "slide_id": slide, "survival_months": 10.0 + i, "censorship": i % 2, **genes})
     with h5py.File(feats / f"{slide}.h5", "w") as f:
       f["features"] = rng.normal(size=(4, 4)).astype(np.float32)
       f["coords"] = np.array([[0, 0], [256, 0], [0, 256], [256, 256]])
   pd.DataFrame(rows).to_csv(root / "table.csv", index=False)
-  return {"layout": "clam", "csv": str(root / "table.csv"), "features": str(feats),
-          "grid_side": 2, "feature_dim": 4, "signature": {"tumour": ["T1", "T2"],
-                                                          "micro": ["M1", "M2"]}}
+  return {
+    "layout": "clam",
+    "csv": str(root / "table.csv"),
+    "features": str(feats),
+    "grid_side": 2,
+    "feature_dim": 4,
+    "signature": {"tumour": ["T1", "T2"], "micro": ["M1", "M2"]},
+  }
 
 
 def test_clam_patient_without_expression_is_refused_by_default_naming_it(tmp_path):
   from smml_jax.data import spec as spec_lib
   from smml_jax.data.errors import CohortError
+
   spec = _clam_cohort(tmp_path)
   with pytest.raises(CohortError, match=r"1 patient\(s\) have no expression.*'c1'.*missing_expression"):
     spec_lib.load_cohort(spec, tmp_path / "records")
@@ -305,6 +342,7 @@ def test_clam_patient_without_expression_is_refused_by_default_naming_it(tmp_pat
 def test_clam_patient_without_expression_loads_when_allowed(tmp_path, capsys):
   from smml_jax.data import spec as spec_lib
   from smml_jax.data.errors import CohortError
+
   spec = dict(_clam_cohort(tmp_path), missing_expression="allow")
   cohort = spec_lib.load_cohort(spec, tmp_path / "records")
   assert cohort.info["patients_without_expression"] == ["c1"]
@@ -318,6 +356,7 @@ def test_clam_patient_without_expression_loads_when_allowed(tmp_path, capsys):
   assert not batch["has_expression"][0] and np.all(batch["genes_tumour"] == 0)
   # A partial NaN is still an error naming the column, allowed or not.
   import pandas as pd
+
   table = pd.read_csv(tmp_path / "table.csv")
   table.loc[2, "M2_rnaseq"] = np.nan
   table.to_csv(tmp_path / "table.csv", index=False)
@@ -328,10 +367,18 @@ def test_clam_patient_without_expression_loads_when_allowed(tmp_path, capsys):
 def test_missing_expression_spec_value_is_checked():
   from smml_jax.data.errors import CohortError
   from smml_jax.data.spec_fields import validate_spec
+
   with pytest.raises(CohortError, match="missing_expression"):
-    validate_spec({"layout": "clam", "csv": "a.csv", "features": "f",
-                   "signature": {"tumour": ["A"], "micro": ["B"]},
-                   "missing_expression": "skip"}, "spec.yaml")
+    validate_spec(
+      {
+        "layout": "clam",
+        "csv": "a.csv",
+        "features": "f",
+        "signature": {"tumour": ["A"], "micro": ["B"]},
+        "missing_expression": "skip",
+      },
+      "spec.yaml",
+    )
 
 
 def test_original_layout_missing_expression_file_refused_or_loaded(tmp_path):
@@ -339,6 +386,7 @@ def test_original_layout_missing_expression_file_refused_or_loaded(tmp_path):
 
   from smml_jax.data import spec as spec_lib
   from smml_jax.data.errors import CohortError
+
   root = tmp_path / "raw"
   truth = make_layout(root, np.random.default_rng(0))
   star = next((root / "TCGA").rglob("sample1.*.tsv"))

@@ -31,16 +31,21 @@ class _SummaryTrainer:
     w = config.distill.feature_weight if config.distill.teacher else 0.0
     seed = config.train.seed
     val = float("nan") if run_dir.name == self.val_nan_for else 0.5 + 0.1 * w + 0.01 * seed
-    summary = {"selection_metric": "auc", "best_epoch": 0, "val": {"auc": val},
-               "test": {"auc": 0.9 - 0.1 * w - 0.02 * seed - config.data.drop_expression / 10}}
+    summary = {
+      "selection_metric": "auc",
+      "best_epoch": 0,
+      "val": {"auc": val},
+      "test": {"auc": 0.9 - 0.1 * w - 0.02 * seed - config.data.drop_expression / 10},
+    }
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.json").write_text(json.dumps(summary))
     return summary
 
 
 def _settings(tmp_path, **kw):
-  return study.StudySettings(**{"study": "robustness", "out": tmp_path / "out", "seeds": (0, 1),
-                                "fractions": (0.5, 0.0), "epochs": 1, **kw})
+  return study.StudySettings(
+    **{"study": "robustness", "out": tmp_path / "out", "seeds": (0, 1), "fractions": (0.5, 0.0), "epochs": 1, **kw}
+  )
 
 
 def test_each_student_learns_from_its_seeds_fraction_zero_run_trained_before_it(tmp_path):
@@ -63,13 +68,16 @@ def test_each_student_learns_from_its_seeds_fraction_zero_run_trained_before_it(
     assert config.data == teacher_config.data and config.train.seed == teacher_config.train.seed
 
 
-@pytest.mark.parametrize("kw, match", [
+@pytest.mark.parametrize(
+  "kw, match",
+  [
     ({"fractions": (0.5, 1.0)}, "include 0"),
     ({"references": ("mcat",)}, "references"),
     ({"fractions": (0.0, 1.5)}, "fractions"),
     ({"feature_weights": (0.1, -1.0)}, "feature_weights"),
     ({"seeds": ()}, "seeds"),
-])
+  ],
+)
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, kw, match):
   trainer = _SummaryTrainer()
   with pytest.raises(study.StudyError, match=match):
@@ -80,14 +88,16 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path, kw, match
 def test_a_bad_value_on_the_command_line_exits_2_naming_it(tmp_path, capsys):
   assert cli.main(["robustness", "--out", str(tmp_path / "o"), "--fractions", "0.5,1"]) == 2
   assert "include 0" in capsys.readouterr().err and not (tmp_path / "o").exists()
-  args = cli.build_parser().parse_args(["robustness", "--out", "x", "--references", "",
-                                        "--feature-weights", "0.1,1"])
+  args = cli.build_parser().parse_args(["robustness", "--out", "x", "--references", "", "--feature-weights", "0.1,1"])
   assert args.references == () and args.feature_weights == (0.1, 1.0)
 
 
 def test_selection_reads_validation_only():
-  candidates = {0.01: [{"val": 0.6}, {"val": 0.7}], 0.1: [{"val": 0.8}, {"val": 0.4}],
-                1.0: [{"val": 0.5}, {"val": 0.5}]}  # no test values at all: none can be read
+  candidates = {
+    0.01: [{"val": 0.6}, {"val": 0.7}],
+    0.1: [{"val": 0.8}, {"val": 0.4}],
+    1.0: [{"val": 0.5}, {"val": 0.5}],
+  }  # no test values at all: none can be read
   chosen, means = study.select_on_validation(candidates)
   assert chosen == 0.01 and means[0.1] == pytest.approx(0.6)
   tie = {0.1: [{"val": 0.7}], 1.0: [{"val": 0.7}]}
@@ -103,8 +113,7 @@ def test_study_table_and_figure_carry_the_reference_lines_and_the_chosen_student
   sweep = json.loads((out / "sweep.json").read_text())
   assert sweep["chosen"] == 1.0  # the highest validation AUC, the lowest test AUC
   assert all("test" not in row for rows in sweep["candidates"].values() for row in rows)
-  chosen = [json.loads((out / f"{study.STUDENT}-fw1-seed{k}" / "summary.json").read_text())
-            for k in (0, 1)]
+  chosen = [json.loads((out / f"{study.STUDENT}-fw1-seed{k}" / "summary.json").read_text()) for k in (0, 1)]
   assert [r["test"] for r in results[study.STUDENT]] == [c["test"]["auc"] for c in chosen]
   assert json.loads((out / "results.json").read_text()) == results
   text = (out / "table.md").read_text()
@@ -118,12 +127,9 @@ def test_study_table_and_figure_carry_the_reference_lines_and_the_chosen_student
   refs = {n: study.mean_std(results[n]) for n in ("abmil", study.STUDENT)}
   ax = robustness_figure(curve, refs).axes[0]
   labels = [t.get_text() for t in ax.get_legend().get_texts()]
-  assert set(labels) == {"abmil (slides only)", f"{study.STUDENT} (slides only)",
-                         "subspace (mean ± std over seeds)"}
-  flat = [line for line in ax.get_lines() if np.ptp(line.get_ydata()) == 0 and
-          len(line.get_ydata()) == 2]
-  np.testing.assert_allclose(sorted(line.get_ydata()[0] for line in flat),
-                             sorted(m for m, _ in refs.values()))
+  assert set(labels) == {"abmil (slides only)", f"{study.STUDENT} (slides only)", "subspace (mean ± std over seeds)"}
+  flat = [line for line in ax.get_lines() if np.ptp(line.get_ydata()) == 0 and len(line.get_ydata()) == 2]
+  np.testing.assert_allclose(sorted(line.get_ydata()[0] for line in flat), sorted(m for m, _ in refs.values()))
   assert len(ax.patches) == 2  # the bands
 
 
@@ -144,8 +150,7 @@ def test_a_chosen_run_changed_after_its_validation_was_recorded_stops_the_study(
     return summary
 
   with pytest.raises(study.StudyError, match="fw1-seed0.*changed underneath"):
-    study.run_study(_settings(tmp_path, references=(study.STUDENT,)), train_fn=rewriting,
-                    log=lambda _: None)
+    study.run_study(_settings(tmp_path, references=(study.STUDENT,)), train_fn=rewriting, log=lambda _: None)
 
 
 def test_a_folder_that_is_not_a_studys_is_refused_and_left_as_it_was(tmp_path):
@@ -159,8 +164,10 @@ def test_a_folder_that_is_not_a_studys_is_refused_and_left_as_it_was(tmp_path):
   # An earlier study's folder is rerun in place.
   (out / "drop0-seed0" / "mine.txt").unlink()
   (out / "cohort.yaml").write_text(json.dumps(study.COHORT))
-  assert list(study.run_study(_settings(tmp_path, references=()), train_fn=trainer,
-                              log=lambda _: None)) == ["drop0", "drop0.5"]
+  assert list(study.run_study(_settings(tmp_path, references=()), train_fn=trainer, log=lambda _: None)) == [
+    "drop0",
+    "drop0.5",
+  ]
 
 
 def test_the_survival_study_compares_the_two_coordination_scores_without_references(tmp_path):
@@ -169,5 +176,7 @@ def test_the_survival_study_compares_the_two_coordination_scores_without_referen
   results = study.run_study(s, train_fn=trainer, log=lambda _: None)
   assert list(results) == ["cindex", "confidence"] and len(trainer.calls) == 4
   assert [(c.task, c.train.coordination_score, c.model) for _, c in trainer.calls[::2]] == [
-      ("survival", "cindex", "subspace"), ("survival", "confidence", "subspace")]
+    ("survival", "cindex", "subspace"),
+    ("survival", "confidence", "subspace"),
+  ]
   assert not (s.out / "sweep.json").exists() and not (s.out / "robustness.png").exists()

@@ -20,21 +20,24 @@ SIDE, DIM, FEAT, GT, GM = 8, 32, 24, 5, 9
 
 
 def small_config(**attn) -> SubspaceConfig:
-  attention = DeformAttentionConfig(**{**dict(heads=4, dim_head=8, offset_groups=4, cpb_hidden=8,
-                                               query_tile=16), **attn})
-  return SubspaceConfig(num_classes=3, branch=BranchConfig(dim=DIM, attention=attention),
-                        snn_widths=(16, 12, 8, DIM))
+  attention = DeformAttentionConfig(
+    **{**dict(heads=4, dim_head=8, offset_groups=4, cpb_hidden=8, query_tile=16), **attn}
+  )
+  return SubspaceConfig(num_classes=3, branch=BranchConfig(dim=DIM, attention=attention), snn_widths=(16, 12, 8, DIM))
 
 
 def small_batch(b=2, n=SIDE * SIDE, seed=0):
   rng = np.random.default_rng(seed)
-  return {"patches": jnp.asarray(rng.normal(size=(b, n, FEAT)), jnp.float32),
-          "genes_tumour": jnp.asarray(rng.normal(size=(b, GT)), jnp.float32),
-          "genes_micro": jnp.asarray(rng.normal(size=(b, GM)), jnp.float32)}
+  return {
+    "patches": jnp.asarray(rng.normal(size=(b, n, FEAT)), jnp.float32),
+    "genes_tumour": jnp.asarray(rng.normal(size=(b, GT)), jnp.float32),
+    "genes_micro": jnp.asarray(rng.normal(size=(b, GM)), jnp.float32),
+  }
 
 
 def test_offset_lattice_matches_original_for_50x50():
   from smml_jax.models.deform_attention import offset_grid_side
+
   assert offset_grid_side(50, 6, 4) == 12
   assert offset_grid_side(2500, 6, 4) == 625
 
@@ -74,15 +77,25 @@ def test_single_subspace_ablation():
 _SLOW_1D = pytest.mark.slow
 
 
-@pytest.mark.parametrize("ndim,impl", [
-    (2, "chunked"), (2, "fused"), pytest.param(2, "native", marks=NATIVE), (2, "pallas"),
-    (1, "fused"), pytest.param(1, "chunked", marks=_SLOW_1D),
-    pytest.param(1, "native", marks=[NATIVE, _SLOW_1D]), pytest.param(1, "pallas", marks=_SLOW_1D)])
+@pytest.mark.parametrize(
+  "ndim,impl",
+  [
+    (2, "chunked"),
+    (2, "fused"),
+    pytest.param(2, "native", marks=NATIVE),
+    (2, "pallas"),
+    (1, "fused"),
+    pytest.param(1, "chunked", marks=_SLOW_1D),
+    pytest.param(1, "native", marks=[NATIVE, _SLOW_1D]),
+    pytest.param(1, "pallas", marks=_SLOW_1D),
+  ],
+)
 def test_tiled_attention_equals_reference(ndim, impl):
   """Same outputs and gradients (<= 1e-5 relative) with and without query tiling."""
   batch = small_batch(n=SIDE * SIDE)
-  models = {impl: SubspaceNet(small_config(ndim=ndim, attention_impl=impl, query_tile=24))
-            for impl in ("reference", impl)}
+  models = {
+    impl: SubspaceNet(small_config(ndim=ndim, attention_impl=impl, query_tile=24)) for impl in ("reference", impl)
+  }
   params = models["reference"].init(jax.random.PRNGKey(0), batch)
 
   def loss(p, impl):
@@ -109,8 +122,7 @@ def test_matmul_sampler_equals_gather_in_the_model():
   batch = small_batch()
   ref, mm = SubspaceNet(small_config()), SubspaceNet(small_config(sampler="matmul"))
   params = ref.init(jax.random.PRNGKey(0), batch)
-  np.testing.assert_allclose(mm.apply(params, batch).logits, ref.apply(params, batch).logits,
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(mm.apply(params, batch).logits, ref.apply(params, batch).logits, rtol=1e-5, atol=1e-6)
 
 
 def test_options_change_the_function():
@@ -163,15 +175,13 @@ def test_snn_width_mismatch_is_rejected():
 
 
 class TestConverter:
-
   @pytest.fixture(scope="class")
   def setup(self):
     cfg = small_config()
     model = SubspaceNet(cfg)
     params = model.init(jax.random.PRNGKey(0), small_batch())["params"]
     rules, _ = convert.subspace_net_rules(cfg)
-    flat = {"/".join(k): np.asarray(v) for k, v in
-            __import__("flax").traverse_util.flatten_dict(params).items()}
+    flat = {"/".join(k): np.asarray(v) for k, v in __import__("flax").traverse_util.flatten_dict(params).items()}
     # Build a torch-layout state_dict by inverting each rule on random values.
     rng = np.random.default_rng(0)
     state = {}
@@ -187,8 +197,10 @@ class TestConverter:
     state = dict(state, **{"output_range": np.ones(1), "pathomic_net_tumor.cls_token": np.ones((1, 1, DIM))})
     out = convert.convert_subspace_net(state, cfg, params)
     np.testing.assert_array_equal(out["classifier"]["kernel"], state["classifier.weight"].T)
-    np.testing.assert_array_equal(out["branch_tumour"]["attention"]["to_q"]["kernel"][1, :, 0],
-                                  state["pathomic_net_tumor.layer3.attn2d.to_q.weight"][8, :, 0, 0])
+    np.testing.assert_array_equal(
+      out["branch_tumour"]["attention"]["to_q"]["kernel"][1, :, 0],
+      state["pathomic_net_tumor.layer3.attn2d.to_q.weight"][8, :, 0, 0],
+    )
 
   def test_missing_unexpected_misshaped_are_named(self, setup):
     cfg, params, state = setup

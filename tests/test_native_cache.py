@@ -23,8 +23,7 @@ def fake_build(tmp_path, monkeypatch):
   cxx.chmod(cxx.stat().st_mode | stat.S_IEXEC)
   monkeypatch.setenv("CXX", str(cxx))
   monkeypatch.setenv("SMML_JAX_CACHE", str(tmp_path / "cache"))
-  calls = lambda: len((cxx.parent / "calls").read_text().split()) if (
-      cxx.parent / "calls").exists() else 0
+  calls = lambda: len((cxx.parent / "calls").read_text().split()) if (cxx.parent / "calls").exists() else 0
   return calls
 
 

@@ -22,9 +22,11 @@ pytestmark = NATIVE
 def _cpb_params(d, width, seed=0):
   rng = np.random.default_rng(seed)
   f = lambda *s, scale: jnp.asarray(scale * rng.normal(size=s), jnp.float32)
-  return [(f(d, width, scale=0.7), f(width, scale=0.1)),
-          (f(width, width, scale=width**-0.5), f(width, scale=0.1)),
-          (f(width, 1, scale=width**-0.5), f(1, scale=0.1))]
+  return [
+    (f(d, width, scale=0.7), f(width, scale=0.1)),
+    (f(width, width, scale=width**-0.5), f(width, scale=0.1)),
+    (f(width, 1, scale=width**-0.5), f(1, scale=0.1)),
+  ]
 
 
 def _bias_case(b, g, side, m, d, width, seed=0):
@@ -37,8 +39,7 @@ def _bias_case(b, g, side, m, d, width, seed=0):
 
 
 def _value_and_grads(fn, pos_q, pos_k, params, cotangent):
-  return jax.value_and_grad(lambda a, b, c: jnp.sum(fn(a, b, c) * cotangent),
-                            argnums=(0, 1, 2))(pos_q, pos_k, params)
+  return jax.value_and_grad(lambda a, b, c: jnp.sum(fn(a, b, c) * cotangent), argnums=(0, 1, 2))(pos_q, pos_k, params)
 
 
 def _float64(tree):
@@ -48,10 +49,16 @@ def _float64(tree):
 # Fast: D = 1 (width 24) and the full-size D = 2 case (width 32). The other widths' kernels are
 # checked against the XLA reference in the loop by test_ops_attention's native cases; their
 # float64 comparisons here are `slow` (each case compiles its own eager float64 gradients).
-@pytest.mark.parametrize("b,g,side,m,d,width", [
+@pytest.mark.parametrize(
+  "b,g,side,m,d,width",
+  [
     pytest.param(1, 2, 5, 9, 2, 32, marks=pytest.mark.slow),
-    pytest.param(2, 3, 7, 13, 2, 16, marks=pytest.mark.slow), (1, 2, 11, 5, 1, 24),
-    pytest.param(1, 1, 3, 2, 2, 8, marks=pytest.mark.slow), (2, 8, 10, 144, 2, 32)])
+    pytest.param(2, 3, 7, 13, 2, 16, marks=pytest.mark.slow),
+    (1, 2, 11, 5, 1, 24),
+    pytest.param(1, 1, 3, 2, 2, 8, marks=pytest.mark.slow),
+    (2, 8, 10, 144, 2, 32),
+  ],
+)
 def test_native_bias_matches_reference_and_is_closer_to_float64(b, g, side, m, d, width):
   pos_q, pos_k, params, cotangent = _bias_case(b, g, side, m, d, width)
   got = native_cpb.relative_position_bias(pos_q, pos_k, params)
@@ -59,15 +66,14 @@ def test_native_bias_matches_reference_and_is_closer_to_float64(b, g, side, m, d
   assert got.shape == want.shape == (b, g, side**d, m) and got.dtype == jnp.float32
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
-  native_grads = _value_and_grads(native_cpb.relative_position_bias, pos_q, pos_k, params,
-                                  cotangent)[1]
+  native_grads = _value_and_grads(native_cpb.relative_position_bias, pos_q, pos_k, params, cotangent)[1]
   xla_grads = _value_and_grads(relative_position_bias, pos_q, pos_k, params, cotangent)[1]
   with jax.enable_x64():
     exact = _value_and_grads(
-        lambda a, bb, c: relative_position_bias(a, bb, c, compute_dtype=jnp.float64),
-        *jax.tree.map(jnp.asarray, _float64((pos_q, pos_k, params, cotangent))))[1]
-  for got_leaf, xla_leaf, exact_leaf in zip(*map(jax.tree.leaves, (native_grads, xla_grads,
-                                                                   _float64(exact)))):
+      lambda a, bb, c: relative_position_bias(a, bb, c, compute_dtype=jnp.float64),
+      *jax.tree.map(jnp.asarray, _float64((pos_q, pos_k, params, cotangent))),
+    )[1]
+  for got_leaf, xla_leaf, exact_leaf in zip(*map(jax.tree.leaves, (native_grads, xla_grads, _float64(exact)))):
     scale = np.max(np.abs(exact_leaf)) + 1e-30
     native_err = np.max(np.abs(np.asarray(got_leaf, np.float64) - exact_leaf)) / scale
     xla_err = np.max(np.abs(np.asarray(xla_leaf, np.float64) - exact_leaf)) / scale
@@ -85,24 +91,28 @@ def test_native_bias_with_four_coordinates_and_many_activation_regions():
   params = _cpb_params(4, 32, seed=4)
   params[0] = (params[0][0] / 0.7, params[0][1] * 10.0)  # w1 ~ N(0, 1), b1 ~ N(0, 1)
   cotangent = jnp.asarray(rng.normal(size=(1, 1, 1024, 16)), jnp.float32)
-  np.testing.assert_allclose(native_cpb.relative_position_bias(pos_q, pos_k, params),
-                             relative_position_bias(pos_q, pos_k, params), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    native_cpb.relative_position_bias(pos_q, pos_k, params),
+    relative_position_bias(pos_q, pos_k, params),
+    rtol=1e-5,
+    atol=1e-5,
+  )
   got = _value_and_grads(native_cpb.relative_position_bias, pos_q, pos_k, params, cotangent)[1]
   # Against float64, not XLA's float32: with b1 ~ N(0, 1) over this range, XLA's float32 puts
   # several ReLU units within rounding of zero on the other side (its gradients are ~2e-2 of
   # their largest entry from float64 here); the kernel decides those units in float64.
   with jax.enable_x64():
     want = _value_and_grads(
-        lambda a, b, c: relative_position_bias(a, b, c, compute_dtype=jnp.float64),
-        *jax.tree.map(jnp.asarray, _float64((pos_q, pos_k, params, cotangent))))[1]
+      lambda a, b, c: relative_position_bias(a, b, c, compute_dtype=jnp.float64),
+      *jax.tree.map(jnp.asarray, _float64((pos_q, pos_k, params, cotangent))),
+    )[1]
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(_float64(want))):
     assert float(np.max(np.abs(np.asarray(a, np.float64) - b))) <= 1e-5 * np.max(np.abs(b)) + 1e-6
 
 
 def test_native_bias_is_deterministic():
   pos_q, pos_k, params, cotangent = _bias_case(2, 8, 10, 144, 2, 32)
-  grad = jax.jit(lambda a, b, c: _value_and_grads(native_cpb.relative_position_bias, a, b, c,
-                                                  cotangent))
+  grad = jax.jit(lambda a, b, c: _value_and_grads(native_cpb.relative_position_bias, a, b, c, cotangent))
   first, second = grad(pos_q, pos_k, params), grad(pos_q, pos_k, params)
   for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
     np.testing.assert_array_equal(a, b)
@@ -113,13 +123,13 @@ def test_native_bias_under_vmap():
   stacked = jnp.stack([pos_k, pos_k * 0.5])
   got = jax.vmap(native_cpb.relative_position_bias, in_axes=(None, 0, None))(pos_q, stacked, params)
   for i in range(2):
-    np.testing.assert_allclose(got[i], relative_position_bias(pos_q, stacked[i], params),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[i], relative_position_bias(pos_q, stacked[i], params), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("shape,ksize,stride,padding", [
-    ((3, 50, 50, 8), 6, 4, 1), ((3, 7, 9, 5), 3, 2, 1), ((2, 10, 10, 4), 4, 3, 0),
-    ((1, 5, 5, 3), 5, 1, 2)])
+@pytest.mark.parametrize(
+  "shape,ksize,stride,padding",
+  [((3, 50, 50, 8), 6, 4, 1), ((3, 7, 9, 5), 3, 2, 1), ((2, 10, 10, 4), 4, 3, 0), ((1, 5, 5, 3), 5, 1, 2)],
+)
 def test_native_depthwise_equals_selection_matmuls(shape, ksize, stride, padding):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=shape), jnp.float32)
@@ -129,9 +139,12 @@ def test_native_depthwise_equals_selection_matmuls(shape, ksize, stride, padding
   got = depthwise_conv(x, kernel, bias, stride, padding, "native")
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   cotangent = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
-  grads = {impl: jax.grad(lambda a, k, b: jnp.sum(depthwise_conv(a, k, b, stride, padding, impl)
-                                                  * cotangent), argnums=(0, 1, 2))(x, kernel, bias)
-           for impl in ("selection", "native")}
+  grads = {
+    impl: jax.grad(
+      lambda a, k, b: jnp.sum(depthwise_conv(a, k, b, stride, padding, impl) * cotangent), argnums=(0, 1, 2)
+    )(x, kernel, bias)
+    for impl in ("selection", "native")
+  }
   for a, b in zip(grads["native"], grads["selection"]):
     assert a.shape == b.shape
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
@@ -146,8 +159,9 @@ def test_native_depthwise_refuses_1d_input():
 
 def _run_python(code, **env):
   env = {**os.environ, **env}
-  return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                        text=True, env=env, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=300
+  )
 
 
 _FALLBACK_CHECK = """

@@ -18,9 +18,11 @@ from tests.test_ops_attention import _assert_same_values_and_gradients, _inputs
 
 def _loss(fn, with_pos_q=False):
   """jit(value_and_grad) of sum(sin(out)) + sum(mass^2) in q, k, v, pos_k, params (and pos_q)."""
+
   def loss(q, k, v, pos_k, params, pos_q):
     out, mass = fn(q, k, v, pos_q, pos_k, params)
     return jnp.sum(jnp.sin(out.astype(jnp.float32))) + jnp.sum(mass**2)
+
   argnums = (0, 1, 2, 3, 4, 5) if with_pos_q else (0, 1, 2, 3, 4)
   return jax.jit(jax.value_and_grad(loss, argnums=argnums))
 
@@ -33,17 +35,21 @@ def _reference(**kw):
   return lambda *a: cpb_attention(*a, implementation="reference", **kw)
 
 
-@pytest.mark.parametrize("heads_per_group,hidden,side,m", [
-    pytest.param(1, (32, 32), 6, 5, marks=pytest.mark.slow), (2, (8, 8), 6, 5),
+@pytest.mark.parametrize(
+  "heads_per_group,hidden,side,m",
+  [
+    pytest.param(1, (32, 32), 6, 5, marks=pytest.mark.slow),
+    (2, (8, 8), 6, 5),
     pytest.param(1, (8,), 5, 5, marks=pytest.mark.slow),
     pytest.param(1, (8, 6, 8), 6, 5, marks=pytest.mark.slow),
-    pytest.param(2, (8, 8), 12, 12, marks=pytest.mark.slow)])
+    pytest.param(2, (8, 8), 12, 12, marks=pytest.mark.slow),
+  ],
+)
 def test_pallas_equals_reference_values_and_gradients(heads_per_group, hidden, side, m):
   # The original's MLP (2 -> 32 -> 32 -> 1), o = 2 heads per group, one and three hidden layers;
   # N = 36 and 25 queries in one tile; 144 queries in two 128-query tiles (the last overhanging)
   # and 12 keys in two 8-key MLP steps that overlap (keys 4-7 computed twice, counted once).
-  q, k, v, pos_q, pos_k, params = _inputs(heads_per_group=heads_per_group, hidden=hidden,
-                                          side=side, m=m)
+  q, k, v, pos_q, pos_k, params = _inputs(heads_per_group=heads_per_group, hidden=hidden, side=side, m=m)
   args = (q, k, v, pos_k, params, pos_q)
   _assert_same_values_and_gradients(_loss(_pallas())(*args), _loss(_reference())(*args))
 
@@ -54,10 +60,8 @@ def test_pallas_overhanging_last_tile_ignores_undefined_rows():
   # 144 queries in 128-query tiles (queries lie on lanes): the second tile overhangs by 112.
   q, k, v, pos_q, pos_k, params = _inputs(heads_per_group=1, hidden=(8, 8), side=12)
   args = (q, k, v, pos_k, params, pos_q)
-  nan_past_the_end = pltpu.InterpretParams(out_of_bounds_reads="uninitialized",
-                                           uninitialized_memory="nan")
-  got = _loss(lambda *a: pallas_cpb_attention(*a, query_tile=128, interpret=nan_past_the_end),
-              with_pos_q=True)(*args)
+  nan_past_the_end = pltpu.InterpretParams(out_of_bounds_reads="uninitialized", uninitialized_memory="nan")
+  got = _loss(lambda *a: pallas_cpb_attention(*a, query_tile=128, interpret=nan_past_the_end), with_pos_q=True)(*args)
   _assert_same_values_and_gradients(got, _loss(_reference(), with_pos_q=True)(*args))
 
 
@@ -67,8 +71,9 @@ def test_pallas_gradient_of_query_positions_and_dispatch():
   q, k, v, pos_q, pos_k, params = _inputs(side=5)
   args = (q, k, v, pos_k, params, pos_q)
   via_dispatch = lambda *a: cpb_attention(*a, implementation="pallas", query_tile=128)
-  _assert_same_values_and_gradients(_loss(via_dispatch, with_pos_q=True)(*args),
-                                    _loss(_reference(), with_pos_q=True)(*args))
+  _assert_same_values_and_gradients(
+    _loss(via_dispatch, with_pos_q=True)(*args), _loss(_reference(), with_pos_q=True)(*args)
+  )
 
 
 def test_pallas_dropout_equals_reference_with_the_same_key():
@@ -77,8 +82,7 @@ def test_pallas_dropout_equals_reference_with_the_same_key():
   args = (q, k, v, pos_k, params, pos_q)
   want = _loss(_reference(dropout_rate=0.25, dropout_rng=rng))(*args)
   assert not np.isclose(float(want[0]), float(_loss(_reference())(*args)[0]))
-  _assert_same_values_and_gradients(
-      _loss(_pallas(dropout_rate=0.25, dropout_rng=rng))(*args), want)
+  _assert_same_values_and_gradients(_loss(_pallas(dropout_rate=0.25, dropout_rng=rng))(*args), want)
 
 
 def test_pallas_bf16_compute_stays_close_to_float32():
@@ -112,8 +116,7 @@ def test_pallas_refuses_what_it_does_not_implement():
 @pytest.mark.slow
 def test_pallas_equals_reference_at_the_models_full_shape():
   # 50 x 50 queries over the 12 x 12 sampled keys of one offset group, the original's MLP.
-  q, k, v, pos_q, pos_k, params = _inputs(b=1, g=1, heads_per_group=1, side=50, m=144, dh=64,
-                                          hidden=(32, 32))
+  q, k, v, pos_q, pos_k, params = _inputs(b=1, g=1, heads_per_group=1, side=50, m=144, dh=64, hidden=(32, 32))
   # Against a float64 evaluation: the last layer's weight gradient sums 360,000 pairs, and
   # `reference` in float32 is itself 7e-5 from it there (the kernel's blocked sums: 1e-7).
   args = (q, k, v, pos_k, params, pos_q)
@@ -127,9 +130,12 @@ def test_pallas_equals_reference_at_the_models_full_shape():
 
 def _tpu_topology():
   if importlib.util.find_spec("libtpu") is None:
-    pytest.fail("libtpu is not installed: the deviceless TPU compile needs it "
-                "(pip install libtpu matching the installed jaxlib)", pytrace=False)
+    pytest.fail(
+      "libtpu is not installed: the deviceless TPU compile needs it (pip install libtpu matching the installed jaxlib)",
+      pytrace=False,
+    )
   from jax.experimental import topologies
+
   # Compiling needs no TPU; without this, two processes using libtpu at once refuse to start.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   return topologies, topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2")
@@ -142,6 +148,7 @@ def _tpu_topology():
 def test_pallas_kernel_compiles_for_tpu(dtype):
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
+
   topologies, topology = _tpu_topology()
   mesh = topologies.make_mesh(topology, (4,), ("data",))
   b, g, n, m, dh = 4, 2, 64, 36, 64
@@ -151,21 +158,28 @@ def test_pallas_kernel_compiles_for_tpu(dtype):
   def step(q, k, v, pos_k, params, rng):
     def grads(q, k, v, pos_k, rng):
       def loss(q, k, v, pos_k, params):
-        out, mass = pallas_cpb_attention(q, k, v, pos_q, pos_k, params, dropout_rate=0.1,
-                                         dropout_rng=rng[0], cpb_dtype=dtype)
-        return jnp.sum(out.astype(jnp.float32)**2) + jnp.sum(mass**2)
+        out, mass = pallas_cpb_attention(
+          q, k, v, pos_q, pos_k, params, dropout_rate=0.1, dropout_rng=rng[0], cpb_dtype=dtype
+        )
+        return jnp.sum(out.astype(jnp.float32) ** 2) + jnp.sum(mass**2)
+
       return jax.grad(loss, argnums=(0, 1, 2, 3, 4))(q, k, v, pos_k, params)
-    return jax.shard_map(grads, mesh=mesh, in_specs=(P("data"),) * 4 + (P(),),
-                         out_specs=(P("data"),) * 4 + (P(),), check_vma=False)(
-                             q, k, v, pos_k, rng)
+
+    return jax.shard_map(
+      grads, mesh=mesh, in_specs=(P("data"),) * 4 + (P(),), out_specs=(P("data"),) * 4 + (P(),), check_vma=False
+    )(q, k, v, pos_k, rng)
 
   data, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-  spec = lambda shape, sharding=data, dt=jnp.float32: jax.ShapeDtypeStruct(shape, dt,
-                                                                            sharding=sharding)
+  spec = lambda shape, sharding=data, dt=jnp.float32: jax.ShapeDtypeStruct(shape, dt, sharding=sharding)
   params = [(spec((i, o), rep), spec((o,), rep)) for i, o in zip(widths[:-1], widths[1:])]
-  args = (spec((b, g, n, dh), dt=dtype), spec((b, g, m, dh), dt=dtype),
-          spec((b, g, m, dh), dt=dtype), spec((b, g, m, 2)), params,
-          jax.ShapeDtypeStruct((1, 2), jnp.uint32, sharding=rep))
+  args = (
+    spec((b, g, n, dh), dt=dtype),
+    spec((b, g, m, dh), dt=dtype),
+    spec((b, g, m, dh), dt=dtype),
+    spec((b, g, m, 2)),
+    params,
+    jax.ShapeDtypeStruct((1, 2), jnp.uint32, sharding=rep),
+  )
   compiled = jax.jit(step).lower(*args).compile()
   text = compiled.as_text()
   # interpret=None chose by the compile target, not the (CPU) host: the Mosaic kernels
@@ -176,10 +190,12 @@ def test_pallas_kernel_compiles_for_tpu(dtype):
 def test_attention_impl_is_validated_when_the_model_is_configured():
   from smml_jax.models.deform_attention import DeformAttentionConfig
   from smml_jax.models.registry import build_model
+
   assert DeformAttentionConfig(attention_impl="pallas").attention_impl == "pallas"
   with pytest.raises(ValueError, match="attention_impl.*'flash'.*pallas"):
-    build_model("subspace", num_classes=4, n_genes_tumour=5, n_genes_micro=7, feature_dim=16,
-                options={"attention_impl": "flash"})
+    build_model(
+      "subspace", num_classes=4, n_genes_tumour=5, n_genes_micro=7, feature_dim=16, options={"attention_impl": "flash"}
+    )
 
 
 def test_query_tiles_are_lane_multiples_or_all_queries():

@@ -28,8 +28,7 @@ def _points(rng, n):
   outside = rng.uniform(-1.6, 1.6, (n, 2))
   # exactly on the map's outer edges, on pixel centres and on the +-1 borders
   h = w = 7
-  centres = np.stack([(2 * rng.integers(0, w, n) + 1) / w - 1,
-                      (2 * rng.integers(0, h, n) + 1) / h - 1], -1)
+  centres = np.stack([(2 * rng.integers(0, w, n) + 1) / w - 1, (2 * rng.integers(0, h, n) + 1) / h - 1], -1)
   borders = rng.choice([-1.0, 1.0, -1 - 1 / w, 1 + 1 / w], (n, 2))
   return np.concatenate([inside, outside, centres, borders]).astype(np.float32)
 
@@ -61,8 +60,7 @@ def test_gather_and_matmul_agree_in_values_and_gradients():
   def loss(method):
     return lambda im, g: jnp.sum(jnp.sin(sampling.grid_sample_2d(im, g, method)))
 
-  for fn in (lambda m: loss(m)(images, grid),
-             lambda m: jax.grad(loss(m), argnums=(0, 1))(images, grid)):
+  for fn in (lambda m: loss(m)(images, grid), lambda m: jax.grad(loss(m), argnums=(0, 1))(images, grid)):
     for a, b in zip(jax.tree.leaves(fn("gather")), jax.tree.leaves(fn("matmul"))):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
@@ -75,16 +73,22 @@ def test_gradients_numerically(method):
   grid = jnp.asarray(rng.uniform(-1.2, 1.2, (2, 10, 2)))
   fn = lambda im, g: sampling.grid_sample_2d(im, g, method)
   with jax.enable_x64(True):
-    check_grads(fn, (images.astype(jnp.float64), grid.astype(jnp.float64)), order=1,
-                modes=("rev",), eps=1e-6, atol=1e-5, rtol=1e-5)
+    check_grads(
+      fn,
+      (images.astype(jnp.float64), grid.astype(jnp.float64)),
+      order=1,
+      modes=("rev",),
+      eps=1e-6,
+      atol=1e-5,
+      rtol=1e-5,
+    )
 
 
 def test_coordinate_gradient_uses_floor_convention_at_integer_pixels():
   # At an integer pixel coordinate torch's gradient is the forward difference image[x0+1] - image[x0].
   image = jnp.arange(5.0)[None, None, :, None] ** 2  # (1, 1, 5, 1): values 0, 1, 4, 9, 16
   grid_x = (2 * 2.0 + 1) / 5 - 1  # pixel coordinate exactly 2
-  g = jax.grad(lambda gx: sampling.grid_sample_2d(
-      image, jnp.stack([gx, 0.0])[None, None])[0, 0, 0])(grid_x)
+  g = jax.grad(lambda gx: sampling.grid_sample_2d(image, jnp.stack([gx, 0.0])[None, None])[0, 0, 0])(grid_x)
   np.testing.assert_allclose(g, (9.0 - 4.0) * 5 / 2, rtol=1e-6)  # d px / d v = W / 2
 
 
@@ -93,9 +97,12 @@ def test_linear_sample_1d_matches_2d_column():
   seqs = jnp.asarray(rng.normal(size=(2, 11, 3)), jnp.float32)
   pts = jnp.asarray(rng.uniform(-1.2, 1.2, (2, 8)), jnp.float32)
   got = sampling.linear_sample_1d(seqs, pts)
-  want = np.stack([numpy_grid_sample(np.asarray(seqs[b])[:, None, :],
-                                     np.stack([np.zeros(8), np.asarray(pts[b])], -1))
-                   for b in range(2)])
+  want = np.stack(
+    [
+      numpy_grid_sample(np.asarray(seqs[b])[:, None, :], np.stack([np.zeros(8), np.asarray(pts[b])], -1))
+      for b in range(2)
+    ]
+  )
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 

@@ -16,16 +16,17 @@ from smml_jax.tasks import get_task
 
 def classification_scores(kernel, bias, embeds, labels):
   """The diagnosis task's modality scores of the fused classifier's subspace logits."""
-  scores, skip = get_task("diagnosis").modality_scores(subspace_logits(kernel, bias, embeds),
-                                                       {"diagnosis": labels})
+  scores, skip = get_task("diagnosis").modality_scores(subspace_logits(kernel, bias, embeds), {"diagnosis": labels})
   assert not skip
   return scores
 
 
 def survival_scores(kernel, bias, embeds, time, event):
   """The survival task's (modality scores, skip) of the fused classifier's subspace logits."""
-  return get_task("survival").modality_scores(subspace_logits(kernel, bias, embeds),
-                                              {"surv_time": time, "event": event})
+  return get_task("survival").modality_scores(
+    subspace_logits(kernel, bias, embeds), {"surv_time": time, "event": event}
+  )
+
 
 HALVES = ModalitySplit.concat(sizes=(128, 128))
 
@@ -70,11 +71,16 @@ def test_parity_coordination_deform_pathomic_net():
   np.testing.assert_array_equal(fx["coord/classifier_weight_grad_before"], fx["grad/classifier.weight"])
 
   tx = coordinate_gradients({"classifier/kernel": HALVES}, mode="reference")
-  grads = {"classifier": {"kernel": jnp.asarray(fx["grad/classifier.weight"].T),
-                          "bias": jnp.asarray(fx["grad/classifier.bias"])}}
+  grads = {
+    "classifier": {
+      "kernel": jnp.asarray(fx["grad/classifier.weight"].T),
+      "bias": jnp.asarray(fx["grad/classifier.bias"]),
+    }
+  }
   new, state = jax.jit(tx.update)(grads, tx.init(grads), None, modality_scores=scores)
-  np.testing.assert_allclose(new["classifier"]["kernel"].T, fx["coord/classifier_weight_grad_after"],
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    new["classifier"]["kernel"].T, fx["coord/classifier_weight_grad_after"], rtol=1e-5, atol=1e-6
+  )
   np.testing.assert_array_equal(new["classifier"]["bias"], grads["classifier"]["bias"])
   changed_rows = np.flatnonzero(np.asarray(state.changed["classifier/kernel"]).any(axis=0))
   np.testing.assert_array_equal(changed_rows, np.flatnonzero(fx["coord/row_cosine"] < 0))
@@ -156,7 +162,7 @@ def _numpy_pcgrad(blocks, scores):
   for rank, m in enumerate(order):
     for r in range(blocks.shape[1]):
       g = blocks[m, r].copy()
-      for k in order[rank + 1:]:
+      for k in order[rank + 1 :]:
         other = blocks[k, r]
         if scores[k] > scores[m] and g @ other < 0:
           g = g - (g @ other) / (other @ other) * other
@@ -175,8 +181,7 @@ def test_pcgrad_three_modalities():
   # Every edited block ends with no conflict against the strongest one and keeps its norm.
   for m in (0, 1):
     assert np.all((new64[m] * blocks[2]).sum(1) > -1e-5)
-    np.testing.assert_allclose(np.linalg.norm(new64[m], axis=1), np.linalg.norm(blocks[m], axis=1),
-                               rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(new64[m], axis=1), np.linalg.norm(blocks[m], axis=1), rtol=1e-5)
   assert np.asarray(changed[1]).sum() > np.asarray(changed[0]).sum() > 0
 
 
@@ -194,9 +199,10 @@ def test_concat_split_roundtrip_unequal_sizes():
 
 def test_chain_with_adam_under_jit():
   rng = np.random.default_rng(4)
-  params = {"classifier": {"kernel": jnp.asarray(rng.normal(size=(256, 4)), jnp.float32),
-                           "bias": jnp.zeros(4)},
-            "encoder": {"kernel": jnp.asarray(rng.normal(size=(3, 3)), jnp.float32)}}
+  params = {
+    "classifier": {"kernel": jnp.asarray(rng.normal(size=(256, 4)), jnp.float32), "bias": jnp.zeros(4)},
+    "encoder": {"kernel": jnp.asarray(rng.normal(size=(3, 3)), jnp.float32)},
+  }
   grads = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
   coord = coordinate_gradients({"classifier/kernel": HALVES})
   tx = optax.chain(coord, optax.adam(1e-2))

@@ -23,6 +23,7 @@ def _bump(path: pathlib.Path) -> None:
   """A later mtime, as a re-extraction would leave (whatever the file system's resolution)."""
   st = path.stat()
   import os
+
   os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
 
 
@@ -45,8 +46,7 @@ def test_changed_input_file_rebuilds_the_records_and_says_which(layout, tmp_path
     new = np.full((1, len(truth["feats"][slide]), original.D), 7.0, np.float32)
     original._write_h5(path, new)
   elif which == "expression":
-    path = (root / "TCGA/transcriptomeProfiling_geneExpression/uuid0/"
-            "sample0.rna_seq.augmented_star_gene_counts.tsv")
+    path = root / "TCGA/transcriptomeProfiling_geneExpression/uuid0/sample0.rna_seq.augmented_star_gene_counts.tsv"
     original._write_star(path, dict(truth["genes"][slide], GENE_C=1234.5))
   else:
     path = root / "IvYGAP/gene_expression_matrix_2014-11-25/fpkm_table.csv"
@@ -63,9 +63,11 @@ def test_changed_input_file_rebuilds_the_records_and_says_which(layout, tmp_path
     assert cohort.genes("tumour")[0][cohort.gene_names["tumour"].index("GENE_C")] == 1234.5
   else:
     i = len(truth["slides"]) - 3  # the first IvYGAP slide
-    np.testing.assert_allclose(cohort.genes("tumour")[i], [truth["genes"][truth["slides"][i]][g] + 1
-                                                           for g in cohort.gene_names["tumour"]],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+      cohort.genes("tumour")[i],
+      [truth["genes"][truth["slides"][i]][g] + 1 for g in cohort.gene_names["tumour"]],
+      rtol=1e-6,
+    )
 
 
 def test_stale_records_can_be_refused(layout, tmp_path):
@@ -75,8 +77,7 @@ def test_stale_records_can_be_refused(layout, tmp_path):
   path = root / "IvYGAP/Res50_feature_16_fixdim0_norm" / f"{truth['slides'][-1]}.h5"
   # Another shape: the content hash differs too.
   original._write_h5(path, np.zeros((1, 3, original.D), np.float32))
-  original._expect_error(refuse, tmp_path / "r", str(path), "changed", "content",
-                         "on_stale: refuse")
+  original._expect_error(refuse, tmp_path / "r", str(path), "changed", "content", "on_stale: refuse")
   assert (first.path / "smml_cohort.json").is_file()  # the old records are left alone
   path.unlink()
   original._expect_error(refuse, tmp_path / "r", f"deleted {path}")
@@ -84,6 +85,7 @@ def test_stale_records_can_be_refused(layout, tmp_path):
 
 def test_records_without_input_stamps_are_rebuilt(layout, tmp_path, caplog):
   import json
+
   root, _ = layout
   first = spec_lib.load_cohort(original.spec_for(root), tmp_path / "r")
   sidecar = first.path / "smml_cohort.json"

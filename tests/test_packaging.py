@@ -14,8 +14,7 @@ def test_every_smml_jax_package_is_in_the_wheel_and_nothing_else_is_top_level():
   config = _setuptools()
   listed = set(config["tool"]["setuptools"]["packages"])
   mapped = config["tool"]["setuptools"]["package-dir"]
-  on_disk = {".".join(p.parent.relative_to(REPO_ROOT).parts)
-             for p in (REPO_ROOT / "smml_jax").rglob("__init__.py")}
+  on_disk = {".".join(p.parent.relative_to(REPO_ROOT).parts) for p in (REPO_ROOT / "smml_jax").rglob("__init__.py")}
   on_disk |= {name for name, folder in mapped.items() if (REPO_ROOT / folder / "__init__.py").is_file()}
   assert listed == on_disk, f"pyproject packages differ from the tree: {sorted(listed ^ on_disk)}"
   assert {name.split(".")[0] for name in listed} == {"smml_jax"}

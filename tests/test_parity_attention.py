@@ -26,19 +26,28 @@ def _module_and_params(ref, impl):
   module = DeformCrossAttention(DeformAttentionConfig(attention_impl=impl))
   x1 = _channel_last(ref["x1"])
   template = jax.eval_shape(module.init, jax.random.PRNGKey(0), x1, x1)["params"]
-  params = convert.convert_state_dict(convert.load_state_dict(ref, "param/"), template,
-                                      convert.deform_attention_rules("", ""))
+  params = convert.convert_state_dict(
+    convert.load_state_dict(ref, "param/"), template, convert.deform_attention_rules("", "")
+  )
   return module, params
 
 
-@pytest.mark.parametrize("impl", ["reference", "chunked", "fused",
-                                  pytest.param("native", marks=NATIVE),
-                                  pytest.param("pallas", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "impl",
+  [
+    "reference",
+    "chunked",
+    "fused",
+    pytest.param("native", marks=NATIVE),
+    pytest.param("pallas", marks=pytest.mark.slow),
+  ],
+)
 @pytest.mark.parity
 def test_parity_attention_forward(ref, impl):
   module, params = _module_and_params(ref, impl)
   out, grid, _ = jax.jit(lambda p, a, b: module.apply({"params": p}, a, b))(
-      params, _channel_last(ref["x1"]), _channel_last(ref["x2"]))
+    params, _channel_last(ref["x1"]), _channel_last(ref["x2"])
+  )
   out = np.transpose(np.asarray(out), (0, 2, 1))
   assert max_rel_err(out, ref["out"]) <= 1e-4
   assert max_rel_err(grid, ref["vgrid"]) <= 1e-4
@@ -46,9 +55,16 @@ def test_parity_attention_forward(ref, impl):
   assert_within_tol(grid, ref["vgrid"], float(ref["tol/f32_vs_f64_maxabs_vgrid"]), "vgrid")
 
 
-@pytest.mark.parametrize("impl", ["reference", "chunked", "fused",
-                                  pytest.param("native", marks=NATIVE),
-                                  pytest.param("pallas", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "impl",
+  [
+    "reference",
+    "chunked",
+    "fused",
+    pytest.param("native", marks=NATIVE),
+    pytest.param("pallas", marks=pytest.mark.slow),
+  ],
+)
 @pytest.mark.parity
 def test_parity_attention_gradients(ref, impl):
   module, params = _module_and_params(ref, impl)
@@ -59,11 +75,16 @@ def test_parity_attention_gradients(ref, impl):
     return jnp.sum(out * cotangent)
 
   value, (g_params, g_x1, g_x2) = jax.jit(jax.value_and_grad(scalar, argnums=(0, 1, 2)))(
-      params, _channel_last(ref["x1"]), _channel_last(ref["x2"]))
+    params, _channel_last(ref["x1"]), _channel_last(ref["x2"])
+  )
   np.testing.assert_allclose(value, ref["scalar"], rtol=1e-5)
   for name, got in (("x1", g_x1), ("x2", g_x2)):
-    assert_within_tol(np.transpose(np.asarray(got), (0, 2, 1)), ref[f"grad/{name}"],
-                      float(ref[f"tol/f32_vs_f64_maxabs_grad/{name}"]), f"grad/{name}")
+    assert_within_tol(
+      np.transpose(np.asarray(got), (0, 2, 1)),
+      ref[f"grad/{name}"],
+      float(ref[f"tol/f32_vs_f64_maxabs_grad/{name}"]),
+      f"grad/{name}",
+    )
   flat = flax.traverse_util.flatten_dict(g_params, sep="/")
   for rule in convert.deform_attention_rules("", ""):
     got = flat[rule.flax_path]
@@ -71,5 +92,4 @@ def test_parity_attention_gradients(ref, impl):
     if rule.torch_name == "rel_pos_bias.mlp.2.bias":  # mathematically zero: see README 1.1
       assert float(np.max(np.abs(got))) <= 2e-5
       continue
-    assert_within_tol(got, want, float(ref[f"tol/f32_vs_f64_maxabs_grad/{rule.torch_name}"]),
-                      f"grad/{rule.torch_name}")
+    assert_within_tol(got, want, float(ref[f"tol/f32_vs_f64_maxabs_grad/{rule.torch_name}"]), f"grad/{rule.torch_name}")

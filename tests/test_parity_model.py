@@ -25,23 +25,25 @@ def ported(ref):
   num_classes = ref["param/classifier.bias"].shape[0]
   config = SubspaceConfig(num_classes=num_classes)
   model = SubspaceNet(config)
-  batch = {"patches": jnp.asarray(ref["input/x_path"]),
-           "genes_tumour": jnp.asarray(ref["input/x_omic_tumor"]),
-           "genes_micro": jnp.asarray(ref["input/x_omic_immune"])}
+  batch = {
+    "patches": jnp.asarray(ref["input/x_path"]),
+    "genes_tumour": jnp.asarray(ref["input/x_omic_tumor"]),
+    "genes_micro": jnp.asarray(ref["input/x_omic_immune"]),
+  }
   template = jax.eval_shape(model.init, jax.random.PRNGKey(0), batch)["params"]
   params = convert.convert_subspace_net(convert.load_state_dict(ref, "param/"), config, template)
   return model, params, batch
 
 
 OUTPUTS = {  # ModelOutput field -> fixture key, tolerance key
-    "logits": ("out/logits2_hazard", "hazard"),
-    "logits_tumour": ("out/logits0_hazard_tumor", "hazard"),
-    "logits_micro": ("out/logits1_hazard_immune", "hazard"),
-    "features": ("out/features", "features"),
-    "embed_tumour": ("out/pathomic_vec_tumor", "features"),
-    "embed_micro": ("out/pathomic_vec_immune", "features"),
-    "grid_tumour": ("out/logits4_vgrid_tumor", "features"),
-    "grid_micro": ("out/logits6_vgrid_immune", "features"),
+  "logits": ("out/logits2_hazard", "hazard"),
+  "logits_tumour": ("out/logits0_hazard_tumor", "hazard"),
+  "logits_micro": ("out/logits1_hazard_immune", "hazard"),
+  "features": ("out/features", "features"),
+  "embed_tumour": ("out/pathomic_vec_tumor", "features"),
+  "embed_micro": ("out/pathomic_vec_immune", "features"),
+  "grid_tumour": ("out/logits4_vgrid_tumor", "features"),
+  "grid_micro": ("out/logits6_vgrid_immune", "features"),
 }
 
 
@@ -54,8 +56,7 @@ def test_parity_model_outputs(ref, ported):
     assert max_rel_err(got, ref[key]) <= 1e-4, field
     assert_within_tol(got, ref[key], float(ref[f"tol/f32_vs_f64_maxabs_{tol}"]), field)
   # The token-repeated gene embeddings (omic_rep) are the SNN outputs on every token.
-  for field, key in (("gene_tumour", "out/logits3_omic_tumor"),
-                     ("gene_micro", "out/logits5_omic_immune")):
+  for field, key in (("gene_tumour", "out/logits3_omic_tumor"), ("gene_micro", "out/logits5_omic_immune")):
     assert max_rel_err(getattr(out, field), ref[key][:, 0]) <= 1e-4, field
     np.testing.assert_array_equal(ref[key], np.broadcast_to(ref[key][:, :1], ref[key].shape))
   inter = state["intermediates"]["branch_tumour"]
@@ -80,13 +81,13 @@ def _total_loss(model, ref, batch):
     bl_t = batch_consistency_loss(out.gene_tumour, out.grid_tumour).sum()
     bl_m = batch_consistency_loss(out.gene_micro, out.grid_micro).sum()
     return ce + 0.5 * bl_t + 0.5 * bl_m, (ce, bl_t, bl_m)
+
   return total
 
 
 # Patch projections: (torch prefix, Flax branch). Their ReLU inputs are single float32 dot
 # products of 1024 terms, the model's most numerous units near zero.
-PATCH_PROJECTIONS = (("pathomic_net_tumor._fc1.0", "branch_tumour"),
-                     ("pathomic_net_immune._fc1.0", "branch_micro"))
+PATCH_PROJECTIONS = (("pathomic_net_tumor._fc1.0", "branch_tumour"), ("pathomic_net_immune._fc1.0", "branch_micro"))
 # Relative to sum_k |x_k W_uk| + |b_u| (~25 here): 2e-8 of it, 5e-7, is ~10x the typical
 # float32 rounding of these 1024-term dots (eps * sqrt(1024) * the terms' rms, ~5e-8); 1e-5 took
 # in ~100 units per branch of the public fixture, far from any flip.
@@ -129,11 +130,11 @@ def _flip_bounds(ref, model, params, batch, near):
         return z
       branch = module.parent.name
       return jnp.where(masks[branch], jnp.abs(z) + 1e-30, z) + probes[branch]
+
     with nn.intercept_methods(interceptor):
       return total(params)[0]
 
-  probes = {branch: jnp.zeros(near[prefix].shape, jnp.float32)
-            for prefix, branch in PATCH_PROJECTIONS}
+  probes = {branch: jnp.zeros(near[prefix].shape, jnp.float32) for prefix, branch in PATCH_PROJECTIONS}
   g_path = jax.jit(jax.grad(with_probes))(probes)
   x = np.abs(np.asarray(batch["patches"], np.float64))
   for prefix, branch in PATCH_PROJECTIONS:
@@ -156,8 +157,12 @@ def test_parity_model_loss_and_gradients(ref, ported):
   flip_bounds = _flip_bounds(ref, model, params, batch, _near_kink_units(ref, batch))
 
   (loss, (ce, bl_t, bl_m)), grads = jax.jit(jax.value_and_grad(total, has_aux=True))(params)
-  for got, key in ((ce, "loss/ce_diag2021"), (bl_t, "loss/batch_sim_tumor"),
-                   (bl_m, "loss/batch_sim_immune"), (loss, "loss/total")):
+  for got, key in (
+    (ce, "loss/ce_diag2021"),
+    (bl_t, "loss/batch_sim_tumor"),
+    (bl_m, "loss/batch_sim_immune"),
+    (loss, "loss/total"),
+  ):
     np.testing.assert_allclose(got, ref[key], atol=1.5e-5, err_msg=key)
 
   flat = __import__("flax").traverse_util.flatten_dict(grads, sep="/")
@@ -167,7 +172,7 @@ def test_parity_model_loss_and_gradients(ref, ported):
   for key in ref:
     if not key.startswith("grad/"):
       continue
-    name = key[len("grad/"):]
+    name = key[len("grad/") :]
     rule = rules[name]
     got = flat[rule.flax_path]
     want = rule.transform(ref[key], tuple(got.shape))

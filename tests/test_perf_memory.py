@@ -23,12 +23,10 @@ def _temp_bytes(impl: str, query_tile: int, side: int = 16) -> tuple[int, int]:
   pos_q = query_positions(side, 2)
 
   def loss(q, k, v, pos_k, params):
-    out, _ = cpb_attention(q, k, v, pos_q, pos_k, params, implementation=impl,
-                           query_tile=query_tile)
+    out, _ = cpb_attention(q, k, v, pos_q, pos_k, params, implementation=impl, query_tile=query_tile)
     return jnp.sum(out**2)
 
-  compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4))).lower(
-      q, k, v, pos_k, params).compile()
+  compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4))).lower(q, k, v, pos_k, params).compile()
   hidden_tensor = b * g * side * side * m * hidden * 4
   return compiled.memory_analysis().temp_size_in_bytes, hidden_tensor
 

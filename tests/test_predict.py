@@ -19,10 +19,25 @@ from smml_jax.train.loop import train
 
 pytestmark = pytest.mark.slow  # trains runs / spawns processes: minutes on 2 cores
 
-TINY_SPEC = {"layout": "synthetic", "n_patients": 40, "grid_side": 8, "feature_dim": 16,
-             "n_genes_tumour": 6, "n_genes_micro": 8, "second_slide_fraction": 0.5}
-TINY_MODEL = {"heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8,
-              "snn_widths": [8, 8, 8, 32], "dim": 32, "dropout": 0.0, "snn_dropout": 0.0}
+TINY_SPEC = {
+  "layout": "synthetic",
+  "n_patients": 40,
+  "grid_side": 8,
+  "feature_dim": 16,
+  "n_genes_tumour": 6,
+  "n_genes_micro": 8,
+  "second_slide_fraction": 0.5,
+}
+TINY_MODEL = {
+  "heads": 2,
+  "dim_head": 8,
+  "offset_groups": 2,
+  "cpb_hidden": 8,
+  "snn_widths": [8, 8, 8, 32],
+  "dim": 32,
+  "dropout": 0.0,
+  "snn_dropout": 0.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +47,15 @@ def tiny(tmp_path_factory):
   spec = root / "spec.json"
   spec.write_text(json.dumps(TINY_SPEC))
   data_dir = root / "data"
-  config = make_config({
-      "task": "grading", "model_options": TINY_MODEL,
-      "data": {"data": str(spec), "data_dir": str(data_dir), "val_fraction": 0.2,
-               "test_fraction": 0.2},
+  config = make_config(
+    {
+      "task": "grading",
+      "model_options": TINY_MODEL,
+      "data": {"data": str(spec), "data_dir": str(data_dir), "val_fraction": 0.2, "test_fraction": 0.2},
       # accuracy is defined on any split, so epoch 0 is always "best" and logged.
-      "train": {"epochs": 1, "batch_size": 4, "eval_batch_size": 4, "progress": False,
-                "selection_metric": "accuracy"}})
+      "train": {"epochs": 1, "batch_size": 4, "eval_batch_size": 4, "progress": False, "selection_metric": "accuracy"},
+    }
+  )
   run_dir = root / "run"
   train(config, run_dir, log=lambda _: None)
   return run_dir, spec, data_dir, load_cohort(str(spec), data_dir)
@@ -51,11 +68,9 @@ def _predict(argv) -> dict[str, pathlib.Path]:
 
 def test_test_split_equals_logged_predictions(tiny, tmp_path):
   run_dir, spec, data_dir, _ = tiny
-  paths = _predict(["--run", run_dir, "--input", spec, "--data-dir", data_dir, "--split", "test",
-                    "--out", tmp_path])
+  paths = _predict(["--run", run_dir, "--input", spec, "--data-dir", data_dir, "--split", "test", "--out", tmp_path])
   got = pd.read_csv(paths["slides_csv"])
-  logged = pd.DataFrame([json.loads(line) for line in
-                         (run_dir / "predictions_test.jsonl").read_text().splitlines()])
+  logged = pd.DataFrame([json.loads(line) for line in (run_dir / "predictions_test.jsonl").read_text().splitlines()])
   assert list(got["slide_id"]) == list(logged["slide_id"])
   probs = [f"prob_{k}" for k in range(3)]
   np.testing.assert_allclose(got[probs].to_numpy(), logged[probs].to_numpy(), atol=1e-6)
@@ -71,10 +86,23 @@ def test_test_split_equals_logged_predictions(tiny, tmp_path):
 def test_checkpoint_folder_resolves_to_its_run(tiny, tmp_path):
   run_dir, spec, data_dir, _ = tiny
   assert inf.resolve_run_dir(run_dir / "checkpoints" / "latest") == (run_dir.resolve(), "latest")
-  paths = _predict(["--checkpoint", run_dir / "checkpoints" / "best", "--input", spec,
-                    "--data-dir", data_dir, "--split", "val", "--out", tmp_path])
-  assert len(pd.read_csv(paths["slides_csv"])) == len(json.loads(
-      (run_dir / "cohort.json").read_text())["splits"]["val"])
+  paths = _predict(
+    [
+      "--checkpoint",
+      run_dir / "checkpoints" / "best",
+      "--input",
+      spec,
+      "--data-dir",
+      data_dir,
+      "--split",
+      "val",
+      "--out",
+      tmp_path,
+    ]
+  )
+  assert len(pd.read_csv(paths["slides_csv"])) == len(
+    json.loads((run_dir / "cohort.json").read_text())["splits"]["val"]
+  )
   with pytest.raises(inf.InferenceError, match="neither a training run directory"):
     inf.resolve_run_dir(tmp_path)
 
@@ -118,10 +146,13 @@ def _write_slide(tmp_path, cohort, index: int, clam: bool) -> tuple[pathlib.Path
       f["Res_feature"] = rec["patches"][None]
   if clam:  # GDC STAR augmented gene counts
     genes = tmp_path / "star.tsv"
-    rows = "".join(f"ENSG{i:05d}\t{g}\tprotein_coding\t0\t{float(v)!r}\n" for i, (g, v) in
-                   enumerate(zip(names, values)))
-    genes.write_text("# gene-model: GENCODE v36\ngene_id\tgene_name\tgene_type\tunstranded\t"
-                     "fpkm_uq_unstranded\nN_unmapped\t\t\t1\t\n" + rows)
+    rows = "".join(
+      f"ENSG{i:05d}\t{g}\tprotein_coding\t0\t{float(v)!r}\n" for i, (g, v) in enumerate(zip(names, values))
+    )
+    genes.write_text(
+      "# gene-model: GENCODE v36\ngene_id\tgene_name\tgene_type\tunstranded\t"
+      "fpkm_uq_unstranded\nN_unmapped\t\t\t1\t\n" + rows
+    )
   else:
     genes = tmp_path / "genes.csv"
     pd.DataFrame({"gene": names, "value": values}).to_csv(genes, index=False)
@@ -133,8 +164,9 @@ def test_one_slide_matches_the_cohort_prediction(tiny, tmp_path, clam):
   run_dir, spec, data_dir, cohort = tiny
   index = 3
   h5, genes = _write_slide(tmp_path, cohort, index, clam)
-  paths = _predict(["--run", run_dir, "--features", h5, "--genes", genes, "--patient-id", "P1",
-                    "--out", tmp_path / "out"])
+  paths = _predict(
+    ["--run", run_dir, "--features", h5, "--genes", genes, "--patient-id", "P1", "--out", tmp_path / "out"]
+  )
   one = pd.read_csv(paths["slides_csv"])
   assert list(one["slide_id"]) == [h5.stem] and list(one["patient_id"]) == ["P1"]
   run = inf.load_run(run_dir)
@@ -155,16 +187,21 @@ def test_missing_genes_are_listed_or_filled_with_the_training_mean(tiny, tmp_pat
   message = str(err.value)
   assert "lacks 2 gene(s)" in message and all(g in message for g in dropped)
   assert "--missing-genes zero" in message
-  assert predict_cli.main(["--run", str(run_dir), "--features", str(h5), "--genes", str(genes),
-                           "--out", str(tmp_path / "o")]) == 2
+  assert (
+    predict_cli.main(
+      ["--run", str(run_dir), "--features", str(h5), "--genes", str(genes), "--out", str(tmp_path / "o")]
+    )
+    == 2
+  )
 
   run = inf.load_run(run_dir)
   example = inf.slide_example(run, h5, genes, missing_genes="zero")
   normalised = run.preprocessor.transform_genes("micro", example["genes_micro"])
   assert normalised[1] == pytest.approx(0.0, abs=1e-5)  # the training mean
   assert abs(normalised[0]) > 1e-3  # present genes keep their own value
-  paths = _predict(["--run", run_dir, "--features", h5, "--genes", genes, "--missing-genes",
-                    "zero", "--out", tmp_path / "o"])
+  paths = _predict(
+    ["--run", run_dir, "--features", h5, "--genes", genes, "--missing-genes", "zero", "--out", tmp_path / "o"]
+  )
   assert len(pd.read_csv(paths["slides_csv"])) == 1
 
 
@@ -179,8 +216,7 @@ def test_feature_dimension_mismatch_is_a_clear_error(tiny, tmp_path):
   bad_cohort = tmp_path / "other.json"
   bad_cohort.write_text(json.dumps({**TINY_SPEC, "feature_dim": 12}))
   with pytest.raises(inf.InferenceError, match="feature dimension 12 .the run needs 16."):
-    _predict(["--run", run_dir, "--input", bad_cohort, "--data-dir", tmp_path / "d",
-              "--out", tmp_path / "o"])
+    _predict(["--run", run_dir, "--input", bad_cohort, "--data-dir", tmp_path / "d", "--out", tmp_path / "o"])
 
 
 def test_zero_filled_genes_are_counted_on_the_console(tiny, tmp_path, capsys):
@@ -189,8 +225,23 @@ def test_zero_filled_genes_are_counted_on_the_console(tiny, tmp_path, capsys):
   table = pd.read_csv(genes)
   dropped = [cohort.gene_names["micro"][1], cohort.gene_names["tumour"][4]]
   table[~table["gene"].isin(dropped)].to_csv(genes, index=False)
-  assert predict_cli.main(["--run", str(run_dir), "--features", str(h5), "--genes", str(genes),
-                           "--missing-genes", "zero", "--out", str(tmp_path / "o")]) == 0
+  assert (
+    predict_cli.main(
+      [
+        "--run",
+        str(run_dir),
+        "--features",
+        str(h5),
+        "--genes",
+        str(genes),
+        "--missing-genes",
+        "zero",
+        "--out",
+        str(tmp_path / "o"),
+      ]
+    )
+    == 0
+  )
   err = capsys.readouterr().err
   total = len(cohort.gene_names["tumour"]) + len(cohort.gene_names["micro"])
   assert f"2 of {total} gene(s)" in err and "training mean" in err

@@ -8,17 +8,15 @@ import pytest
 
 from smml_jax.evaluate import inference as inf
 
-RUN_GENES = {"tumour": ["IDH1_rnaseq", "IDH1_cnv", "TP53_rnaseq", "TP53_cnv"],
-             "micro": ["CD4_rnaseq", "CD8A_rnaseq"]}
+RUN_GENES = {"tumour": ["IDH1_rnaseq", "IDH1_cnv", "TP53_rnaseq", "TP53_cnv"], "micro": ["CD4_rnaseq", "CD8A_rnaseq"]}
 
 
 def _run(gene_names=RUN_GENES):
   """The parts of a TrainedRun that gene matching reads (names, raw training means)."""
   preprocessor = types.SimpleNamespace(
-      gene_transform="zscore",
-      mean={s: np.arange(len(g), dtype=np.float64) + 10 for s, g in gene_names.items()})
-  return types.SimpleNamespace(gene_names=gene_names, preprocessor=preprocessor,
-                               run_dir="runs/clam-rnaseq-cnv")
+    gene_transform="zscore", mean={s: np.arange(len(g), dtype=np.float64) + 10 for s, g in gene_names.items()}
+  )
+  return types.SimpleNamespace(gene_names=gene_names, preprocessor=preprocessor, run_dir="runs/clam-rnaseq-cnv")
 
 
 def test_cohort_with_rnaseq_only_does_not_feed_the_cnv_features_from_rnaseq():

@@ -46,16 +46,18 @@ def test_slide_sampling_figure(tmp_path):
   mass = np.asarray(interpret.patch_mass(points[None], interpret.attention_mass(attn), n))[0]
   region = np.zeros((n, n))
   region[5:12, 3:9] = 1.0
-  path = figures.plot_slide_sampling(tmp_path / "slide.png", region, points, points[::-1], mass, mass.T,
-                                     "slide TCGA-XX")
+  path = figures.plot_slide_sampling(
+    tmp_path / "slide.png", region, points, points[::-1], mass, mass.T, "slide TCGA-XX"
+  )
   assert path == tmp_path / "slide.png"
   assert_nontrivial_png(path)
   # Slide layout: a jittered lattice with some padding cells.
   rows, cols = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
   coords = np.stack([cols.ravel() * 256.0 + 3, rows.ravel() * 256.0 - 7], -1)
   coords[rng.uniform(size=n * n) < 0.2] = np.nan
-  layout = figures.plot_slide_sampling(tmp_path / "layout.png", region, points, points, mass, mass,
-                                       "layout", coords=coords)
+  layout = figures.plot_slide_sampling(
+    tmp_path / "layout.png", region, points, points, mass, mass, "layout", coords=coords
+  )
   assert_nontrivial_png(layout)
   with pytest.raises(ValueError, match="mass_micro must be"):
     figures.plot_slide_sampling(tmp_path / "bad.png", region, points, points, mass, mass[:3], "bad")
@@ -92,9 +94,10 @@ def test_km_log_rank_separates_planted_groups(tmp_path):
   p_separated = figures.plot_km_risk_groups(tmp_path / "km.png", risk, time, event)
   assert_nontrivial_png(tmp_path / "km.png")
   assert p_separated < 1e-4
-  p_values = [figures.plot_km_risk_groups(tmp_path / f"km_rand{i}.png",
-                                          *_survival_cohort(rng, 120, separated=False))
-              for i in range(3)]
+  p_values = [
+    figures.plot_km_risk_groups(tmp_path / f"km_rand{i}.png", *_survival_cohort(rng, 120, separated=False))
+    for i in range(3)
+  ]
   assert np.median(p_values) > 0.05
   with pytest.raises(ValueError, match="one group empty"):
     figures.plot_km_risk_groups(tmp_path / "tied.png", np.zeros(10), time[:10], event[:10])
@@ -109,11 +112,9 @@ def test_time_dependent_auc(tmp_path):
   used, auc, mean_auc = figures.time_dependent_auc(risk, time, event, train_time, train_event, times)
   assert used.shape == auc.shape and used.size > 0
   assert mean_auc > 0.65
-  _, _, random_auc = figures.time_dependent_auc(rng.normal(size=100), time, event, train_time,
-                                                train_event, times)
+  _, _, random_auc = figures.time_dependent_auc(rng.normal(size=100), time, event, train_time, train_event, times)
   assert abs(random_auc - 0.5) < abs(mean_auc - 0.5)
-  path = figures.plot_time_dependent_auc(tmp_path / "tdauc.png", risk, time, event, train_time,
-                                         train_event, times)
+  path = figures.plot_time_dependent_auc(tmp_path / "tdauc.png", risk, time, event, train_time, train_event, times)
   assert_nontrivial_png(path)
   with pytest.raises(ValueError, match="follow-up range"):
     figures.time_dependent_auc(risk, time, event, train_time, train_event, [time.max() * 10])
@@ -149,12 +150,12 @@ def test_write_report_embeds_images_and_tables(tmp_path):
   genes = interpret.top_genes(rng.normal(size=(4, 8)), [f"G<{i}>" for i in range(8)], k=5)
   labels = rng.integers(0, 2, size=40)
   probs = np.stack([1 - labels * 0.6, labels * 0.6], -1) + 0.2 * rng.uniform(size=(40, 2))
-  roc = figures.plot_roc(tmp_path / "figs" / "roc.png", labels, probs / probs.sum(-1, keepdims=True),
-                         ["a", "b"])
+  roc = figures.plot_roc(tmp_path / "figs" / "roc.png", labels, probs / probs.sum(-1, keepdims=True), ["a", "b"])
   sections = [
-      report.Section("Cohort", text="Measured on **val**.\n\n- micro ratio `1.8`\n- AUC 0.9",
-                     tables={"top genes": genes}, images=[roc]),
-      report.Section("Empty section"),
+    report.Section(
+      "Cohort", text="Measured on **val**.\n\n- micro ratio `1.8`\n- AUC 0.9", tables={"top genes": genes}, images=[roc]
+    ),
+    report.Section("Empty section"),
   ]
   path = report.write_report(tmp_path / "run", sections, title="run 1")
   assert path == tmp_path / "run" / "report.html"
@@ -173,7 +174,6 @@ def test_write_report_embeds_images_and_tables(tmp_path):
     report.write_report(tmp_path / "run2", [report.Section("x", images=[tmp_path / "missing.png"])])
 
 
-
 @pytest.fixture
 def drawn(monkeypatch):
   """The matplotlib figures the plot functions save, kept open for inspection."""
@@ -189,12 +189,14 @@ def drawn(monkeypatch):
   yield figs
   monkeypatch.setattr(figures._common, "_save", save)
   import matplotlib.pyplot as plt
+
   for fig in figs:
     plt.close(fig)
 
 
 def _texts(fig):
   import matplotlib.text
+
   return [t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_text()]
 
 
@@ -207,10 +209,17 @@ def test_slide_figure_ticks_regions_one_scale_and_outside_note(tmp_path, drawn):
   mass_m = np.full((n, n), 0.1)
   immune = np.zeros((n, n))
   immune[4:8, 4:8] = 1
-  figures.plot_slide_sampling(tmp_path / "s.png", immune, points, points, mass_t, mass_m,
-                              "slide A: label G3, predicted G4 (p = 0.71)",
-                              regions={"immune": immune})
-  fig, = drawn
+  figures.plot_slide_sampling(
+    tmp_path / "s.png",
+    immune,
+    points,
+    points,
+    mass_t,
+    mass_m,
+    "slide A: label G3, predicted G4 (p = 0.71)",
+    regions={"immune": immune},
+  )
+  (fig,) = drawn
   mass_images = [im for ax in fig.axes for im in ax.get_images() if im.get_cmap().name == "magma"]
   assert len(mass_images) == 2
   assert {im.get_clim() for im in mass_images} == {(0.0, 5.0)}  # one colour scale
@@ -218,8 +227,11 @@ def test_slide_figure_ticks_regions_one_scale_and_outside_note(tmp_path, drawn):
   assert pts_ax.get_xlabel() == "patch column" and pts_ax.get_ylabel() == "patch row"
   ticks = pts_ax.get_xticks()
   assert np.all(ticks == np.round(ticks)) and ticks.min() >= 0 and ticks.max() <= n - 1
-  assert any(ax.collections and "immune" in ax.get_legend_handles_labels()[1]
-             for ax in fig.axes if ax.get_images() and ax.get_images()[0].get_cmap().name == "magma")
+  assert any(
+    ax.collections and "immune" in ax.get_legend_handles_labels()[1]
+    for ax in fig.axes
+    if ax.get_images() and ax.get_images()[0].get_cmap().name == "magma"
+  )
   texts = " ".join(_texts(fig))
   assert "label G3, predicted G4" in texts
   assert "25% of the sampling points lie outside the grid" in texts  # 4 of 16 at row -2
@@ -233,28 +245,26 @@ def test_gene_importance_legend_and_spread(tmp_path, drawn):
   rng = np.random.default_rng(1)
   spread = rng.normal(size=(6, 12)) * np.linspace(0.1, 2, 12)
   tumour = interpret.top_genes(spread, [f"T{i}" for i in range(12)])
-  assert np.allclose(tumour.set_index("gene").loc["T11", "std_abs_attribution"],
-                     np.abs(spread[:, 11]).std(ddof=1))
+  assert np.allclose(tumour.set_index("gene").loc["T11", "std_abs_attribution"], np.abs(spread[:, 11]).std(ddof=1))
   figures.plot_gene_importance(tmp_path / "g.png", tumour, tumour, k=5)
-  fig, = drawn
+  (fig,) = drawn
   labels = fig.axes[0].get_legend_handles_labels()[1]
   assert any("positive" in l for l in labels) and any("negative" in l for l in labels)
-  assert fig.axes[0].containers and any(type(c).__name__ == "ErrorbarContainer"
-                                        for c in fig.axes[0].containers)
+  assert fig.axes[0].containers and any(type(c).__name__ == "ErrorbarContainer" for c in fig.axes[0].containers)
 
 
 def test_km_censoring_ticks_numbers_at_risk_and_bands(tmp_path, drawn):
   rng = np.random.default_rng(3)
   risk, time, event = _survival_cohort(rng, 80, separated=True)
   figures.plot_km_risk_groups(tmp_path / "km.png", risk, time, event)
-  fig, = drawn
+  (fig,) = drawn
   ax = fig.axes[0]
-  assert len([c for c in ax.collections if type(c).__name__ in ("PolyCollection",
-                                                                 "FillBetweenPolyCollection")]) == 2
+  assert len([c for c in ax.collections if type(c).__name__ in ("PolyCollection", "FillBetweenPolyCollection")]) == 2
   censored = [line for line in ax.get_lines() if line.get_marker() == "|" and len(line.get_xdata())]
   high = figures.risk_groups(risk)
   assert sorted(len(line.get_xdata()) for line in censored) == sorted(
-      [int((~event.astype(bool) & high).sum()), int((~event.astype(bool) & ~high).sum())])
+    [int((~event.astype(bool) & high).sum()), int((~event.astype(bool) & ~high).sum())]
+  )
   ticks = figures.km_tick_times(time)
   texts = _texts(fig)
   assert any("number at risk" in t for t in texts)
@@ -267,15 +277,21 @@ def test_km_censoring_ticks_numbers_at_risk_and_bands(tmp_path, drawn):
 def test_training_curves_mark_the_selected_epoch_and_drop_empty_panels(tmp_path, drawn):
   lines = []
   for epoch in range(4):
-    lines.append({"epoch": epoch, "split": "train", "loss": 1.0 / (epoch + 1),
-                  "slides_per_s": 50.0 + epoch, **({"compile_s": 12.5} if epoch == 0 else {})})
+    lines.append(
+      {
+        "epoch": epoch,
+        "split": "train",
+        "loss": 1.0 / (epoch + 1),
+        "slides_per_s": 50.0 + epoch,
+        **({"compile_s": 12.5} if epoch == 0 else {}),
+      }
+    )
     for split in ("val", "test"):
-      lines.append({"epoch": epoch, "split": split, "auc": 0.6 + 0.05 * epoch,
-                    "num_examples": 40})
+      lines.append({"epoch": epoch, "split": split, "auc": 0.6 + 0.05 * epoch, "num_examples": 40})
   jsonl = tmp_path / "metrics.jsonl"
   jsonl.write_text("\n".join(json.dumps(r) for r in lines))
   figures.plot_training_curves(tmp_path / "c.png", jsonl, best_epoch=2)
-  fig, = drawn
+  (fig,) = drawn
   titles = [ax.get_title() for ax in fig.axes if ax.axison]
   assert "num_examples" not in titles and "compile_s" not in titles
   assert any("compilation" in t and "12.5" in t for t in titles)  # beside slides/s, not in it

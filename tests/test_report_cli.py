@@ -20,10 +20,24 @@ from smml_jax.tasks import get_task
 from smml_jax.train.config import make_config
 from smml_jax.train.loop import train
 
-TINY_SPEC = {"layout": "synthetic", "n_patients": 40, "grid_side": 8, "feature_dim": 16,
-             "n_genes_tumour": 6, "n_genes_micro": 8}
-TINY_MODEL = {"heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8,
-              "snn_widths": [8, 8, 8, 32], "dim": 32, "dropout": 0.0, "snn_dropout": 0.0}
+TINY_SPEC = {
+  "layout": "synthetic",
+  "n_patients": 40,
+  "grid_side": 8,
+  "feature_dim": 16,
+  "n_genes_tumour": 6,
+  "n_genes_micro": 8,
+}
+TINY_MODEL = {
+  "heads": 2,
+  "dim_head": 8,
+  "offset_groups": 2,
+  "cpb_hidden": 8,
+  "snn_widths": [8, 8, 8, 32],
+  "dim": 32,
+  "dropout": 0.0,
+  "snn_dropout": 0.0,
+}
 
 
 def assert_non_trivial_png(path) -> None:
@@ -41,17 +55,26 @@ def survival_report(tmp_path_factory):
   root = tmp_path_factory.mktemp("tiny_report")
   spec = root / "spec.json"
   spec.write_text(json.dumps(TINY_SPEC))
-  config = make_config({
-      "task": "survival", "model_options": TINY_MODEL,
-      "data": {"data": str(spec), "data_dir": str(root / "data"), "val_fraction": 0.2,
-               "test_fraction": 0.25},
-      "train": {"epochs": 1, "batch_size": 4, "eval_batch_size": 4, "progress": False,
-                "selection_metric": "num_examples"}})  # always defined: epoch 0 is kept
+  config = make_config(
+    {
+      "task": "survival",
+      "model_options": TINY_MODEL,
+      "data": {"data": str(spec), "data_dir": str(root / "data"), "val_fraction": 0.2, "test_fraction": 0.25},
+      "train": {
+        "epochs": 1,
+        "batch_size": 4,
+        "eval_batch_size": 4,
+        "progress": False,
+        "selection_metric": "num_examples",
+      },
+    }
+  )  # always defined: epoch 0 is kept
   run_dir = root / "run"
   train(config, run_dir, log=lambda _: None)
   out = root / "report"
-  code = report_cli.main(["--run", str(run_dir), "--out", str(out), "--slides", "2",
-                          "--ig-slides", "4", "--ig-steps", "4", "--top-k", "5"])
+  code = report_cli.main(
+    ["--run", str(run_dir), "--out", str(out), "--slides", "2", "--ig-slides", "4", "--ig-steps", "4", "--top-k", "5"]
+  )
   assert code == 0
   return run_dir, out
 
@@ -59,8 +82,14 @@ def survival_report(tmp_path_factory):
 @pytest.mark.slow
 def test_report_writes_every_output(survival_report):
   run_dir, out = survival_report
-  for name in ("slide_00_sampling.png", "slide_01_sampling.png", "gene_importance.png",
-               "kaplan_meier.png", "time_dependent_auc.png", "training_curves.png"):
+  for name in (
+    "slide_00_sampling.png",
+    "slide_01_sampling.png",
+    "gene_importance.png",
+    "kaplan_meier.png",
+    "time_dependent_auc.png",
+    "training_curves.png",
+  ):
     assert_non_trivial_png(out / name)
   html = (out / "report.html").read_text()
   assert html.count("data:image/png;base64,") >= 5 and 'src="http' not in html
@@ -69,12 +98,18 @@ def test_report_writes_every_output(survival_report):
   assert 0.0 <= metrics["cohort"]["logrank_p"] <= 1.0
   assert 0.0 <= metrics["cohort"]["time_dependent_auc"]["mean_auc"] <= 1.0
   conc = metrics["region_concentration"]
-  for key in ("micro_on_immune", "tumour_on_immune", "micro_over_tumour_on_immune",
-              "micro_attention_on_immune", "tumour_attention_on_tumour", "lattice_on_immune",
-              "micro_on_immune_mismatched", "micro_attention_on_immune_mismatched"):
+  for key in (
+    "micro_on_immune",
+    "tumour_on_immune",
+    "micro_over_tumour_on_immune",
+    "micro_attention_on_immune",
+    "tumour_attention_on_tumour",
+    "lattice_on_immune",
+    "micro_on_immune_mismatched",
+    "micro_attention_on_immune_mismatched",
+  ):
     assert np.isfinite(conc[key]) and conc[key] > 0
-  assert conc["micro_over_tumour_on_immune"] == pytest.approx(
-      conc["micro_on_immune"] / conc["tumour_on_immune"])
+  assert conc["micro_over_tumour_on_immune"] == pytest.approx(conc["micro_on_immune"] / conc["tumour_on_immune"])
   assert f"{conc['micro_over_tumour_on_immune']:.3f}" in html
   assert html_lib.escape(sampling.immune_sentence(conc)) in html
   use = metrics["sampling_use"]
@@ -99,8 +134,7 @@ def test_report_gene_table_and_predictions(survival_report):
     assert np.all(np.diff(part["mean_abs_attribution"].to_numpy()) <= 0)
   assert genes["mean_abs_attribution"].max() > 0
   preds = pd.read_csv(out / "predictions_test.csv")
-  logged = pd.DataFrame([json.loads(line) for line in
-                         (run_dir / "predictions_test.jsonl").read_text().splitlines()])
+  logged = pd.DataFrame([json.loads(line) for line in (run_dir / "predictions_test.jsonl").read_text().splitlines()])
   assert list(preds["slide_id"]) == list(logged["slide_id"])
   np.testing.assert_allclose(preds["risk"], logged["risk"], rtol=1e-5, atol=1e-6)
   hazards = [f"hazard_{k}" for k in range(4)]
@@ -124,11 +158,12 @@ def test_classification_cohort_figures(tmp_path):
 
 class PlantedGeneModel(nn.Module):
   """Logits depend on one microenvironment gene only (through a small nonlinear head)."""
+
   planted: int
 
   @nn.compact
   def __call__(self, batch, train: bool = False):
-    x = batch["genes_micro"][:, self.planted:self.planted + 1]
+    x = batch["genes_micro"][:, self.planted : self.planted + 1]
     h = nn.tanh(nn.Dense(4)(x))
     logits = nn.Dense(3)(h) + 0.0 * jnp.mean(batch["patches"], axis=(1, 2))[:, None]
     return ModelOutput(logits=logits)
@@ -138,14 +173,17 @@ def test_planted_gene_ranks_first(tmp_path):
   planted, n_micro, n_tumour = 5, 9, 4
   model = PlantedGeneModel(planted)
   rng = np.random.default_rng(1)
-  batch = {"patches": rng.normal(size=(6, 16, 4)).astype(np.float32),
-           "genes_tumour": rng.normal(size=(6, n_tumour)).astype(np.float32),
-           "genes_micro": rng.normal(size=(6, n_micro)).astype(np.float32),
-           "mask": np.array([True] * 5 + [False])}
+  batch = {
+    "patches": rng.normal(size=(6, 16, 4)).astype(np.float32),
+    "genes_tumour": rng.normal(size=(6, n_tumour)).astype(np.float32),
+    "genes_micro": rng.normal(size=(6, n_micro)).astype(np.float32),
+    "mask": np.array([True] * 5 + [False]),
+  }
   params = model.init(jax.random.PRNGKey(0), batch)["params"]
   names = {"tumour": [f"T{i}" for i in range(n_tumour)], "micro": [f"M{i}" for i in range(n_micro)]}
-  tables = gene_importance.gene_importance(model.apply, params, [batch, batch], names,
-                                      task=get_task("grading"), steps=16)
+  tables = gene_importance.gene_importance(
+    model.apply, params, [batch, batch], names, task=get_task("grading"), steps=16
+  )
   micro = tables["micro"]
   assert micro["gene"].iloc[0] == f"M{planted}"
   assert micro["mean_abs_attribution"].iloc[0] > 0
@@ -158,6 +196,7 @@ def test_planted_gene_ranks_first(tmp_path):
 def test_region_concentrations_points_attention_and_nulls():
   """Points half inside each slide's own immune region, attention mass on the inside half."""
   from smml_jax.evaluate import interpret
+
   n, groups, side, batch = 8, 2, 3, 3
   m = side * side
   rng = np.random.default_rng(0)
@@ -177,8 +216,11 @@ def test_region_concentrations_points_attention_and_nulls():
     points[b, ..., 0] = np.where(inside[b], points[b, ..., 0], out_rows[pick])
     points[b, ..., 1] = np.where(inside[b], points[b, ..., 1], out_cols[pick])
   point_mass = np.where(inside, 10.0, 1.0).astype(np.float32)
-  entry = {"points": points, "point_mass": point_mass,
-           "patch_mass": np.asarray(interpret.patch_mass(points, point_mass, n))}
+  entry = {
+    "points": points,
+    "point_mass": point_mass,
+    "patch_mass": np.asarray(interpret.patch_mass(points, point_mass, n)),
+  }
   geometry = {"tumour": entry, "micro": entry}
   outputs = {"immune_mask": immune.reshape(batch, -1), "tumour_mask": tumour.reshape(batch, -1)}
   conc = sampling.region_concentrations(geometry, outputs, n)
@@ -191,19 +233,23 @@ def test_region_concentrations_points_attention_and_nulls():
   assert conc["micro_on_immune_mismatched"] == 0.0  # the other slides' corners are never sampled
   assert conc["micro_attention_on_immune_mismatched"] == 0.0
   assert conc["tumour_on_tumour"] == 0.0 and conc["micro_over_tumour_on_immune"] == 1.0
-  lattice = np.asarray(interpret.grid_points_to_pixels(
-      interpret.lattice_grid(batch * groups, side), n, side, groups))
-  assert conc["lattice_on_immune"] == pytest.approx(
-      interpret.region_concentration(lattice, immune, n))
+  lattice = np.asarray(interpret.grid_points_to_pixels(interpret.lattice_grid(batch * groups, side), n, side, groups))
+  assert conc["lattice_on_immune"] == pytest.approx(interpret.region_concentration(lattice, immune, n))
   assert conc["lattice_on_immune"] != pytest.approx(1.0, abs=1e-3)  # border points: not chance
 
   sentence = sampling.immune_sentence(conc)
-  for key in ("micro_on_immune", "micro_attention_on_immune", "tumour_on_immune",
-              "tumour_attention_on_immune", "lattice_on_immune", "micro_on_immune_mismatched"):
+  for key in (
+    "micro_on_immune",
+    "micro_attention_on_immune",
+    "tumour_on_immune",
+    "tumour_attention_on_immune",
+    "lattice_on_immune",
+    "micro_on_immune_mismatched",
+  ):
     assert f"{conc[key]:.3f}x" in sentence, key
   single = sampling.region_concentrations(
-      {s: {k: v[:1] for k, v in entry.items()} for s in geometry},
-      {k: v[:1] for k, v in outputs.items()}, n)
+    {s: {k: v[:1] for k, v in entry.items()} for s in geometry}, {k: v[:1] for k, v in outputs.items()}, n
+  )
   assert "micro_on_immune_mismatched" not in single and "micro_on_immune" in single
   assert "mismatched" not in sampling.immune_sentence(single)
 
@@ -211,6 +257,7 @@ def test_region_concentrations_points_attention_and_nulls():
 @pytest.mark.slow  # trains a run and builds its whole report (the module fixture)
 def test_report_html_renders_in_chromium_with_every_figure_drawn(survival_report):
   from smml_jax.evaluate import screenshot
+
   _, out = survival_report
   html = (out / "report.html").read_text()
   images = screenshot.embedded_images(html)
@@ -232,10 +279,11 @@ def test_report_html_renders_in_chromium_with_every_figure_drawn(survival_report
 
 
 def test_slide_titles_name_label_prediction_or_follow_up():
-  table = pd.DataFrame({"slide_id": ["s0", "s1"], "prob_0": [0.2, 0.9], "prob_1": [0.8, 0.1],
-                        "pred": [1, 0], "label": [0, 0]})
+  table = pd.DataFrame(
+    {"slide_id": ["s0", "s1"], "prob_0": [0.2, 0.9], "prob_1": [0.8, 0.1], "pred": [1, 0], "label": [0, 0]}
+  )
   assert run_report.slide_title(table, 0, ["G2", "G3"]) == "s0: label G2, predicted G3 (p = 0.80)"
-  survival = pd.DataFrame({"slide_id": ["a", "b", "c"], "risk": [-2.0, -1.0, -3.0],
-                           "time": [100.0, 300.0, 50.0], "event": [1, 0, 1]})
-  assert run_report.slide_title(survival, 1, []) == ("b: censored at 300 days, predicted risk "
-                                                     "-1.000 (rank 1 of 3)")
+  survival = pd.DataFrame(
+    {"slide_id": ["a", "b", "c"], "risk": [-2.0, -1.0, -3.0], "time": [100.0, 300.0, 50.0], "event": [1, 0, 1]}
+  )
+  assert run_report.slide_title(survival, 1, []) == ("b: censored at 300 days, predicted risk -1.000 (rank 1 of 3)")

@@ -10,28 +10,45 @@ from smml_jax.train import run_dir
 from smml_jax.train.config import make_config
 from smml_jax.train.loop import train
 
-TINY_MODEL = {"dim": 16, "heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8,
-              "snn_widths": [8, 8, 8, 16]}
+TINY_MODEL = {"dim": 16, "heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8, "snn_widths": [8, 8, 8, 16]}
 
 
 def _spec(path, **overrides):
-  values = {"layout": "synthetic", "n_patients": 60, "grid_side": 8, "feature_dim": 16,
-            "n_genes_tumour": 6, "n_genes_micro": 8, **overrides}
+  values = {
+    "layout": "synthetic",
+    "n_patients": 60,
+    "grid_side": 8,
+    "feature_dim": 16,
+    "n_genes_tumour": 6,
+    "n_genes_micro": 8,
+    **overrides,
+  }
   path.write_text(yaml.safe_dump(values))
   return path
 
 
 def _cli_args(spec, out, data_dir, *extra):
-  args = ["--task", "grading", "--data", str(spec), "--data-dir", str(data_dir), "--epochs", "1",
-          "--out", str(out), "--no-progress", *extra]
+  args = [
+    "--task",
+    "grading",
+    "--data",
+    str(spec),
+    "--data-dir",
+    str(data_dir),
+    "--epochs",
+    "1",
+    "--out",
+    str(out),
+    "--no-progress",
+    *extra,
+  ]
   for key, value in TINY_MODEL.items():
     args += ["--set", f"model_options.{key}={json.dumps(value)}"]
   return args
 
 
 def _snapshot(folder):
-  return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-          if p.is_file()}
+  return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _fake_run(folder, config):
@@ -45,8 +62,7 @@ def _fake_run(folder, config):
   (folder / run_dir.REPORT_DIR).mkdir()
 
 
-def test_overwrite_never_touches_a_folder_when_the_spec_is_missing(tmp_path, capsys,
-                                                                  monkeypatch):
+def test_overwrite_never_touches_a_folder_when_the_spec_is_missing(tmp_path, capsys, monkeypatch):
   """The issue's repro: precious/ held config.json and thesis.txt and was emptied."""
   monkeypatch.chdir(tmp_path)
   precious = tmp_path / "precious"
@@ -54,8 +70,7 @@ def test_overwrite_never_touches_a_folder_when_the_spec_is_missing(tmp_path, cap
   (precious / "config.json").write_text("{}")
   (precious / "thesis.txt").write_text("x")
   before = _snapshot(precious)
-  code = run_cli.main(["--task", "grading", "--data", "missing.yaml", "--out", "precious",
-                       "--overwrite"])
+  code = run_cli.main(["--task", "grading", "--data", "missing.yaml", "--out", "precious", "--overwrite"])
   assert code == 2
   assert _snapshot(precious) == before
   assert "missing.yaml" in capsys.readouterr().err  # refused at parse time, naming the spec
@@ -98,11 +113,17 @@ def test_overwrite_removes_only_what_a_run_writes(tmp_path):
   assert run_dir.is_run_dir(folder)
   assert run_dir.check(folder, config, resume=False, overwrite=True) == run_dir.REPLACE
   removed = {p.name for p in run_dir.prepare(folder, run_dir.REPLACE)}
-  assert removed == {run_dir.MARKER_FILE, run_dir.CONFIG_FILE, run_dir.PREPROCESSOR_FILE,
-                     run_dir.COHORT_FILE, run_dir.CHECKPOINTS_DIR, run_dir.METRICS_FILE,
-                     run_dir.predictions_file("test"), run_dir.REPORT_DIR}
-  assert sorted(p.name for p in folder.iterdir()) == ["analysis", "my_notes.txt",
-                                                      run_dir.MARKER_FILE]
+  assert removed == {
+    run_dir.MARKER_FILE,
+    run_dir.CONFIG_FILE,
+    run_dir.PREPROCESSOR_FILE,
+    run_dir.COHORT_FILE,
+    run_dir.CHECKPOINTS_DIR,
+    run_dir.METRICS_FILE,
+    run_dir.predictions_file("test"),
+    run_dir.REPORT_DIR,
+  }
+  assert sorted(p.name for p in folder.iterdir()) == ["analysis", "my_notes.txt", run_dir.MARKER_FILE]
   assert (folder / "my_notes.txt").read_text() == "keep me"
   assert (folder / "analysis" / "plot.png").read_bytes() == b"png"
 
@@ -116,12 +137,15 @@ def test_prepare_refuses_to_replace_a_foreign_folder(tmp_path):
   assert (folder / "config.json").read_text() == "{}"
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     (["--set", "train.epochz=1"], "train.epochz"),
     (["--data", "nowhere.yaml"], "nowhere.yaml"),
     (["--batch-size", "1000"], "batch size"),
     (["--set", "model_options.nope=1"], "nope"),
-])
+  ],
+)
 def test_a_failed_start_writes_nothing_into_out(tmp_path, capsys, overrides, message):
   spec = _spec(tmp_path / "tiny.yaml")
   out = tmp_path / "out"
@@ -158,19 +182,23 @@ def test_stored_paths_are_absolute_and_resume_compares_them(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_resume_on_an_empty_folder_starts_fresh_and_report_reads_from_any_cwd(tmp_path,
-                                                                               monkeypatch):
+def test_resume_on_an_empty_folder_starts_fresh_and_report_reads_from_any_cwd(tmp_path, monkeypatch):
   from smml_jax.data.spec import load_cohort
   from smml_jax.evaluate import inference as inf
+
   work = tmp_path / "work"
   work.mkdir()
   monkeypatch.chdir(work)
   _spec(work / "tiny.yaml")
   (work / "out").mkdir()
-  config = make_config({"task": "grading", "model_options": TINY_MODEL,
-                        "data": {"data": "tiny.yaml", "data_dir": "records"},
-                        "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 8,
-                                  "progress": False}})
+  config = make_config(
+    {
+      "task": "grading",
+      "model_options": TINY_MODEL,
+      "data": {"data": "tiny.yaml", "data_dir": "records"},
+      "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 8, "progress": False},
+    }
+  )
   logs = []
   train(config, "out", resume=True, log=logs.append)
   assert any("starting a fresh run" in line for line in logs)

@@ -29,7 +29,11 @@ def test_embedded_images_are_found_in_page_order(tmp_path):
   screenshot.save_png(_page(), tmp_path / "a.png")
   data = (tmp_path / "a.png").read_bytes()
   uri = base64.b64encode(data).decode()
-  html = (f'<img alt="one.png" src="data:image/png;base64,{uri}"><p>x</p>'
-          f'<img alt="two.png" src="data:image/png;base64,{uri}">')
+  html = (
+    f'<img alt="one.png" src="data:image/png;base64,{uri}"><p>x</p>'
+    f'<img alt="two.png" src="data:image/png;base64,{uri}">'
+  )
   assert [(name, len(raw)) for name, raw in screenshot.embedded_images(html)] == [
-      ("one.png", len(data)), ("two.png", len(data))]
+    ("one.png", len(data)),
+    ("two.png", len(data)),
+  ]

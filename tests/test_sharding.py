@@ -19,8 +19,7 @@ pytestmark = pytest.mark.slow  # trains runs / spawns processes: minutes on 2 co
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 3
-SPEC = ("layout: synthetic\nn_patients: 40\ngrid_side: 8\nfeature_dim: 16\n"
-        "n_genes_tumour: 8\nn_genes_micro: 8\n")
+SPEC = "layout: synthetic\nn_patients: 40\ngrid_side: 8\nfeature_dim: 16\nn_genes_tumour: 8\nn_genes_micro: 8\n"
 
 SCRIPT = r"""
 import sys, jax, numpy as np
@@ -58,17 +57,27 @@ def layouts(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
   root = tmp_path_factory.mktemp("sharding")
   (root / "spec.yaml").write_text(SPEC)
   result = root / "result.npz"
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  proc = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO), str(root / "spec.yaml"),
-                         str(root / "data"), str(result), str(STEPS)], env=env, cwd=REPO,
-                        timeout=400, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                        text=True)
+  env = {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "PYTHONPATH": str(REPO),
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+  }
+  proc = subprocess.run(
+    [sys.executable, "-c", SCRIPT, str(REPO), str(root / "spec.yaml"), str(root / "data"), str(result), str(STEPS)],
+    env=env,
+    cwd=REPO,
+    timeout=400,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   assert proc.returncode == 0, f"sharding subprocess failed:\n{proc.stdout[-4000:]}"
   with np.load(result) as f:
     flat = dict(f)
-  return {name: {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(name + "/")}
-          for name in ("one", "four")}
+  return {
+    name: {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(name + "/")} for name in ("one", "four")
+  }
 
 
 def test_four_devices_give_the_single_device_losses(layouts):

@@ -11,11 +11,16 @@ from smml_jax.data.errors import CohortError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLAM = {"layout": "clam", "csv": "slides.csv", "features": "h5", "signature": {"path": "sig.csv"}}
-ORIGINAL = {"layout": "original", "signature": {"path": "sig.csv"},
-            "cohorts": [{"labels": "l.csv", "features": "f", "genes": {"format": "gdc_star"}}]}
+ORIGINAL = {
+  "layout": "original",
+  "signature": {"path": "sig.csv"},
+  "cohorts": [{"labels": "l.csv", "features": "f", "genes": {"format": "gdc_star"}}],
+}
 
 
-@pytest.mark.parametrize("spec, needles", [
+@pytest.mark.parametrize(
+  "spec, needles",
+  [
     ({"layout": "synthetic", "grid_sdie": 8}, ("grid_sdie", "did you mean 'grid_side'")),
     ({**CLAM, "grid_sdie": 8}, ("grid_sdie", "did you mean 'grid_side'")),
     ({**ORIGINAL, "feature_dimm": 8}, ("feature_dimm", "did you mean 'feature_dim'")),
@@ -25,24 +30,34 @@ ORIGINAL = {"layout": "original", "signature": {"path": "sig.csv"},
     ({**CLAM, "feature_dim": "1024"}, ("feature_dim", "integer")),
     ({**CLAM, "omics": ["rnaseq", "cvn"]}, ("omics", "'cvn'", "did you mean 'cnv'")),
     ({**CLAM, "on_stale": "ignore"}, ("on_stale", "rebuild", "refuse")),
-    ({**CLAM, "labels": {"grade": {"column": "oncotree_code", "map": "oncotre"}}},
-     ("labels.grade.map", "did you mean 'oncotree'")),
-    ({**CLAM, "labels": {"grade": {"colum": "oncotree_code"}}},
-     ("labels.grade", "'colum'", "did you mean 'column'")),
+    (
+      {**CLAM, "labels": {"grade": {"column": "oncotree_code", "map": "oncotre"}}},
+      ("labels.grade.map", "did you mean 'oncotree'"),
+    ),
+    ({**CLAM, "labels": {"grade": {"colum": "oncotree_code"}}}, ("labels.grade", "'colum'", "did you mean 'column'")),
     ({**CLAM, "labels": {"grad": "x"}}, ("labels", "'grad'", "did you mean 'grade'")),
     ({**CLAM, "signature": {"pth": "sig.csv"}}, ("signature", "'pth'", "did you mean 'path'")),
     ({k: v for k, v in CLAM.items() if k != "csv"}, ("needs `csv`",)),
-    ({**ORIGINAL, "cohorts": [{**ORIGINAL["cohorts"][0], "lables": "x"}]},
-     ("cohorts[0]", "'lables'", "did you mean 'labels'")),
-    ({**ORIGINAL, "cohorts": [{**ORIGINAL["cohorts"][0], "genes": {"format": "star"}}]},
-     ("cohorts[0].genes.format", "gdc_star")),
-    ({**ORIGINAL, "cohorts": [{**ORIGINAL["cohorts"][0], "columns": {"grade": 3}}]},
-     ("cohorts[0].columns.grade", "columns: positional")),
-    ({**ORIGINAL, "cohorts": [{**ORIGINAL["cohorts"][0], "columns": "positonal"}]},
-     ("cohorts[0].columns", "did you mean 'positional'")),
+    (
+      {**ORIGINAL, "cohorts": [{**ORIGINAL["cohorts"][0], "lables": "x"}]},
+      ("cohorts[0]", "'lables'", "did you mean 'labels'"),
+    ),
+    (
+      {**ORIGINAL, "cohorts": [{**ORIGINAL["cohorts"][0], "genes": {"format": "star"}}]},
+      ("cohorts[0].genes.format", "gdc_star"),
+    ),
+    (
+      {**ORIGINAL, "cohorts": [{**ORIGINAL["cohorts"][0], "columns": {"grade": 3}}]},
+      ("cohorts[0].columns.grade", "columns: positional"),
+    ),
+    (
+      {**ORIGINAL, "cohorts": [{**ORIGINAL["cohorts"][0], "columns": "positonal"}]},
+      ("cohorts[0].columns", "did you mean 'positional'"),
+    ),
     ({"layout": "synthetic", "csv": "x.csv"}, ("'csv'", "clam layout")),
     ({"layout": "tcga"}, ("`layout` is 'tcga'",)),
-])
+  ],
+)
 def test_bad_spec_is_refused_naming_the_file_and_key(tmp_path, spec, needles):
   path = tmp_path / "cohort.yaml"
   path.write_text(yaml.safe_dump(spec))
@@ -56,8 +71,9 @@ def test_bad_spec_is_refused_naming_the_file_and_key(tmp_path, spec, needles):
 def test_every_layout_field_is_documented_and_the_docs_page_is_current():
   page = (REPO / "docs" / "cohort_spec.md").read_text()
   assert page == spec_fields.reference_markdown(), (
-      "docs/cohort_spec.md is stale: regenerate it with `python -c \"from smml_jax.data import "
-      "spec_fields as s; open('docs/cohort_spec.md', 'w').write(s.reference_markdown())\"`")
+    "docs/cohort_spec.md is stale: regenerate it with `python -c \"from smml_jax.data import "
+    "spec_fields as s; open('docs/cohort_spec.md', 'w').write(s.reference_markdown())\"`"
+  )
   for layout in spec_fields.LAYOUTS:
     for name, field in spec_fields.fields_of(layout).items():
       assert f"`{name}`" in page and field.meaning, (layout, name)

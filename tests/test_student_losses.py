@@ -38,7 +38,7 @@ def test_sigmoid_kd_is_per_bin_bernoulli_kl():
   p, q = 1 / (1 + np.exp(-t / temp)), 1 / (1 + np.exp(-s / temp))
   kl = p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))
   got = sigmoid_kd(jnp.asarray(s), jnp.asarray(t), temperature=temp)
-  np.testing.assert_allclose(float(got), temp ** 2 * kl.sum(-1).mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(got), temp**2 * kl.sum(-1).mean(), rtol=1e-5)
 
 
 def test_feature_matching_is_masked_mean_squared_error():

@@ -7,8 +7,7 @@ import numpy as np
 from smml_jax.models.registry import build_model
 from smml_jax.models.student import tissue_mean
 
-OPTIONS = {"dim": 16, "snn_widths": [8, 16], "heads": 2, "dim_head": 8, "offset_groups": 2,
-           "predictor_hidden": 12}
+OPTIONS = {"dim": 16, "snn_widths": [8, 16], "heads": 2, "dim_head": 8, "offset_groups": 2, "predictor_hidden": 12}
 
 
 def _spec(name="subspace-student"):
@@ -17,14 +16,15 @@ def _spec(name="subspace-student"):
     options = {}
   elif name != "subspace-student":
     options.pop("predictor_hidden")
-  return build_model(name, num_classes=3, n_genes_tumour=5, n_genes_micro=7, feature_dim=6,
-                     options=options)
+  return build_model(name, num_classes=3, n_genes_tumour=5, n_genes_micro=7, feature_dim=6, options=options)
 
 
 def _batch(rng, b=2):
-  return {"patches": jnp.asarray(rng.normal(size=(b, 64, 6)), jnp.float32),
-          "genes_tumour": jnp.asarray(rng.normal(size=(b, 5)), jnp.float32),
-          "genes_micro": jnp.asarray(rng.normal(size=(b, 7)), jnp.float32)}
+  return {
+    "patches": jnp.asarray(rng.normal(size=(b, 64, 6)), jnp.float32),
+    "genes_tumour": jnp.asarray(rng.normal(size=(b, 5)), jnp.float32),
+    "genes_micro": jnp.asarray(rng.normal(size=(b, 7)), jnp.float32),
+  }
 
 
 def test_student_outputs_match_the_subspace_model_and_need_no_genes():

@@ -11,15 +11,24 @@ from smml_jax.train.config import ConfigError, make_config
 from smml_jax.train.loop import train
 from smml_jax.train.teacher import TeacherError
 
-TINY_MODEL = {"dim": 16, "heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8,
-              "snn_widths": [8, 8, 8, 16]}
+TINY_MODEL = {"dim": 16, "heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8, "snn_widths": [8, 8, 8, 16]}
 
 
 @pytest.fixture(scope="module")
 def tiny_spec(tmp_path_factory):
   path = tmp_path_factory.mktemp("spec") / "tiny.yaml"
-  path.write_text(yaml.safe_dump({"layout": "synthetic", "n_patients": 60, "grid_side": 8,
-                                  "feature_dim": 16, "n_genes_tumour": 6, "n_genes_micro": 8}))
+  path.write_text(
+    yaml.safe_dump(
+      {
+        "layout": "synthetic",
+        "n_patients": 60,
+        "grid_side": 8,
+        "feature_dim": 16,
+        "n_genes_tumour": 6,
+        "n_genes_micro": 8,
+      }
+    )
+  )
   return path
 
 
@@ -29,10 +38,13 @@ def data_dir(tmp_path_factory):
 
 
 def config(spec, data_dir, model="subspace", teacher=None, fold=0, options=None, **data):
-  layer = {"task": "grading", "model": model, "model_options": options or TINY_MODEL,
-           "data": {"data": str(spec), "data_dir": data_dir, "split": "kfold", "n_folds": 3,
-                    "fold": fold, **data},
-           "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 8, "progress": False}}
+  layer = {
+    "task": "grading",
+    "model": model,
+    "model_options": options or TINY_MODEL,
+    "data": {"data": str(spec), "data_dir": data_dir, "split": "kfold", "n_folds": 3, "fold": fold, **data},
+    "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 8, "progress": False},
+  }
   if teacher is not None:
     layer["distill"] = {"teacher": str(teacher)}
   return make_config(layer)
@@ -57,11 +69,31 @@ def test_student_needs_a_teacher_and_only_the_student_takes_one(tiny_spec, data_
 @pytest.mark.slow
 def test_student_distils_from_a_teacher_of_its_split(teacher_run, tiny_spec, data_dir, tmp_path):
   out = tmp_path / "student"
-  code = run_cli.main(["--task", "grading", "--model", "subspace-student", "--teacher",
-                       str(teacher_run), "--out", str(out), "--data", str(tiny_spec),
-                       "--data-dir", data_dir, "--epochs", "1", "--no-progress",
-                       "--set", "data.split=kfold", "--set", "data.n_folds=3",
-                       "--set", f"model_options={json.dumps(TINY_MODEL)}"])
+  code = run_cli.main(
+    [
+      "--task",
+      "grading",
+      "--model",
+      "subspace-student",
+      "--teacher",
+      str(teacher_run),
+      "--out",
+      str(out),
+      "--data",
+      str(tiny_spec),
+      "--data-dir",
+      data_dir,
+      "--epochs",
+      "1",
+      "--no-progress",
+      "--set",
+      "data.split=kfold",
+      "--set",
+      "data.n_folds=3",
+      "--set",
+      f"model_options={json.dumps(TINY_MODEL)}",
+    ]
+  )
   assert code == 0
   stored = json.loads((out / "config.json").read_text())
   assert stored["distill"]["teacher"] == str(teacher_run.resolve())
@@ -74,12 +106,8 @@ def test_student_distils_from_a_teacher_of_its_split(teacher_run, tiny_spec, dat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("change, named", [
-    ({"fold": 1}, "fold 1"),
-    ({"split_seed": 3}, "split_seed 3"),
-])
-def test_a_teacher_of_another_split_is_refused_naming_both(teacher_run, tiny_spec, data_dir,
-                                                           tmp_path, change, named):
+@pytest.mark.parametrize("change, named", [({"fold": 1}, "fold 1"), ({"split_seed": 3}, "split_seed 3")])
+def test_a_teacher_of_another_split_is_refused_naming_both(teacher_run, tiny_spec, data_dir, tmp_path, change, named):
   out = tmp_path / "student"
   cfg = config(tiny_spec, data_dir, model="subspace-student", teacher=teacher_run, **change)
   with pytest.raises(TeacherError) as raised:
@@ -93,26 +121,30 @@ def test_a_teacher_of_another_split_is_refused_naming_both(teacher_run, tiny_spe
 
 
 @pytest.mark.slow
-def test_a_teacher_of_another_model_or_width_is_refused(teacher_run, tiny_spec, data_dir,
-                                                        tmp_path):
+def test_a_teacher_of_another_model_or_width_is_refused(teacher_run, tiny_spec, data_dir, tmp_path):
   abmil = tmp_path / "abmil"
-  train(config(tiny_spec, data_dir, model="abmil", options={"hidden": 8, "attention_hidden": 8}),
-        abmil, log=lambda _: None)
+  train(
+    config(tiny_spec, data_dir, model="abmil", options={"hidden": 8, "attention_hidden": 8}), abmil, log=lambda _: None
+  )
   with pytest.raises(TeacherError, match="'abmil' run"):
-    train(config(tiny_spec, data_dir, model="subspace-student", teacher=abmil),
-          tmp_path / "s1", log=lambda _: None)
+    train(config(tiny_spec, data_dir, model="subspace-student", teacher=abmil), tmp_path / "s1", log=lambda _: None)
   wide = dict(TINY_MODEL, dim=32, snn_widths=[8, 8, 8, 32])
   with pytest.raises(TeacherError, match="16-d, the student's 32-d"):
-    train(config(tiny_spec, data_dir, model="subspace-student", teacher=teacher_run,
-                 options=wide), tmp_path / "s2", log=lambda _: None)
+    train(
+      config(tiny_spec, data_dir, model="subspace-student", teacher=teacher_run, options=wide),
+      tmp_path / "s2",
+      log=lambda _: None,
+    )
   assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
 
 
 def test_compare_trains_the_teacher_before_its_student(tmp_path):
   from experiments import compare
   from smml_jax.evaluate import comparison_runner
-  args = compare.build_parser().parse_args(["--task", "grading", "--out", str(tmp_path / "c"),
-                                            "--models", "subspace-student,abmil"])
+
+  args = compare.build_parser().parse_args(
+    ["--task", "grading", "--out", str(tmp_path / "c"), "--models", "subspace-student,abmil"]
+  )
   with pytest.raises(comparison_runner.CompareError, match="list 'subspace' before it"):
     comparison_runner.run_compare(compare.settings(args), log=lambda _: None)
   comparison_runner.check_teacher_order(["subspace", "subspace-student"])  # the teacher first
@@ -122,9 +154,10 @@ def test_compare_trains_the_teacher_before_its_student(tmp_path):
 def test_compare_cell_of_the_student_names_its_cells_teacher(tmp_path):
   from experiments import compare
   from smml_jax.evaluate import comparison_runner
-  settings = compare.settings(compare.build_parser().parse_args(
-      ["--task", "grading", "--out", str(tmp_path)]))
+
+  settings = compare.settings(compare.build_parser().parse_args(["--task", "grading", "--out", str(tmp_path)]))
   teacher = tmp_path / "runs" / "subspace" / "fold1-seed2"
-  cfg = comparison_runner.cell_config(settings, [], "subspace-student",
-                                      {"split": "kfold", "n_folds": 3}, 1, 2, teacher=teacher)
+  cfg = comparison_runner.cell_config(
+    settings, [], "subspace-student", {"split": "kfold", "n_folds": 3}, 1, 2, teacher=teacher
+  )
   assert cfg.distill.teacher == str(teacher) and cfg.data.fold == 1 and cfg.train.seed == 2

@@ -55,17 +55,17 @@ def test_losses_are_the_losses_modules():
   np.testing.assert_allclose(got, weighted_cross_entropy(logits, labels, jnp.asarray(weights), mask))
   batch = {"surv_bin": jnp.array([0, 1, 2, 3, 0, 1]), "event": jnp.array([1, 0, 1, 0, 1, 1])}
   got = tasks.get_task("survival", survival_alpha=0.3).loss(logits, batch, mask)
-  np.testing.assert_allclose(got, survival_nll(logits, batch["surv_bin"], batch["event"], mask,
-                                               alpha=0.3))
+  np.testing.assert_allclose(got, survival_nll(logits, batch["surv_bin"], batch["event"], mask, alpha=0.3))
 
 
 def test_prediction_columns_round_trip_through_a_table():
   logits = _logits()
-  for name, truth in (("grading", {"grade": np.array([0, 1, 2, 0, 1, 2])}),
-                      ("survival", {"surv_time": np.arange(6.0) * 100,
-                                    "event": np.array([1, 0, 1, 1, 0, 1])})):
+  for name, truth in (
+    ("grading", {"grade": np.array([0, 1, 2, 0, 1, 2])}),
+    ("survival", {"surv_time": np.arange(6.0) * 100, "event": np.array([1, 0, 1, 1, 0, 1])}),
+  ):
     task = tasks.get_task(name, 4 if name == "survival" else 3)
-    logits_k = logits[:, :task.num_classes]
+    logits_k = logits[:, : task.num_classes]
     table = pd.DataFrame({**task.prediction_columns(logits_k), **task.truth_columns(truth)})
     np.testing.assert_allclose(task.score_from_columns(table), task.prediction(logits_k))
     assert task.headline(table)[0] == task.selection_metric
@@ -81,8 +81,10 @@ def test_survival_bins_are_fitted_on_the_training_rows():
 
 def test_the_task_decision_lives_in_tasks_only():
   """No `task == "survival"`-style branch outside smml_jax/tasks/ (README: code map)."""
-  pattern = re.compile(r"""(==|!=)\s*["']survival["']|["']survival["']\s*(==|!=)|"""
-                       r"""\bif\s+(not\s+)?survival\b|(?<!losses)(?<!figures)\.survival\b""")
+  pattern = re.compile(
+    r"""(==|!=)\s*["']survival["']|["']survival["']\s*(==|!=)|"""
+    r"""\bif\s+(not\s+)?survival\b|(?<!losses)(?<!figures)\.survival\b"""
+  )
   # (losses.survival and figures.survival are modules named after what they hold, not decisions.)
   offenders = []
   for folder in ("smml_jax", "experiments", "benchmarks"):

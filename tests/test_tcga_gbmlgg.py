@@ -39,6 +39,7 @@ def _porpoise_raw() -> pd.DataFrame:
 
 # --- cohort -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("source", tcga_gbmlgg.SOURCES)
 def test_one_record_per_patient_of_the_source_table(source):
   cohort = _cohort(source, "grading")
@@ -99,6 +100,7 @@ def test_sources_agree_on_shared_patients():
 
 # --- subspaces and feature exclusion ---------------------------------------------------------
 
+
 @pytest.mark.parametrize("task", tcga_gbmlgg.TASKS)
 @pytest.mark.parametrize("source", tcga_gbmlgg.SOURCES)
 def test_label_defining_columns_are_not_inputs(source, task):
@@ -112,8 +114,7 @@ def test_label_defining_columns_are_not_inputs(source, task):
     assert c.excluded_features == () and names & idh_codel
   assert ({"CDKN2A", "CDKN2A_cnv"} & names == set()) == (task == "diagnosis")
   grading = _cohort(source, "grading")
-  assert names == (set(grading.tumour_features) | set(grading.micro_features)) - set(
-      c.excluded_features)
+  assert names == (set(grading.tumour_features) | set(grading.micro_features)) - set(c.excluded_features)
 
 
 def test_pnas_has_tumour_features_only():
@@ -137,12 +138,12 @@ def test_porpoise_subspaces_are_disjoint_and_knowledge_driven():
   raw = _porpoise_raw()
   alterations = {col for col in raw.columns if col.endswith(("_cnv", "_mut"))}
   assert alterations <= tumour
-  tumour_rna = {f[:-len("_rnaseq")] for f in tumour if f.endswith("_rnaseq")}
+  tumour_rna = {f[: -len("_rnaseq")] for f in tumour if f.endswith("_rnaseq")}
   assert tumour_rna and tumour_rna <= families and not tumour_rna & immune
   assert all(f.endswith("_rnaseq") for f in micro)
-  micro_genes = {f[:-len("_rnaseq")] for f in micro}
+  micro_genes = {f[: -len("_rnaseq")] for f in micro}
   assert micro_genes <= immune
-  rna_genes = {col[:-len("_rnaseq")] for col in raw.columns if col.endswith("_rnaseq")}
+  rna_genes = {col[: -len("_rnaseq")] for col in raw.columns if col.endswith("_rnaseq")}
   assert micro_genes == immune & rna_genes  # every listed gene with RNA, overlaps included
   assert tumour_rna == (families - immune) & rna_genes
   np.testing.assert_allclose(c.x_micro[:, 0], raw.loc[c.case_ids, c.micro_features[0]], rtol=1e-6)
@@ -150,13 +151,14 @@ def test_porpoise_subspaces_are_disjoint_and_knowledge_driven():
 
 # --- normalisation ------------------------------------------------------------------------------
 
+
 def test_normaliser_is_fitted_on_training_patients_only():
   c = _cohort("porpoise", "grading")
   split = protocols.mcat5_splits(c, shared_data_dir(), folds=[0])[0]
   norm = c.fit_normaliser(split["train"])
-  changed = tcga_gbmlgg.GenomicCohort(**{
-      **{f: getattr(c, f) for f in c.__dataclass_fields__},
-      "x_tumour": c.x_tumour.copy(), "x_micro": c.x_micro.copy()})
+  changed = tcga_gbmlgg.GenomicCohort(
+    **{**{f: getattr(c, f) for f in c.__dataclass_fields__}, "x_tumour": c.x_tumour.copy(), "x_micro": c.x_micro.copy()}
+  )
   changed.x_tumour[split["test"]] = 1e6
   changed.x_micro[split["test"]] = -1e6
   other = changed.fit_normaliser(split["train"])
@@ -189,6 +191,7 @@ def test_survival_bins_use_training_event_times():
 
 
 # --- protocols ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("task", ["grading", "survival"])
 def test_pnas15_splits_are_disjoint_and_follow_the_file(task):
@@ -236,6 +239,7 @@ def test_mcat5_folds_partition_the_labelled_patients():
 
 # --- errors -------------------------------------------------------------------------------------
 
+
 def _copy_pnas(tmp_path):
   for rel in (tables.PNAS_FEATURES, tables.PNAS_GRADE, tables.PNAS_SPLITS):
     (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -270,6 +274,7 @@ def test_bad_split_cell_is_reported(tmp_path):
 
 # --- classical reference ------------------------------------------------------------------------
 
+
 def _xy(c, split, part, norm):
   return np.concatenate(list(c.genes(split[part], norm).values()), axis=1)
 
@@ -281,8 +286,9 @@ def test_linear_grading_on_three_pnas15_splits_beats_chance():
   aucs = []
   for s in protocols.pnas15_splits(c, shared_data_dir(), splits=range(3)):
     norm = c.fit_normaliser(s["train"])
-    probs = linear.fit_predict_linear("grading", _xy(c, s, "train", norm), y[s["train"]],
-                                      _xy(c, s, "val", norm), y[s["val"]], _xy(c, s, "test", norm))
+    probs = linear.fit_predict_linear(
+      "grading", _xy(c, s, "train", norm), y[s["train"]], _xy(c, s, "val", norm), y[s["val"]], _xy(c, s, "test", norm)
+    )
     assert probs.shape == (len(s["test"]), 3)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
     aucs.append(roc_auc_score(y[s["test"]], probs, multi_class="ovr", average="macro"))
@@ -297,8 +303,9 @@ def test_linear_cox_on_three_pnas15_splits_ranks_survival():
   for s in protocols.pnas15_splits(c, shared_data_dir(), splits=range(3)):
     norm = c.fit_normaliser(s["train"])
     yt = lambda part: (c.surv_time[s[part]], c.event[s[part]])
-    risk = linear.fit_predict_linear("survival", _xy(c, s, "train", norm), yt("train"),
-                                     _xy(c, s, "val", norm), yt("val"), _xy(c, s, "test", norm))
+    risk = linear.fit_predict_linear(
+      "survival", _xy(c, s, "train", norm), yt("train"), _xy(c, s, "val", norm), yt("val"), _xy(c, s, "test", norm)
+    )
     assert risk.shape == (len(s["test"]),)
     scores.append(linear.c_index(*yt("test"), risk))
     # Higher risk = shorter survival: flipping the sign must flip the ranking.
@@ -311,13 +318,14 @@ def test_linear_without_validation_uses_fixed_defaults_and_keeps_all_classes():
   s = protocols.mcat5_splits(c, shared_data_dir(), folds=[0])[0]
   norm = c.fit_normaliser(s["train"])
   y = c.label()
-  probs = linear.fit_predict_linear("grading", _xy(c, s, "train", norm), y[s["train"]], None, None,
-                                    _xy(c, s, "test", norm))
+  probs = linear.fit_predict_linear(
+    "grading", _xy(c, s, "train", norm), y[s["train"]], None, None, _xy(c, s, "test", norm)
+  )
   assert roc_auc_score(y[s["test"]], probs, multi_class="ovr") > 0.7
   no_g4 = s["train"][y[s["train"]] < 2]
-  probs = linear.fit_predict_linear("grading", c.genes(no_g4, norm)["genes_tumour"], y[no_g4],
-                                    None, None, c.genes(s["test"], norm)["genes_tumour"])
+  probs = linear.fit_predict_linear(
+    "grading", c.genes(no_g4, norm)["genes_tumour"], y[no_g4], None, None, c.genes(s["test"], norm)["genes_tumour"]
+  )
   assert probs.shape == (len(s["test"]), 3) and np.all(probs[:, 2] == 0)
   with pytest.raises(ValueError, match="NaN"):
-    linear.fit_predict_linear("grading", np.full((4, 2), np.nan), np.arange(4) % 3, None, None,
-                              np.zeros((1, 2)))
+    linear.fit_predict_linear("grading", np.full((4, 2), np.nan), np.arange(4) % 3, None, None, np.zeros((1, 2)))

@@ -9,15 +9,24 @@ from experiments import run as run_cli
 from smml_jax.train.config import ConfigError, make_config
 from smml_jax.train.loop import RunDirError, train
 
-TINY_MODEL = {"dim": 16, "heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8,
-              "snn_widths": [8, 8, 8, 16]}
+TINY_MODEL = {"dim": 16, "heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8, "snn_widths": [8, 8, 8, 16]}
 
 
 @pytest.fixture(scope="module")
 def tiny_spec(tmp_path_factory):
   path = tmp_path_factory.mktemp("spec") / "tiny.yaml"
-  path.write_text(yaml.safe_dump({"layout": "synthetic", "n_patients": 60, "grid_side": 8,
-                                  "feature_dim": 16, "n_genes_tumour": 6, "n_genes_micro": 8}))
+  path.write_text(
+    yaml.safe_dump(
+      {
+        "layout": "synthetic",
+        "n_patients": 60,
+        "grid_side": 8,
+        "feature_dim": 16,
+        "n_genes_tumour": 6,
+        "n_genes_micro": 8,
+      }
+    )
+  )
   return path
 
 
@@ -27,10 +36,14 @@ def data_dir(tmp_path_factory):
 
 
 def tiny_config(spec, data_dir, task="grading", **train):
-  return make_config({
-      "task": task, "model_options": TINY_MODEL,
+  return make_config(
+    {
+      "task": task,
+      "model_options": TINY_MODEL,
       "data": {"data": str(spec), "data_dir": data_dir},
-      "train": {"epochs": 3, "batch_size": 8, "eval_batch_size": 8, "progress": False, **train}})
+      "train": {"epochs": 3, "batch_size": 8, "eval_batch_size": 8, "progress": False, **train},
+    }
+  )
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +60,15 @@ def _jsonl(path):
 @pytest.mark.slow
 def test_run_directory_records(full_run):
   out, summary = full_run
-  for name in ("config.json", "preprocessor.json", "cohort.json", "metrics.jsonl",
-               "summary.json", "predictions_test.jsonl", "predictions_val.jsonl"):
+  for name in (
+    "config.json",
+    "preprocessor.json",
+    "cohort.json",
+    "metrics.jsonl",
+    "summary.json",
+    "predictions_test.jsonl",
+    "predictions_val.jsonl",
+  ):
     assert (out / name).is_file(), name
   assert (out / "checkpoints" / "latest").is_dir() and (out / "checkpoints" / "best").is_dir()
   assert json.loads((out / "summary.json").read_text()) == summary
@@ -69,8 +89,7 @@ def test_best_epoch_is_chosen_on_validation(full_run):
 
 
 @pytest.mark.slow
-def test_resume_ends_with_exactly_the_uninterrupted_metrics(full_run, tiny_spec, data_dir,
-                                                           tmp_path):
+def test_resume_ends_with_exactly_the_uninterrupted_metrics(full_run, tiny_spec, data_dir, tmp_path):
   _, summary = full_run
   config = tiny_config(tiny_spec, data_dir)
   out = tmp_path / "resumed"
@@ -79,54 +98,55 @@ def test_resume_ends_with_exactly_the_uninterrupted_metrics(full_run, tiny_spec,
   assert not (out / "summary.json").exists()
   resumed = train(config, out, resume=True, log=lambda _: None)
   assert resumed == summary  # bit for bit: same seed, same data order, same RNG stream
-  untimed = lambda rows: [{k: v for k, v in r.items() if k not in ("slides_per_s", "compile_s")}
-                         for r in rows]  # compile_s: the epoch where this process compiled
+  untimed = lambda rows: [
+    {k: v for k, v in r.items() if k not in ("slides_per_s", "compile_s")} for r in rows
+  ]  # compile_s: the epoch where this process compiled
   assert untimed(_jsonl(out / "metrics.jsonl")) == untimed(_jsonl(full_run[0] / "metrics.jsonl"))
 
 
 def _params(out, kind, step):
   import orbax.checkpoint as ocp
+
   return ocp.StandardCheckpointer().restore(out / "checkpoints" / kind / str(step) / "state")
 
 
 @pytest.mark.slow
-def test_resume_mid_epoch_continues_at_the_next_batch_bit_for_bit(full_run, tiny_spec, data_dir,
-                                                                  tmp_path):
+def test_resume_mid_epoch_continues_at_the_next_batch_bit_for_bit(full_run, tiny_spec, data_dir, tmp_path):
   import dataclasses
 
   import jax
   import numpy as np
+
   full_out, summary = full_run
-  steps_per_epoch = next(r["step"] for r in _jsonl(full_out / "metrics.jsonl")
-                         if r["split"] == "train" and r["epoch"] == 0)
+  steps_per_epoch = next(
+    r["step"] for r in _jsonl(full_out / "metrics.jsonl") if r["split"] == "train" and r["epoch"] == 0
+  )
   assert steps_per_epoch >= 4
   config = tiny_config(tiny_spec, data_dir)
-  config = dataclasses.replace(config, impl=dataclasses.replace(config.impl,
-                                                                checkpoint_every_steps=2))
+  config = dataclasses.replace(config, impl=dataclasses.replace(config.impl, checkpoint_every_steps=2))
   out = tmp_path / "mid_epoch"
   stop = steps_per_epoch + 3  # in the second epoch, at most one step past a checkpoint
-  assert train(config, out, stop_after_step=stop, log=lambda _: None) == {
-      "stopped_after_step": stop}
+  assert train(config, out, stop_after_step=stop, log=lambda _: None) == {"stopped_after_step": stop}
   saved = stop - stop % 2
   assert [p.name for p in (out / "checkpoints" / "partial").iterdir()] == [str(saved)]
   logs = []
   resumed = train(config, out, resume=True, log=logs.append)
-  assert any(f"at train step {saved} (epoch 1, batch {saved - steps_per_epoch} of "
-             f"{steps_per_epoch})" in line for line in logs), logs
+  assert any(
+    f"at train step {saved} (epoch 1, batch {saved - steps_per_epoch} of {steps_per_epoch})" in line for line in logs
+  ), logs
   assert resumed == summary  # the same batches in the same order, the same RNG stream
-  untimed = lambda rows: [{k: v for k, v in r.items() if k not in ("slides_per_s", "compile_s")}
-                          for r in rows]
+  untimed = lambda rows: [{k: v for k, v in r.items() if k not in ("slides_per_s", "compile_s")} for r in rows]
   assert untimed(_jsonl(out / "metrics.jsonl")) == untimed(_jsonl(full_out / "metrics.jsonl"))
   last = config.train.epochs - 1
-  for got, want in zip(jax.tree.leaves(_params(out, "latest", last)),
-                       jax.tree.leaves(_params(full_out, "latest", last))):
+  for got, want in zip(
+    jax.tree.leaves(_params(out, "latest", last)), jax.tree.leaves(_params(full_out, "latest", last))
+  ):
     np.testing.assert_array_equal(got, want)
   assert list((out / "checkpoints" / "partial").iterdir()) == []  # superseded at epoch ends
 
 
 @pytest.mark.slow
-def test_resume_falls_back_past_a_corrupted_checkpoint_to_the_same_metrics(full_run, tiny_spec,
-                                                                          data_dir, tmp_path):
+def test_resume_falls_back_past_a_corrupted_checkpoint_to_the_same_metrics(full_run, tiny_spec, data_dir, tmp_path):
   _, summary = full_run
   config = tiny_config(tiny_spec, data_dir)
   out = tmp_path / "corrupted"
@@ -152,8 +172,7 @@ def test_run_directory_holding_another_run_is_refused(full_run, tiny_spec, data_
 
 @pytest.mark.slow
 def test_survival_run(tiny_spec, data_dir, tmp_path):
-  summary = train(tiny_config(tiny_spec, data_dir, task="survival", epochs=1), tmp_path / "s",
-                  log=lambda _: None)
+  summary = train(tiny_config(tiny_spec, data_dir, task="survival", epochs=1), tmp_path / "s", log=lambda _: None)
   assert summary["selection_metric"] == "c_index"
   assert 0.0 <= summary["test"]["c_index"] <= 1.0
   rows = _jsonl(tmp_path / "s" / "predictions_test.jsonl")
@@ -162,8 +181,19 @@ def test_survival_run(tiny_spec, data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_cli_prints_a_table_and_rejects_bad_config(tiny_spec, data_dir, tmp_path, capsys):
-  args = ["--task", "subtype", "--data", str(tiny_spec), "--data-dir", data_dir, "--epochs", "1",
-          "--out", str(tmp_path / "cli"), "--no-progress"]
+  args = [
+    "--task",
+    "subtype",
+    "--data",
+    str(tiny_spec),
+    "--data-dir",
+    data_dir,
+    "--epochs",
+    "1",
+    "--out",
+    str(tmp_path / "cli"),
+    "--no-progress",
+  ]
   for key, value in TINY_MODEL.items():
     args += ["--set", f"model_options.{key}={json.dumps(value)}"]
   assert run_cli.main(args) == 0
@@ -175,13 +205,18 @@ def test_cli_prints_a_table_and_rejects_bad_config(tiny_spec, data_dir, tmp_path
   assert "train.epochz" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model=nope", "unknown model"), ("train.coordination=maybe", "train.coordination"),
-    ("optim.learning_rate=fast", "optim.learning_rate"), ("task=staging", "task")])
+@pytest.mark.parametrize(
+  "override, message",
+  [
+    ("model=nope", "unknown model"),
+    ("train.coordination=maybe", "train.coordination"),
+    ("optim.learning_rate=fast", "optim.learning_rate"),
+    ("task=staging", "task"),
+  ],
+)
 def test_config_errors_name_the_key(override, message, tiny_spec, data_dir, tmp_path):
   with pytest.raises((ConfigError, ValueError), match=message):
-    config = make_config({"data": {"data": str(tiny_spec), "data_dir": data_dir}},
-                         overrides=[override])
+    config = make_config({"data": {"data": str(tiny_spec), "data_dir": data_dir}}, overrides=[override])
     train(config, tmp_path / "bad", log=lambda _: None)
 
 
@@ -197,12 +232,14 @@ def test_resume_accepts_changed_implementation_knobs(tiny_spec, data_dir, tmp_pa
   """`impl` is how, not what: changing it does not make --resume refuse; a model option does."""
   out = tmp_path / "impl"
   layer = lambda model, impl: {
-      "task": "grading", "model_options": model, "impl": impl,
-      "data": {"data": str(tiny_spec), "data_dir": data_dir},
-      "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 8, "progress": False}}
+    "task": "grading",
+    "model_options": model,
+    "impl": impl,
+    "data": {"data": str(tiny_spec), "data_dir": data_dir},
+    "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 8, "progress": False},
+  }
   train(make_config(layer(TINY_MODEL, {})), out, stop_after_epoch=0, log=lambda _: None)
-  changed = make_config(layer(TINY_MODEL, {"attention": "reference", "sampler": "matmul",
-                                           "query_tile": 16}))
+  changed = make_config(layer(TINY_MODEL, {"attention": "reference", "sampler": "matmul", "query_tile": 16}))
   summary = train(changed, out, resume=True, log=lambda _: None)
   assert summary["implementation"]["attention"] == "reference"
   assert summary["implementation"]["depthwise"] == "selection"
@@ -210,15 +247,27 @@ def test_resume_accepts_changed_implementation_knobs(tiny_spec, data_dir, tmp_pa
   other_model = make_config(layer({**TINY_MODEL, "cpb_hidden": 16}, {}))
   with pytest.raises(RunDirError, match="model_options.cpb_hidden"):
     train(other_model, out, resume=True, log=lambda _: None)
+
+
 def test_run_writes_tensorboard_scalars_and_a_log_file(full_run):
   from smml_jax.train import events
+
   out, summary = full_run
   scalars = events.read_scalars(out / events.EVENTS_DIR)
   steps = [s for s, _ in scalars["train/loss"]]
   assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 3  # every optimiser step
-  for tag in ("train/task_loss", "train/consistency_tumour", "train/consistency_micro",
-              "train/grad_norm", "train/learning_rate", "train/score_tumour", "train/score_micro",
-              "train/coordination_edited", "val/auc", "val/accuracy"):
+  for tag in (
+    "train/task_loss",
+    "train/consistency_tumour",
+    "train/consistency_micro",
+    "train/grad_norm",
+    "train/learning_rate",
+    "train/score_tumour",
+    "train/score_micro",
+    "train/coordination_edited",
+    "val/auc",
+    "val/accuracy",
+  ):
     assert tag in scalars, f"{tag} missing; have {sorted(scalars)}"
   assert all(0.0 <= v <= 1.0 for _, v in scalars["train/coordination_edited"])
   assert any(v > 0 for _, v in scalars["train/coordination_edited"])  # it does edit rows
@@ -237,8 +286,7 @@ def test_run_writes_tensorboard_scalars_and_a_log_file(full_run):
 
 def test_console_shows_validation_per_epoch_and_test_once(tiny_spec, data_dir, tmp_path):
   lines = []
-  summary = train(tiny_config(tiny_spec, data_dir, epochs=2), tmp_path / "quiet",
-                  log=lines.append)
+  summary = train(tiny_config(tiny_spec, data_dir, epochs=2), tmp_path / "quiet", log=lines.append)
   epoch_lines = [line for line in lines if line.startswith("epoch ")]
   assert len(epoch_lines) == 2
   # One numbering (0-based): the console names the epoch summary.json records.
@@ -250,6 +298,5 @@ def test_console_shows_validation_per_epoch_and_test_once(tiny_spec, data_dir, t
   assert sum("test auc" in line for line in lines) == 1  # once, at the end
   assert any(line.startswith("compiling") for line in lines)
   lines.clear()
-  train(tiny_config(tiny_spec, data_dir, epochs=2, log_test_every_epoch=True),
-        tmp_path / "loud", log=lines.append)
+  train(tiny_config(tiny_spec, data_dir, epochs=2, log_test_every_epoch=True), tmp_path / "loud", log=lines.append)
   assert all("test auc" in line for line in lines if line.startswith("epoch "))

@@ -5,7 +5,9 @@ import pytest
 from smml_jax.train.config import ConfigError, config_from_dict, config_to_dict, make_config
 
 
-@pytest.mark.parametrize("override, needles", [
+@pytest.mark.parametrize(
+  "override, needles",
+  [
     ("train.epochs=0", ("train.epochs", "positive")),
     ("train.epochs=-3", ("train.epochs", "positive")),
     ("train.batch_size=0", ("train.batch_size", "positive")),
@@ -22,7 +24,8 @@ from smml_jax.train.config import ConfigError, config_from_dict, config_to_dict,
     ("train.coordination=pcgrd", ("train.coordination", "did you mean 'pcgrad'")),
     ("optim.warmup_epochs=12", ("warmup_epochs",)),
     ("impl.checkpoint_every_steps=-2", ("impl.checkpoint_every_steps", ">= 0")),
-])
+  ],
+)
 def test_bad_run_config_is_refused_at_parse_time(override, needles):
   with pytest.raises(ConfigError) as err:
     make_config({"task": "grading", "train": {"epochs": 10}}, overrides=[override])
@@ -31,8 +34,7 @@ def test_bad_run_config_is_refused_at_parse_time(override, needles):
 
 
 def test_selection_metric_follows_the_task():
-  assert make_config({"task": "survival"},
-                     overrides=["train.selection_metric=c_index_ipcw"]).train.selection_metric
+  assert make_config({"task": "survival"}, overrides=["train.selection_metric=c_index_ipcw"]).train.selection_metric
   with pytest.raises(ConfigError, match="'survival'"):
     make_config({"task": "survival"}, overrides=["train.selection_metric=auc"])
 

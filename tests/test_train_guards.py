@@ -7,19 +7,40 @@ import yaml
 
 from experiments import run as run_cli
 
-TINY_MODEL = {"dim": 16, "heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8,
-              "snn_widths": [8, 8, 8, 16]}
+TINY_MODEL = {"dim": 16, "heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8, "snn_widths": [8, 8, 8, 16]}
 
 
 @pytest.mark.slow
 def test_non_finite_loss_stops_the_run_at_that_step(tmp_path, capsys):
   spec = tmp_path / "tiny.yaml"
-  spec.write_text(yaml.safe_dump({"layout": "synthetic", "n_patients": 60, "grid_side": 8,
-                                  "feature_dim": 16, "n_genes_tumour": 6, "n_genes_micro": 8}))
+  spec.write_text(
+    yaml.safe_dump(
+      {
+        "layout": "synthetic",
+        "n_patients": 60,
+        "grid_side": 8,
+        "feature_dim": 16,
+        "n_genes_tumour": 6,
+        "n_genes_micro": 8,
+      }
+    )
+  )
   out = tmp_path / "out"
-  args = ["--task", "grading", "--data", str(spec), "--data-dir", str(tmp_path / "records"),
-          "--epochs", "2", "--out", str(out), "--no-progress",
-          "--set", "optim.learning_rate=1e30"]
+  args = [
+    "--task",
+    "grading",
+    "--data",
+    str(spec),
+    "--data-dir",
+    str(tmp_path / "records"),
+    "--epochs",
+    "2",
+    "--out",
+    str(out),
+    "--no-progress",
+    "--set",
+    "optim.learning_rate=1e30",
+  ]
   for key, value in TINY_MODEL.items():
     args += ["--set", f"model_options.{key}={json.dumps(value)}"]
   assert run_cli.main(args) == 3
@@ -36,11 +57,17 @@ def test_divergence_message_names_step_parts_and_last_good_checkpoint(tmp_path):
   import jax.numpy as jnp
   from smml_jax.train.checkpoints import RunCheckpoints
   from smml_jax.train.loop import TrainingDiverged, _check_finite
+
   ckpts = RunCheckpoints(tmp_path / "checkpoints")
   ckpts.save_latest(1, {"w": jnp.ones(3)}, {"epoch": 1})
-  metrics = {"task_loss": jnp.float32(0.7), "consistency_tumour": jnp.float32(jnp.inf),
-             "loss": jnp.float32(jnp.nan), "grad_norm": jnp.float32(3.0),
-             "score_tumour": jnp.float32(0.5), "finite": jnp.bool_(False)}
+  metrics = {
+    "task_loss": jnp.float32(0.7),
+    "consistency_tumour": jnp.float32(jnp.inf),
+    "loss": jnp.float32(jnp.nan),
+    "grad_norm": jnp.float32(3.0),
+    "score_tumour": jnp.float32(0.5),
+    "finite": jnp.bool_(False),
+  }
   with pytest.raises(TrainingDiverged) as err:
     _check_finite(metrics, 17, 2, 5, 6, ckpts)
   message = str(err.value)

@@ -1,35 +1,44 @@
 """Composes benchmarks/RESULTS_missing_expression.md from the experiments' outputs (no typed
 numbers): python benchmarks/missing_expression/compose_results.py ROBUST_OUT SURVIVAL_OUT."""
+
 import json
 import pathlib
 import shutil
 import sys
 import numpy as np
+
 repo = pathlib.Path(__file__).resolve().parents[2]  # the repository root
 robust, surv = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 r = json.loads((robust / "results.json").read_text())
 s = json.loads((surv / "results.json").read_text())
 shutil.copy(robust / "robustness.png", repo / "benchmarks" / "missing_expression_robustness.png")
+
+
 def walls(res):
   out = []
   for k, v in res.items():
     per = ", ".join("%.0f" % x["wall_s"] for x in v)
     out.append("%s: %.0f s (%s)" % (k, sum(x["wall_s"] for x in v), per))
   return "; ".join(out)
+
+
 ci = {x["seed"]: x["test"] for x in s["cindex"]}
 co = {x["seed"]: x["test"] for x in s["confidence"]}
 diff = np.array([co[k] - ci[k] for k in sorted(ci)])
 per_seed = ", ".join(f"{d:+.3f}" for d in diff)
-paired = (f"paired difference confidence - C-index per seed: {per_seed}; "
-          f"mean {diff.mean():+.3f} ± {diff.std(ddof=1):.3f}")
+paired = (
+  f"paired difference confidence - C-index per seed: {per_seed}; mean {diff.mean():+.3f} ± {diff.std(ddof=1):.3f}"
+)
 zero = {x["seed"]: x["test"] for x in r["drop0"]}
 lines = []
 for k, v in r.items():
   d = np.array([x["test"] - zero[x["seed"]] for x in v])
   per_seed = ", ".join(f"{x:+.3f}" for x in d)
   lines.append(f"| {k} | {d.mean():+.3f} ± {d.std(ddof=1):.3f} | {per_seed} |")
-paired_r = ("| setting | test AUC minus the same seed's 0 % run (mean ± std) | per seed |\n"
-            "|---|---|---|\n" + "\n".join(lines) + "\n")
+paired_r = (
+  "| setting | test AUC minus the same seed's 0 % run (mean ± std) | per seed |\n"
+  "|---|---|---|\n" + "\n".join(lines) + "\n"
+)
 ARGS = "--seeds 0,1,2 --epochs 6 --data-dir /tmp/missing_runs/records"
 cmd_r = f"nice -n 10 python -m experiments.missing_expression robustness --out {robust} {ARGS}"
 cmd_s = f"nice -n 10 python -m experiments.missing_expression survival --out {surv} {ARGS}"

@@ -25,6 +25,7 @@ FIELDS = ("logits", "gene_tumour", "gene_micro", "embed_tumour", "embed_micro")
 def _outputs(run_path: pathlib.Path, split: str) -> dict[str, np.ndarray]:
   from smml_jax.data.spec import load_cohort
   from smml_jax.evaluate import inference as inf
+
   run = inf.load_run(run_path)
   cohort = load_cohort(run.config.data.data, run.config.data.data_dir)
   indices = inf.split_indices(run, cohort, split)
@@ -36,11 +37,15 @@ def agreement(teacher: np.ndarray, student: np.ndarray) -> dict[str, float]:
   varying = teacher.std(axis=0) > 1e-6
   t, s = teacher[:, varying], student[:, varying]
   tc, sc = t - t.mean(0), s - s.mean(0)
-  denom = np.sqrt((tc ** 2).sum(0) * (sc ** 2).sum(0))
+  denom = np.sqrt((tc**2).sum(0) * (sc**2).sum(0))
   r = np.where(denom > 0, (tc * sc).sum(0) / np.maximum(denom, 1e-30), 0.0)
   r2 = 1.0 - ((teacher - student) ** 2).sum() / max(((teacher - teacher.mean(0)) ** 2).sum(), 1e-30)
-  return {"mean_r": float(r.mean()) if r.size else float("nan"), "r2": float(r2),
-          "constant_dims": int((~varying).sum()), "dims": int(teacher.shape[1])}
+  return {
+    "mean_r": float(r.mean()) if r.size else float("nan"),
+    "r2": float(r2),
+    "constant_dims": int((~varying).sum()),
+    "dims": int(teacher.shape[1]),
+  }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,8 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows.append(row)
     print(json.dumps(row))
   if not rows:
-    print(f"no cell of {root} has both a finished subspace and subspace-student run",
-          file=sys.stderr)
+    print(f"no cell of {root} has both a finished subspace and subspace-student run", file=sys.stderr)
     return 2
   return 0
 

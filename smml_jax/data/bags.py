@@ -38,8 +38,9 @@ def _lattice(values: np.ndarray, step: float | None = None) -> np.ndarray:
   return np.round((values - unique[0]) / step).astype(np.int64)
 
 
-def coords_layout(features: np.ndarray, coords: np.ndarray, grid_side: int,
-                  step: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def coords_layout(
+  features: np.ndarray, coords: np.ndarray, grid_side: int, step: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Place patches on the grid by slide position.
 
   Args:
@@ -81,9 +82,9 @@ def grid_positions(grid_side: int) -> np.ndarray:
   return np.stack([cols, rows], axis=1).astype(np.float32)
 
 
-def bag_to_grid(features: np.ndarray, coords: np.ndarray | None, grid_side: int,
-                layout: str = "sample",
-                step: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bag_to_grid(
+  features: np.ndarray, coords: np.ndarray | None, grid_side: int, layout: str = "sample", step: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """A bag (N, D) [+ coords (N, 2)] -> (patches (S*S, D), coords (S*S, 2), tissue_mask (S*S,)).
 
   `step` (layout `coords` only): the patch stride in coordinate units, see coords_layout.

@@ -53,6 +53,7 @@ class PreparedCohort:
   read_slide: index -> dict with `patches` (S*S, D), `coords` (S*S, 2), `tissue_mask` (S*S,) and
     any `extra_masks`; it raises CohortError on bad files.
   """
+
   table: pd.DataFrame
   genes_tumour: np.ndarray
   genes_micro: np.ndarray
@@ -80,8 +81,11 @@ class CohortSource(Protocol):
 
 
 def config_name(source: CohortSource) -> str:
-  payload = json.dumps({"format": RECORD_FORMAT_VERSION, "layout": source.layout,
-                        "source": source.fingerprint()}, sort_keys=True, default=str)
+  payload = json.dumps(
+    {"format": RECORD_FORMAT_VERSION, "layout": source.layout, "source": source.fingerprint()},
+    sort_keys=True,
+    default=str,
+  )
   return f"{source.layout}_{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
@@ -124,12 +128,13 @@ class SmmlCohort(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     p = self._prepared
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=f"smml-jax cohort ({self._meta.get('layout')}), one example per slide",
-        features=features_lib.features_dict(
-            p.grid_side, p.feature_dim, p.genes_tumour.shape[1], p.genes_micro.shape[1],
-            p.patch_dtype, p.extra_masks),
-        disable_shuffling=True)  # record index = table row
+      builder=self,
+      description=f"smml-jax cohort ({self._meta.get('layout')}), one example per slide",
+      features=features_lib.features_dict(
+        p.grid_side, p.feature_dim, p.genes_tumour.shape[1], p.genes_micro.shape[1], p.patch_dtype, p.extra_masks
+      ),
+      disable_shuffling=True,
+    )  # record index = table row
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -137,8 +142,9 @@ class SmmlCohort(tfds.core.GeneratorBasedBuilder):
     # sidecar appears atomically with the records.
     with open(os.path.join(self.data_dir, SIDECAR), "w") as f:
       json.dump(self._meta, f)
-    np.savez(os.path.join(self.data_dir, GENES_SIDECAR), tumour=self._prepared.genes_tumour,
-             micro=self._prepared.genes_micro)
+    np.savez(
+      os.path.join(self.data_dir, GENES_SIDECAR), tumour=self._prepared.genes_tumour, micro=self._prepared.genes_micro
+    )
     return {SPLIT_NAME: self._generate_examples()}
 
   def _generate_examples(self):
@@ -149,13 +155,14 @@ class SmmlCohort(tfds.core.GeneratorBasedBuilder):
       where = f"slide {row['slide_id']!r} (row {i})"
       slide = p.read_slide(i)
       example: dict[str, Any] = {
-          "patches": _check_array("patches", slide["patches"], (n, p.feature_dim), where)
-                     .astype(features_lib.PATCH_DTYPES[p.patch_dtype]),
-          "coords": _check_array("coords", slide["coords"], (n, 2), where).astype(np.float32),
-          "tissue_mask": _check_array("tissue_mask", slide["tissue_mask"], (n,), where),
-          "genes_tumour": p.genes_tumour[i].astype(np.float32),
-          "genes_micro": p.genes_micro[i].astype(np.float32),
-          "surv_bin": -1,
+        "patches": _check_array("patches", slide["patches"], (n, p.feature_dim), where).astype(
+          features_lib.PATCH_DTYPES[p.patch_dtype]
+        ),
+        "coords": _check_array("coords", slide["coords"], (n, 2), where).astype(np.float32),
+        "tissue_mask": _check_array("tissue_mask", slide["tissue_mask"], (n,), where),
+        "genes_tumour": p.genes_tumour[i].astype(np.float32),
+        "genes_micro": p.genes_micro[i].astype(np.float32),
+        "surv_bin": -1,
       }
       for name in p.extra_masks:
         example[name] = _check_array(name, slide[name], (n,), where).astype(np.bool_)
@@ -165,21 +172,20 @@ class SmmlCohort(tfds.core.GeneratorBasedBuilder):
       yield i, example
 
 
-def _meta_of(source: CohortSource, prepared: PreparedCohort,
-             inputs: Mapping[str, Any]) -> dict[str, Any]:
+def _meta_of(source: CohortSource, prepared: PreparedCohort, inputs: Mapping[str, Any]) -> dict[str, Any]:
   table = prepared.table
   return {
-      "layout": source.layout,
-      "fingerprint": source.fingerprint(),
-      "inputs": dict(inputs),
-      "grid_side": prepared.grid_side,
-      "feature_dim": prepared.feature_dim,
-      "patch_dtype": prepared.patch_dtype,
-      "gene_names": prepared.gene_names,
-      "gene_transform": prepared.gene_transform,
-      "extra_masks": list(prepared.extra_masks),
-      "info": prepared.info,
-      "table": {c: table[c].tolist() for c in features_lib.TABLE_COLUMNS},
+    "layout": source.layout,
+    "fingerprint": source.fingerprint(),
+    "inputs": dict(inputs),
+    "grid_side": prepared.grid_side,
+    "feature_dim": prepared.feature_dim,
+    "patch_dtype": prepared.patch_dtype,
+    "gene_names": prepared.gene_names,
+    "gene_transform": prepared.gene_transform,
+    "extra_masks": list(prepared.extra_masks),
+    "info": prepared.info,
+    "table": {c: table[c].tolist() for c in features_lib.TABLE_COLUMNS},
   }
 
 
@@ -194,21 +200,25 @@ def _validate_prepared(p: PreparedCohort) -> None:
   # A slide without expression (all NaN in both subspaces) passes where the layout allowed it
   # (`missing_expression: allow`, checked by missing.absent_expression); a partial NaN never does.
   absent = np.zeros(n, bool)
-  if (p.info.get("missing_expression") == "allow" and p.genes_tumour.ndim == 2 == p.genes_micro.ndim
-      and len(p.genes_tumour) == n == len(p.genes_micro)):
+  if (
+    p.info.get("missing_expression") == "allow"
+    and p.genes_tumour.ndim == 2 == p.genes_micro.ndim
+    and len(p.genes_tumour) == n == len(p.genes_micro)
+  ):
     absent = np.all(np.isnan(p.genes_tumour), 1) & np.all(np.isnan(p.genes_micro), 1)
   for name, genes in (("tumour", p.genes_tumour), ("micro", p.genes_micro)):
     if genes.ndim != 2 or genes.shape[0] != n or genes.shape[1] != len(p.gene_names[name]):
-      raise CohortError(f"genes_{name} has shape {genes.shape}, expected "
-                        f"({n}, {len(p.gene_names[name])})")
+      raise CohortError(f"genes_{name} has shape {genes.shape}, expected ({n}, {len(p.gene_names[name])})")
     if genes.shape[1] == 0:
       raise CohortError(f"the {name} gene subspace is empty: the signature matched no gene")
     bad = ~np.isfinite(genes) & ~absent[:, None]
     if bad.any():
       r, c = np.argwhere(bad)[0]
-      raise CohortError(f"gene expression of slide {p.table['slide_id'].iloc[r]!r} has "
-                        f"{int(bad[r].sum())} NaN/inf values (first: {name} gene "
-                        f"{p.gene_names[name][c]!r}); expected finite numbers")
+      raise CohortError(
+        f"gene expression of slide {p.table['slide_id'].iloc[r]!r} has "
+        f"{int(bad[r].sum())} NaN/inf values (first: {name} gene "
+        f"{p.gene_names[name][c]!r}); expected finite numbers"
+      )
 
 
 def build(source: CohortSource, data_dir: str | os.PathLike | None = None) -> pathlib.Path:
@@ -227,13 +237,17 @@ def build(source: CohortSource, data_dir: str | os.PathLike | None = None) -> pa
     found = fingerprint_lib.changes(stored or {}, inputs)
     if not found:
       return version_dir
-    what = (f"the cohort records in {version_dir} were built from other input files: "
-            f"{fingerprint_lib.summary(found)}" if stored is not None else
-            f"the cohort records in {version_dir} predate input-file stamps, so whether their "
-            f"{len(inputs)} input files changed is unknown")
+    what = (
+      f"the cohort records in {version_dir} were built from other input files: {fingerprint_lib.summary(found)}"
+      if stored is not None
+      else f"the cohort records in {version_dir} predate input-file stamps, so whether their "
+      f"{len(inputs)} input files changed is unknown"
+    )
     if getattr(source, "on_stale", "rebuild") == "refuse":
-      raise CohortError(f"{what}. Refusing to use them (on_stale: refuse); restore the files, "
-                        "or set on_stale: rebuild to rebuild the records")
+      raise CohortError(
+        f"{what}. Refusing to use them (on_stale: refuse); restore the files, "
+        "or set on_stale: rebuild to rebuild the records"
+      )
     prepared = source.prepare()  # validate the new inputs before the old records go
     _validate_prepared(prepared)
     log.warning("%s; rebuilding them", what)
@@ -241,15 +255,18 @@ def build(source: CohortSource, data_dir: str | os.PathLike | None = None) -> pa
   else:
     prepared = source.prepare()
     _validate_prepared(prepared)
-  print(f"smml_jax: writing cohort records to {version_dir} (once; later runs reuse them)",
-        file=sys.stderr, flush=True)
+  print(f"smml_jax: writing cohort records to {version_dir} (once; later runs reuse them)", file=sys.stderr, flush=True)
   with _quiet_tfds():
-    builder = SmmlCohort(prepared=prepared, meta=_meta_of(source, prepared, inputs),
-                         config=tfds.core.BuilderConfig(name=name), data_dir=str(data_dir),
-                         file_format="array_record")
+    builder = SmmlCohort(
+      prepared=prepared,
+      meta=_meta_of(source, prepared, inputs),
+      config=tfds.core.BuilderConfig(name=name),
+      data_dir=str(data_dir),
+      file_format="array_record",
+    )
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(download_mode=(
-            tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)))
+      download_config=tfds.download.DownloadConfig(download_mode=(tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+    )
   return pathlib.Path(builder.data_dir)
 
 
@@ -258,6 +275,7 @@ def _quiet_tfds():
   """Silences what TFDS says for remote datasets ("Downloading ... Unknown size", "Using custom
   data configuration", its progress bars); warnings of other kinds still show."""
   from tensorflow_datasets.core.utils import tqdm_utils
+
   absl_logger = logging.getLogger("absl")
   bars, level = tqdm_utils._active, absl_logger.level  # pylint: disable=protected-access
   tfds.display_progress_bar(False)

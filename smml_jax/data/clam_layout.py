@@ -34,11 +34,16 @@ from smml_jax.data.h5features import check_h5, infer_feature_dim, read_h5_grid
 
 DAYS_PER_MONTH = 30.44
 ONCOTREE = {
-    "histology": {"GBM": "glioblastoma", "ASTR": "astrocytoma", "AASTR": "astrocytoma",
-                  "ODG": "oligodendroglioma", "AODG": "oligodendroglioma",
-                  "OAST": "oligoastrocytoma", "AOAST": "oligoastrocytoma"},
-    "grade": {"ASTR": "G2", "ODG": "G2", "OAST": "G2", "AASTR": "G3", "AODG": "G3",
-              "AOAST": "G3", "GBM": "G4"},
+  "histology": {
+    "GBM": "glioblastoma",
+    "ASTR": "astrocytoma",
+    "AASTR": "astrocytoma",
+    "ODG": "oligodendroglioma",
+    "AODG": "oligodendroglioma",
+    "OAST": "oligoastrocytoma",
+    "AOAST": "oligoastrocytoma",
+  },
+  "grade": {"ASTR": "G2", "ODG": "G2", "OAST": "G2", "AASTR": "G3", "AODG": "G3", "AOAST": "G3", "GBM": "G4"},
 }
 LABEL_FIELDS = ("idh", "codel", "cdkn2a", "grade", "histology")
 REQUIRED = ("case_id", "slide_id", "survival_months", "censorship")
@@ -48,6 +53,7 @@ __all__ = ["ClamSource", "slide_file_stem", "DAYS_PER_MONTH"]
 @dataclasses.dataclass(frozen=True)
 class ClamSource:
   """CohortSource for a spec with `layout: clam` or `layout: trident` (spec_fields.py)."""
+
   spec: Mapping[str, Any]
   root: pathlib.Path
   layout: str = "clam"
@@ -71,8 +77,7 @@ class ClamSource:
   def input_files(self) -> list[pathlib.Path]:
     """Every file the records are built from: CSV, signature, expression, each slide's .h5."""
     csv = tabular.resolve(self.root, self.spec["csv"])
-    files = [csv] + genes_lib.resolve_signature_paths(self.spec.get("signature", {}),
-                                                      self.root)[1]
+    files = [csv] + genes_lib.resolve_signature_paths(self.spec.get("signature", {}), self.root)[1]
     if "expression" in self.spec:
       files.append(tabular.resolve(self.root, self.spec["expression"]["path"]))
     raw = genes_lib.read_table(csv, "CLAM CSV")
@@ -97,10 +102,11 @@ class ClamSource:
       if mapping is not None:
         unknown = sorted(set(values.dropna().astype(str)) - set(map(str, mapping)))
         if unknown:
-          raise CohortError(f"{where}: column {ref['column']!r} (field {field!r}) has values "
-                            f"{unknown[:5]} the map does not cover ({sorted(map(str, mapping))})")
-        values = values.map(lambda v: None if pd.isna(v) else {str(k): m for k, m in
-                                                                 mapping.items()}[str(v)])
+          raise CohortError(
+            f"{where}: column {ref['column']!r} (field {field!r}) has values "
+            f"{unknown[:5]} the map does not cover ({sorted(map(str, mapping))})"
+          )
+        values = values.map(lambda v: None if pd.isna(v) else {str(k): m for k, m in mapping.items()}[str(v)])
     else:
       values = tabular.column(raw, ref, field, where)
     return tabular.parse(field, values, where)
@@ -140,9 +146,11 @@ class ClamSource:
         raise CohortError(f"{feat_dir}: no feature file for any slide of {where}")
     missing_h5 = [p for p in h5_paths if not p.is_file()]
     if missing_h5:
-      raise CohortError(f"feature file {missing_h5[0]} does not exist ({len(missing_h5)} of "
-                        f"{len(h5_paths)} slides of {where} have no .h5 in {feat_dir}; "
-                        "`missing_features: skip` leaves them out)")
+      raise CohortError(
+        f"feature file {missing_h5[0]} does not exist ({len(missing_h5)} of "
+        f"{len(h5_paths)} slides of {where} have no .h5 in {feat_dir}; "
+        "`missing_features: skip` leaves them out)"
+      )
     feature_dim = infer_feature_dim(h5_paths, fds, spec.get("feature_dim"))
     for p in h5_paths:
       check_h5(p, fds, feature_dim, cds, need_coords=layout == "coords")
@@ -152,23 +160,35 @@ class ClamSource:
     if unknown:
       raise CohortError(f"labels: unknown fields {unknown}; expected some of {LABEL_FIELDS}")
     n = len(raw)
-    status = {f: (self._label(raw, f, labels_spec[f], where) if f in labels_spec
-                  else np.full(n, -1, np.int64)) for f in LABEL_FIELDS}
+    status = {
+      f: (self._label(raw, f, labels_spec[f], where) if f in labels_spec else np.full(n, -1, np.int64))
+      for f in LABEL_FIELDS
+    }
     censorship = tabular.numeric(raw["censorship"], "censorship", where)
     bad = np.flatnonzero(~np.isin(censorship, (0.0, 1.0)) & ~np.isnan(censorship))
     if bad.size:
-      raise CohortError(f"{where}, data row {bad[0]}: censorship {censorship[bad[0]]!r} is not "
-                        "0 (event) or 1 (censored)")
+      raise CohortError(
+        f"{where}, data row {bad[0]}: censorship {censorship[bad[0]]!r} is not 0 (event) or 1 (censored)"
+      )
     months = tabular.numeric(raw["survival_months"], "survival_months", where)
     event = np.where(np.isnan(censorship), -1, 1 - np.nan_to_num(censorship)).astype(np.int64)
-    tabular.check_patient_labels(pd.DataFrame({
-        "patient_id": raw["case_id"].astype(str).str.strip(), "slide_id": raw["slide_id"],
-        **status, "censorship": censorship, "survival_months": months}), where)
-    table = tabular.slide_table(raw["case_id"].astype(str).str.strip(), raw["slide_id"], status,
-                                months * DAYS_PER_MONTH, event, where)
+    tabular.check_patient_labels(
+      pd.DataFrame(
+        {
+          "patient_id": raw["case_id"].astype(str).str.strip(),
+          "slide_id": raw["slide_id"],
+          **status,
+          "censorship": censorship,
+          "survival_months": months,
+        }
+      ),
+      where,
+    )
+    table = tabular.slide_table(
+      raw["case_id"].astype(str).str.strip(), raw["slide_id"], status, months * DAYS_PER_MONTH, event, where
+    )
 
-    sig = genes_lib.read_signature(
-        genes_lib.resolve_signature_paths(spec.get("signature") or {}, self.root)[0])
+    sig = genes_lib.read_signature(genes_lib.resolve_signature_paths(spec.get("signature") or {}, self.root)[0])
     policy = spec.get("missing_expression", "error")
     if "expression" in spec:
       mats, names, dropped = self._matrix_genes(sig, raw["case_id"].astype(str).str.strip(), policy)
@@ -176,35 +196,40 @@ class ClamSource:
     else:
       mats, names, dropped, omics = self._csv_genes(sig, raw, where)
     # A patient whose genomic values are all absent has no expression (refused unless allowed).
-    absent_info = missing_lib.absent_expression(table, mats["tumour"], mats["micro"], policy,
-                                                where)
+    absent_info = missing_lib.absent_expression(table, mats["tumour"], mats["micro"], policy, where)
 
     def read_slide(i: int) -> dict[str, np.ndarray]:
       return read_h5_grid(h5_paths[i], fds, feature_dim, grid_side, layout, cds)
 
     return builders.PreparedCohort(
-        table=table, genes_tumour=mats["tumour"], genes_micro=mats["micro"], gene_names=names,
-        grid_side=grid_side, feature_dim=feature_dim, read_slide=read_slide,
-        patch_dtype=spec.get("patch_dtype", "float16"),
-        gene_transform=spec.get("gene_transform", "zscore"),
-        info={"missing_genes": dropped, "omics": omics, **absent_info})
+      table=table,
+      genes_tumour=mats["tumour"],
+      genes_micro=mats["micro"],
+      gene_names=names,
+      grid_side=grid_side,
+      feature_dim=feature_dim,
+      read_slide=read_slide,
+      patch_dtype=spec.get("patch_dtype", "float16"),
+      gene_transform=spec.get("gene_transform", "zscore"),
+      info={"missing_genes": dropped, "omics": omics, **absent_info},
+    )
 
   def _matrix_genes(self, sig, case_ids: pd.Series, policy: str):
     """Subspace matrices from `expression: {path, orientation}`, joined on case id; with
     `missing_expression: allow` a case the matrix lacks is an all-NaN (absent) row."""
     expr = self.spec["expression"]
     matrix = expression_lib.read_expression_matrix(
-        tabular.resolve(self.root, expr["path"]), list(case_ids),
-        expr.get("orientation", "auto"))
-    kept, dropped = genes_lib.resolve_genes(sig, [set(matrix.columns)], matrix.attrs["path"],
-                                            self.spec.get("missing_genes", "drop"))
+      tabular.resolve(self.root, expr["path"]), list(case_ids), expr.get("orientation", "auto")
+    )
+    kept, dropped = genes_lib.resolve_genes(
+      sig, [set(matrix.columns)], matrix.attrs["path"], self.spec.get("missing_genes", "drop")
+    )
     mats, names = {}, {}
     for key in ("tumour", "micro"):
       values, missing = expression_lib.join_expression(matrix, case_ids, kept[key])
       if policy == "allow":  # absent cases stay NaN rows; the values of the others must be finite
         present = ~case_ids.isin(missing).to_numpy()
-        expression_lib.require_complete(matrix, [], values[present], list(case_ids[present]),
-                                        kept[key])
+        expression_lib.require_complete(matrix, [], values[present], list(case_ids[present]), kept[key])
       else:
         expression_lib.require_complete(matrix, missing, values, list(case_ids), kept[key])
       mats[key] = values.astype(np.float32)
@@ -214,10 +239,12 @@ class ClamSource:
   def _csv_genes(self, sig, raw: pd.DataFrame, where: str):
     """Subspace matrices from the CSV's `<GENE>_<omic>` columns."""
     omics = list(self.spec.get("omics", ["rnaseq"]))
-    available = {c.rsplit("_", 1)[0] for c in raw.columns
-                 if all(f"{c.rsplit('_', 1)[0]}_{o}" in raw.columns for o in omics) and "_" in c}
-    kept, dropped = genes_lib.resolve_genes(sig, [available], where,
-                                            self.spec.get("missing_genes", "drop"))
+    available = {
+      c.rsplit("_", 1)[0]
+      for c in raw.columns
+      if all(f"{c.rsplit('_', 1)[0]}_{o}" in raw.columns for o in omics) and "_" in c
+    }
+    kept, dropped = genes_lib.resolve_genes(sig, [available], where, self.spec.get("missing_genes", "drop"))
     mats, names = {}, {}
     for key in ("tumour", "micro"):
       cols = [f"{g}_{o}" for g in kept[key] for o in omics]
@@ -229,7 +256,9 @@ class ClamSource:
       bad = ~np.isfinite(values) & ~absent[:, None]
       if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise CohortError(f"{where}, data row {r} (slide {raw['slide_id'].iloc[r]!r}): column "
-                          f"{cols[c]!r} is {raw[cols[c]].iloc[r]!r}; expected a finite number")
+        raise CohortError(
+          f"{where}, data row {r} (slide {raw['slide_id'].iloc[r]!r}): column "
+          f"{cols[c]!r} is {raw[cols[c]].iloc[r]!r}; expected a finite number"
+        )
       mats[key] = values.astype(np.float32)
     return mats, names, dropped, omics

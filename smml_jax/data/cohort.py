@@ -27,6 +27,7 @@ class Cohort:
     path: the dataset version directory.
     raw_genes: {'tumour': (n_slides, Gt), 'micro': (n_slides, Gm)} raw expression.
   """
+
   source: Any
   slides: pd.DataFrame
   grid_side: int
@@ -59,8 +60,7 @@ class Cohort:
     """One row per patient (first slide's labels) with `slide_indices` (list of record indices)."""
     slides = self.slides.assign(slide_index=np.arange(len(self.slides)))
     first = slides.groupby("patient_id", sort=True).first().reset_index()
-    first["slide_indices"] = slides.groupby("patient_id", sort=True)["slide_index"].apply(
-        list).values
+    first["slide_indices"] = slides.groupby("patient_id", sort=True)["slide_index"].apply(list).values
     return first.drop(columns=["slide_id", "slide_index"])
 
   def genes(self, subspace: str, indices: np.ndarray | None = None) -> np.ndarray:
@@ -81,16 +81,24 @@ def open_cohort(version_dir: str | os.PathLike) -> Cohort:
       slides[col] = slides[col].astype(np.int64)
   source = builders.open_data_source(version_dir)
   if len(source) != len(slides):
-    raise ValueError(f"{version_dir}: {len(source)} records but {len(slides)} table rows; "
-                     "delete the folder to rebuild it")
-  return Cohort(source=source, slides=slides, grid_side=int(meta["grid_side"]),
-                feature_dim=int(meta["feature_dim"]), gene_names=meta["gene_names"],
-                gene_transform=meta["gene_transform"], layout=meta["layout"],
-                extra_masks=tuple(meta["extra_masks"]), info=meta["info"],
-                path=pathlib.Path(version_dir), raw_genes=builders.read_genes(version_dir))
+    raise ValueError(
+      f"{version_dir}: {len(source)} records but {len(slides)} table rows; delete the folder to rebuild it"
+    )
+  return Cohort(
+    source=source,
+    slides=slides,
+    grid_side=int(meta["grid_side"]),
+    feature_dim=int(meta["feature_dim"]),
+    gene_names=meta["gene_names"],
+    gene_transform=meta["gene_transform"],
+    layout=meta["layout"],
+    extra_masks=tuple(meta["extra_masks"]),
+    info=meta["info"],
+    path=pathlib.Path(version_dir),
+    raw_genes=builders.read_genes(version_dir),
+  )
 
 
-def build_cohort(source: builders.CohortSource,
-                 data_dir: str | os.PathLike | None = None) -> Cohort:
+def build_cohort(source: builders.CohortSource, data_dir: str | os.PathLike | None = None) -> Cohort:
   """Build (or reuse) the records of `source` and open them."""
   return open_cohort(builders.build(source, data_dir))

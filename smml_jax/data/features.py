@@ -22,8 +22,7 @@ from typing import Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
-INT_LABELS = ("idh", "codel", "cdkn2a", "histology", "grade", "diagnosis", "subtype", "surv_bin",
-              "event")
+INT_LABELS = ("idh", "codel", "cdkn2a", "histology", "grade", "diagnosis", "subtype", "surv_bin", "event")
 FLOAT_LABELS = ("surv_time",)
 TEXT_FIELDS = ("patient_id", "slide_id")
 # Label columns every slide table carries (surv_bin is assigned later by the Preprocessor).
@@ -31,9 +30,14 @@ TABLE_COLUMNS = TEXT_FIELDS + tuple(k for k in INT_LABELS if k != "surv_bin") + 
 PATCH_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
-def features_dict(grid_side: int, feature_dim: int, n_genes_tumour: int, n_genes_micro: int,
-                  patch_dtype: str = "float16",
-                  extra_masks: tuple[str, ...] = ()) -> tfds.features.FeaturesDict:
+def features_dict(
+  grid_side: int,
+  feature_dim: int,
+  n_genes_tumour: int,
+  n_genes_micro: int,
+  patch_dtype: str = "float16",
+  extra_masks: tuple[str, ...] = (),
+) -> tfds.features.FeaturesDict:
   """The FeaturesDict of one slide for a cohort of the given shapes."""
   if patch_dtype not in PATCH_DTYPES:
     raise ValueError(f"patch_dtype must be one of {sorted(PATCH_DTYPES)}, got {patch_dtype!r}")
@@ -45,11 +49,11 @@ def features_dict(grid_side: int, feature_dim: int, n_genes_tumour: int, n_genes
     return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
 
   spec: dict[str, object] = {
-      "patches": array((n, feature_dim), PATCH_DTYPES[patch_dtype]),
-      "coords": array((n, 2), np.float32),
-      "tissue_mask": array((n,), np.bool_),
-      "genes_tumour": array((n_genes_tumour,), np.float32),
-      "genes_micro": array((n_genes_micro,), np.float32),
+    "patches": array((n, feature_dim), PATCH_DTYPES[patch_dtype]),
+    "coords": array((n, 2), np.float32),
+    "tissue_mask": array((n,), np.bool_),
+    "genes_tumour": array((n_genes_tumour,), np.float32),
+    "genes_micro": array((n_genes_micro,), np.float32),
   }
   for name in extra_masks:
     spec[name] = array((n,), np.bool_)

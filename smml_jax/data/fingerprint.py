@@ -57,8 +57,7 @@ def stamp(path: str | os.PathLike) -> Stamp:
   if not path.is_file():
     return None
   try:
-    content = (_h5_structure(path) if path.suffix.lower() in (".h5", ".hdf5")
-               else _edges(path, st.st_size))
+    content = _h5_structure(path) if path.suffix.lower() in (".h5", ".hdf5") else _edges(path, st.st_size)
   except (OSError, ValueError):  # unreadable now: the build reports it with its own message
     content = "unreadable"
   return [st.st_size, st.st_mtime_ns, content]

@@ -23,8 +23,14 @@ import pandas as pd
 
 from smml_jax.data.errors import CohortError
 
-TYPE_TO_SUBSPACE = {"tumor": "tumour", "tumour": "tumour", "immune": "micro", "micro": "micro",
-                    "microenvironment": "micro", "stromal": "micro"}
+TYPE_TO_SUBSPACE = {
+  "tumor": "tumour",
+  "tumour": "tumour",
+  "immune": "micro",
+  "micro": "micro",
+  "microenvironment": "micro",
+  "stromal": "micro",
+}
 
 
 def _require_file(path: str | os.PathLike, what: str) -> pathlib.Path:
@@ -34,8 +40,7 @@ def _require_file(path: str | os.PathLike, what: str) -> pathlib.Path:
   return path
 
 
-def read_table(path: str | os.PathLike, what: str, sheet: str | int | None = None,
-               **kwargs) -> pd.DataFrame:
+def read_table(path: str | os.PathLike, what: str, sheet: str | int | None = None, **kwargs) -> pd.DataFrame:
   """CSV / TSV / XLSX (or a zipped CSV) as a DataFrame."""
   path = _require_file(path, what)
   suffixes = "".join(path.suffixes).lower()
@@ -54,29 +59,29 @@ def _dedupe(symbols: Sequence[str]) -> list[str]:
   return list(dict.fromkeys(s for s in symbols))
 
 
-def read_type_signature(path: str | os.PathLike, sheet: str | int | None = None,
-                        symbol_column: str = "gene_symbol",
-                        type_column: str = "Type") -> dict[str, list[str]]:
+def read_type_signature(
+  path: str | os.PathLike, sheet: str | int | None = None, symbol_column: str = "gene_symbol", type_column: str = "Type"
+) -> dict[str, list[str]]:
   """A (gene symbol, Type = Tumor | Immune) table -> {'tumour': [...], 'micro': [...]}."""
   table = read_table(path, "gene signature", sheet)
   for col in (symbol_column, type_column):
     if col not in table.columns:
-      raise CohortError(f"gene signature {path}: no column {col!r} (columns: "
-                        f"{list(table.columns)}); expected {symbol_column!r} and {type_column!r}")
+      raise CohortError(
+        f"gene signature {path}: no column {col!r} (columns: "
+        f"{list(table.columns)}); expected {symbol_column!r} and {type_column!r}"
+      )
   out: dict[str, list[str]] = {"tumour": [], "micro": []}
   for row, (sym, typ) in enumerate(zip(table[symbol_column], table[type_column])):
     if pd.isna(sym):
       continue
     key = TYPE_TO_SUBSPACE.get(str(typ).strip().lower())
     if key is None:
-      raise CohortError(f"gene signature {path}, row {row + 2}: Type {typ!r} is not one of "
-                        "Tumor / Immune")
+      raise CohortError(f"gene signature {path}, row {row + 2}: Type {typ!r} is not one of Tumor / Immune")
     out[key].append(str(sym).strip())
   return {k: _dedupe(v) for k, v in out.items()}
 
 
-def read_family_signature(path: str | os.PathLike,
-                          subspaces: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+def read_family_signature(path: str | os.PathLike, subspaces: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
   """An MCAT-style table (one column per gene family, NaN-padded) -> subspaces by family names."""
   table = read_table(path, "gene signature")
   out = {}
@@ -87,8 +92,7 @@ def read_family_signature(path: str | os.PathLike,
     symbols: list[str] = []
     for fam in families:
       if fam not in table.columns:
-        raise CohortError(f"gene signature {path}: no family column {fam!r} "
-                          f"(columns: {list(table.columns)})")
+        raise CohortError(f"gene signature {path}: no family column {fam!r} (columns: {list(table.columns)})")
       symbols += [str(s).strip() for s in table[fam].dropna()]
     out[key] = _dedupe(symbols)
   return out
@@ -104,8 +108,9 @@ def read_gene_list(path: str | os.PathLike) -> list[str]:
   genes = [line.split("#", 1)[0].strip() for line in lines]
   bad = [g for g in genes if any(c in g for c in ",\t ")]
   if bad:
-    raise CohortError(f"gene list {path}: {bad[0]!r} is not one symbol; expected one gene per "
-                      "line (a table goes in `signature.path`)")
+    raise CohortError(
+      f"gene list {path}: {bad[0]!r} is not one symbol; expected one gene per line (a table goes in `signature.path`)"
+    )
   genes = [g for g in genes if g]
   if not genes:
     raise CohortError(f"gene list {path} lists no gene; expected one symbol per line")
@@ -132,19 +137,21 @@ def read_signature(spec: Mapping) -> dict[str, list[str]]:
   """
   if "path" not in spec:
     if "tumour" in spec and "micro" in spec:
-      return {k: (read_gene_list(spec[k]) if isinstance(spec[k], (str, os.PathLike))
-                  else _dedupe(str(s) for s in spec[k])) for k in ("tumour", "micro")}
+      return {
+        k: (read_gene_list(spec[k]) if isinstance(spec[k], (str, os.PathLike)) else _dedupe(str(s) for s in spec[k]))
+        for k in ("tumour", "micro")
+      }
     raise CohortError("signature needs a `path` (or inline `tumour` and `micro` lists)")
   if "families" in spec:
     return read_family_signature(spec["path"], spec["families"])
-  return read_type_signature(spec["path"], spec.get("sheet"),
-                             spec.get("symbol_column", "gene_symbol"),
-                             spec.get("type_column", "Type"))
+  return read_type_signature(
+    spec["path"], spec.get("sheet"), spec.get("symbol_column", "gene_symbol"), spec.get("type_column", "Type")
+  )
 
 
-def resolve_genes(signature: Mapping[str, Sequence[str]],
-                  available: Sequence[set[str]], where: str,
-                  missing: str = "drop") -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+def resolve_genes(
+  signature: Mapping[str, Sequence[str]], available: Sequence[set[str]], where: str, missing: str = "drop"
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
   """Keeps the signature genes present in every source, in signature order.
 
   Returns (genes per subspace, dropped genes per subspace).
@@ -157,11 +164,15 @@ def resolve_genes(signature: Mapping[str, Sequence[str]],
     kept[key] = [g for g in signature[key] if g in common]
     dropped[key] = [g for g in signature[key] if g not in common]
     if not kept[key]:
-      raise CohortError(f"{where}: the {key} gene signature ({len(signature[key])} genes, e.g. "
-                        f"{list(signature[key])[:3]}) matches no gene of the expression data")
+      raise CohortError(
+        f"{where}: the {key} gene signature ({len(signature[key])} genes, e.g. "
+        f"{list(signature[key])[:3]}) matches no gene of the expression data"
+      )
     if dropped[key] and missing == "error":
-      raise CohortError(f"{where}: {len(dropped[key])} {key} signature genes are missing from the "
-                        f"expression data, e.g. {dropped[key][:5]}")
+      raise CohortError(
+        f"{where}: {len(dropped[key])} {key} signature genes are missing from the "
+        f"expression data, e.g. {dropped[key][:5]}"
+      )
   return kept, dropped
 
 
@@ -174,9 +185,11 @@ def read_gdc_star(path: str | os.PathLike, value_column: str = "fpkm_uq_unstrand
     raise CohortError(f"cannot read gene expression file {path}: {e}") from e
   for col in ("gene_name", value_column):
     if col not in table.columns:
-      raise CohortError(f"gene expression file {path}: no column {col!r}; expected a GDC STAR "
-                        "TSV (one comment line, then gene_id, gene_name, ..., "
-                        f"{value_column})")
+      raise CohortError(
+        f"gene expression file {path}: no column {col!r}; expected a GDC STAR "
+        "TSV (one comment line, then gene_id, gene_name, ..., "
+        f"{value_column})"
+      )
   table = table.dropna(subset=["gene_name"]).drop_duplicates(subset=["gene_name"], keep="first")
   values = pd.to_numeric(table[value_column], errors="coerce")
   return pd.Series(values.to_numpy(np.float64), index=table["gene_name"].astype(str).to_numpy())
@@ -193,8 +206,10 @@ class AllenExpression:
     rows = read_table(folder / "rows-genes.csv", "IvYGAP gene table")
     samples = read_table(folder / "columns-samples.csv", "IvYGAP sample table")
     fpkm = read_table(folder / "fpkm_table.csv", "IvYGAP FPKM table")
-    for name, table, cols in (("rows-genes.csv", rows, ("gene_id", "gene_symbol")),
-                              ("columns-samples.csv", samples, ("rna_well_id", "specimen_name"))):
+    for name, table, cols in (
+      ("rows-genes.csv", rows, ("gene_id", "gene_symbol")),
+      ("columns-samples.csv", samples, ("rna_well_id", "specimen_name")),
+    ):
       missing = [c for c in cols if c not in table.columns]
       if missing:
         raise CohortError(f"{folder / name}: no columns {missing}; expected {list(cols)}")
@@ -214,12 +229,13 @@ class AllenExpression:
   def for_slide(self, slide_id: str) -> pd.Series:
     key = "-".join(str(slide_id).split("-")[:3])
     if key not in self.well_of:
-      raise CohortError(f"{self.folder / 'columns-samples.csv'}: no specimen matches slide "
-                        f"{slide_id!r} (expected a specimen_name starting {key!r})")
+      raise CohortError(
+        f"{self.folder / 'columns-samples.csv'}: no specimen matches slide "
+        f"{slide_id!r} (expected a specimen_name starting {key!r})"
+      )
     well = self.well_of[key]
     if well not in self.table.columns:
-      raise CohortError(f"{self.folder / 'fpkm_table.csv'}: no column for rna_well_id {well} "
-                        f"(slide {slide_id!r})")
+      raise CohortError(f"{self.folder / 'fpkm_table.csv'}: no column for rna_well_id {well} (slide {slide_id!r})")
     return self.table[well].astype(np.float64)
 
 

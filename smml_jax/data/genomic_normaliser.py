@@ -20,6 +20,7 @@ class GenomicNormaliser:
 
   Fields are (F,) float64 arrays per subspace; NaN inputs map to 0 (the training mean).
   """
+
   clip: float
   mean_tumour: np.ndarray
   scale_tumour: np.ndarray
@@ -28,8 +29,10 @@ class GenomicNormaliser:
 
   def apply(self, x_tumour: np.ndarray, x_micro: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, Ft), (N, Fm) raw features -> normalised float32 arrays of the same shapes."""
-    return (_standardise(x_tumour, self.clip, self.mean_tumour, self.scale_tumour),
-            _standardise(x_micro, self.clip, self.mean_micro, self.scale_micro))
+    return (
+      _standardise(x_tumour, self.clip, self.mean_tumour, self.scale_tumour),
+      _standardise(x_micro, self.clip, self.mean_micro, self.scale_micro),
+    )
 
 
 def _standardise(x, clip, mean, scale) -> np.ndarray:
@@ -52,8 +55,7 @@ def _fit_stats(x: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray]:
   return mean, np.where(std > 1e-8, std, 1.0)  # constant training columns pass through centred
 
 
-def fit_genomic_normaliser(x_tumour: np.ndarray, x_micro: np.ndarray,
-                           clip: float = CLIP) -> GenomicNormaliser:
+def fit_genomic_normaliser(x_tumour: np.ndarray, x_micro: np.ndarray, clip: float = CLIP) -> GenomicNormaliser:
   """Statistics of the TRAINING rows (N, Ft) and (N, Fm) (NaN = missing, ignored)."""
   mt, st = _fit_stats(x_tumour, clip)
   mm, sm = _fit_stats(x_micro, clip)

@@ -41,8 +41,7 @@ def _open(path: pathlib.Path) -> h5py.File:
     raise CohortError(f"feature file {path} is not a readable HDF5 file: {e}") from e
 
 
-def infer_feature_dim(paths: Sequence[str | os.PathLike], feature_dataset: str,
-                      expected: int | None = None) -> int:
+def infer_feature_dim(paths: Sequence[str | os.PathLike], feature_dataset: str, expected: int | None = None) -> int:
   """D shared by every file's (N, D) / (1, N, D) dataset; a file that differs is an error.
 
   Args:
@@ -56,15 +55,15 @@ def infer_feature_dim(paths: Sequence[str | os.PathLike], feature_dataset: str,
       raw = _dataset(f, feature_dataset, path).shape
     shape = _squeeze_bag(raw)
     if shape is None:
-      raise CohortError(f"{path}: dataset {feature_dataset!r} has shape {raw}, expected (N, D) "
-                        "or (1, N, D)")
+      raise CohortError(f"{path}: dataset {feature_dataset!r} has shape {raw}, expected (N, D) or (1, N, D)")
     if dim is None:
       dim, first = shape[1], path
     elif shape[1] != dim:
-      source = (f"{first} has D = {dim}" if first is not None
-                else f"the spec's feature_dim is {dim}")
-      raise CohortError(f"{path}: dataset {feature_dataset!r} has shape {raw}, expected (N, "
-                        f"{dim}) since {source}; every slide of a cohort needs the same encoder")
+      source = f"{first} has D = {dim}" if first is not None else f"the spec's feature_dim is {dim}"
+      raise CohortError(
+        f"{path}: dataset {feature_dataset!r} has shape {raw}, expected (N, "
+        f"{dim}) since {source}; every slide of a cohort needs the same encoder"
+      )
   if dim is None:
     raise CohortError("no feature file to read the feature dimension from")
   return int(dim)
@@ -86,27 +85,41 @@ def patch_step(attrs: Mapping) -> float | None:
   return step if step > 0 else None
 
 
-def check_h5(path: str | os.PathLike, feature_dataset: str, feature_dim: int,
-             coords_dataset: str | None = None, need_coords: bool = False) -> int:
+def check_h5(
+  path: str | os.PathLike,
+  feature_dataset: str,
+  feature_dim: int,
+  coords_dataset: str | None = None,
+  need_coords: bool = False,
+) -> int:
   """Checks existence, dataset names and shapes without reading the data; returns N."""
   path = pathlib.Path(path)
   with _open(path) as f:
     shape = _squeeze_bag(_dataset(f, feature_dataset, path).shape)
     if shape is None or shape[1] != feature_dim or shape[0] == 0:
-      raise CohortError(f"{path}: dataset {feature_dataset!r} has shape "
-                        f"{f[feature_dataset].shape}, expected (N, {feature_dim}) or "
-                        f"(1, N, {feature_dim}) with N >= 1")
+      raise CohortError(
+        f"{path}: dataset {feature_dataset!r} has shape "
+        f"{f[feature_dataset].shape}, expected (N, {feature_dim}) or "
+        f"(1, N, {feature_dim}) with N >= 1"
+      )
     if coords_dataset is not None and (need_coords or coords_dataset in f):
       cshape = _dataset(f, coords_dataset, path).shape
       if tuple(cshape) != (shape[0], 2):
-        raise CohortError(f"{path}: dataset {coords_dataset!r} has shape {cshape}, expected "
-                          f"({shape[0]}, 2) to match {feature_dataset!r}")
+        raise CohortError(
+          f"{path}: dataset {coords_dataset!r} has shape {cshape}, expected "
+          f"({shape[0]}, 2) to match {feature_dataset!r}"
+        )
     return shape[0]
 
 
-def read_h5_grid(path: str | os.PathLike, feature_dataset: str, feature_dim: int, grid_side: int,
-                 layout: str = "sample",
-                 coords_dataset: str | None = None) -> dict[str, np.ndarray]:
+def read_h5_grid(
+  path: str | os.PathLike,
+  feature_dataset: str,
+  feature_dim: int,
+  grid_side: int,
+  layout: str = "sample",
+  coords_dataset: str | None = None,
+) -> dict[str, np.ndarray]:
   """One slide's bag laid out on the grid: patches, coords, tissue_mask (see bags.bag_to_grid).
 
   With `grid_layout: coords`, a `patch_size_level0` attribute on the coords dataset (TRIDENT) sets
@@ -120,8 +133,10 @@ def read_h5_grid(path: str | os.PathLike, feature_dataset: str, feature_dim: int
     coords = np.asarray(f[coords_dataset][()], np.float32) if has_coords else None
     step = patch_step(f[coords_dataset].attrs) if has_coords else None
   if not np.all(np.isfinite(feats)):
-    raise CohortError(f"{path}: dataset {feature_dataset!r} has {int((~np.isfinite(feats)).sum())}"
-                      " NaN/inf values; expected finite features")
+    raise CohortError(
+      f"{path}: dataset {feature_dataset!r} has {int((~np.isfinite(feats)).sum())}"
+      " NaN/inf values; expected finite features"
+    )
   if coords is not None and not np.all(np.isfinite(coords)):
     raise CohortError(f"{path}: dataset {coords_dataset!r} has NaN/inf values")
   patches, cell_coords, mask = bag_to_grid(feats, coords, grid_side, layout, step)

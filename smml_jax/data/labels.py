@@ -16,8 +16,7 @@ import numpy as np
 MISSING = -1
 
 TASK_NUM_CLASSES = {"diagnosis": 4, "grading": 3, "subtype": 3, "survival": 4}
-TASK_LABEL_FIELD = {"diagnosis": "diagnosis", "grading": "grade", "subtype": "subtype",
-                    "survival": "surv_bin"}
+TASK_LABEL_FIELD = {"diagnosis": "diagnosis", "grading": "grade", "subtype": "subtype", "survival": "surv_bin"}
 GRADE_CODES = {"G2": 0, "G3": 1, "G4": 2, "2": 0, "3": 1, "4": 2}
 # The original's fixed survival cut points (days) between its 4 bins.
 ORIGINAL_SURVIVAL_CUTS_DAYS = (233.5, 511.0, 929.0)
@@ -80,25 +79,45 @@ def fit_survival_cuts(times, events, n_bins: int = 4, uncensored_only: bool = Tr
 
 def assign_survival_bins(times, cuts) -> np.ndarray:
   """(P,) bin index in [0, len(cuts)] of each time: bin k holds cuts[k-1] <= t < cuts[k]."""
-  return np.searchsorted(np.asarray(cuts, np.float64), np.asarray(times, np.float64),
-                         side="right").astype(np.int64)
+  return np.searchsorted(np.asarray(cuts, np.float64), np.asarray(times, np.float64), side="right").astype(np.int64)
 
 
 # Histology codes of the original's label generation.
-HISTOLOGY_CODES = {"oligoastrocytoma": 0, "astrocytoma": 1, "oligodendroglioma": 2,
-                   "glioblastoma": 3}
-_IDH_CODES = {"wt": 0, "wildtype": 0, "wild-type": 0, "idhwt": 0, "0": 0,
-              "mutant": 1, "mut": 1, "mutation": 1, "idhmut": 1, "1": 1}
-_CODEL_CODES = {"non-codel": 0, "noncodel": 0, "non-codeleted": 0, "0": 0,
-                "codel": 1, "codeleted": 1, "co-deleted": 1, "1": 1}
+HISTOLOGY_CODES = {"oligoastrocytoma": 0, "astrocytoma": 1, "oligodendroglioma": 2, "glioblastoma": 3}
+_IDH_CODES = {
+  "wt": 0,
+  "wildtype": 0,
+  "wild-type": 0,
+  "idhwt": 0,
+  "0": 0,
+  "mutant": 1,
+  "mut": 1,
+  "mutation": 1,
+  "idhmut": 1,
+  "1": 1,
+}
+_CODEL_CODES = {
+  "non-codel": 0,
+  "noncodel": 0,
+  "non-codeleted": 0,
+  "0": 0,
+  "codel": 1,
+  "codeleted": 1,
+  "co-deleted": 1,
+  "1": 1,
+}
 _VITAL_CODES = {"1": 1, "dead": 1, "deceased": 1, "0": 0, "alive": 0, "living": 0}
-_CATEGORICAL = {"idh": _IDH_CODES, "codel": _CODEL_CODES, "grade": GRADE_CODES,
-                "histology": HISTOLOGY_CODES, "event": _VITAL_CODES}
+_CATEGORICAL = {
+  "idh": _IDH_CODES,
+  "codel": _CODEL_CODES,
+  "grade": GRADE_CODES,
+  "histology": HISTOLOGY_CODES,
+  "event": _VITAL_CODES,
+}
 
 
 def _as_key(value) -> str:
-  if isinstance(value, (int, np.integer)) or (
-      isinstance(value, (float, np.floating)) and float(value).is_integer()):
+  if isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer()):
     return str(int(value))
   return str(value).strip().lower()
 
@@ -121,8 +140,9 @@ def parse_labels(field: str, values, where: str) -> np.ndarray:
       try:
         numeric[row] = float(v)
       except (TypeError, ValueError):
-        raise ValueError(f"{where}, data row {row}: field 'cdkn2a' value {v!r} is not a copy "
-                         "number (expected -2, -1, 0, 1, 2)") from None
+        raise ValueError(
+          f"{where}, data row {row}: field 'cdkn2a' value {v!r} is not a copy number (expected -2, -1, 0, 1, 2)"
+        ) from None
     return cdkn2a_deleted_from_copy_number(numeric)
   codes = _CATEGORICAL.get(field)
   if codes is None:
@@ -134,7 +154,8 @@ def parse_labels(field: str, values, where: str) -> np.ndarray:
       continue
     key = _as_key(v)
     if key not in lowered:
-      raise ValueError(f"{where}, data row {row}: field {field!r} has unknown value {v!r}; "
-                       f"expected one of {sorted(set(codes))}")
+      raise ValueError(
+        f"{where}, data row {row}: field {field!r} has unknown value {v!r}; expected one of {sorted(set(codes))}"
+      )
     out[row] = lowered[key]
   return out

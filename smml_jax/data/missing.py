@@ -46,6 +46,7 @@ def dropped_slides(cohort, train_indices: np.ndarray, fraction: float, seed: int
 @dataclasses.dataclass(frozen=True)
 class DropExpression:
   """A batch -> `preprocess(batch)` with the genes of the slides in `slide_ids` set to NaN."""
+
   slide_ids: frozenset[str]
   preprocess: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -58,29 +59,31 @@ class DropExpression:
     return self.preprocess(out)
 
 
-def expression_record(cohort, splits: Mapping[str, np.ndarray], dropped: np.ndarray,
-                      fraction: float) -> dict:
+def expression_record(cohort, splits: Mapping[str, np.ndarray], dropped: np.ndarray, fraction: float) -> dict:
   """A run's account of absent expression (its cohort record): per split, the slides the cohort
   has no expression for; the training slides whose expression `data.drop_expression` dropped."""
   slide_ids = cohort.slides["slide_id"].to_numpy().astype(str)
   absent = {k: slide_ids[v][~has_expression(cohort, v)].tolist() for k, v in splits.items()}
-  return {"without_expression": {k: len(v) for k, v in absent.items()},
-          "without_expression_slides": absent, "drop_expression": fraction,
-          "dropped_slides": slide_ids[np.asarray(dropped, np.int64)].tolist()}
+  return {
+    "without_expression": {k: len(v) for k, v in absent.items()},
+    "without_expression_slides": absent,
+    "drop_expression": fraction,
+    "dropped_slides": slide_ids[np.asarray(dropped, np.int64)].tolist(),
+  }
 
 
 def learned_absence(record: Mapping[str, Any]) -> bool:
   """From a run's cohort record: it trained with slides without expression (some absent in the
   cohort or dropped), so its model holds the learned absent embeddings and reads has_expression."""
   expression = record.get("expression") or {}
-  return bool(expression.get("dropped_slides")) or any(
-      (expression.get("without_expression") or {}).values())
+  return bool(expression.get("dropped_slides")) or any((expression.get("without_expression") or {}).values())
 
 
 @dataclasses.dataclass(frozen=True)
 class WithoutPresence:
   """A batch -> `preprocess(batch)` without `has_expression`: for a run where every slide has
   expression, so the model is exactly the unmasked one (no absent embedding parameters)."""
+
   preprocess: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
   def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -92,8 +95,7 @@ class WithoutPresence:
 MISSING_EXPRESSION = ("error", "allow")
 
 
-def absent_expression(table, genes_tumour: np.ndarray, genes_micro: np.ndarray, policy: str,
-                      where: str) -> dict:
+def absent_expression(table, genes_tumour: np.ndarray, genes_micro: np.ndarray, policy: str, where: str) -> dict:
   """Checks a layout's slides without expression (all-NaN rows in both subspaces).
 
   With `policy` 'error' (the spec's default) any such slide is a CohortError naming its
@@ -103,16 +105,21 @@ def absent_expression(table, genes_tumour: np.ndarray, genes_micro: np.ndarray, 
     The cohort info entries: {'missing_expression': policy, 'patients_without_expression': [...]}.
   """
   if policy not in MISSING_EXPRESSION:
-    raise CohortError(f"{where}: missing_expression must be one of {list(MISSING_EXPRESSION)}, "
-                      f"got {policy!r}")
-  absent = (np.all(np.isnan(genes_tumour), axis=1) & np.all(np.isnan(genes_micro), axis=1))
+    raise CohortError(f"{where}: missing_expression must be one of {list(MISSING_EXPRESSION)}, got {policy!r}")
+  absent = np.all(np.isnan(genes_tumour), axis=1) & np.all(np.isnan(genes_micro), axis=1)
   patients = sorted(set(table["patient_id"].to_numpy()[absent].astype(str)))
   if patients and policy == "error":
-    raise CohortError(f"{where}: {len(patients)} patient(s) have no expression "
-                      f"({int(absent.sum())} slide(s)), e.g. {patients[:5]}; set "
-                      "`missing_expression: allow` in the spec to train them on histology alone")
+    raise CohortError(
+      f"{where}: {len(patients)} patient(s) have no expression "
+      f"({int(absent.sum())} slide(s)), e.g. {patients[:5]}; set "
+      "`missing_expression: allow` in the spec to train them on histology alone"
+    )
   if patients:
-    print(f"smml_jax: {where}: {len(patients)} patient(s) ({int(absent.sum())} slide(s)) have no "
-          f"expression and train on histology alone (missing_expression: allow): {patients[:10]}"
-          + (" ..." if len(patients) > 10 else ""), file=sys.stderr, flush=True)
+    print(
+      f"smml_jax: {where}: {len(patients)} patient(s) ({int(absent.sum())} slide(s)) have no "
+      f"expression and train on histology alone (missing_expression: allow): {patients[:10]}"
+      + (" ..." if len(patients) > 10 else ""),
+      file=sys.stderr,
+      flush=True,
+    )
   return {"missing_expression": policy, "patients_without_expression": patients}

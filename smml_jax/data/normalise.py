@@ -32,6 +32,7 @@ SUBSPACES = ("tumour", "micro")
 @dataclasses.dataclass(frozen=True)
 class Preprocessor:
   """Gene normalisation stats and survival cut points; `__call__` applies them to a batch."""
+
   gene_transform: str
   mean: Mapping[str, tuple[float, ...]]
   std: Mapping[str, tuple[float, ...]]
@@ -72,18 +73,26 @@ class Preprocessor:
     return out
 
   def to_json(self) -> str:
-    return json.dumps({"gene_transform": self.gene_transform,
-                       "mean": {k: list(v) for k, v in self.mean.items()},
-                       "std": {k: list(v) for k, v in self.std.items()},
-                       "surv_cuts": list(self.surv_cuts), "clip": self.clip})
+    return json.dumps(
+      {
+        "gene_transform": self.gene_transform,
+        "mean": {k: list(v) for k, v in self.mean.items()},
+        "std": {k: list(v) for k, v in self.std.items()},
+        "surv_cuts": list(self.surv_cuts),
+        "clip": self.clip,
+      }
+    )
 
   @classmethod
   def from_json(cls, text: str) -> "Preprocessor":
     d = json.loads(text)
-    return cls(gene_transform=d["gene_transform"],
-               mean={k: tuple(v) for k, v in d["mean"].items()},
-               std={k: tuple(v) for k, v in d["std"].items()},
-               surv_cuts=tuple(d["surv_cuts"]), clip=d.get("clip"))
+    return cls(
+      gene_transform=d["gene_transform"],
+      mean={k: tuple(v) for k, v in d["mean"].items()},
+      std={k: tuple(v) for k, v in d["std"].items()},
+      surv_cuts=tuple(d["surv_cuts"]),
+      clip=d.get("clip"),
+    )
 
 
 def _first_slide_per_patient(cohort, indices: np.ndarray) -> np.ndarray:
@@ -101,10 +110,17 @@ def has_expression(cohort, indices: np.ndarray) -> np.ndarray:
   return present
 
 
-def fit_preprocessor(cohort, train_indices: np.ndarray, *, gene_transform: str | None = None,
-                     survival_cuts: str | Sequence[float] = "train", n_bins: int = 4,
-                     uncensored_only: bool = True, clip: float | None = None,
-                     absent: np.ndarray | None = None) -> Preprocessor:
+def fit_preprocessor(
+  cohort,
+  train_indices: np.ndarray,
+  *,
+  gene_transform: str | None = None,
+  survival_cuts: str | Sequence[float] = "train",
+  n_bins: int = 4,
+  uncensored_only: bool = True,
+  clip: float | None = None,
+  absent: np.ndarray | None = None,
+) -> Preprocessor:
   """Fit on the TRAINING slides only (`train_indices` from make_splits).
 
   Gene statistics use the training patients with expression: not NaN in the records and not in
@@ -130,8 +146,10 @@ def fit_preprocessor(cohort, train_indices: np.ndarray, *, gene_transform: str |
     if transform == "log1p_zscore":
       if (x < 0).any():
         gene = cohort.gene_names[s][int(np.argwhere(x < 0)[0, 1])]
-        raise CohortError(f"gene_transform='log1p_zscore' needs non-negative expression, but "
-                          f"{s} gene {gene!r} has negative values (z-scored data? use 'zscore')")
+        raise CohortError(
+          f"gene_transform='log1p_zscore' needs non-negative expression, but "
+          f"{s} gene {gene!r} has negative values (z-scored data? use 'zscore')"
+        )
       x = np.log1p(x)
     m, sd = x.mean(0), x.std(0)
     mean[s], std[s] = tuple(m.tolist()), tuple(np.where(sd > 1e-8, sd, 1.0).tolist())
@@ -144,8 +162,7 @@ def fit_preprocessor(cohort, train_indices: np.ndarray, *, gene_transform: str |
       known = t >= 0
       cuts = labels_lib.fit_survival_cuts(t[known], e[known], n_bins, uncensored_only)
     else:
-      raise CohortError(f"survival_cuts must be 'train', 'original' or a list of days, got "
-                        f"{survival_cuts!r}")
+      raise CohortError(f"survival_cuts must be 'train', 'original' or a list of days, got {survival_cuts!r}")
   else:
     cuts = survival_cuts
   cuts = tuple(float(c) for c in cuts)

@@ -21,6 +21,7 @@ ROW_BUCKET = 128
 class GenomicArrays:
   """One split's patients. genes_tumour (N, Gt), genes_micro (N, Gm) float32 (normalised);
   target (N,) int64: class code, or survival bin; time (N,) float32 days; event (N,) int64."""
+
   genes_tumour: np.ndarray
   genes_micro: np.ndarray
   target: np.ndarray
@@ -39,19 +40,22 @@ class GenomicArrays:
   def truth(self, label_field: str) -> dict[str, np.ndarray]:
     """The outcomes under the data pipeline's names: the task's `label_field` (the target),
     `surv_time` and `event`."""
-    return {label_field: np.asarray(self.target, np.int32),
-            "surv_time": np.asarray(self.time, np.float32),
-            "event": np.asarray(self.event, np.int32)}
+    return {
+      label_field: np.asarray(self.target, np.int32),
+      "surv_time": np.asarray(self.time, np.float32),
+      "event": np.asarray(self.event, np.int32),
+    }
 
   def fields(self, label_field: str) -> dict[str, np.ndarray]:
     """Every row as a batch without `mask`: the gene inputs and `truth(label_field)`."""
-    return {"genes_tumour": np.asarray(self.genes_tumour, np.float32),
-            "genes_micro": np.asarray(self.genes_micro, np.float32),
-            **self.truth(label_field)}
+    return {
+      "genes_tumour": np.asarray(self.genes_tumour, np.float32),
+      "genes_micro": np.asarray(self.genes_micro, np.float32),
+      **self.truth(label_field),
+    }
 
 
-def epoch_batches(n: int, batch_size: int,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def epoch_batches(n: int, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
   """A shuffled epoch: indices (S, B) int32 and mask (S, B) bool (False = padding, index 0)."""
   perm = rng.permutation(n)
   steps = -(-n // batch_size)
@@ -61,8 +65,9 @@ def epoch_batches(n: int, batch_size: int,
   return idx.reshape(steps, batch_size), mask.reshape(steps, batch_size)
 
 
-def iterate_batches(fields: dict[str, np.ndarray], idx: np.ndarray,
-                    mask: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+def iterate_batches(
+  fields: dict[str, np.ndarray], idx: np.ndarray, mask: np.ndarray
+) -> Iterator[dict[str, np.ndarray]]:
   """The batches of one epoch: each row of `idx` (S, B) gathered from `fields`, with its mask."""
   for rows, m in zip(idx, mask):
     yield dict({k: v[rows] for k, v in fields.items()}, mask=m)

@@ -71,13 +71,24 @@ class BatchIterator:
       (at least num_threads).
   """
 
-  def __init__(self, source: Any, indices: Sequence[int], batch_size: int, *, seed: int = 0,
-               epoch: int = 0, shuffle: bool = True, drop_remainder: bool = True,
-               preprocess: Callable[[Batch], Batch] | None = None, process_index: int = 0,
-               process_count: int = 1, num_threads: int = 4, prefetch: int = 2):
+  def __init__(
+    self,
+    source: Any,
+    indices: Sequence[int],
+    batch_size: int,
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle: bool = True,
+    drop_remainder: bool = True,
+    preprocess: Callable[[Batch], Batch] | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_threads: int = 4,
+    prefetch: int = 2,
+  ):
     if batch_size <= 0 or batch_size % process_count:
-      raise ValueError(f"batch_size {batch_size} must be positive and divisible by "
-                       f"process_count {process_count}")
+      raise ValueError(f"batch_size {batch_size} must be positive and divisible by process_count {process_count}")
     if not 0 <= process_index < process_count:
       raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     self.source, self.batch_size = source, batch_size
@@ -104,12 +115,12 @@ class BatchIterator:
     local = self.local_batch_size
     lo = self.process_index * local
     for b in range(len(self)):
-      chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
+      chunk = order[b * self.batch_size : (b + 1) * self.batch_size]
       mask = np.ones(self.batch_size, np.bool_)
       if len(chunk) < self.batch_size:  # pad by cycling real examples, masked out
-        mask[len(chunk):] = False
+        mask[len(chunk) :] = False
         chunk = np.resize(chunk, self.batch_size)
-      out.append((chunk[lo:lo + local], mask[lo:lo + local]))
+      out.append((chunk[lo : lo + local], mask[lo : lo + local]))
     return out
 
   def _read(self, idx: np.ndarray) -> list[Mapping]:
@@ -127,17 +138,16 @@ class BatchIterator:
   def dataset(self) -> grain.IterDataset:
     """The epoch as a grain dataset: planned batches read by `num_threads` threads."""
     threads = max(1, self.num_threads)  # grain uses no more threads than buffered batches
-    options = grain.ReadOptions(num_threads=threads,
-                                prefetch_buffer_size=max(threads, self.prefetch))
+    options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads, self.prefetch))
     return grain.MapDataset.source(self.plan()).map(self._make).to_iter_dataset(options)
 
   def __iter__(self) -> grain.DatasetIterator:
     return _track(iter(self.dataset()))
 
 
-def prefetch_to_device(batches: grain.IterDataset | BatchIterator,
-                       put: Optional[Callable[[Batch], dict[str, Any]]] = None,
-                       size: int = 2) -> grain.DatasetIterator:
+def prefetch_to_device(
+  batches: grain.IterDataset | BatchIterator, put: Optional[Callable[[Batch], dict[str, Any]]] = None, size: int = 2
+) -> grain.DatasetIterator:
   """An iterator keeping `size` batches placed on the device(s) ahead of the consumer.
 
   `put` places one host batch (e.g. sharded over the mesh's batch axis with
@@ -148,12 +158,12 @@ def prefetch_to_device(batches: grain.IterDataset | BatchIterator,
   if isinstance(batches, BatchIterator):
     batches = batches.dataset()
   put = put or _default_put
-  return _track(iter(grain.experimental.ThreadPrefetchIterDataset(
-      batches.map(put), prefetch_buffer_size=max(1, size))))
+  return _track(iter(grain.experimental.ThreadPrefetchIterDataset(batches.map(put), prefetch_buffer_size=max(1, size))))
 
 
 def _default_put(batch: Batch) -> dict[str, Any]:
   import jax  # local: the data layer does not need jax otherwise
+
   return {k: v if v.dtype.kind in "USO" else jax.device_put(v) for k, v in batch.items()}
 
 

@@ -62,8 +62,9 @@ def source_from_spec(spec: Mapping[str, Any], base: pathlib.Path, where: str = "
   return ClamSource(body, root, layout)
 
 
-def load_cohort(data: str | os.PathLike | Mapping[str, Any] = "synthetic",
-                data_dir: str | os.PathLike | None = None) -> cohort_lib.Cohort:
+def load_cohort(
+  data: str | os.PathLike | Mapping[str, Any] = "synthetic", data_dir: str | os.PathLike | None = None
+) -> cohort_lib.Cohort:
   """'synthetic' (the default cohort), a spec file path, or a spec mapping -> built Cohort."""
   if isinstance(data, Mapping):
     source = source_from_spec(data, pathlib.Path.cwd())

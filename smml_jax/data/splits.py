@@ -49,8 +49,9 @@ def _slides_of(slides: pd.DataFrame, patients: np.ndarray) -> np.ndarray:
   return np.flatnonzero(slides["patient_id"].isin(set(patients)).to_numpy()).astype(np.int64)
 
 
-def original_patient_split(patient_ids, seed: int, val_fraction: float = 0.1,
-                           test_fraction: float = 0.1) -> dict[str, np.ndarray]:
+def original_patient_split(
+  patient_ids, seed: int, val_fraction: float = 0.1, test_fraction: float = 0.1
+) -> dict[str, np.ndarray]:
   """The original's split of unique patient ids (np.random.seed + np.random.shuffle)."""
   unique = np.unique(np.asarray(patient_ids, dtype=object).astype(str))
   rng = np.random.RandomState(seed)  # same stream as np.random.seed(seed); np.random.shuffle
@@ -67,14 +68,18 @@ def _strata(patients: pd.DataFrame, stratify: str | None) -> np.ndarray:
   if stratify is None:
     return np.zeros(len(patients), np.int64)
   if stratify not in patients.columns:
-    raise CohortError(f"cannot stratify by {stratify!r}: not a label column "
-                      f"({sorted(patients.columns)})")
+    raise CohortError(f"cannot stratify by {stratify!r}: not a label column ({sorted(patients.columns)})")
   return patients[stratify].to_numpy()
 
 
-def kfold_patient_split(patients: pd.DataFrame, n_folds: int, fold: int, seed: int,
-                        stratify: str | None = "diagnosis",
-                        val_fraction: float = 0.1) -> dict[str, np.ndarray]:
+def kfold_patient_split(
+  patients: pd.DataFrame,
+  n_folds: int,
+  fold: int,
+  seed: int,
+  stratify: str | None = "diagnosis",
+  val_fraction: float = 0.1,
+) -> dict[str, np.ndarray]:
   if not 0 <= fold < n_folds:
     raise CohortError(f"fold must be in [0, {n_folds}), got {fold}")
   ids = patients["patient_id"].to_numpy().astype(str)
@@ -88,8 +93,9 @@ def kfold_patient_split(patients: pd.DataFrame, n_folds: int, fold: int, seed: i
   return {"train": train, "val": val, "test": np.sort(ids[test])}
 
 
-def stratified_holdout(ids: np.ndarray, strata: np.ndarray, fraction: float,
-                       seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_holdout(
+  ids: np.ndarray, strata: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
   """(rest, held), each sorted: ceil(fraction * n) of `ids` held out, stratified by `strata` (n,)
   where every stratum has two members and room in both parts (else a plain seeded draw)."""
   if fraction <= 0 or len(ids) < 2:
@@ -98,13 +104,13 @@ def stratified_holdout(ids: np.ndarray, strata: np.ndarray, fraction: float,
   n_held = int(np.ceil(fraction * len(ids)))
   n_rest = len(ids) - n_held
   can_stratify = counts.min() >= 2 and min(n_held, n_rest) >= len(counts)
-  rest, held = train_test_split(ids, test_size=n_held, random_state=seed,
-                                stratify=strata if can_stratify else None)
+  rest, held = train_test_split(ids, test_size=n_held, random_state=seed, stratify=strata if can_stratify else None)
   return np.sort(rest), np.sort(held)
 
 
-def _carve_val(patients: pd.DataFrame, train_ids: np.ndarray, seed: int, stratify: str | None,
-               val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def _carve_val(
+  patients: pd.DataFrame, train_ids: np.ndarray, seed: int, stratify: str | None, val_fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
   """Splits train_ids into (train, val) by `stratified_holdout`."""
   if val_fraction <= 0 or len(train_ids) < 2:
     return np.sort(train_ids), train_ids[:0]
@@ -125,16 +131,23 @@ def read_split_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
   for part in parts:
     for pid in parts[part]:
       if pid in seen and seen[pid] != part:
-        raise CohortError(f"split file {path}: patient {pid!r} is in both {seen[pid]!r} and "
-                          f"{part!r}")
+        raise CohortError(f"split file {path}: patient {pid!r} is in both {seen[pid]!r} and {part!r}")
       seen[pid] = part
   return parts
 
 
-def make_splits(cohort, scheme: str = "original", seed: int = 0, fold: int = 0, *,
-                n_folds: int = 5, stratify: str | None = "diagnosis", val_fraction: float = 0.1,
-                test_fraction: float = 0.1,
-                split_file: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+def make_splits(
+  cohort,
+  scheme: str = "original",
+  seed: int = 0,
+  fold: int = 0,
+  *,
+  n_folds: int = 5,
+  stratify: str | None = "diagnosis",
+  val_fraction: float = 0.1,
+  test_fraction: float = 0.1,
+  split_file: str | os.PathLike | None = None,
+) -> dict[str, np.ndarray]:
   """{'train', 'val', 'test'} -> sorted SLIDE indices of `cohort`, assigned by patient.
 
   `split_file` may contain `{fold}`, filled with the fold number (MCAT's splits_{fold}.csv).
@@ -154,8 +167,7 @@ def make_splits(cohort, scheme: str = "original", seed: int = 0, fold: int = 0, 
       known = slides["patient_id"].unique()
       train_ids = np.asarray(sorted(set(parts["train"]) & set(known)), dtype=object)
       parts["test"] = parts["val"]
-      parts["train"], parts["val"] = _carve_val(cohort.patients, train_ids, seed, stratify,
-                                                val_fraction)
+      parts["train"], parts["val"] = _carve_val(cohort.patients, train_ids, seed, stratify, val_fraction)
   else:
     raise CohortError(f"unknown split scheme {scheme!r}; expected one of {SCHEMES}")
   out = {part: _slides_of(slides, parts[part]) for part in PARTS}
@@ -170,7 +182,7 @@ def assert_patient_disjoint(cohort, splits: Mapping[str, np.ndarray]) -> None:
   sets = {k: set(pid[np.asarray(v, np.int64)]) for k, v in splits.items()}
   names = sorted(sets)
   for i, a in enumerate(names):
-    for b in names[i + 1:]:
+    for b in names[i + 1 :]:
       if sets[a] & sets[b]:
         raise CohortError(f"patients {sorted(sets[a] & sets[b])[:5]} are in both {a} and {b}")
 
@@ -199,8 +211,13 @@ def _protocol_file(data_root, rel: str) -> pathlib.Path:
   return path
 
 
-def pnas15_splits(cohort: GenomicCohort, data_root: str | os.PathLike, val_fraction: float = 0.15,
-                  seed: int = 0, splits: range | list[int] | None = None) -> list[Split]:
+def pnas15_splits(
+  cohort: GenomicCohort,
+  data_root: str | os.PathLike,
+  val_fraction: float = 0.15,
+  seed: int = 0,
+  splits: range | list[int] | None = None,
+) -> list[Split]:
   """The SCNN / PathomicFusion train/test splits with a stratified validation part of train.
 
   Args:
@@ -225,26 +242,27 @@ def pnas15_splits(cohort: GenomicCohort, data_root: str | os.PathLike, val_fract
   bad = ~table[columns].isin(["Train", "Test"])
   if bad.to_numpy().any():
     row, col = np.argwhere(bad.to_numpy())[0]
-    raise GBMLGGDataError(f"{path}: row {table.index[row]!r} column {columns[col]!r}: "
-                          f"{table.iat[row, col]!r}, expected 'Train' or 'Test'")
+    raise GBMLGGDataError(
+      f"{path}: row {table.index[row]!r} column {columns[col]!r}: {table.iat[row, col]!r}, expected 'Train' or 'Test'"
+    )
   usable, strata = cohort.labelled(), cohort.label()
   out = []
-  for k in (range(NUM_PNAS_SPLITS) if splits is None else splits):
+  for k in range(NUM_PNAS_SPLITS) if splits is None else splits:
     assign = table[columns[k]]
     train = _usable(cohort.index_of(assign.index[assign == "Train"]), usable)
     test = _usable(cohort.index_of(assign.index[assign == "Test"]), usable)
-    train, val = stratified_holdout(train, strata[train], val_fraction,
-                                    seed * NUM_PNAS_SPLITS + k)
+    train, val = stratified_holdout(train, strata[train], val_fraction, seed * NUM_PNAS_SPLITS + k)
     out.append({"train": train, "val": val, "test": test})
   return out
 
 
-def mcat5_splits(cohort: GenomicCohort, data_root: str | os.PathLike,
-                 folds: range | list[int] | None = None) -> list[Split]:
+def mcat5_splits(
+  cohort: GenomicCohort, data_root: str | os.PathLike, folds: range | list[int] | None = None
+) -> list[Split]:
   """The 5 MCAT / PORPOISE cross-validation folds: dict(train, val=held-out fold, test=same)."""
   usable = cohort.labelled()
   out = []
-  for k in (range(NUM_MCAT_FOLDS) if folds is None else folds):
+  for k in range(NUM_MCAT_FOLDS) if folds is None else folds:
     parts = read_split_file(_protocol_file(data_root, tables.PORPOISE_SPLITS.format(fold=k)))
     train = _usable(cohort.index_of(parts["train"]), usable)
     held = _usable(cohort.index_of(parts["val"]), usable)
@@ -255,8 +273,7 @@ def mcat5_splits(cohort: GenomicCohort, data_root: str | os.PathLike,
 PROTOCOLS: dict[str, Callable[..., list[Split]]] = {"pnas15": pnas15_splits, "mcat5": mcat5_splits}
 
 
-def protocol_splits(protocol: str, cohort: GenomicCohort, data_root: str | os.PathLike,
-                    **kwargs) -> list[Split]:
+def protocol_splits(protocol: str, cohort: GenomicCohort, data_root: str | os.PathLike, **kwargs) -> list[Split]:
   """`PROTOCOLS[protocol](cohort, data_root, **kwargs)`, naming the valid protocols otherwise."""
   if protocol not in PROTOCOLS:
     raise ValueError(f"unknown protocol {protocol!r}; expected one of {sorted(PROTOCOLS)}")

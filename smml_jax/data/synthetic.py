@@ -40,7 +40,7 @@ class SyntheticConfig:
   patch_dtype: str = "float16"
   # Signal strengths (in units of the per-dimension patch noise / gene log-noise).
   patch_noise: float = 1.0
-  anaplasia_scale: float = 0.35   # v along the grade direction, tumour patches only
+  anaplasia_scale: float = 0.35  # v along the grade direction, tumour patches only
   morphology_scale: float = 0.35  # co-deletion / IDH-wildtype cues, tumour patches only
   immune_scale: float = 1.0
   gene_noise: float = 0.6
@@ -54,6 +54,7 @@ class SyntheticCohort:
   genes_tumour (n_slides, Gt), genes_micro (n_slides, Gm): raw positive expression (FPKM-like).
   latents: per-slide arrays `u`, `v`, `infiltration`, `patient_index`.
   """
+
   config: SyntheticConfig
   slides: pd.DataFrame
   genes_tumour: np.ndarray
@@ -80,7 +81,7 @@ def _blob_field(rng: np.random.Generator, side: int, n_blobs: int, radius: float
   pos = grid_positions(side)
   centres = rng.uniform(0, side - 1, size=(n_blobs, 2))
   d2 = ((pos[:, None, :] - centres[None]) ** 2).sum(-1)
-  return np.exp(-d2 / (2 * radius ** 2)).sum(1)
+  return np.exp(-d2 / (2 * radius**2)).sum(1)
 
 
 def _top_fraction(field: np.ndarray, fraction: float) -> np.ndarray:
@@ -136,53 +137,77 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> SyntheticCohort:
   patient_index, slide_number = patient_index[order], slide_number[order]
   pid = np.array([f"SYN-{i:04d}" for i in range(p)])
   pi = patient_index
-  slides = pd.DataFrame({
+  slides = pd.DataFrame(
+    {
       "patient_id": pid[pi],
       "slide_id": [f"{pid[i]}-DX{k}" for i, k in zip(pi, slide_number)],
-      "idh": idh[pi], "codel": codel[pi], "cdkn2a": cdkn2a[pi], "histology": histology[pi],
-      "grade": grade[pi], "diagnosis": diagnosis[pi], "subtype": subtype[pi],
-      "event": event[pi], "surv_time": surv_time[pi].astype(np.float32),
-  })
+      "idh": idh[pi],
+      "codel": codel[pi],
+      "cdkn2a": cdkn2a[pi],
+      "histology": histology[pi],
+      "grade": grade[pi],
+      "diagnosis": diagnosis[pi],
+      "subtype": subtype[pi],
+      "event": event[pi],
+      "surv_time": surv_time[pi].astype(np.float32),
+    }
+  )
   proto_rng = np.random.default_rng([config.seed, 1])
   d = config.feature_dim
-  prototypes = {name: _unit(proto_rng, d) for name in
-                ("normal", "tumour", "immune", "anaplasia", "oligo", "necrosis", "stain")}
-  latents = {"u": u[pi], "v": v[pi], "infiltration": infiltration[pi], "patient_index": pi,
-             "slide_number": slide_number}
-  return SyntheticCohort(config, slides, genes_t[pi].astype(np.float32),
-                         genes_m[pi].astype(np.float32), latents, prototypes)
+  prototypes = {
+    name: _unit(proto_rng, d) for name in ("normal", "tumour", "immune", "anaplasia", "oligo", "necrosis", "stain")
+  }
+  latents = {
+    "u": u[pi],
+    "v": v[pi],
+    "infiltration": infiltration[pi],
+    "patient_index": pi,
+    "slide_number": slide_number,
+  }
+  return SyntheticCohort(
+    config, slides, genes_t[pi].astype(np.float32), genes_m[pi].astype(np.float32), latents, prototypes
+  )
 
 
-def _render_slide(config: SyntheticConfig, proto: dict[str, np.ndarray], row: pd.Series,
-                  latents: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+def _render_slide(
+  config: SyntheticConfig, proto: dict[str, np.ndarray], row: pd.Series, latents: dict[str, np.ndarray], i: int
+) -> dict[str, np.ndarray]:
   side, d = config.grid_side, config.feature_dim
-  rng = np.random.default_rng([config.seed, 2, int(latents["patient_index"][i]),
-                               int(latents["slide_number"][i])])
+  rng = np.random.default_rng([config.seed, 2, int(latents["patient_index"][i]), int(latents["slide_number"][i])])
   n = side * side
   immune_fraction = 0.04 + 0.3 / (1.0 + np.exp(-latents["infiltration"][i]))
-  immune = _top_fraction(_blob_field(rng, side, int(rng.integers(1, 4)), side / 7.0)
-                         + 1e-3 * rng.random(n), immune_fraction)
+  immune = _top_fraction(
+    _blob_field(rng, side, int(rng.integers(1, 4)), side / 7.0) + 1e-3 * rng.random(n), immune_fraction
+  )
   tumour_field = _blob_field(rng, side, 4, side / 3.0) + 1e-3 * rng.random(n)
   tumour = _top_fraction(tumour_field, rng.uniform(0.35, 0.7)) & ~immune
   normal = ~(tumour | immune)
 
   scale = 2.0  # prototype norm, in units of per-dimension noise
-  tumour_vec = (scale * proto["tumour"]
-                + config.anaplasia_scale * latents["v"][i] * proto["anaplasia"] * np.sqrt(d) / 4
-                + config.morphology_scale * row["codel"] * proto["oligo"] * np.sqrt(d) / 4
-                + config.morphology_scale * (1 - row["idh"]) * proto["necrosis"] * np.sqrt(d) / 4)
+  tumour_vec = (
+    scale * proto["tumour"]
+    + config.anaplasia_scale * latents["v"][i] * proto["anaplasia"] * np.sqrt(d) / 4
+    + config.morphology_scale * row["codel"] * proto["oligo"] * np.sqrt(d) / 4
+    + config.morphology_scale * (1 - row["idh"]) * proto["necrosis"] * np.sqrt(d) / 4
+  )
   patches = config.patch_noise * rng.standard_normal((n, d))
   patches[normal] += scale * proto["normal"]
   patches[tumour] += tumour_vec
   patches[immune] += config.immune_scale * scale * proto["immune"]
   patches += rng.normal(0.0, 0.5) * proto["stain"]  # slide-level staining shift
-  return {"patches": patches.astype(np.float32), "coords": grid_positions(side),
-          "tissue_mask": np.ones(n, np.bool_), "immune_mask": immune, "tumour_mask": tumour}
+  return {
+    "patches": patches.astype(np.float32),
+    "coords": grid_positions(side),
+    "tissue_mask": np.ones(n, np.bool_),
+    "immune_mask": immune,
+    "tumour_mask": tumour,
+  }
 
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticSource:
   """CohortSource of the synthetic cohort."""
+
   config: SyntheticConfig = SyntheticConfig()
   layout: str = "synthetic"
 
@@ -196,9 +221,18 @@ class SyntheticSource:
     cohort = generate(self.config)
     c = self.config
     return builders.PreparedCohort(
-        table=cohort.slides, genes_tumour=cohort.genes_tumour, genes_micro=cohort.genes_micro,
-        gene_names={"tumour": [f"SYN_T{g:03d}" for g in range(c.n_genes_tumour)],
-                    "micro": [f"SYN_M{g:03d}" for g in range(c.n_genes_micro)]},
-        grid_side=c.grid_side, feature_dim=c.feature_dim, read_slide=cohort.slide,
-        patch_dtype=c.patch_dtype, extra_masks=("immune_mask", "tumour_mask"),
-        gene_transform="log1p_zscore", info={"generator": "smml_jax.data.synthetic"})
+      table=cohort.slides,
+      genes_tumour=cohort.genes_tumour,
+      genes_micro=cohort.genes_micro,
+      gene_names={
+        "tumour": [f"SYN_T{g:03d}" for g in range(c.n_genes_tumour)],
+        "micro": [f"SYN_M{g:03d}" for g in range(c.n_genes_micro)],
+      },
+      grid_side=c.grid_side,
+      feature_dim=c.feature_dim,
+      read_slide=cohort.slide,
+      patch_dtype=c.patch_dtype,
+      extra_masks=("immune_mask", "tumour_mask"),
+      gene_transform="log1p_zscore",
+      info={"generator": "smml_jax.data.synthetic"},
+    )

@@ -31,16 +31,15 @@ import numpy as np
 
 from smml_jax.data import labels
 from smml_jax.data.genomic_normaliser import CLIP, GenomicNormaliser, fit_genomic_normaliser
-from smml_jax.data.tcga_gbmlgg_tables import (PNAS_IDH_CODEL, PORPOISE_IDH_CODEL, GBMLGGDataError,
-                                              load_raw)
+from smml_jax.data.tcga_gbmlgg_tables import PNAS_IDH_CODEL, PORPOISE_IDH_CODEL, GBMLGGDataError, load_raw
 
 SOURCES = ("pnas", "porpoise")
 TASKS = ("grading", "diagnosis", "subtype", "survival")
 
 # Columns each label rule reads, per source: dropped from that task's inputs.
 LABEL_DEFINING_COLUMNS = {
-    "pnas": {"subtype": PNAS_IDH_CODEL, "diagnosis": PNAS_IDH_CODEL + ("CDKN2A",)},
-    "porpoise": {"subtype": PORPOISE_IDH_CODEL, "diagnosis": PORPOISE_IDH_CODEL + ("CDKN2A_cnv",)},
+  "pnas": {"subtype": PNAS_IDH_CODEL, "diagnosis": PNAS_IDH_CODEL + ("CDKN2A",)},
+  "porpoise": {"subtype": PORPOISE_IDH_CODEL, "diagnosis": PORPOISE_IDH_CODEL + ("CDKN2A_cnv",)},
 }
 
 
@@ -60,6 +59,7 @@ class GenomicCohort:
     grade, diagnosis, subtype: (P,) int64 label codes, -1 unknown.
     surv_time: (P,) float32 days; event: (P,) int64, 1 = death observed.
   """
+
   source: str
   task: str
   case_ids: np.ndarray
@@ -135,8 +135,7 @@ def _check_task(task: str) -> str:
   return task
 
 
-def load_gbmlgg(data_root: str | pathlib.Path, source: str = "pnas",
-                task: str = "grading") -> GenomicCohort:
+def load_gbmlgg(data_root: str | pathlib.Path, source: str = "pnas", task: str = "grading") -> GenomicCohort:
   """The TCGA GBM-LGG cohort of `source`, with the inputs of `task` (see the module docstring)."""
   data_root = pathlib.Path(data_root)
   if source not in SOURCES:
@@ -151,13 +150,20 @@ def load_gbmlgg(data_root: str | pathlib.Path, source: str = "pnas",
   table = raw["table"]
   grade = raw["grade"]
   return GenomicCohort(
-      source=source, task=task, case_ids=raw["case_ids"].copy(),
-      x_tumour=table[tumour].to_numpy(np.float32).reshape(len(table), len(tumour)),
-      x_micro=table[micro].to_numpy(np.float32).reshape(len(table), len(micro)),
-      tumour_features=tuple(tumour), micro_features=tuple(micro),
-      excluded_features=tuple(c for c in excluded if c in raw["tumour"] + raw["micro"]),
-      idh=raw["idh"].copy(), codel=raw["codel"].copy(), cdkn2a=raw["cdkn2a"].copy(),
-      grade=grade.copy(),
-      diagnosis=labels.who2021_diagnosis(raw["idh"], raw["codel"], raw["cdkn2a"], grade),
-      subtype=labels.who2021_subtype(raw["idh"], raw["codel"]),
-      surv_time=raw["surv_time"].astype(np.float32), event=raw["event"].astype(np.int64))
+    source=source,
+    task=task,
+    case_ids=raw["case_ids"].copy(),
+    x_tumour=table[tumour].to_numpy(np.float32).reshape(len(table), len(tumour)),
+    x_micro=table[micro].to_numpy(np.float32).reshape(len(table), len(micro)),
+    tumour_features=tuple(tumour),
+    micro_features=tuple(micro),
+    excluded_features=tuple(c for c in excluded if c in raw["tumour"] + raw["micro"]),
+    idh=raw["idh"].copy(),
+    codel=raw["codel"].copy(),
+    cdkn2a=raw["cdkn2a"].copy(),
+    grade=grade.copy(),
+    diagnosis=labels.who2021_diagnosis(raw["idh"], raw["codel"], raw["cdkn2a"], grade),
+    subtype=labels.who2021_subtype(raw["idh"], raw["codel"]),
+    surv_time=raw["surv_time"].astype(np.float32),
+    event=raw["event"].astype(np.int64),
+  )

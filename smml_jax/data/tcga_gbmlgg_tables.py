@@ -66,9 +66,45 @@ ESTIMATE_SETS = ("Immune141_UP", "Stromal141_UP")
 # The IDH and 1p/19q status columns of each source.
 PNAS_IDH_CODEL = ("idh mutation", "codeletion")
 PORPOISE_IDH_CODEL = ("IDH1_mut",)
-_PNAS_ARMS = ("1q", "2p", "2q", "3p", "3q", "4p", "4q", "5p", "5q", "6p", "6q", "7p", "7q", "8p",
-              "8q", "9p", "9q", "10p", "10q", "11p", "11q", "12p", "12q", "13q", "14q", "15q", "16p",
-              "16q", "17p", "17q", "18p", "18q", "19p", "20p", "20q", "21q", "22q")
+_PNAS_ARMS = (
+  "1q",
+  "2p",
+  "2q",
+  "3p",
+  "3q",
+  "4p",
+  "4q",
+  "5p",
+  "5q",
+  "6p",
+  "6q",
+  "7p",
+  "7q",
+  "8p",
+  "8q",
+  "9p",
+  "9q",
+  "10p",
+  "10q",
+  "11p",
+  "11q",
+  "12p",
+  "12q",
+  "13q",
+  "14q",
+  "15q",
+  "16p",
+  "16q",
+  "17p",
+  "17q",
+  "18p",
+  "18q",
+  "19p",
+  "20p",
+  "20q",
+  "21q",
+  "22q",
+)
 
 
 class GBMLGGDataError(ValueError):
@@ -118,16 +154,16 @@ def _grade_codes(values, path, column) -> np.ndarray:
     key = str(v).strip()
     key = key[:-2] if key.endswith(".0") else key
     if key not in labels.GRADE_CODES:
-      raise GBMLGGDataError(f"{path}: column {column!r} row {i}: unknown grade {v!r}; "
-                            f"expected one of {sorted(labels.GRADE_CODES)}")
+      raise GBMLGGDataError(
+        f"{path}: column {column!r} row {i}: unknown grade {v!r}; expected one of {sorted(labels.GRADE_CODES)}"
+      )
     out[i] = labels.GRADE_CODES[key]
   return out
 
 
 def _pnas_tables(data_root: pathlib.Path) -> pd.DataFrame:
   """all_dataset.csv joined with grade_data.csv on `TCGA ID`, one row per patient."""
-  feats = _read_csv(data_root, PNAS_FEATURES,
-                    ["TCGA ID", "censored", "Survival months", *PNAS_IDH_CODEL, "CDKN2A"])
+  feats = _read_csv(data_root, PNAS_FEATURES, ["TCGA ID", "censored", "Survival months", *PNAS_IDH_CODEL, "CDKN2A"])
   grade = _read_csv(data_root, PNAS_GRADE, ["TCGA ID", "Grade"])
   for df, rel in ((feats, PNAS_FEATURES), (grade, PNAS_GRADE)):
     dup = df["TCGA ID"][df["TCGA ID"].duplicated()]
@@ -153,14 +189,17 @@ def _load_pnas(data_root: pathlib.Path) -> dict:
   cols = _pnas_feature_columns(df)
   grade = _grade_codes(df["Grade"].to_numpy(object), data_root / PNAS_GRADE, "Grade")
   return dict(
-      case_ids=df["TCGA ID"].to_numpy(str),
-      table=df[cols].astype(np.float64),
-      tumour=cols, micro=[],
-      idh=_status(df["idh mutation"]), codel=_status(df["codeletion"]),
-      cdkn2a=labels.cdkn2a_deleted_from_copy_number(df["CDKN2A"].to_numpy(np.float64)),
-      grade=grade,
-      surv_time=df["Survival months"].to_numpy(np.float64),  # the values are days
-      event=1 - df["censored"].to_numpy(np.int64))
+    case_ids=df["TCGA ID"].to_numpy(str),
+    table=df[cols].astype(np.float64),
+    tumour=cols,
+    micro=[],
+    idh=_status(df["idh mutation"]),
+    codel=_status(df["codeletion"]),
+    cdkn2a=labels.cdkn2a_deleted_from_copy_number(df["CDKN2A"].to_numpy(np.float64)),
+    grade=grade,
+    surv_time=df["Survival months"].to_numpy(np.float64),  # the values are days
+    event=1 - df["censored"].to_numpy(np.int64),
+  )
 
 
 def _gene_list_column(df: pd.DataFrame, column: str) -> set[str]:
@@ -200,22 +239,24 @@ def _load_porpoise(data_root: pathlib.Path) -> dict:
   clin = _read_csv(data_root, SURVPATH_CLINICAL, ["case_id", "grade", "subtype"])
   clin = clin.drop_duplicates("case_id", keep="first").set_index("case_id")
   rows = clin.reindex(df["case_id"])
-  grade_text = np.where(rows["subtype"].to_numpy(object) == "GBM", "G4",
-                        rows["grade"].to_numpy(object))
+  grade_text = np.where(rows["subtype"].to_numpy(object) == "GBM", "G4", rows["grade"].to_numpy(object))
   grade = _grade_codes(grade_text, data_root / SURVPATH_CLINICAL, "grade")
 
   # IDH and 1p/19q from the PNAS table where the patient is there (PORPOISE has no 1p/19q).
   pnas = _read_csv(data_root, PNAS_FEATURES, ["TCGA ID", *PNAS_IDH_CODEL])
   pnas = pnas.drop_duplicates("TCGA ID").set_index("TCGA ID").reindex(df["case_id"])
   return dict(
-      case_ids=df["case_id"].to_numpy(str),
-      table=df[tumour + micro].astype(np.float64),
-      tumour=tumour, micro=micro,
-      idh=_status(pnas["idh mutation"]), codel=_status(pnas["codeletion"]),
-      cdkn2a=labels.cdkn2a_deleted_from_copy_number(df["CDKN2A_cnv"].to_numpy(np.float64)),
-      grade=grade,
-      surv_time=df["survival_months"].to_numpy(np.float64) * DAYS_PER_MONTH,
-      event=1 - df["censorship"].to_numpy(np.int64))
+    case_ids=df["case_id"].to_numpy(str),
+    table=df[tumour + micro].astype(np.float64),
+    tumour=tumour,
+    micro=micro,
+    idh=_status(pnas["idh mutation"]),
+    codel=_status(pnas["codeletion"]),
+    cdkn2a=labels.cdkn2a_deleted_from_copy_number(df["CDKN2A_cnv"].to_numpy(np.float64)),
+    grade=grade,
+    surv_time=df["survival_months"].to_numpy(np.float64) * DAYS_PER_MONTH,
+    event=1 - df["censorship"].to_numpy(np.int64),
+  )
 
 
 @functools.lru_cache(maxsize=4)

@@ -23,17 +23,15 @@ from flax import traverse_util
 
 from smml_jax.data.normalise import SUBSPACES as BRANCHES
 
-ABLATIONS = {
-    "offsets_zero": (("offset_proj", "kernel"),),
-    "attention_off": (("to_out", "kernel"), ("to_out", "bias")),
-}
+ABLATIONS = {"offsets_zero": (("offset_proj", "kernel"),), "attention_off": (("to_out", "kernel"), ("to_out", "bias"))}
 
 
 def supports(params: Mapping[str, Any]) -> bool:
   """Whether `params` has the two deformable-attention branches these ablations edit."""
   flat = traverse_util.flatten_dict(params)
-  return all((f"branch_{s}", "attention") + leaf in flat
-             for s in BRANCHES for leaves in ABLATIONS.values() for leaf in leaves)
+  return all(
+    (f"branch_{s}", "attention") + leaf in flat for s in BRANCHES for leaves in ABLATIONS.values() for leaf in leaves
+  )
 
 
 def ablated_params(params: Mapping[str, Any], branch: str, ablation: str) -> dict[str, Any]:
@@ -55,8 +53,10 @@ def ablated_params(params: Mapping[str, Any], branch: str, ablation: str) -> dic
   for leaf in ABLATIONS[ablation]:
     path = (f"branch_{branch}", "attention") + leaf
     if path not in flat:
-      raise ValueError(f"ablated_params: the params have no {'/'.join(path)}; the ablations need "
-                       "a subspace model with 2D deformable attention")
+      raise ValueError(
+        f"ablated_params: the params have no {'/'.join(path)}; the ablations need "
+        "a subspace model with 2D deformable attention"
+      )
     flat[path] = np.zeros_like(np.asarray(flat[path]))
   return traverse_util.unflatten_dict(flat)
 
@@ -83,8 +83,11 @@ def offset_statistics(grid: np.ndarray, grid_side: int) -> dict[str, float]:
   offsets = (grid - np.stack([ox, oy])) * (grid_side / (side - 1))
   rms = float(np.sqrt(np.mean(offsets**2)))
   spread = float(offsets.std(axis=0).mean()) if len(offsets) > 1 else float("nan")
-  return {"mean_abs_offset": float(np.abs(offsets).mean()), "between_slide_std": spread,
-          "content_fraction": spread / rms if rms > 0 else float("nan")}
+  return {
+    "mean_abs_offset": float(np.abs(offsets).mean()),
+    "between_slide_std": spread,
+    "content_fraction": spread / rms if rms > 0 else float("nan"),
+  }
 
 
 def ablation_metrics(run, batches, trained_table: pd.DataFrame) -> dict[str, Any]:
@@ -100,6 +103,7 @@ def ablation_metrics(run, batches, trained_table: pd.DataFrame) -> dict[str, Any
      '<branch>_<ablation>': value, '<branch>_<ablation>_change': value - trained, ...}.
   """
   from smml_jax.evaluate import inference
+
   task = run.task_spec
   name, trained = task.headline(trained_table)
   result: dict[str, Any] = {"metric": name, "trained": trained}

@@ -23,8 +23,7 @@ def check_cohort(run: TrainedRun, cohort) -> None:
   if cohort.grid_side != run.grid_side:
     problems.append(f"grid side {cohort.grid_side} (the run needs {run.grid_side})")
   if problems:
-    raise InferenceError(f"cohort {cohort.path} does not fit the run {run.run_dir}: "
-                         f"{'; '.join(problems)}")
+    raise InferenceError(f"cohort {cohort.path} does not fit the run {run.run_dir}: {'; '.join(problems)}")
 
 
 def split_indices(run: TrainedRun, cohort, split: str) -> np.ndarray:
@@ -32,18 +31,20 @@ def split_indices(run: TrainedRun, cohort, split: str) -> np.ndarray:
   if split == "all":
     return np.arange(len(cohort), dtype=np.int64)
   if split not in run.splits:
-    raise InferenceError(f"the run {run.run_dir} stores no {split!r} split (has "
-                         f"{sorted(run.splits)}); use --split all")
+    raise InferenceError(f"the run {run.run_dir} stores no {split!r} split (has {sorted(run.splits)}); use --split all")
   index_of = {s: i for i, s in enumerate(cohort.slides["slide_id"].astype(str))}
   absent = [s for s in run.splits[split] if s not in index_of]
   if absent:
-    raise InferenceError(f"cohort {cohort.path} lacks {len(absent)} slide(s) of the run's "
-                         f"{split!r} split, e.g. {absent[:5]}; is it the run's training cohort?")
+    raise InferenceError(
+      f"cohort {cohort.path} lacks {len(absent)} slide(s) of the run's "
+      f"{split!r} split, e.g. {absent[:5]}; is it the run's training cohort?"
+    )
   return np.array([index_of[s] for s in run.splits[split]], np.int64)
 
 
-def cohort_batches(run: TrainedRun, cohort, indices: Sequence[int], *,
-                   batch_size: Optional[int] = None, missing_genes: str = "error") -> BatchIterator:
+def cohort_batches(
+  run: TrainedRun, cohort, indices: Sequence[int], *, batch_size: Optional[int] = None, missing_genes: str = "error"
+) -> BatchIterator:
   """Preprocessed batches (run gene order, run normalisation; padded, with `mask`) of a cohort."""
   check_cohort(run, cohort)
   alignment = align_genes(run, cohort.gene_names, missing_genes, where=f"cohort {cohort.path}")
@@ -54,13 +55,25 @@ def cohort_batches(run: TrainedRun, cohort, indices: Sequence[int], *,
       batch[f"genes_{s}"] = alignment.apply(s, batch[f"genes_{s}"])
     return run.preprocessor(batch)
 
-  return BatchIterator(cohort.source, indices, batch_size or run.config.train.eval_batch_size,
-                       shuffle=False, drop_remainder=False, preprocess=preprocess)
+  return BatchIterator(
+    cohort.source,
+    indices,
+    batch_size or run.config.train.eval_batch_size,
+    shuffle=False,
+    drop_remainder=False,
+    preprocess=preprocess,
+  )
 
 
-def example_batches(run: TrainedRun, examples: Sequence[Mapping[str, np.ndarray]],
-                    batch_size: Optional[int] = None) -> BatchIterator:
+def example_batches(
+  run: TrainedRun, examples: Sequence[Mapping[str, np.ndarray]], batch_size: Optional[int] = None
+) -> BatchIterator:
   """Preprocessed, padded batches (with `mask`) of examples holding raw genes in run order."""
-  return BatchIterator(list(examples), np.arange(len(examples)),
-                       batch_size or run.config.train.eval_batch_size, shuffle=False,
-                       drop_remainder=False, preprocess=run.preprocessor)
+  return BatchIterator(
+    list(examples),
+    np.arange(len(examples)),
+    batch_size or run.config.train.eval_batch_size,
+    shuffle=False,
+    drop_remainder=False,
+    preprocess=run.preprocessor,
+  )

@@ -12,10 +12,15 @@ from smml_jax.evaluate import figures
 from smml_jax.metrics import evaluation as metrics_lib
 
 
-def cohort_figures(table: pd.DataFrame, out: pathlib.Path, *, task,
-                   train_time: Optional[np.ndarray] = None,
-                   train_event: Optional[np.ndarray] = None,
-                   cut_points: Sequence[float] = ()) -> tuple[list[pathlib.Path], dict, str]:
+def cohort_figures(
+  table: pd.DataFrame,
+  out: pathlib.Path,
+  *,
+  task,
+  train_time: Optional[np.ndarray] = None,
+  train_event: Optional[np.ndarray] = None,
+  cut_points: Sequence[float] = (),
+) -> tuple[list[pathlib.Path], dict, str]:
   """Cohort-level figures of a prediction table (`inference.prediction_table`).
 
   Classification (needs `label`, `prob_<k>`): roc.png, confusion.png and the task metrics.
@@ -29,8 +34,9 @@ def cohort_figures(table: pd.DataFrame, out: pathlib.Path, *, task,
   Returns:
     (images written, metrics, a note on what could not be drawn).
   """
-  return COHORT_FIGURES[task.kind](table, out, task=task, train_time=train_time,
-                                   train_event=train_event, cut_points=cut_points)
+  return COHORT_FIGURES[task.kind](
+    table, out, task=task, train_time=train_time, train_event=train_event, cut_points=cut_points
+  )
 
 
 def _classification_figures(table, out, *, task, **unused):
@@ -44,8 +50,7 @@ def _classification_figures(table, out, *, task, **unused):
   labels = table["label"].to_numpy()
   images.append(figures.plot_roc(out / "roc.png", labels, probs, class_names))
   m = metrics_lib.classification_metrics(labels, probs, k)
-  images.append(figures.plot_confusion(out / "confusion.png", np.asarray(m["confusion_matrix"]),
-                                       class_names))
+  images.append(figures.plot_confusion(out / "confusion.png", np.asarray(m["confusion_matrix"]), class_names))
   metrics = {key: v for key, v in m.items() if v is None or isinstance(v, (int, float))}
   return images, metrics, ""
 
@@ -62,15 +67,15 @@ def _survival_figures(table, out, *, task, train_time, train_event, cut_points):
   except ValueError as e:
     notes.append(f"Kaplan-Meier: {e}.")
   if train_time is not None and train_event is not None:
-    times = np.unique(np.concatenate([np.asarray(cut_points, np.float64),
-                                      np.quantile(time, [0.2, 0.4, 0.6, 0.8])]))
+    times = np.unique(np.concatenate([np.asarray(cut_points, np.float64), np.quantile(time, [0.2, 0.4, 0.6, 0.8])]))
     try:
-      used, auc, mean_auc = figures.time_dependent_auc(risk, time, event, train_time, train_event,
-                                                       times)
-      images.append(figures.plot_time_dependent_auc(out / "time_dependent_auc.png", risk, time,
-                                                    event, train_time, train_event, times))
-      metrics["time_dependent_auc"] = {"times": used.tolist(), "auc": auc.tolist(),
-                                       "mean_auc": mean_auc}
+      used, auc, mean_auc = figures.time_dependent_auc(risk, time, event, train_time, train_event, times)
+      images.append(
+        figures.plot_time_dependent_auc(
+          out / "time_dependent_auc.png", risk, time, event, train_time, train_event, times
+        )
+      )
+      metrics["time_dependent_auc"] = {"times": used.tolist(), "auc": auc.tolist(), "mean_auc": mean_auc}
     except ValueError as e:
       notes.append(f"Time-dependent AUC: {e}.")
   return images, metrics, " ".join(notes)

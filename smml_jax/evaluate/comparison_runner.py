@@ -49,6 +49,7 @@ class CompareSettings:
     overwrite: retrain cells whose stored config differs instead of failing.
     cohort: the cohort's name, for the results header.
   """
+
   task: str
   out: pathlib.Path
   config_dir: pathlib.Path
@@ -71,8 +72,7 @@ def parse_protocol(protocol: str) -> dict[str, Any]:
     return {"split": "original"}
   m = re.fullmatch(r"kfold(\d+)", protocol)
   if not m or int(m.group(1)) < 2:
-    raise CompareError(f"--protocol {protocol!r}: expected 'original' or 'kfoldN' with N >= 2 "
-                       "(e.g. kfold3)")
+    raise CompareError(f"--protocol {protocol!r}: expected 'original' or 'kfoldN' with N >= 2 (e.g. kfold3)")
   return {"split": "kfold", "n_folds": int(m.group(1))}
 
 
@@ -82,18 +82,18 @@ def read_compare_config(path: pathlib.Path) -> dict[str, Any]:
   A relative `data.data` / `data.split_file` inside its layers is taken from the file's folder.
   """
   from smml_jax.train.config import read_config_file
+
   values = read_config_file(path)
   unknown = sorted(set(values) - _COMPARE_KEYS)
   if unknown:
-    raise CompareError(f"comparison config {path}: unknown key(s) {unknown}; expected some of "
-                       f"{sorted(_COMPARE_KEYS)}")
+    raise CompareError(f"comparison config {path}: unknown key(s) {unknown}; expected some of {sorted(_COMPARE_KEYS)}")
   layers = values.get("model_layers") or {}
   if not isinstance(layers, Mapping):
-    raise CompareError(f"comparison config {path}: 'model_layers' must map model names to "
-                       "config layers")
+    raise CompareError(f"comparison config {path}: 'model_layers' must map model names to config layers")
   values["run"] = _resolve_paths(values.get("run") or {}, path.parent, f"{path}: run")
-  values["model_layers"] = {m: _resolve_paths(layer or {}, path.parent, f"{path}: model_layers."
-                                              f"{m}") for m, layer in layers.items()}
+  values["model_layers"] = {
+    m: _resolve_paths(layer or {}, path.parent, f"{path}: model_layers.{m}") for m, layer in layers.items()
+  }
   return values
 
 
@@ -114,14 +114,16 @@ def _resolve_paths(layer: Any, base: pathlib.Path, where: str) -> dict[str, Any]
 
 def compare_configs(settings: CompareSettings) -> list[dict[str, Any]]:
   """The comparison configs that apply, in layer order (the task's, then the quick one)."""
-  path = pathlib.Path(settings.compare_config) if settings.compare_config else (
-      settings.config_dir / f"compare_{settings.task}.yaml")
+  path = (
+    pathlib.Path(settings.compare_config)
+    if settings.compare_config
+    else (settings.config_dir / f"compare_{settings.task}.yaml")
+  )
   configs = []
   if settings.compare_config or path.exists():
     configs.append(read_compare_config(path))
     if configs[0].get("task", settings.task) != settings.task:
-      raise CompareError(f"comparison config {path} is for task {configs[0]['task']!r}, not "
-                         f"--task {settings.task}")
+      raise CompareError(f"comparison config {path} is for task {configs[0]['task']!r}, not --task {settings.task}")
   if settings.quick:
     configs.append(read_compare_config(settings.config_dir / "compare_quick.yaml"))
   return configs
@@ -134,12 +136,19 @@ def _setting(configs: Sequence[Mapping[str, Any]], key: str, default: Any) -> An
   return default
 
 
-def cell_config(settings: CompareSettings, configs: Sequence[Mapping[str, Any]], model: str,
-                split: Mapping[str, Any], fold: int, seed: int,
-                teacher: Optional[pathlib.Path] = None):
+def cell_config(
+  settings: CompareSettings,
+  configs: Sequence[Mapping[str, Any]],
+  model: str,
+  split: Mapping[str, Any],
+  fold: int,
+  seed: int,
+  teacher: Optional[pathlib.Path] = None,
+):
   """The RunConfig of one (model, fold, seed) cell (layer order: see the module docstring);
   `teacher`: the distilled student's teacher run (that cell's subspace run)."""
   from smml_jax.train.config import make_config, read_config_file
+
   layers = [read_config_file(settings.config_dir / f"{settings.task}.yaml")]
   for values in configs:
     layers += [values["run"], values["model_layers"].get(model, {})]
@@ -156,27 +165,29 @@ def cell_config(settings: CompareSettings, configs: Sequence[Mapping[str, Any]],
 def check_teacher_order(models: Sequence[str]) -> None:
   """The student's teacher is its cell's subspace run: `subspace` must be trained first."""
   from smml_jax.models.registry import STUDENT
-  if STUDENT in models and ("subspace" not in models
-                            or models.index("subspace") > models.index(STUDENT)):
-    raise CompareError(f"--models: {STUDENT!r} is distilled from each cell's 'subspace' run; "
-                       f"list 'subspace' before it (e.g. --models subspace,{STUDENT})")
+
+  if STUDENT in models and ("subspace" not in models or models.index("subspace") > models.index(STUDENT)):
+    raise CompareError(
+      f"--models: {STUDENT!r} is distilled from each cell's 'subspace' run; "
+      f"list 'subspace' before it (e.g. --models subspace,{STUDENT})"
+    )
 
 
-def _run_cell(config, cell_dir: pathlib.Path, *, overwrite: bool,
-              log) -> str:
+def _run_cell(config, cell_dir: pathlib.Path, *, overwrite: bool, log) -> str:
   """Trains one cell unless it is finished; returns 'skipped', 'resumed' or 'trained'."""
   from smml_jax.train import run_dir
   from smml_jax.train.loop import train
+
   diff = run_dir.config_mismatch(cell_dir, config)
   if diff and not overwrite:
-    raise CompareError(f"{cell_dir} holds a run with a different config ({diff}); pass "
-                       "--overwrite to retrain it, or use another --out")
+    raise CompareError(
+      f"{cell_dir} holds a run with a different config ({diff}); pass --overwrite to retrain it, or use another --out"
+    )
   if run_dir.is_finished(cell_dir) and not diff:
     return "skipped"
   resume = run_dir.is_run_dir(cell_dir) and not diff
   cell_path = cell_dir / run_dir.CELL_FILE
-  before = json.loads(cell_path.read_text()).get("wall_s", 0.0) if (
-      resume and cell_path.exists()) else 0.0
+  before = json.loads(cell_path.read_text()).get("wall_s", 0.0) if (resume and cell_path.exists()) else 0.0
   t0 = time.perf_counter()
   train(config, cell_dir, resume=resume, overwrite=bool(diff), log=log)
   wall = time.perf_counter() - t0
@@ -191,13 +202,11 @@ def eta(durations: Sequence[float], remaining: int) -> str:
   seconds = round(sum(durations) / len(durations) * remaining)
   minutes, seconds = divmod(seconds, 60)
   hours, minutes = divmod(minutes, 60)
-  text = f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{seconds:02d}s" if minutes else
-                                                   f"{seconds}s")
+  text = f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s")
   return f"ETA {text}"
 
 
-def run_compare(settings: CompareSettings, log: Callable[[str], None] = print
-                ) -> dict[str, pathlib.Path]:
+def run_compare(settings: CompareSettings, log: Callable[[str], None] = print) -> dict[str, pathlib.Path]:
   """Trains the comparison's cells (skipping finished ones) and writes its results.
 
   Returns:
@@ -205,12 +214,12 @@ def run_compare(settings: CompareSettings, log: Callable[[str], None] = print
   """
   from smml_jax.evaluate import comparison
   from smml_jax.models.registry import STUDENT, model_names
+
   configs = compare_configs(settings)
   models = list(settings.models or _setting(configs, "models", DEFAULT_MODELS))
   unknown = [m for m in models if m not in model_names()]
   if unknown:
-    raise CompareError(f"--models: unknown model(s) {unknown}; expected some of "
-                       f"{list(model_names())}")
+    raise CompareError(f"--models: unknown model(s) {unknown}; expected some of {list(model_names())}")
   check_teacher_order(models)
   protocol = settings.protocol or _setting(configs, "protocol", DEFAULT_PROTOCOL)
   split = parse_protocol(protocol)
@@ -231,24 +240,26 @@ def run_compare(settings: CompareSettings, log: Callable[[str], None] = print
     where = f"[compare {k}/{len(grid)}] {model} fold {fold} seed {seed}"
     log(f"{where}: starting {eta(durations, len(grid) - k + 1)}".rstrip())
     t0 = time.perf_counter()
-    status = _run_cell(config, run_dir, overwrite=settings.overwrite,
-                       log=lambda line: log(f"  {line}"))
+    status = _run_cell(config, run_dir, overwrite=settings.overwrite, log=lambda line: log(f"  {line}"))
     counts[status] += 1
     if status != "skipped":
       durations.append(time.perf_counter() - t0)
     cell = comparison.read_cell(run_dir, model, fold, seed, settings.task)
-    metrics = "  ".join(f"{name} {'n/a' if v is None else f'{v:.4f}'}"
-                        for name, v in cell.test_metrics.items())
+    metrics = "  ".join(f"{name} {'n/a' if v is None else f'{v:.4f}'}" for name, v in cell.test_metrics.items())
     log(f"{where}: {status} ({time.perf_counter() - t0:.1f}s)  test {metrics}")
     cells.append(cell)
   wall = time.perf_counter() - t_start
-  header = (f"# {settings.task} comparison ({'quick, ' if settings.quick else ''}protocol "
-            f"{protocol}, folds {folds}, seeds {seeds}, cohort {settings.cohort})\n\n"
-            f"Test metrics at the epoch selected on validation; mean ± sample std over "
-            f"folds x seeds. This invocation: {counts['trained']} trained, {counts['resumed']} "
-            f"resumed, {counts['skipped']} skipped, {wall:.0f}s.")
+  header = (
+    f"# {settings.task} comparison ({'quick, ' if settings.quick else ''}protocol "
+    f"{protocol}, folds {folds}, seeds {seeds}, cohort {settings.cohort})\n\n"
+    f"Test metrics at the epoch selected on validation; mean ± sample std over "
+    f"folds x seeds. This invocation: {counts['trained']} trained, {counts['resumed']} "
+    f"resumed, {counts['skipped']} skipped, {wall:.0f}s."
+  )
   paths = comparison.write_comparison(out, settings.task, cells, models, header=header)
   log(paths["markdown"].read_text())
-  log(f"[compare] done: {counts['trained']} trained, {counts['resumed']} resumed, "
-      f"{counts['skipped']} skipped in {wall:.1f}s; results in {paths['results']}")
+  log(
+    f"[compare] done: {counts['trained']} trained, {counts['resumed']} resumed, "
+    f"{counts['skipped']} skipped in {wall:.1f}s; results in {paths['results']}"
+  )
   return paths

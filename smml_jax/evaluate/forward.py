@@ -31,12 +31,21 @@ def _forward(module) -> Callable[[Any, Mapping[str, jax.Array]], ModelOutput]:
 
 
 OUTPUT_FIELDS = ("logits", "grid_tumour", "grid_micro", "attn_tumour", "attn_micro")
-CARRIED_FIELDS = ("slide_id", "patient_id", "coords", "tissue_mask", "immune_mask",
-                  "tumour_mask", "surv_time", PRESENCE) + INT_LABELS
+CARRIED_FIELDS = (
+  "slide_id",
+  "patient_id",
+  "coords",
+  "tissue_mask",
+  "immune_mask",
+  "tumour_mask",
+  "surv_time",
+  PRESENCE,
+) + INT_LABELS
 
 
-def run_model(run: TrainedRun, batches: Iterable[Batch], fields: Sequence[str] = ("logits",),
-              params: Any = None) -> dict[str, np.ndarray]:
+def run_model(
+  run: TrainedRun, batches: Iterable[Batch], fields: Sequence[str] = ("logits",), params: Any = None
+) -> dict[str, np.ndarray]:
   """Model outputs over batches, padding removed, plus the batches' ids, labels and masks.
 
   Args:

@@ -13,10 +13,17 @@ import pandas as pd
 from smml_jax.evaluate import interpret
 
 
-def gene_importance(apply_fn: Callable[..., Any], params: Any, batches: Iterable[Mapping],
-                    gene_names: Mapping[str, Sequence[str]], *, task, steps: int = 32,
-                    alpha_batch_size: Optional[int] = None,
-                    max_slides: Optional[int] = None) -> dict[str, pd.DataFrame]:
+def gene_importance(
+  apply_fn: Callable[..., Any],
+  params: Any,
+  batches: Iterable[Mapping],
+  gene_names: Mapping[str, Sequence[str]],
+  *,
+  task,
+  steps: int = 32,
+  alpha_batch_size: Optional[int] = None,
+  max_slides: Optional[int] = None,
+) -> dict[str, pd.DataFrame]:
   """Integrated-gradients gene ranking per subspace over the slides of `batches`.
 
   The explained scalar is the probability of the class predicted at the real input
@@ -37,10 +44,12 @@ def gene_importance(apply_fn: Callable[..., Any], params: Any, batches: Iterable
     {'tumour': DataFrame, 'micro': DataFrame} of `interpret.top_genes` (every gene, ranked) over
     the first min(max_slides, number of slides) slides.
   """
+
   @jax.jit
   def attribute(p, batch):
-    return interpret.model_gene_attributions(apply_fn, {"params": p}, batch, task,
-                                             steps=steps, alpha_batch_size=alpha_batch_size)
+    return interpret.model_gene_attributions(
+      apply_fn, {"params": p}, batch, task, steps=steps, alpha_batch_size=alpha_batch_size
+    )
 
   chunks: dict[str, list[np.ndarray]] = {k: [] for k in interpret.GENE_INPUTS}
   seen = 0
@@ -65,8 +74,7 @@ def gene_importance(apply_fn: Callable[..., Any], params: Any, batches: Iterable
 def gene_importance_csv(tables: Mapping[str, pd.DataFrame], path: pathlib.Path) -> pathlib.Path:
   """Every gene of both subspaces, ranked within its subspace: subspace, rank, gene, ...."""
   frame = pd.concat([t.assign(subspace=s) for s, t in tables.items()], ignore_index=True)
-  columns = ["subspace", "rank", "gene", "mean_abs_attribution", "mean_attribution",
-             "std_abs_attribution"]
+  columns = ["subspace", "rank", "gene", "mean_abs_attribution", "mean_attribution", "std_abs_attribution"]
   frame = frame[[c for c in columns if c in frame.columns]]
   frame.to_csv(path, index=False)
   return path

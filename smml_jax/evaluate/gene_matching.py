@@ -36,6 +36,7 @@ class GeneAlignment:
     fill: subspace -> (G,) raw value that normalises to the training mean (used where -1).
     missing: subspace -> run gene names the input lacks.
   """
+
   columns: Mapping[str, np.ndarray]
   fill: Mapping[str, np.ndarray]
   missing: Mapping[str, list[str]]
@@ -56,8 +57,12 @@ def training_mean_raw(preprocessor: Preprocessor, subspace: str) -> np.ndarray:
   return mean.astype(np.float32)
 
 
-def align_genes(run: TrainedRun, available: Mapping[str, Sequence[str]] | Sequence[str],
-                missing_genes: str = "error", where: str = "the input") -> GeneAlignment:
+def align_genes(
+  run: TrainedRun,
+  available: Mapping[str, Sequence[str]] | Sequence[str],
+  missing_genes: str = "error",
+  where: str = "the input",
+) -> GeneAlignment:
   """Matches the run's genes to an input's gene names.
 
   Args:
@@ -73,8 +78,7 @@ def align_genes(run: TrainedRun, available: Mapping[str, Sequence[str]] | Sequen
   'zero', a MissingGenesFilled warning says how many genes were filled.
   """
   if missing_genes not in MISSING_GENE_POLICIES:
-    raise InferenceError(f"missing_genes must be one of {MISSING_GENE_POLICIES}, got "
-                         f"{missing_genes!r}")
+    raise InferenceError(f"missing_genes must be one of {MISSING_GENE_POLICIES}, got {missing_genes!r}")
   flat = not isinstance(available, Mapping)
   columns, fill, missing = {}, {}, {}
   for s in SUBSPACES:
@@ -90,15 +94,20 @@ def align_genes(run: TrainedRun, available: Mapping[str, Sequence[str]] | Sequen
     missing[s] = [g for g, j in zip(run.gene_names[s], idx) if j < 0]
     fill[s] = training_mean_raw(run.preprocessor, s)
   n_missing = sum(len(v) for v in missing.values())
-  listing = "; ".join(f"{s} ({len(v)} of {len(run.gene_names[s])}): {', '.join(v)}"
-                      for s, v in missing.items() if v)
+  listing = "; ".join(f"{s} ({len(v)} of {len(run.gene_names[s])}): {', '.join(v)}" for s, v in missing.items() if v)
   if n_missing and missing_genes == "error":
-    raise InferenceError(f"{where} lacks {n_missing} gene(s) the run {run.run_dir} was trained "
-                         f"on: {listing}. Provide them, or pass --missing-genes zero to fill "
-                         "them with the training mean")
+    raise InferenceError(
+      f"{where} lacks {n_missing} gene(s) the run {run.run_dir} was trained "
+      f"on: {listing}. Provide them, or pass --missing-genes zero to fill "
+      "them with the training mean"
+    )
   if n_missing:
     total = sum(len(run.gene_names[s]) for s in SUBSPACES)
-    warnings.warn(MissingGenesFilled(
+    warnings.warn(
+      MissingGenesFilled(
         f"{where}: {n_missing} of {total} gene(s) the run was trained on were missing and "
-        f"filled with the training mean (--missing-genes zero): {listing}"), stacklevel=2)
+        f"filled with the training mean (--missing-genes zero): {listing}"
+      ),
+      stacklevel=2,
+    )
   return GeneAlignment(columns, fill, missing)

@@ -78,12 +78,10 @@ def _given(value, default):
 
 
 def parse_models(text) -> list[str]:
-  models = list(text) if isinstance(text, (list, tuple)) else [
-      m.strip() for m in str(text).split(",") if m.strip()]
+  models = list(text) if isinstance(text, (list, tuple)) else [m.strip() for m in str(text).split(",") if m.strip()]
   unknown = [m for m in models if m not in MODELS]
   if unknown or not models:
-    raise CompareError(f"--models: unknown {unknown or text!r}; expected a comma-separated "
-                       f"subset of {MODELS}")
+    raise CompareError(f"--models: unknown {unknown or text!r}; expected a comma-separated subset of {MODELS}")
   return models
 
 
@@ -94,9 +92,11 @@ def resolve_source(protocol: str, models: Sequence[str], source: str) -> str:
     source = splits_lib.DEFAULT_SOURCE[protocol]
     return "porpoise" if needs_micro and source == "pnas" else source
   if source == "pnas" and needs_micro:
-    raise CompareError(f"--source pnas has no microenvironment features (copy number only), so "
-                       f"{needs_micro} cannot run on it; use --source porpoise (pnas15 then runs "
-                       f"on the patients the two tables share) or --source auto")
+    raise CompareError(
+      f"--source pnas has no microenvironment features (copy number only), so "
+      f"{needs_micro} cannot run on it; use --source porpoise (pnas15 then runs "
+      f"on the patients the two tables share) or --source auto"
+    )
   return source
 
 
@@ -106,14 +106,12 @@ def settings_from(args: Any) -> dict[str, Any]:
   get = lambda name, default=None: getattr(args, name, default)
   protocol = get("protocol")
   if protocol not in splits_lib.PROTOCOLS:
-    raise CompareError(f"--protocol: expected one of {sorted(splits_lib.PROTOCOLS)}, got "
-                       f"{protocol!r}")
+    raise CompareError(f"--protocol: expected one of {sorted(splits_lib.PROTOCOLS)}, got {protocol!r}")
   task = get("task")
   if task not in tcga_gbmlgg.TASKS:
     raise CompareError(f"--task: expected one of {tcga_gbmlgg.TASKS}, got {task!r}")
   if not get("data_root"):
-    raise CompareError("--data-root: expected the folder holding the public TCGA tables (laid out "
-                       "like ../shared/data)")
+    raise CompareError("--data-root: expected the folder holding the public TCGA tables (laid out like ../shared/data)")
   models = parse_models(get("models") or ",".join(MODELS))
   quick = bool(get("quick", False))
   # None is "not given"; 0 is a value, refused below rather than replaced by the default.
@@ -133,26 +131,37 @@ def settings_from(args: Any) -> dict[str, Any]:
   if splits is not None and any(not 0 <= k < n_total for k in splits):
     raise CompareError(f"--splits: {protocol} has splits 0..{n_total - 1}, got {splits}")
   seeds = _int_list(get("seeds"), "seeds") or [0]
-  return dict(task=task, models=models, protocol=protocol, data_root=str(get("data_root")),
-              out=str(get("out")), seeds=seeds, quick=quick, epochs=int(epochs), splits=splits,
-              source=resolve_source(protocol, models, get("source", "auto") or "auto"),
-              batch_size=batch_size, learning_rate=learning_rate)
+  return dict(
+    task=task,
+    models=models,
+    protocol=protocol,
+    data_root=str(get("data_root")),
+    out=str(get("out")),
+    seeds=seeds,
+    quick=quick,
+    epochs=int(epochs),
+    splits=splits,
+    source=resolve_source(protocol, models, get("source", "auto") or "auto"),
+    batch_size=batch_size,
+    learning_rate=learning_rate,
+  )
 
 
 def _truth(cohort, task: Task, idx=slice(None)) -> dict[str, np.ndarray]:
   """The patients' outcomes under the names `Task` reads (`cohort.label()`: the task's codes)."""
-  return {task.label_field: cohort.label()[idx], "surv_time": cohort.surv_time[idx],
-          "event": cohort.event[idx]}
+  return {task.label_field: cohort.label()[idx], "surv_time": cohort.surv_time[idx], "event": cohort.event[idx]}
 
 
 def _arrays(cohort, idx, normaliser, target) -> GenomicArrays:
   genes = cohort.genes(idx, normaliser)
-  return GenomicArrays(genes["genes_tumour"], genes["genes_micro"], target[idx],
-                       cohort.surv_time[idx], cohort.event[idx])
+  return GenomicArrays(
+    genes["genes_tumour"], genes["genes_micro"], target[idx], cohort.surv_time[idx], cohort.event[idx]
+  )
 
 
-def run_cell(model: str, cohort, split: Mapping[str, np.ndarray], settings: Mapping[str, Any],
-             seed: int, split_id: int) -> tuple[np.ndarray, dict[str, Any]]:
+def run_cell(
+  model: str, cohort, split: Mapping[str, np.ndarray], settings: Mapping[str, Any], seed: int, split_id: int
+) -> tuple[np.ndarray, dict[str, Any]]:
   """Trains `model` on one split with one seed.
 
   Returns (test predictions: (N_test, K) probabilities or (N_test,) risk, info dict with the
@@ -166,26 +175,33 @@ def run_cell(model: str, cohort, split: Mapping[str, np.ndarray], settings: Mapp
     feats = lambda idx: np.concatenate(list(cohort.genes(idx, normaliser).values()), axis=1)
     y = lambda idx: task.outcome(_truth(cohort, task, idx))
     x_val, y_val = (feats(val_idx), y(val_idx)) if selects else (None, None)
-    pred = fit_predict_linear(task.name, feats(train_idx), y(train_idx), x_val, y_val,
-                              feats(test_idx))
+    pred = fit_predict_linear(task.name, feats(train_idx), y(train_idx), x_val, y_val, feats(test_idx))
     return np.asarray(pred, np.float64), {}
 
   target = task.fit_target(_truth(cohort, task), train_idx)
-  spec = build_genomic_model(model, num_classes=task.num_classes,
-                             n_genes_tumour=cohort.x_tumour.shape[1],
-                             n_genes_micro=cohort.x_micro.shape[1])
+  spec = build_genomic_model(
+    model, num_classes=task.num_classes, n_genes_tumour=cohort.x_tumour.shape[1], n_genes_micro=cohort.x_micro.shape[1]
+  )
   train = _arrays(cohort, train_idx, normaliser, target)
-  loss = LossConfig(task=task, class_weights=task.class_weights("train",
-                                                                train.truth(task.label_field)),
-                    coordination=spec.coordination, head_losses=True)
-  optim = OptimConfig(learning_rate=settings["learning_rate"], weight_decay=WEIGHT_DECAY,
-                      epochs=settings["epochs"])
-  result = in_memory.fit(spec, loss, optim, train,
-                         _arrays(cohort, val_idx, normaliser, target) if selects else None,
-                         batch_size=settings["batch_size"], select_on_val=selects,
-                         coordination_mode=COORDINATION_MODE, seed=seed * 1000 + split_id)
-  logits = in_memory.predict_logits(spec, result.params,
-                                    _arrays(cohort, test_idx, normaliser, target))
+  loss = LossConfig(
+    task=task,
+    class_weights=task.class_weights("train", train.truth(task.label_field)),
+    coordination=spec.coordination,
+    head_losses=True,
+  )
+  optim = OptimConfig(learning_rate=settings["learning_rate"], weight_decay=WEIGHT_DECAY, epochs=settings["epochs"])
+  result = in_memory.fit(
+    spec,
+    loss,
+    optim,
+    train,
+    _arrays(cohort, val_idx, normaliser, target) if selects else None,
+    batch_size=settings["batch_size"],
+    select_on_val=selects,
+    coordination_mode=COORDINATION_MODE,
+    seed=seed * 1000 + split_id,
+  )
+  logits = in_memory.predict_logits(spec, result.params, _arrays(cohort, test_idx, normaliser, target))
   return task.prediction(logits).astype(np.float64), {"best_epoch": result.best_epoch}
 
 
@@ -201,8 +217,7 @@ def metrics_from_predictions(predictions: pd.DataFrame, task: str) -> pd.DataFra
   spec_task = get_task(task)
   for (model, split, seed), g in predictions.groupby(["model", "split", "seed"], sort=False):
     m = cell_metrics(spec_task, spec_task.score_from_columns(g), spec_task.truth_from_columns(g))
-    rows += [dict(model=model, split=int(split), seed=int(seed), metric=k, value=v)
-             for k, v in m.items()]
+    rows += [dict(model=model, split=int(split), seed=int(seed), metric=k, value=v) for k, v in m.items()]
   return pd.DataFrame(rows, columns=["model", "split", "seed", "metric", "value"])
 
 
@@ -212,18 +227,23 @@ def aggregate(folds: pd.DataFrame, task: str) -> pd.DataFrame:
   for (model, metric), g in folds.groupby(["model", "metric"], sort=False):
     v = g["value"].to_numpy(np.float64)
     v = v[~np.isnan(v)]
-    rows.append(dict(model=model, task=task, metric=metric,
-                     mean=float(v.mean()) if v.size else np.nan,
-                     std=float(v.std(ddof=1)) if v.size > 1 else np.nan, n_folds=int(v.size)))
+    rows.append(
+      dict(
+        model=model,
+        task=task,
+        metric=metric,
+        mean=float(v.mean()) if v.size else np.nan,
+        std=float(v.std(ddof=1)) if v.size > 1 else np.nan,
+        n_folds=int(v.size),
+      )
+    )
   return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
 
 def _prediction_rows(model, settings, split_id, seed, cohort, test_idx, pred) -> pd.DataFrame:
   task = get_task(settings["task"])
-  base = dict(model=model, protocol=settings["protocol"], split=split_id, seed=seed,
-              case_id=cohort.case_ids[test_idx])
-  return pd.DataFrame(dict(base, **task.truth_columns(_truth(cohort, task, test_idx)),
-                           **task.score_columns(pred)))
+  base = dict(model=model, protocol=settings["protocol"], split=split_id, seed=seed, case_id=cohort.case_ids[test_idx])
+  return pd.DataFrame(dict(base, **task.truth_columns(_truth(cohort, task, test_idx)), **task.score_columns(pred)))
 
 
 def run_study(settings: Mapping[str, Any], log: Callable[[str], None] = print) -> pd.DataFrame:
@@ -235,27 +255,33 @@ def run_study(settings: Mapping[str, Any], log: Callable[[str], None] = print) -
   task = settings["task"]
   cohort = tcga_gbmlgg.load_gbmlgg(settings["data_root"], settings["source"], task)
   ks = settings["splits"]
-  parts = splits_lib.protocol_splits(settings["protocol"], cohort, settings["data_root"],
-                                     **({"splits": ks} if settings["protocol"] == "pnas15"
-                                        else {"folds": ks}))
+  parts = splits_lib.protocol_splits(
+    settings["protocol"],
+    cohort,
+    settings["data_root"],
+    **({"splits": ks} if settings["protocol"] == "pnas15" else {"folds": ks}),
+  )
   splits = list(zip(ks if ks is not None else range(len(parts)), parts))
   out = pathlib.Path(settings["out"])
-  log(f"tcga-gbmlgg {task} / {settings['protocol']} on source {settings['source']}: "
-      f"{cohort.x_tumour.shape[1]} tumour + {cohort.x_micro.shape[1]} micro features, "
-      f"{len(splits)} splits x {len(settings['seeds'])} seeds, epochs {settings['epochs']}")
+  log(
+    f"tcga-gbmlgg {task} / {settings['protocol']} on source {settings['source']}: "
+    f"{cohort.x_tumour.shape[1]} tumour + {cohort.x_micro.shape[1]} micro features, "
+    f"{len(splits)} splits x {len(settings['seeds'])} seeds, epochs {settings['epochs']}"
+  )
   predictions, timing, best_epochs = [], {}, {}
   for model in settings["models"]:
     start = time.perf_counter()
     for split_id, split in splits:
       for seed in settings["seeds"]:
         pred, info = run_cell(model, cohort, split, settings, seed, split_id)
-        predictions.append(_prediction_rows(model, settings, split_id, seed, cohort,
-                                            split["test"], pred))
+        predictions.append(_prediction_rows(model, settings, split_id, seed, cohort, split["test"], pred))
         if "best_epoch" in info:
           best_epochs.setdefault(model, []).append(info["best_epoch"])
     timing[model] = round(time.perf_counter() - start, 2)
-    log(f"  {model}: {timing[model]:.1f} s"
-        + (f", best epochs (0-based) {best_epochs[model]}" if model in best_epochs else ""))
+    log(
+      f"  {model}: {timing[model]:.1f} s"
+      + (f", best epochs (0-based) {best_epochs[model]}" if model in best_epochs else "")
+    )
   predictions = pd.concat(predictions, ignore_index=True)
   folds = metrics_from_predictions(predictions, task)
   results = aggregate(folds, task)
@@ -263,9 +289,14 @@ def run_study(settings: Mapping[str, Any], log: Callable[[str], None] = print) -
   predictions.to_csv(out / "predictions.csv", index=False)
   folds.to_csv(out / "folds.csv", index=False)
   results.to_csv(out / "results.csv", index=False)
-  run = dict(settings, n_patients=int(cohort.num_patients),
-             n_tumour_features=int(cohort.x_tumour.shape[1]),
-             n_micro_features=int(cohort.x_micro.shape[1]),
-             wall_time_s=timing, best_epochs=best_epochs, epoch_numbering="0-based")
+  run = dict(
+    settings,
+    n_patients=int(cohort.num_patients),
+    n_tumour_features=int(cohort.x_tumour.shape[1]),
+    n_micro_features=int(cohort.x_micro.shape[1]),
+    wall_time_s=timing,
+    best_epochs=best_epochs,
+    epoch_numbering="0-based",
+  )
   (out / "run.json").write_text(json.dumps(run, indent=2))
   return results

@@ -51,12 +51,12 @@ def class_target(classes: Array, probability: bool = False) -> Callable[[Array],
 
 
 def integrated_gradients(
-    fn: Callable[[Inputs], Array],
-    inputs: Inputs,
-    baselines: Optional[Inputs],
-    target_fn: Callable[[Array], Array],
-    steps: int = 32,
-    alpha_batch_size: Optional[int] = None,
+  fn: Callable[[Inputs], Array],
+  inputs: Inputs,
+  baselines: Optional[Inputs],
+  target_fn: Callable[[Array], Array],
+  steps: int = 32,
+  alpha_batch_size: Optional[int] = None,
 ) -> dict[str, Array]:
   """Integrated gradients of a per-example scalar w.r.t. every array of `inputs`.
 
@@ -90,8 +90,7 @@ def integrated_gradients(
     missing = sorted(set(inputs) - set(baselines))
     if missing:
       raise ValueError(f"integrated_gradients: baselines lack the input(s) {missing}")
-    baselines = {k: jnp.broadcast_to(jnp.asarray(baselines[k], inputs[k].dtype), inputs[k].shape)
-                 for k in inputs}
+    baselines = {k: jnp.broadcast_to(jnp.asarray(baselines[k], inputs[k].dtype), inputs[k].shape) for k in inputs}
   deltas = {k: inputs[k] - baselines[k] for k in inputs}
 
   def batch_target_sum(x: dict[str, Array]) -> Array:
@@ -113,8 +112,7 @@ def integrated_gradients(
       grads = jax.vmap(grad_at)(alphas)
     else:
       grads = jax.lax.map(grad_at, alphas, batch_size=alpha_batch_size)
-    return {k: deltas[k] * jnp.tensordot(weights.astype(grads[k].dtype), grads[k], axes=1)
-            for k in inputs}
+    return {k: deltas[k] * jnp.tensordot(weights.astype(grads[k].dtype), grads[k], axes=1) for k in inputs}
 
   return path_integral()
 
@@ -123,13 +121,13 @@ GENE_INPUTS = ("genes_tumour", "genes_micro")
 
 
 def model_gene_attributions(
-    apply_fn: Callable[..., object],
-    variables: Mapping[str, object],
-    batch: Mapping[str, Array],
-    task: Task,
-    baselines: Optional[Inputs] = None,
-    steps: int = 32,
-    alpha_batch_size: Optional[int] = None,
+  apply_fn: Callable[..., object],
+  variables: Mapping[str, object],
+  batch: Mapping[str, Array],
+  task: Task,
+  baselines: Optional[Inputs] = None,
+  steps: int = 32,
+  alpha_batch_size: Optional[int] = None,
 ) -> dict[str, Array]:
   """Integrated gradients of a project model w.r.t. both gene inputs, everything else held fixed.
 
@@ -155,8 +153,9 @@ def model_gene_attributions(
     return getattr(out, "logits", out)
 
   genes = {k: jnp.asarray(batch[k]) for k in GENE_INPUTS}
-  return integrated_gradients(fn, genes, baselines, task.attribution_target(fn(genes)), steps=steps,
-                              alpha_batch_size=alpha_batch_size)
+  return integrated_gradients(
+    fn, genes, baselines, task.attribution_target(fn(genes)), steps=steps, alpha_batch_size=alpha_batch_size
+  )
 
 
 # ----------------------------------------------------------------------------- sampling geometry
@@ -178,13 +177,13 @@ def grid_points_to_pixels(grid: Array, grid_side: int, offset_side: int, groups:
   """
   grid = jnp.asarray(grid)
   if grid.ndim != 4 or grid.shape[1] != 2 or grid.shape[2:] != (offset_side, offset_side):
-    raise ValueError(f"grid_points_to_pixels: expected a (B*G, 2, {offset_side}, {offset_side}) grid, "
-                     f"got shape {grid.shape}")
+    raise ValueError(
+      f"grid_points_to_pixels: expected a (B*G, 2, {offset_side}, {offset_side}) grid, got shape {grid.shape}"
+    )
   if offset_side < 2:
     raise ValueError(f"grid_points_to_pixels: offset_side must be >= 2, got {offset_side}")
   if grid.shape[0] % groups:
-    raise ValueError(f"grid_points_to_pixels: grid has {grid.shape[0]} rows, not a multiple of "
-                     f"groups={groups}")
+    raise ValueError(f"grid_points_to_pixels: grid has {grid.shape[0]} rows, not a multiple of groups={groups}")
   pixels = grid * (grid_side / (offset_side - 1)) - 0.5
   batch = grid.shape[0] // groups
   pixels = pixels.reshape(batch, groups, 2, offset_side * offset_side)
@@ -210,8 +209,9 @@ def bilinear_splat(points: Array, weights: Array, grid_side: int) -> Array:
   points = jnp.asarray(points, jnp.float32)
   weights = jnp.asarray(weights, jnp.float32)
   if points.shape[-1] != 2 or weights.shape != points.shape[:-1]:
-    raise ValueError(f"bilinear_splat: expected points (..., P, 2) and weights (..., P), got "
-                     f"{points.shape} and {weights.shape}")
+    raise ValueError(
+      f"bilinear_splat: expected points (..., P, 2) and weights (..., P), got {points.shape} and {weights.shape}"
+    )
   batch = points.shape[0]
   points = points.reshape(batch, -1, 2)
   weights = weights.reshape(batch, -1)
@@ -259,8 +259,7 @@ def lattice_grid(rows: int, offset_side: int) -> np.ndarray:
     base grid the deformable attention adds its offsets to.
   """
   oy, ox = np.meshgrid(np.arange(offset_side), np.arange(offset_side), indexing="ij")
-  return np.broadcast_to(np.stack([ox, oy]).astype(np.float32),
-                         (rows, 2, offset_side, offset_side)).copy()
+  return np.broadcast_to(np.stack([ox, oy]).astype(np.float32), (rows, 2, offset_side, offset_side)).copy()
 
 
 def mass_concentration(mass: Array, region_mask: Array) -> float:
@@ -276,13 +275,16 @@ def mass_concentration(mass: Array, region_mask: Array) -> float:
   mass = np.asarray(mass, np.float64)
   mask = np.asarray(region_mask, np.float64)
   if mass.ndim not in (2, 3) or mask.size != mass.size or mask.shape[0] != mass.shape[0]:
-    raise ValueError(f"mass_concentration: region_mask {mask.shape} does not match the per-patch "
-                     f"mass {mass.shape}; expected (B, n * n) or (B, n, n) for both")
+    raise ValueError(
+      f"mass_concentration: region_mask {mask.shape} does not match the per-patch "
+      f"mass {mass.shape}; expected (B, n * n) or (B, n, n) for both"
+    )
   mass, mask = mass.reshape(len(mass), -1), mask.reshape(len(mask), -1)
   chance = np.sum(mass.sum(axis=1) * mask.mean(axis=1))
   if chance <= 0:
-    raise UndefinedRatio("mass_concentration: no mass inside the grid on any slide with a "
-                         "non-empty region; the ratio is undefined")
+    raise UndefinedRatio(
+      "mass_concentration: no mass inside the grid on any slide with a non-empty region; the ratio is undefined"
+    )
   return float(np.sum(mass * mask) / chance)
 
 
@@ -301,14 +303,18 @@ def region_concentration(points: Array, region_mask: Array, grid_side: int) -> f
   mask = np.asarray(region_mask, np.float64)
   batch = np.asarray(points).shape[0]
   if mask.shape not in ((batch, grid_side * grid_side), (batch, grid_side, grid_side)):
-    raise ValueError(f"region_concentration: region_mask must be ({batch}, {grid_side * grid_side}) or "
-                     f"({batch}, {grid_side}, {grid_side}), got {mask.shape}")
+    raise ValueError(
+      f"region_concentration: region_mask must be ({batch}, {grid_side * grid_side}) or "
+      f"({batch}, {grid_side}, {grid_side}), got {mask.shape}"
+    )
   density = bilinear_splat(points, jnp.ones(np.asarray(points).shape[:-1]), grid_side)
   try:
     return mass_concentration(density, mask.reshape(batch, -1))
   except UndefinedRatio:
-    raise UndefinedRatio("region_concentration: no sampling mass inside the grid on any slide "
-                         "with a non-empty region; the ratio is undefined") from None
+    raise UndefinedRatio(
+      "region_concentration: no sampling mass inside the grid on any slide "
+      "with a non-empty region; the ratio is undefined"
+    ) from None
 
 
 # ----------------------------------------------------------------------------- gene ranking
@@ -330,15 +336,17 @@ def top_genes(attributions: Array, gene_names: Sequence[str], k: Optional[int] =
   if attributions.ndim != 2:
     raise ValueError(f"top_genes: expected (B, G) attributions, got shape {attributions.shape}")
   if len(gene_names) != attributions.shape[1]:
-    raise ValueError(f"top_genes: {len(gene_names)} gene names for {attributions.shape[1]} attribution "
-                     "columns")
-  frame = pd.DataFrame({
+    raise ValueError(f"top_genes: {len(gene_names)} gene names for {attributions.shape[1]} attribution columns")
+  frame = pd.DataFrame(
+    {
       "gene": list(gene_names),
       "mean_abs_attribution": np.abs(attributions).mean(axis=0),
       "mean_attribution": attributions.mean(axis=0),
-      "std_abs_attribution": (np.abs(attributions).std(axis=0, ddof=1) if len(attributions) > 1
-                              else np.full(attributions.shape[1], np.nan)),
-  })
+      "std_abs_attribution": (
+        np.abs(attributions).std(axis=0, ddof=1) if len(attributions) > 1 else np.full(attributions.shape[1], np.nan)
+      ),
+    }
+  )
   frame = frame.sort_values("mean_abs_attribution", ascending=False, kind="stable").reset_index(drop=True)
   frame["rank"] = np.arange(1, len(frame) + 1)
   return frame if k is None else frame.head(k)

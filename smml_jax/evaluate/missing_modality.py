@@ -46,8 +46,7 @@ def run_inputs(run: TrainedRun) -> str:
   return SLIDES if slides_only(run) else SLIDES_AND_EXPRESSION
 
 
-def require_expression(run: TrainedRun, slide_ids: Sequence[str],
-                       patient_ids: Sequence[str], where: str) -> None:
+def require_expression(run: TrainedRun, slide_ids: Sequence[str], patient_ids: Sequence[str], where: str) -> None:
   """InferenceError naming the slides (and patients) without expression, unless the run predicts
   from slides alone or there are none."""
   if predicts_without_expression(run) or not len(slide_ids):
@@ -55,11 +54,12 @@ def require_expression(run: TrainedRun, slide_ids: Sequence[str],
   shown = lambda ids: ", ".join(map(str, list(ids)[:10])) + (" ..." if len(ids) > 10 else "")
   patients = list(dict.fromkeys(map(str, patient_ids)))
   raise InferenceError(
-      f"{len(slide_ids)} slide(s) have no expression ({where}): {shown(slide_ids)} (patient(s) "
-      f"{shown(patients)}); the run {run.run_dir} (model {run.config.model!r}) needs expression "
-      "for every slide. Give their expression, or predict them with a run that needs slides "
-      "only (e.g. a 'subspace-student' distilled from this run) or one trained with missing "
-      "expression (data.drop_expression, missing_expression: allow)")
+    f"{len(slide_ids)} slide(s) have no expression ({where}): {shown(slide_ids)} (patient(s) "
+    f"{shown(patients)}); the run {run.run_dir} (model {run.config.model!r}) needs expression "
+    "for every slide. Give their expression, or predict them with a run that needs slides "
+    "only (e.g. a 'subspace-student' distilled from this run) or one trained with missing "
+    "expression (data.drop_expression, missing_expression: allow)"
+  )
 
 
 def expression_missing(slides: pd.DataFrame) -> np.ndarray:
@@ -74,14 +74,18 @@ def placeholder_genes(run: TrainedRun) -> dict[str, np.ndarray]:
   return {f"genes_{s}": np.zeros(len(run.gene_names[s]), np.float32) for s in SUBSPACES}
 
 
-def slide_only_example(run: TrainedRun, features_path: str | pathlib.Path, *,
-                       slide_id: Optional[str] = None, patient_id: Optional[str] = None,
-                       **format_options) -> dict[str, np.ndarray]:
+def slide_only_example(
+  run: TrainedRun,
+  features_path: str | pathlib.Path,
+  *,
+  slide_id: Optional[str] = None,
+  patient_id: Optional[str] = None,
+  **format_options,
+) -> dict[str, np.ndarray]:
   """One slide without expression -> an example for a slides-only run (refused otherwise)."""
   features_path = pathlib.Path(features_path)
   slide_id = slide_id or features_path.stem
-  require_expression(run, [slide_id], [patient_id or slide_id],
-                     f"{features_path} was given without --genes")
+  require_expression(run, [slide_id], [patient_id or slide_id], f"{features_path} was given without --genes")
   example = read_slide_features(run, features_path, **format_options)
   example.update(placeholder_genes(run))
   if learned_absence(run):  # the model's absent embedding stands in for the genes
@@ -109,8 +113,9 @@ def mark_absent(batch: Mapping[str, np.ndarray], absent_ids: frozenset) -> dict[
   return batch
 
 
-def with_inputs_column(run: TrainedRun, table: pd.DataFrame,
-                       has_expression: Optional[np.ndarray] = None) -> pd.DataFrame:
+def with_inputs_column(
+  run: TrainedRun, table: pd.DataFrame, has_expression: Optional[np.ndarray] = None
+) -> pd.DataFrame:
   """The prediction table with `inputs` after the ids: what each row's prediction used
   (`has_expression` (n,) bool: per row, for a run that learned absence)."""
   table = table.copy()

@@ -21,10 +21,14 @@ def prediction_table(run: TrainedRun, outputs: Mapping[str, np.ndarray]) -> pd.D
   K-1 if none), and `time` / `event` when known.
   """
   task = run.task_spec
-  return pd.DataFrame({"slide_id": outputs["slide_id"].astype(str),
-                       "patient_id": outputs["patient_id"].astype(str),
-                       **task.prediction_columns(outputs["logits"]),
-                       **task.truth_columns(outputs)})
+  return pd.DataFrame(
+    {
+      "slide_id": outputs["slide_id"].astype(str),
+      "patient_id": outputs["patient_id"].astype(str),
+      **task.prediction_columns(outputs["logits"]),
+      **task.truth_columns(outputs),
+    }
+  )
 
 
 def patient_table(run: TrainedRun, slides: pd.DataFrame) -> pd.DataFrame:
@@ -37,20 +41,33 @@ def patient_table(run: TrainedRun, slides: pd.DataFrame) -> pd.DataFrame:
   return frame.assign(**run.task_spec.patient_columns(group))
 
 
-def write_predictions(out_dir: str | pathlib.Path, run: TrainedRun, slides: pd.DataFrame,
-                      patients: pd.DataFrame, source: str) -> dict[str, pathlib.Path]:
+def write_predictions(
+  out_dir: str | pathlib.Path, run: TrainedRun, slides: pd.DataFrame, patients: pd.DataFrame, source: str
+) -> dict[str, pathlib.Path]:
   """predictions.csv, patients.csv and predictions.json (both tables plus what produced them)."""
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  paths = {"slides_csv": out_dir / "predictions.csv", "patients_csv": out_dir / "patients.csv",
-           "json": out_dir / "predictions.json"}
+  paths = {
+    "slides_csv": out_dir / "predictions.csv",
+    "patients_csv": out_dir / "patients.csv",
+    "json": out_dir / "predictions.json",
+  }
   slides.to_csv(paths["slides_csv"], index=False)
   patients.to_csv(paths["patients_csv"], index=False)
-  meta = {"run_dir": str(run.run_dir), "checkpoint": run.checkpoint, "epoch": run.epoch,
-          "task": run.task, "model": run.config.model, "input": source,
-          "class_names": list(run.class_names)}
+  meta = {
+    "run_dir": str(run.run_dir),
+    "checkpoint": run.checkpoint,
+    "epoch": run.epoch,
+    "task": run.task,
+    "model": run.config.model,
+    "input": source,
+    "class_names": list(run.class_names),
+  }
   meta.update(run.task_spec.prediction_meta(run.preprocessor.surv_cuts))
-  document = {"meta": meta, "slides": json.loads(slides.to_json(orient="records")),
-              "patients": json.loads(patients.to_json(orient="records"))}
+  document = {
+    "meta": meta,
+    "slides": json.loads(slides.to_json(orient="records")),
+    "patients": json.loads(patients.to_json(orient="records")),
+  }
   paths["json"].write_text(json.dumps(document, indent=1))
   return paths

@@ -13,8 +13,7 @@ import pandas as pd
 
 PathLike = Union[str, pathlib.Path]
 REPORT_NAME = "report.html"
-_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml",
-         ".gif": "image/gif"}
+_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml", ".gif": "image/gif"}
 _STYLE = """
 body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; max-width: 1100px;
        margin: 2em auto; padding: 0 1em; color: #222; }
@@ -71,8 +70,7 @@ def image_data_uri(path: PathLike) -> str:
   path = pathlib.Path(path)
   mime = _MIME.get(path.suffix.lower())
   if mime is None:
-    raise ValueError(f"image_data_uri: {path} has unsupported suffix {path.suffix!r}; expected one of "
-                     f"{sorted(_MIME)}")
+    raise ValueError(f"image_data_uri: {path} has unsupported suffix {path.suffix!r}; expected one of {sorted(_MIME)}")
   if not path.is_file():
     raise ValueError(f"image_data_uri: image {path} does not exist")
   return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
@@ -84,15 +82,16 @@ def _render_section(section: Section) -> str:
     parts.append(render_text(section.text))
   for caption, frame in section.tables.items():
     if not isinstance(frame, pd.DataFrame):
-      raise ValueError(f"write_report: table {caption!r} of section {section.title!r} is a "
-                       f"{type(frame).__name__}, expected a pandas DataFrame")
+      raise ValueError(
+        f"write_report: table {caption!r} of section {section.title!r} is a "
+        f"{type(frame).__name__}, expected a pandas DataFrame"
+      )
     table = frame.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}", na_rep="")
     table = table.replace(">\n  <thead>", f">\n  <caption>{html.escape(caption)}</caption>\n  <thead>", 1)
     parts.append(table)
   for image in section.images:
     name = html.escape(pathlib.Path(image).name)
-    parts.append(f'<figure><img alt="{name}" src="{image_data_uri(image)}">'
-                 f"<figcaption>{name}</figcaption></figure>")
+    parts.append(f'<figure><img alt="{name}" src="{image_data_uri(image)}"><figcaption>{name}</figcaption></figure>')
   parts.append("</section>")
   return "\n".join(parts)
 
@@ -102,9 +101,11 @@ def write_report(out_dir: PathLike, sections: Sequence[Section], title: str = "s
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   body = "\n".join(_render_section(s) for s in sections)
-  document = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-              f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
-              f"<h1>{html.escape(title)}</h1>\n{body}\n</body>\n</html>\n")
+  document = (
+    f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+    f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+    f"<h1>{html.escape(title)}</h1>\n{body}\n</body>\n</html>\n"
+  )
   path = out_dir / REPORT_NAME
   path.write_text(document, encoding="utf-8")
   return path

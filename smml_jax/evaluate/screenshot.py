@@ -32,6 +32,7 @@ def find_chromium() -> Optional[str]:
 
 def _read_png(path: PathLike) -> np.ndarray:
   from PIL import Image
+
   with Image.open(path) as image:
     return np.asarray(image.convert("RGB"))
 
@@ -46,11 +47,12 @@ def trim_bottom(image: np.ndarray, background: Optional[np.ndarray] = None) -> n
   background = image[0, 0] if background is None else background
   drawn = np.any(np.abs(image.astype(np.int16) - background.astype(np.int16)) > 2, axis=(1, 2))
   rows = np.flatnonzero(drawn)
-  return image[:rows[-1] + 1] if rows.size else image[:1]
+  return image[: rows[-1] + 1] if rows.size else image[:1]
 
 
-def screenshot(html_path: PathLike, *, width: int = 1200, height: int = 20000,
-               browser: Optional[str] = None, timeout: float = 180.0) -> np.ndarray:
+def screenshot(
+  html_path: PathLike, *, width: int = 1200, height: int = 20000, browser: Optional[str] = None, timeout: float = 180.0
+) -> np.ndarray:
   """The rendered page as an (H, W, 3) uint8 array, blank bottom trimmed.
 
   Raises:
@@ -62,34 +64,47 @@ def screenshot(html_path: PathLike, *, width: int = 1200, height: int = 20000,
     raise FileNotFoundError(f"screenshot: {html_path} does not exist")
   browser = browser or find_chromium()
   if not browser:
-    raise FileNotFoundError("screenshot: no Chromium found (install `chromium`, or set "
-                            "SMML_CHROMIUM to the browser's path)")
+    raise FileNotFoundError(
+      "screenshot: no Chromium found (install `chromium`, or set SMML_CHROMIUM to the browser's path)"
+    )
   with tempfile.TemporaryDirectory() as tmp:
     png = pathlib.Path(tmp) / "page.png"
-    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               "--force-device-scale-factor=1", f"--user-data-dir={tmp}/profile",
-               f"--window-size={width},{height}", f"--screenshot={png}", html_path.as_uri()]
+    command = [
+      browser,
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--hide-scrollbars",
+      "--force-device-scale-factor=1",
+      f"--user-data-dir={tmp}/profile",
+      f"--window-size={width},{height}",
+      f"--screenshot={png}",
+      html_path.as_uri(),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0 or not png.is_file():
-      raise RuntimeError(f"screenshot: {' '.join(command[:1])} exited {result.returncode} without "
-                         f"a picture of {html_path}: {result.stderr.strip()[-800:]}")
+      raise RuntimeError(
+        f"screenshot: {' '.join(command[:1])} exited {result.returncode} without "
+        f"a picture of {html_path}: {result.stderr.strip()[-800:]}"
+      )
     return trim_bottom(_read_png(png))
 
 
 def page_tiles(image: np.ndarray, tile_height: int = 1400) -> list[np.ndarray]:
   """Cuts a page screenshot into consecutive (<= tile_height, W, 3) pieces."""
-  return [image[top:top + tile_height] for top in range(0, len(image), tile_height)]
+  return [image[top : top + tile_height] for top in range(0, len(image), tile_height)]
 
 
-def save_png(image: np.ndarray, path: PathLike, width: Optional[int] = None,
-             colors: Optional[int] = None) -> pathlib.Path:
+def save_png(
+  image: np.ndarray, path: PathLike, width: Optional[int] = None, colors: Optional[int] = None
+) -> pathlib.Path:
   """Writes an (H, W, 3) uint8 array as PNG, scaled to `width` pixels wide and reduced to a
   `colors`-entry palette (a third of the bytes for figures and text) when given."""
   from PIL import Image
+
   picture = Image.fromarray(np.asarray(image, np.uint8))
   if width and picture.width > width:
-    picture = picture.resize((width, round(picture.height * width / picture.width)),
-                             Image.LANCZOS)
+    picture = picture.resize((width, round(picture.height * width / picture.width)), Image.LANCZOS)
   if colors:
     picture = picture.quantize(colors=colors, method=Image.Quantize.FASTOCTREE)
   path = pathlib.Path(path)

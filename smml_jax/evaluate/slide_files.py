@@ -44,24 +44,33 @@ def read_expression(path: str | pathlib.Path) -> pd.Series:
   except Exception as e:  # pandas' errors do not always name the file
     raise InferenceError(f"cannot read gene expression file {path}: {e}") from e
   if table.shape[1] != 2:
-    raise InferenceError(f"gene expression file {path}: expected two columns (gene symbol, value) "
-                         f"or a GDC STAR TSV, got {table.shape[1]} columns")
+    raise InferenceError(
+      f"gene expression file {path}: expected two columns (gene symbol, value) "
+      f"or a GDC STAR TSV, got {table.shape[1]} columns"
+    )
   values = pd.to_numeric(table[1], errors="coerce")
   if np.isnan(values.iloc[0]) and not np.isnan(values.iloc[1:]).all():
     table, values = table.iloc[1:], values.iloc[1:]  # a header row
   bad = np.flatnonzero(~np.isfinite(values.to_numpy(np.float64)))
   if bad.size:
     row = int(bad[0])
-    raise InferenceError(f"gene expression file {path}, row {row + 1} (gene "
-                         f"{table.iloc[row, 0]!r}): value {table.iloc[row, 1]!r} is not a finite "
-                         "number")
+    raise InferenceError(
+      f"gene expression file {path}, row {row + 1} (gene "
+      f"{table.iloc[row, 0]!r}): value {table.iloc[row, 1]!r} is not a finite "
+      "number"
+    )
   series = pd.Series(values.to_numpy(np.float64), index=table[0].astype(str).str.strip())
   return series[~series.index.duplicated(keep="first")]
 
 
-def read_slide_features(run: TrainedRun, path: str | pathlib.Path, *,
-                        grid_layout: Optional[str] = None, feature_dataset: Optional[str] = None,
-                        coords_dataset: Optional[str] = None) -> dict[str, np.ndarray]:
+def read_slide_features(
+  run: TrainedRun,
+  path: str | pathlib.Path,
+  *,
+  grid_layout: Optional[str] = None,
+  feature_dataset: Optional[str] = None,
+  coords_dataset: Optional[str] = None,
+) -> dict[str, np.ndarray]:
   """One slide's HDF5 bag laid out on the run's grid: patches, coords, tissue_mask.
 
   The layout and dataset names default to the run's training cohort; the feature dataset is
@@ -78,8 +87,11 @@ def read_slide_features(run: TrainedRun, path: str | pathlib.Path, *,
   except OSError as e:
     raise InferenceError(f"feature file {path} is not a readable HDF5 file: {e}") from e
   with f:
-    names = [feature_dataset] if feature_dataset else (
-        [fmt.feature_dataset] if fmt.feature_dataset else []) + list(KNOWN_FEATURE_DATASETS)
+    names = (
+      [feature_dataset]
+      if feature_dataset
+      else ([fmt.feature_dataset] if fmt.feature_dataset else []) + list(KNOWN_FEATURE_DATASETS)
+    )
     fds = next((n for n in names if n in f), None)
     if fds is None:
       raise InferenceError(f"{path}: no feature dataset {names} (has {sorted(f.keys())})")
@@ -90,27 +102,39 @@ def read_slide_features(run: TrainedRun, path: str | pathlib.Path, *,
   if feats.ndim == 3 and feats.shape[0] == 1:
     feats = feats[0]
   if feats.ndim != 2 or feats.shape[0] == 0 or feats.shape[1] != run.feature_dim:
-    raise InferenceError(f"{path}: dataset {fds!r} has shape {tuple(f'{d}' for d in feats.shape)}"
-                         f"; the run {run.run_dir} needs (N, {run.feature_dim}) or "
-                         f"(1, N, {run.feature_dim}) patch features (feature dimension "
-                         f"{run.feature_dim})")
+    raise InferenceError(
+      f"{path}: dataset {fds!r} has shape {tuple(f'{d}' for d in feats.shape)}"
+      f"; the run {run.run_dir} needs (N, {run.feature_dim}) or "
+      f"(1, N, {run.feature_dim}) patch features (feature dimension "
+      f"{run.feature_dim})"
+    )
   if not np.all(np.isfinite(feats)):
     raise InferenceError(f"{path}: dataset {fds!r} has NaN/inf values")
   if coords is not None and coords.shape != (feats.shape[0], 2):
-    raise InferenceError(f"{path}: dataset {cds!r} has shape {coords.shape}, expected "
-                         f"({feats.shape[0]}, 2)")
+    raise InferenceError(f"{path}: dataset {cds!r} has shape {coords.shape}, expected ({feats.shape[0]}, 2)")
   if layout == "coords" and coords is None:
-    raise InferenceError(f"{path}: the run lays slides out by patch coordinates "
-                         f"(grid_layout 'coords') but the file has no dataset {cds!r}")
+    raise InferenceError(
+      f"{path}: the run lays slides out by patch coordinates (grid_layout 'coords') but the file has no dataset {cds!r}"
+    )
   patches, cell_coords, tissue = bag_to_grid(feats, coords, run.grid_side, layout, step)
-  return {"patches": patches.astype(np.float32), "coords": cell_coords, "tissue_mask": tissue,
-          "has_coords": np.asarray(coords is not None)}
+  return {
+    "patches": patches.astype(np.float32),
+    "coords": cell_coords,
+    "tissue_mask": tissue,
+    "has_coords": np.asarray(coords is not None),
+  }
 
 
-def slide_example(run: TrainedRun, features_path: str | pathlib.Path,
-                  genes_path: str | pathlib.Path, *, slide_id: Optional[str] = None,
-                  patient_id: Optional[str] = None, missing_genes: str = "error",
-                  **format_options) -> dict[str, np.ndarray]:
+def slide_example(
+  run: TrainedRun,
+  features_path: str | pathlib.Path,
+  genes_path: str | pathlib.Path,
+  *,
+  slide_id: Optional[str] = None,
+  patient_id: Optional[str] = None,
+  missing_genes: str = "error",
+  **format_options,
+) -> dict[str, np.ndarray]:
   """One new slide (feature file + expression file) -> an example with RAW genes in run order.
 
   `slide_id` defaults to the feature file's stem, `patient_id` to the slide id.

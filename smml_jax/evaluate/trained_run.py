@@ -30,15 +30,16 @@ from smml_jax.train.config import RunConfig
 CHECKPOINTS = checkpoints_lib.KINDS
 # How each cohort layout reads a slide's HDF5 file unless its spec says otherwise.
 LAYOUT_DEFAULTS = {
-    "original": {"grid_layout": "sample", "feature_dataset": "Res_feature", "coords_dataset": None},
-    "clam": {"grid_layout": "sample", "feature_dataset": "features", "coords_dataset": "coords"},
-    "synthetic": {"grid_layout": "sample", "feature_dataset": None, "coords_dataset": None},
+  "original": {"grid_layout": "sample", "feature_dataset": "Res_feature", "coords_dataset": None},
+  "clam": {"grid_layout": "sample", "feature_dataset": "features", "coords_dataset": "coords"},
+  "synthetic": {"grid_layout": "sample", "feature_dataset": None, "coords_dataset": None},
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class SlideFormat:
   """How the run's training cohort turned an HDF5 bag into a grid (see `smml_jax.data.bags`)."""
+
   grid_layout: str = "sample"
   feature_dataset: Optional[str] = None  # None: auto-detect `Res_feature` / `features`
   coords_dataset: Optional[str] = "coords"
@@ -61,6 +62,7 @@ class TrainedRun:
     checkpoint: 'best' or 'latest'; epoch: the checkpoint's epoch (0-based).
     cohort_path: the training cohort's record directory (as written at training time).
   """
+
   run_dir: pathlib.Path
   config: RunConfig
   preprocessor: Preprocessor
@@ -100,19 +102,23 @@ def slide_format_of(cohort_record: Mapping[str, Any], config: RunConfig) -> Slid
     spec = {"layout": "synthetic"}
     if data != "synthetic" and pathlib.Path(data).is_file():
       from smml_jax.data.spec import read_spec
+
       spec = read_spec(data)
   layout = spec.get("layout", "synthetic")
   defaults = LAYOUT_DEFAULTS.get(layout, LAYOUT_DEFAULTS["clam"])
   return SlideFormat(**{k: spec.get(k, v) for k, v in defaults.items()})
 
 
-def model_template(spec: ModelSpec, grid_side: int, feature_dim: int, n_genes: Mapping[str, int],
-                   learned_absence: bool = False):
+def model_template(
+  spec: ModelSpec, grid_side: int, feature_dim: int, n_genes: Mapping[str, int], learned_absence: bool = False
+):
   """Abstract params (ShapeDtypeStructs) of `spec.module` for one slide of the given shapes
   (`learned_absence`: with the absent gene embeddings of a run trained with missing expression)."""
-  dummy = {"patches": jnp.zeros((1, grid_side * grid_side, feature_dim), jnp.float32),
-           "genes_tumour": jnp.zeros((1, n_genes["tumour"]), jnp.float32),
-           "genes_micro": jnp.zeros((1, n_genes["micro"]), jnp.float32)}
+  dummy = {
+    "patches": jnp.zeros((1, grid_side * grid_side, feature_dim), jnp.float32),
+    "genes_tumour": jnp.zeros((1, n_genes["tumour"]), jnp.float32),
+    "genes_micro": jnp.zeros((1, n_genes["micro"]), jnp.float32),
+  }
   if learned_absence:
     dummy["has_expression"] = jnp.ones((1,), bool)
   key = jax.random.PRNGKey(0)
@@ -120,8 +126,7 @@ def model_template(spec: ModelSpec, grid_side: int, feature_dim: int, n_genes: M
   return variables["params"]
 
 
-def restore_params(checkpoint_dir: str | pathlib.Path, params_template: Any,
-                   which: str = "best") -> tuple[Any, dict]:
+def restore_params(checkpoint_dir: str | pathlib.Path, params_template: Any, which: str = "best") -> tuple[Any, dict]:
   """Only the params of a run's `which` checkpoint (`smml_jax.train.checkpoints.restore_params`).
 
   Args:
@@ -160,19 +165,37 @@ def load_run(run_dir: str | pathlib.Path, checkpoint: str = "best") -> TrainedRu
   config, record = stored.config, stored.cohort
   preprocessor = Preprocessor.from_json(json.dumps(stored.preprocessor))
   gene_names = {s: list(record["gene_names"][s]) for s in SUBSPACES}
-  spec = build_model(config.model, num_classes=config.num_classes,
-                     n_genes_tumour=len(gene_names["tumour"]),
-                     n_genes_micro=len(gene_names["micro"]), feature_dim=int(record["feature_dim"]),
-                     options=config.model_options, impl=config.impl.model_options())
+  spec = build_model(
+    config.model,
+    num_classes=config.num_classes,
+    n_genes_tumour=len(gene_names["tumour"]),
+    n_genes_micro=len(gene_names["micro"]),
+    feature_dim=int(record["feature_dim"]),
+    options=config.model_options,
+    impl=config.impl.model_options(),
+  )
   if config.train.compute_dtype == "bfloat16" and hasattr(spec.module, "dtype"):
     spec = dataclasses.replace(spec, module=spec.module.clone(dtype=jnp.bfloat16))
-  template = model_template(spec, int(record["grid_side"]), int(record["feature_dim"]),
-                            {s: len(v) for s, v in gene_names.items()},
-                            learned_absence=missing.learned_absence(record))
+  template = model_template(
+    spec,
+    int(record["grid_side"]),
+    int(record["feature_dim"]),
+    {s: len(v) for s, v in gene_names.items()},
+    learned_absence=missing.learned_absence(record),
+  )
   params, meta = restore_params(stored.checkpoints, template, checkpoint)
-  return TrainedRun(run_dir=stored.path, config=config, preprocessor=preprocessor,
-                    gene_names=gene_names, grid_side=int(record["grid_side"]),
-                    feature_dim=int(record["feature_dim"]), splits=record.get("splits", {}),
-                    slide_format=slide_format_of(record, config), spec=spec, params=params,
-                    checkpoint=checkpoint, epoch=int(meta.get("epoch", -1)),
-                    cohort_path=str(record.get("path", "")))
+  return TrainedRun(
+    run_dir=stored.path,
+    config=config,
+    preprocessor=preprocessor,
+    gene_names=gene_names,
+    grid_side=int(record["grid_side"]),
+    feature_dim=int(record["feature_dim"]),
+    splits=record.get("splits", {}),
+    slide_format=slide_format_of(record, config),
+    spec=spec,
+    params=params,
+    checkpoint=checkpoint,
+    epoch=int(meta.get("epoch", -1)),
+    cohort_path=str(record.get("path", "")),
+  )

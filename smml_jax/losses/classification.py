@@ -12,15 +12,18 @@ import numpy as np
 # function used other diagnosis weights, (1.0, 4.56, 3.21, 2.65), and unweighted CE for
 # grading and subtype; those are not reproduced here.
 ORIGINAL_CLASS_WEIGHTS: Mapping[str, tuple[float, ...]] = {
-    "diagnosis": (1.0, 4.15, 2.93, 2.43),
-    "grading": (1.47, 1.51, 1.0),
-    "subtype": (1.0, 1.72, 2.43),
+  "diagnosis": (1.0, 4.15, 2.93, 2.43),
+  "grading": (1.47, 1.51, 1.0),
+  "subtype": (1.0, 1.72, 2.43),
 }
 
 
-def weighted_cross_entropy(logits: jax.Array, labels: jax.Array,
-                           class_weights: Optional[jax.Array | Sequence[float]] = None,
-                           mask: Optional[jax.Array] = None) -> jax.Array:
+def weighted_cross_entropy(
+  logits: jax.Array,
+  labels: jax.Array,
+  class_weights: Optional[jax.Array | Sequence[float]] = None,
+  mask: Optional[jax.Array] = None,
+) -> jax.Array:
   """PyTorch's `F.cross_entropy(logits, labels, weight=w)` (reduction 'mean'), with a mask.
 
   loss = sum_b w[y_b] * m_b * nll_b / sum_b w[y_b] * m_b, nll_b = -log softmax(logits_b)[y_b].
@@ -75,12 +78,16 @@ def class_weights_from_labels(train_labels: np.ndarray, num_classes: int) -> np.
   labels = np.asarray(train_labels).astype(np.int64).ravel()
   labels = labels[labels >= 0]
   if labels.size and labels.max() >= num_classes:
-    raise ValueError(f"class_weights_from_labels: label {labels.max()} is out of range for "
-                     f"num_classes={num_classes} (expected 0..{num_classes - 1})")
+    raise ValueError(
+      f"class_weights_from_labels: label {labels.max()} is out of range for "
+      f"num_classes={num_classes} (expected 0..{num_classes - 1})"
+    )
   counts = np.bincount(labels, minlength=num_classes)
   absent = np.flatnonzero(counts == 0)
   if absent.size:
-    raise ValueError(f"class_weights_from_labels: classes {absent.tolist()} have no training "
-                     f"example (counts {counts.tolist()}); expected every class 0.."
-                     f"{num_classes - 1} in the training split")
+    raise ValueError(
+      f"class_weights_from_labels: classes {absent.tolist()} have no training "
+      f"example (counts {counts.tolist()}); expected every class 0.."
+      f"{num_classes - 1} in the training split"
+    )
   return (counts.max() / counts).astype(np.float32)

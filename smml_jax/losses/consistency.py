@@ -34,9 +34,13 @@ def _row_normalised_gram(x: jax.Array, valid: jax.Array, eps: float) -> jax.Arra
 
 @functools.partial(jax.jit, static_argnames=("mode", "eps"))
 def batch_consistency_loss(
-    gene_embeddings: jax.Array, grids: jax.Array, *,
-    mode: Literal["reference", "per_sample"] = "reference",
-    mask: Optional[jax.Array] = None, eps: float = 0.0) -> jax.Array:
+  gene_embeddings: jax.Array,
+  grids: jax.Array,
+  *,
+  mode: Literal["reference", "per_sample"] = "reference",
+  mask: Optional[jax.Array] = None,
+  eps: float = 0.0,
+) -> jax.Array:
   """The consistency matrix BL (N, N); the training loss is its sum.
 
   Steps (N samples, G offset groups, D = C * S * S grid values per group):
@@ -81,13 +85,14 @@ def batch_consistency_loss(
     raise ValueError(f"batch_consistency_loss: mode must be 'reference' or 'per_sample', got {mode!r}")
   omic = jnp.asarray(gene_embeddings, jnp.float32)
   if omic.ndim not in (2, 3):
-    raise ValueError(f"batch_consistency_loss: gene_embeddings must be (N, H) or (N, k, H), "
-                     f"got shape {omic.shape}")
+    raise ValueError(f"batch_consistency_loss: gene_embeddings must be (N, H) or (N, k, H), got shape {omic.shape}")
   n = omic.shape[0]
   grids = jnp.asarray(grids, jnp.float32)
   if grids.shape[0] % n:
-    raise ValueError(f"batch_consistency_loss: grids have {grids.shape[0]} rows, expected a "
-                     f"multiple of the batch size N = {n} (rows n*G + g)")
+    raise ValueError(
+      f"batch_consistency_loss: grids have {grids.shape[0]} rows, expected a "
+      f"multiple of the batch size N = {n} (rows n*G + g)"
+    )
   groups = grids.shape[0] // n
   omic = omic.reshape(n, -1)
   per_group = grids.reshape(n, groups, -1)  # (N, G, D)

@@ -14,8 +14,7 @@ import jax.numpy as jnp
 
 def _check(student: jax.Array, teacher: jax.Array, what: str) -> None:
   if student.shape != teacher.shape or student.ndim != 2:
-    raise ValueError(f"{what}: student shape {student.shape} and teacher shape {teacher.shape} "
-                     "must be the same (B, K)")
+    raise ValueError(f"{what}: student shape {student.shape} and teacher shape {teacher.shape} must be the same (B, K)")
 
 
 def _check_temperature(temperature: float) -> None:
@@ -31,8 +30,9 @@ def _masked_mean(per_row: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
   return jnp.sum(per_row * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
-def softmax_kd(student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: float,
-               mask: Optional[jax.Array] = None) -> jax.Array:
+def softmax_kd(
+  student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: float, mask: Optional[jax.Array] = None
+) -> jax.Array:
   """T^2 * KL(softmax(teacher / T) || softmax(student / T)), mean over real rows.
 
   Args:
@@ -49,11 +49,12 @@ def softmax_kd(student_logits: jax.Array, teacher_logits: jax.Array, *, temperat
   s = jnp.asarray(student_logits, jnp.float32) / temperature
   log_p, log_q = jax.nn.log_softmax(t, axis=-1), jax.nn.log_softmax(s, axis=-1)
   kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
-  return temperature ** 2 * _masked_mean(kl, mask)
+  return temperature**2 * _masked_mean(kl, mask)
 
 
-def sigmoid_kd(student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: float,
-               mask: Optional[jax.Array] = None) -> jax.Array:
+def sigmoid_kd(
+  student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: float, mask: Optional[jax.Array] = None
+) -> jax.Array:
   """T^2 * sum_k KL(Bernoulli(sigmoid(t_k / T)) || Bernoulli(sigmoid(s_k / T))), mean over rows.
 
   For discrete-time survival, whose K outputs are independent per-bin hazard logits.
@@ -71,15 +72,14 @@ def sigmoid_kd(student_logits: jax.Array, teacher_logits: jax.Array, *, temperat
   t = jax.lax.stop_gradient(jnp.asarray(teacher_logits, jnp.float32)) / temperature
   s = jnp.asarray(student_logits, jnp.float32) / temperature
   p = jax.nn.sigmoid(t)
-  kl = (p * (jax.nn.log_sigmoid(t) - jax.nn.log_sigmoid(s))
-        + (1.0 - p) * (jax.nn.log_sigmoid(-t) - jax.nn.log_sigmoid(-s)))
-  return temperature ** 2 * _masked_mean(jnp.sum(kl, axis=-1), mask)
+  kl = p * (jax.nn.log_sigmoid(t) - jax.nn.log_sigmoid(s)) + (1.0 - p) * (
+    jax.nn.log_sigmoid(-t) - jax.nn.log_sigmoid(-s)
+  )
+  return temperature**2 * _masked_mean(jnp.sum(kl, axis=-1), mask)
 
 
-def feature_matching(student: jax.Array, teacher: jax.Array,
-                     mask: Optional[jax.Array] = None) -> jax.Array:
+def feature_matching(student: jax.Array, teacher: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
   """Mean squared error between (B, E) student and teacher features, mean over real rows."""
   _check(student, teacher, "feature_matching")
-  diff = jnp.asarray(student, jnp.float32) - jax.lax.stop_gradient(
-      jnp.asarray(teacher, jnp.float32))
+  diff = jnp.asarray(student, jnp.float32) - jax.lax.stop_gradient(jnp.asarray(teacher, jnp.float32))
   return _masked_mean(jnp.mean(diff * diff, axis=-1), mask)

@@ -40,9 +40,14 @@ def _clamp_min(x: jax.Array, eps: float) -> jax.Array:
   return jnp.where(x >= eps, x, eps)
 
 
-def survival_nll(logits: jax.Array, bins: jax.Array, event: jax.Array,
-                 mask: Optional[jax.Array] = None, alpha: float = 0.0,
-                 eps: float = SURVIVAL_EPS) -> jax.Array:
+def survival_nll(
+  logits: jax.Array,
+  bins: jax.Array,
+  event: jax.Array,
+  mask: Optional[jax.Array] = None,
+  alpha: float = 0.0,
+  eps: float = SURVIVAL_EPS,
+) -> jax.Array:
   """The original's NLLSurvLoss on h = sigmoid(logits), S = cumprod(1 - h).
 
   With S_pad = [1, S_1, ..., S_K] and c = 1 - event:
@@ -75,8 +80,7 @@ def survival_nll(logits: jax.Array, bins: jax.Array, event: jax.Array,
   s_before = jnp.take_along_axis(s_pad, y, axis=1)[:, 0]
   s_after = jnp.take_along_axis(s_pad, y + 1, axis=1)[:, 0]
   h_at = jnp.take_along_axis(hazards, y, axis=1)[:, 0]
-  uncensored = -(1.0 - censored) * (jnp.log(_clamp_min(s_before, eps))
-                                    + jnp.log(_clamp_min(h_at, eps)))
+  uncensored = -(1.0 - censored) * (jnp.log(_clamp_min(s_before, eps)) + jnp.log(_clamp_min(h_at, eps)))
   censored_term = -censored * jnp.log(_clamp_min(s_after, eps))
   per_example = (1.0 - alpha) * (censored_term + uncensored) + alpha * uncensored
   per_example = jnp.where(valid, per_example, 0.0)

@@ -25,8 +25,9 @@ class Concordance(NamedTuple):
   comparable: jax.Array
 
 
-def concordance(risk: jax.Array, time: jax.Array, event: jax.Array,
-                mask: Optional[jax.Array] = None, tied_tol: float = TIED_TOL) -> Concordance:
+def concordance(
+  risk: jax.Array, time: jax.Array, event: jax.Array, mask: Optional[jax.Array] = None, tied_tol: float = TIED_TOL
+) -> Concordance:
   """Harrell's C exactly as scikit-survival's `concordance_index_censored`.
 
   A pair (i, j) is comparable when i had an event and either time_j > time_i, or
@@ -60,7 +61,8 @@ def concordance(risk: jax.Array, time: jax.Array, event: jax.Array,
   return Concordance(cindex, num, den)
 
 
-def concordance_index(risk: jax.Array, time: jax.Array, event: jax.Array,
-                      mask: Optional[jax.Array] = None, tied_tol: float = TIED_TOL) -> jax.Array:
+def concordance_index(
+  risk: jax.Array, time: jax.Array, event: jax.Array, mask: Optional[jax.Array] = None, tied_tol: float = TIED_TOL
+) -> jax.Array:
   """() float32 Harrell's C (NaN when no pair is comparable); see `concordance`."""
   return concordance(risk, time, event, mask, tied_tol).cindex

@@ -46,19 +46,23 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, num_classes: i
   labels = np.asarray(labels).astype(np.int64).ravel()
   probs = np.asarray(probs, np.float64)
   if probs.ndim != 2 or probs.shape != (labels.shape[0], num_classes):
-    raise ValueError(f"classification_metrics: probs must be (B, K) = ({labels.shape[0]}, "
-                     f"{num_classes}), got {probs.shape}")
+    raise ValueError(
+      f"classification_metrics: probs must be (B, K) = ({labels.shape[0]}, {num_classes}), got {probs.shape}"
+    )
   if labels.size and labels.max() >= num_classes:
-    raise ValueError(f"classification_metrics: label {labels.max()} out of range for "
-                     f"num_classes={num_classes}")
+    raise ValueError(f"classification_metrics: label {labels.max()} out of range for num_classes={num_classes}")
   keep = labels >= 0
   labels, probs = labels[keep], probs[keep]
   out: dict[str, Any] = {"num_examples": int(labels.size)}
   if labels.size == 0:
-    return out | {k: None for k in ("accuracy", "balanced_accuracy", "f1", "precision",
-                                    "sensitivity", "specificity", "auc", "auc_micro")} | {
-                                        "auc_classes": [], "confusion_matrix": np.zeros(
-                                            (num_classes, num_classes), int).tolist()}
+    return (
+      out
+      | {
+        k: None
+        for k in ("accuracy", "balanced_accuracy", "f1", "precision", "sensitivity", "specificity", "auc", "auc_micro")
+      }
+      | {"auc_classes": [], "confusion_matrix": np.zeros((num_classes, num_classes), int).tolist()}
+    )
   preds = probs.argmax(axis=1)
   out["accuracy"] = float(skm.accuracy_score(labels, preds))
   present = np.unique(labels)
@@ -85,11 +89,15 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, num_classes: i
   return out
 
 
-def survival_metrics(risk: np.ndarray, time: np.ndarray, event: np.ndarray,
-                     train_time: Optional[np.ndarray] = None,
-                     train_event: Optional[np.ndarray] = None,
-                     survival_curves: Optional[np.ndarray] = None,
-                     bin_times: Optional[np.ndarray] = None) -> dict[str, Any]:
+def survival_metrics(
+  risk: np.ndarray,
+  time: np.ndarray,
+  event: np.ndarray,
+  train_time: Optional[np.ndarray] = None,
+  train_event: Optional[np.ndarray] = None,
+  survival_curves: Optional[np.ndarray] = None,
+  bin_times: Optional[np.ndarray] = None,
+) -> dict[str, Any]:
   """Survival metrics of one evaluation split.
 
   Args:
@@ -115,11 +123,17 @@ def survival_metrics(risk: np.ndarray, time: np.ndarray, event: np.ndarray,
   time = np.asarray(time, np.float64).ravel()
   event = np.asarray(event).astype(bool).ravel()
   if not risk.shape == time.shape == event.shape:
-    raise ValueError(f"survival_metrics: risk, time and event must have the same length, got "
-                     f"{risk.shape}, {time.shape}, {event.shape}")
-  out: dict[str, Any] = {"num_examples": int(risk.size), "num_events": int(event.sum()),
-                         "c_index": None, "c_index_ipcw": None,
-                         "integrated_brier_score": None, "brier_times": []}
+    raise ValueError(
+      f"survival_metrics: risk, time and event must have the same length, got {risk.shape}, {time.shape}, {event.shape}"
+    )
+  out: dict[str, Any] = {
+    "num_examples": int(risk.size),
+    "num_events": int(event.sum()),
+    "c_index": None,
+    "c_index_ipcw": None,
+    "integrated_brier_score": None,
+    "brier_times": [],
+  }
   try:
     with np.errstate(invalid="ignore", divide="ignore"):  # sksurv may divide 0 / 0
       out["c_index"] = _float(sksm.concordance_index_censored(event, time, risk)[0])
@@ -138,15 +152,17 @@ def survival_metrics(risk: np.ndarray, time: np.ndarray, event: np.ndarray,
   curves = np.asarray(survival_curves, np.float64)
   bin_times = np.asarray(bin_times, np.float64).ravel()
   if curves.shape != (risk.size, bin_times.size):
-    raise ValueError(f"survival_metrics: survival_curves must be (B, T) = ({risk.size}, "
-                     f"{bin_times.size}), got {curves.shape}")
+    raise ValueError(
+      f"survival_metrics: survival_curves must be (B, T) = ({risk.size}, {bin_times.size}), got {curves.shape}"
+    )
   if np.any(np.diff(bin_times) <= 0):
     raise ValueError(f"survival_metrics: bin_times must be strictly increasing, got {bin_times}")
   inside = (bin_times >= time.min()) & (bin_times < time.max())
   if inside.sum() >= 2:
     try:
       out["integrated_brier_score"] = _float(
-          sksm.integrated_brier_score(train, test, curves[:, inside], bin_times[inside]))
+        sksm.integrated_brier_score(train, test, curves[:, inside], bin_times[inside])
+      )
       out["brier_times"] = bin_times[inside].tolist()
     except ValueError:
       pass

@@ -42,22 +42,21 @@ class SubspaceBranch(nn.Module):
     chex.assert_equal(patches.shape[0], gene_embedding.shape[0])
     chex.assert_equal(gene_embedding.shape[-1], cfg.dim)
     dense = lambda name, **kw: TorchDense(cfg.dim, dtype=self.dtype, name=name, **kw)
-    layer_norm = lambda name: nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
-                                           name=name)
+    layer_norm = lambda name: nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32, name=name)
 
     path = nn.relu(dense("patch_proj")(patches))
     self.sow("intermediates", "path", path)
     # Dense(concat(path, gene repeated)) without materialising the repeated gene tokens.
     fusion = dense("fusion")
-    fusion_in = jnp.concatenate(
-        [path, jnp.broadcast_to(gene_embedding[:, None, :].astype(path.dtype), path.shape)], -1)
+    fusion_in = jnp.concatenate([path, jnp.broadcast_to(gene_embedding[:, None, :].astype(path.dtype), path.shape)], -1)
     fused = fusion(fusion_in)
     self.sow("intermediates", "fused", fused)
 
     norm_q = layer_norm("layer_norm")
     norm_kv = layer_norm("layer_norm_kv") if cfg.separate_norms else norm_q
     attn_out, grid, key_mass = DeformCrossAttention(cfg.attention, self.dtype, name="attention")(
-        norm_q(fused).astype(self.dtype), norm_kv(path).astype(self.dtype), train=train)
+      norm_q(fused).astype(self.dtype), norm_kv(path).astype(self.dtype), train=train
+    )
     fused = fused + attn_out
     self.sow("intermediates", "layer_out", fused)
 

@@ -61,17 +61,20 @@ class DeformAttentionConfig:
   def implementations(self, dtype=jnp.float32) -> tuple[str, str]:
     """(attention, depthwise conv) implementations that run on `platform` in compute `dtype`
     ("auto" where the platform is not known)."""
-    native_ok = (self.attention_impl in ("auto", "native")
-                 and self.platform in (None, *dispatch.NATIVE_PLATFORMS)
-                 and native_cpb.supports_widths(self.cpb_widths(), dtype) and native.load())
-    attention = dispatch.resolve_attention(self.attention_impl, self.platform,
-                                           native_supported=native_ok)
+    native_ok = (
+      self.attention_impl in ("auto", "native")
+      and self.platform in (None, *dispatch.NATIVE_PLATFORMS)
+      and native_cpb.supports_widths(self.cpb_widths(), dtype)
+      and native.load()
+    )
+    attention = dispatch.resolve_attention(self.attention_impl, self.platform, native_supported=native_ok)
     return attention, dispatch.depthwise_for(attention) if self.ndim == 2 else "selection"
 
   def __post_init__(self):
     if self.attention_impl not in IMPLEMENTATIONS:
-      raise ValueError(f"attention_impl: unknown attention implementation "
-                       f"{self.attention_impl!r}; expected one of {IMPLEMENTATIONS}")
+      raise ValueError(
+        f"attention_impl: unknown attention implementation {self.attention_impl!r}; expected one of {IMPLEMENTATIONS}"
+      )
 
   def tile_for(self, rows: int, keys: int) -> int:
     """Queries per tile for `rows` = B * G offset-group rows attending to `keys` sampled keys
@@ -120,11 +123,11 @@ class DeformCrossAttention(nn.Module):
     cg = grouped_q.shape[-1]
     pad = (cfg.offset_kernel - cfg.downsample) // 2
     fan_in = cfg.offset_kernel**cfg.ndim
-    kernel = self.param("offset_conv_kernel", torch_uniform(fan_in),
-                        (cfg.offset_kernel,) * cfg.ndim + (1, cg))
+    kernel = self.param("offset_conv_kernel", torch_uniform(fan_in), (cfg.offset_kernel,) * cfg.ndim + (1, cg))
     bias = self.param("offset_conv_bias", torch_uniform(fan_in), (cg,))
-    h = depthwise_conv(grouped_q.astype(self.dtype), kernel, bias, cfg.downsample, pad,
-                       cfg.implementations(self.dtype)[1], cfg.platform)
+    h = depthwise_conv(
+      grouped_q.astype(self.dtype), kernel, bias, cfg.downsample, pad, cfg.implementations(self.dtype)[1], cfg.platform
+    )
     h = nn.gelu(h, approximate=False)
     h = TorchDense(cfg.ndim, use_bias=False, dtype=self.dtype, name="offset_proj")(h)
     return jnp.tanh(h.astype(jnp.float32)) * cfg.offset_scale
@@ -170,8 +173,7 @@ class DeformCrossAttention(nn.Module):
     lattice = offsets.shape[1:-1]
     s = lattice[0]
     if cfg.ndim == 2:
-      oy, ox = jnp.meshgrid(jnp.arange(s, dtype=jnp.float32), jnp.arange(s, dtype=jnp.float32),
-                            indexing="ij")
+      oy, ox = jnp.meshgrid(jnp.arange(s, dtype=jnp.float32), jnp.arange(s, dtype=jnp.float32), indexing="ij")
       base = jnp.stack([ox, oy], axis=-1)  # x first, like the offsets' channels
     else:
       base = jnp.arange(s, dtype=jnp.float32)[:, None]
@@ -196,9 +198,19 @@ class DeformCrossAttention(nn.Module):
     pos_k = points.reshape(b, g, m, cfg.ndim)
     dropout_rng = self.make_rng("dropout") if train and cfg.dropout > 0 else None
     out, key_mass = cpb_attention(
-        heads(q), heads(k), heads(v), pos_q, pos_k, self._cpb_params(),
-        dropout_rate=cfg.dropout, dropout_rng=dropout_rng, implementation=cfg.attention_impl,
-        query_tile=cfg.tile_for(b * g, m), cpb_dtype=self.dtype, platform=cfg.platform)
+      heads(q),
+      heads(k),
+      heads(v),
+      pos_q,
+      pos_k,
+      self._cpb_params(),
+      dropout_rate=cfg.dropout,
+      dropout_rng=dropout_rng,
+      implementation=cfg.attention_impl,
+      query_tile=cfg.tile_for(b * g, m),
+      cpb_dtype=self.dtype,
+      platform=cfg.platform,
+    )
     out = out.transpose(0, 2, 1, 3).reshape(b, n, inner)
     out = TorchDense(c, dtype=self.dtype, name="to_out")(out)
     grid = jnp.moveaxis(vgrid, -1, 1)  # (B*G, ndim, *lattice), the original's layout

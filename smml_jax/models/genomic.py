@@ -38,6 +38,7 @@ class SubspaceGenomicConfig:
   """widths: SNN block widths per subspace (the last is the embedding width E);
   dropout_rate: AlphaDropout rate (0.25 as Pathomic Fusion / MCAT's genomic SNNs);
   detach_heads: per-subspace heads read stop_gradient embeddings (see the module docstring)."""
+
   num_classes: int = 3
   widths: Sequence[int] = (64, 48, 32, 128)
   dropout_rate: float = 0.25
@@ -60,23 +61,30 @@ class SubspaceGenomicNet(nn.Module):
     cfg = self.config
     tumour, micro = read_genes(batch, model="SubspaceGenomicNet")
     if tumour.shape[-1] == 0 or micro.shape[-1] == 0:
-      raise ValueError(f"SubspaceGenomicNet: both gene subspaces must be non-empty, got "
-                       f"genes_tumour {tumour.shape} and genes_micro {micro.shape}")
+      raise ValueError(
+        f"SubspaceGenomicNet: both gene subspaces must be non-empty, got "
+        f"genes_tumour {tumour.shape} and genes_micro {micro.shape}"
+      )
     snn = lambda name: SNN(tuple(cfg.widths), cfg.dropout_rate, name=name)
     gene_t = snn("snn_tumour")(tumour, train=train)
     gene_m = snn("snn_micro")(micro, train=train)
     features = jnp.concatenate([gene_t, gene_m], axis=-1)
     head_in = jax.lax.stop_gradient if cfg.detach_heads else (lambda x: x)
     return ModelOutput(
-        logits=nn.Dense(cfg.num_classes, name="classifier")(features),
-        logits_tumour=nn.Dense(cfg.num_classes, name="classifier_tumour")(head_in(gene_t)),
-        logits_micro=nn.Dense(cfg.num_classes, name="classifier_micro")(head_in(gene_m)),
-        features=features, embed_tumour=gene_t, embed_micro=gene_m,
-        gene_tumour=gene_t, gene_micro=gene_m)
+      logits=nn.Dense(cfg.num_classes, name="classifier")(features),
+      logits_tumour=nn.Dense(cfg.num_classes, name="classifier_tumour")(head_in(gene_t)),
+      logits_micro=nn.Dense(cfg.num_classes, name="classifier_micro")(head_in(gene_m)),
+      features=features,
+      embed_tumour=gene_t,
+      embed_micro=gene_m,
+      gene_tumour=gene_t,
+      gene_micro=gene_m,
+    )
 
 
-def build_genomic_model(name: str, *, num_classes: int, n_genes_tumour: int, n_genes_micro: int,
-                        options: Mapping[str, Any] | None = None) -> ModelSpec:
+def build_genomic_model(
+  name: str, *, num_classes: int, n_genes_tumour: int, n_genes_micro: int, options: Mapping[str, Any] | None = None
+) -> ModelSpec:
   """`snn` or `subspace-genomic` as a registry `ModelSpec` (consistency never applies).
 
   Options: `widths`, `dropout_rate` (both models), `detach_heads` (subspace-genomic).
@@ -88,19 +96,21 @@ def build_genomic_model(name: str, *, num_classes: int, n_genes_tumour: int, n_g
     unknown = sorted(set(options) - {"widths", "dropout_rate"})
     if unknown:
       raise ValueError(f"unknown options {unknown} for model 'snn'; valid: ['dropout_rate', 'widths']")
-    return ModelSpec(SNNBaseline(num_classes=num_classes, n_genes_tumour=n_genes_tumour,
-                                 n_genes_micro=n_genes_micro, **options))
+    return ModelSpec(
+      SNNBaseline(num_classes=num_classes, n_genes_tumour=n_genes_tumour, n_genes_micro=n_genes_micro, **options)
+    )
   if name == "subspace-genomic":
     if n_genes_micro == 0 or n_genes_tumour == 0:
-      raise ValueError(f"model 'subspace-genomic' needs both gene subspaces; got {n_genes_tumour} "
-                       f"tumour and {n_genes_micro} micro features (the PNAS source has no "
-                       f"microenvironment features: use source 'porpoise')")
+      raise ValueError(
+        f"model 'subspace-genomic' needs both gene subspaces; got {n_genes_tumour} "
+        f"tumour and {n_genes_micro} micro features (the PNAS source has no "
+        f"microenvironment features: use source 'porpoise')"
+      )
     fields = {f.name for f in dataclasses.fields(SubspaceGenomicConfig)} - {"num_classes"}
     unknown = sorted(set(options) - fields)
     if unknown:
       raise ValueError(f"unknown options {unknown} for model 'subspace-genomic'; valid: {sorted(fields)}")
     config = SubspaceGenomicConfig(num_classes=num_classes, **options)
     width = int(config.widths[-1])
-    return ModelSpec(SubspaceGenomicNet(config),
-                     coordinated=coordinated_leaves(fused_classifier_split((width, width))))
+    return ModelSpec(SubspaceGenomicNet(config), coordinated=coordinated_leaves(fused_classifier_split((width, width))))
   raise ValueError(f"unknown genomic model {name!r}; expected one of {GENOMIC_MODELS}")

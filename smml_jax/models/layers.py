@@ -41,8 +41,7 @@ class GroupedDense(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     c_in, g = x.shape[-1], self.groups
     if c_in % g or self.features % g:
-      raise ValueError(f"GroupedDense: channels in={c_in}, out={self.features} must divide by "
-                       f"groups={g}")
+      raise ValueError(f"GroupedDense: channels in={c_in}, out={self.features} must divide by groups={g}")
     kernel = self.param("kernel", torch_dense_init, (g, c_in // g, self.features // g))
     xg = x.astype(self.dtype).reshape(*x.shape[:-1], g, c_in // g)
     y = jnp.einsum("...gi,gio->...go", xg, kernel.astype(self.dtype))

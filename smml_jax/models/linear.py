@@ -30,6 +30,7 @@ from smml_jax.data import labels
 @dataclasses.dataclass(frozen=True)
 class LinearConfig:
   """Regularisation grids and the fixed defaults used without a validation set."""
+
   c_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
   default_c: float = 1e-2
   # Weaker penalties than 0.03 diverge on the PORPOISE features (p > n).
@@ -63,20 +64,27 @@ def _logistic_probs(c: float, cfg: LinearConfig, x_train, y_train, x_eval, num_c
   return probs
 
 
-def fit_predict_logistic(x_train, y_train, x_val, y_val, x_test, num_classes: int,
-                         cfg: LinearConfig = LinearConfig()) -> np.ndarray:
+def fit_predict_logistic(
+  x_train, y_train, x_val, y_val, x_test, num_classes: int, cfg: LinearConfig = LinearConfig()
+) -> np.ndarray:
   """(N_test, num_classes) class probabilities of multinomial L2 logistic regression."""
   y_train = np.asarray(y_train, np.int64)
   if np.any((y_train < 0) | (y_train >= num_classes)):
-    raise ValueError(f"y_train must hold class codes in [0, {num_classes}); got "
-                     f"{np.unique(y_train)} (drop unlabelled patients first)")
+    raise ValueError(
+      f"y_train must hold class codes in [0, {num_classes}); got {np.unique(y_train)} (drop unlabelled patients first)"
+    )
   x_train, x_val, x_test = _scaled(x_train, x_val, x_test)
   c = cfg.default_c
   if x_val is not None and len(cfg.c_grid) > 1:
     y_val = np.asarray(y_val, np.int64)
-    losses = [log_loss(y_val, np.clip(_logistic_probs(c_, cfg, x_train, y_train, x_val,
-                                                      num_classes), 1e-12, 1.0),
-                       labels=np.arange(num_classes)) for c_ in cfg.c_grid]
+    losses = [
+      log_loss(
+        y_val,
+        np.clip(_logistic_probs(c_, cfg, x_train, y_train, x_val, num_classes), 1e-12, 1.0),
+        labels=np.arange(num_classes),
+      )
+      for c_ in cfg.c_grid
+    ]
     c = cfg.c_grid[int(np.argmin(losses))]
   return _logistic_probs(c, cfg, x_train, y_train, x_test, num_classes)
 
@@ -93,12 +101,12 @@ def _survival_arrays(y) -> tuple[np.ndarray, np.ndarray]:
 
 def c_index(time, event, risk) -> float:
   """Harrell's C-index (higher risk = shorter survival)."""
-  return float(concordance_index_censored(np.asarray(event, bool), np.asarray(time, np.float64),
-                                          np.asarray(risk, np.float64))[0])
+  return float(
+    concordance_index_censored(np.asarray(event, bool), np.asarray(time, np.float64), np.asarray(risk, np.float64))[0]
+  )
 
 
-def fit_predict_cox(x_train, y_train, x_val, y_val, x_test,
-                    cfg: LinearConfig = LinearConfig()) -> np.ndarray:
+def fit_predict_cox(x_train, y_train, x_val, y_val, x_test, cfg: LinearConfig = LinearConfig()) -> np.ndarray:
   """(N_test,) risk scores (linear predictor) of an elastic-net Cox model (Coxnet)."""
   time, event = _survival_arrays(y_train)
   x_train, x_val, x_test = _scaled(x_train, x_val, x_test)
@@ -125,13 +133,16 @@ def _fit_coxnet_path(x, y, grid: Sequence[float], cfg: LinearConfig):
         return model.fit(x, y), alphas
     except ArithmeticError as e:
       if len(alphas) == 1:
-        raise ValueError(f"Coxnet diverged at alpha={alphas[0]} (l1_ratio={cfg.l1_ratio}) on "
-                         f"{x.shape[0]} patients x {x.shape[1]} features: {e}") from e
+        raise ValueError(
+          f"Coxnet diverged at alpha={alphas[0]} (l1_ratio={cfg.l1_ratio}) on "
+          f"{x.shape[0]} patients x {x.shape[1]} features: {e}"
+        ) from e
       alphas = alphas[:-1]
 
 
-def fit_predict_linear(task: str, x_train, y_train, x_val, y_val, x_test,
-                       cfg: LinearConfig = LinearConfig()) -> np.ndarray:
+def fit_predict_linear(
+  task: str, x_train, y_train, x_val, y_val, x_test, cfg: LinearConfig = LinearConfig()
+) -> np.ndarray:
   """The classical reference for `task`.
 
   Args:
@@ -151,5 +162,4 @@ def fit_predict_linear(task: str, x_train, y_train, x_val, y_val, x_test,
     return fit_predict_cox(x_train, y_train, x_val, y_val, x_test, cfg)
   if task not in labels.TASK_NUM_CLASSES:
     raise ValueError(f"unknown task {task!r}; expected one of {sorted(labels.TASK_NUM_CLASSES)}")
-  return fit_predict_logistic(x_train, y_train, x_val, y_val, x_test,
-                              labels.TASK_NUM_CLASSES[task], cfg)
+  return fit_predict_logistic(x_train, y_train, x_val, y_val, x_test, labels.TASK_NUM_CLASSES[task], cfg)

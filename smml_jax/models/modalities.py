@@ -33,16 +33,17 @@ def subspace_logits(kernel: jax.Array, bias: jax.Array, embeds: Sequence[jax.Arr
   kernel = jnp.asarray(kernel)
   widths = [e.shape[-1] for e in embeds]
   if kernel.shape[0] != sum(widths):
-    raise ValueError(f"subspace_logits: kernel has {kernel.shape[0]} input rows, expected the "
-                     f"sum of the embedding widths {widths}")
+    raise ValueError(
+      f"subspace_logits: kernel has {kernel.shape[0]} input rows, expected the sum of the embedding widths {widths}"
+    )
   offsets = [sum(widths[:m]) for m in range(len(widths))]
-  return [jnp.matmul(jnp.asarray(e, jnp.float32), kernel[o:o + w],
-                     precision=jax.lax.Precision.HIGHEST) + bias / len(embeds)
-          for e, o, w in zip(embeds, offsets, widths)]
+  return [
+    jnp.matmul(jnp.asarray(e, jnp.float32), kernel[o : o + w], precision=jax.lax.Precision.HIGHEST) + bias / len(embeds)
+    for e, o, w in zip(embeds, offsets, widths)
+  ]
 
 
 def fused_modality_logits(params: Any, out: Any) -> list[jax.Array]:
   """`subspace_logits` of a model's `classifier` params and its output's tumour / micro embeddings."""
   classifier = params["classifier"]
-  return subspace_logits(classifier["kernel"], classifier["bias"],
-                         (out.embed_tumour, out.embed_micro))
+  return subspace_logits(classifier["kernel"], classifier["bias"], (out.embed_tumour, out.embed_micro))

@@ -53,8 +53,7 @@ class SNN(nn.Module):
   def __call__(self, genes: jax.Array, *, train: bool = False) -> jax.Array:
     x = genes.astype(self.dtype)
     for i, width in enumerate(self.widths):
-      x = nn.Dense(width, kernel_init=max_init, bias_init=nn.initializers.zeros,
-                   dtype=self.dtype, name=f"dense_{i}")(x)
+      x = nn.Dense(width, kernel_init=max_init, bias_init=nn.initializers.zeros, dtype=self.dtype, name=f"dense_{i}")(x)
       x = nn.elu(x)
       x = AlphaDropout(self.dropout_rate, name=f"alpha_dropout_{i}")(x, deterministic=not train)
     return nn.relu(x)

@@ -63,8 +63,7 @@ class SubspaceStudent(nn.Module):
     patches = batch["patches"]
     chex.assert_rank(patches, 3)
     pooled = tissue_mean(patches)
-    predictor = lambda name: GenePredictor(cfg.branch.dim, self.predictor_hidden,
-                                           cfg.snn_dropout, name=name)
+    predictor = lambda name: GenePredictor(cfg.branch.dim, self.predictor_hidden, cfg.snn_dropout, name=name)
     branch = lambda name: SubspaceBranch(cfg.branch, self.dtype, name=name)
     head = lambda name: TorchDense(cfg.num_classes, name=name)
 
@@ -75,9 +74,16 @@ class SubspaceStudent(nn.Module):
     embed_t, embed_m = embed_t.astype(jnp.float32), embed_m.astype(jnp.float32)
     features = jnp.concatenate([embed_t, embed_m], axis=-1)
     return ModelOutput(
-        logits=head("classifier")(features),
-        logits_tumour=head("classifier_tumour")(embed_t),
-        logits_micro=head("classifier_micro")(embed_m),
-        features=features, embed_tumour=embed_t, embed_micro=embed_m,
-        gene_tumour=gene_t, gene_micro=gene_m, grid_tumour=grid_t, grid_micro=grid_m,
-        attn_tumour=mass_t, attn_micro=mass_m)
+      logits=head("classifier")(features),
+      logits_tumour=head("classifier_tumour")(embed_t),
+      logits_micro=head("classifier_micro")(embed_m),
+      features=features,
+      embed_tumour=embed_t,
+      embed_micro=embed_m,
+      gene_tumour=gene_t,
+      gene_micro=gene_m,
+      grid_tumour=grid_t,
+      grid_micro=grid_m,
+      attn_tumour=mass_t,
+      attn_micro=mass_m,
+    )

@@ -56,8 +56,9 @@ class SubspaceNet(nn.Module):
     patches = batch["patches"]
     chex.assert_rank([patches, batch["genes_tumour"], batch["genes_micro"]], [3, 2, 2])
     if cfg.snn_widths[-1] != cfg.branch.dim:
-      raise ValueError(f"the SNN embedding ({cfg.snn_widths[-1]}) must equal the branch dim "
-                       f"({cfg.branch.dim}) for the token fusion")
+      raise ValueError(
+        f"the SNN embedding ({cfg.snn_widths[-1]}) must equal the branch dim ({cfg.branch.dim}) for the token fusion"
+      )
     snn = lambda name: SNN(tuple(cfg.snn_widths), cfg.snn_dropout, name=name)
     branch = lambda name: SubspaceBranch(cfg.branch, self.dtype, name=name)
     head = lambda name: TorchDense(cfg.num_classes, name=name)
@@ -67,8 +68,7 @@ class SubspaceNet(nn.Module):
       gene = snn(name)(genes, train=train)
       if present is None:
         return gene
-      absent = self.param(name.replace("snn", "absent"), nn.initializers.zeros,
-                          (gene.shape[-1],), jnp.float32)
+      absent = self.param(name.replace("snn", "absent"), nn.initializers.zeros, (gene.shape[-1],), jnp.float32)
       return jnp.where(jnp.asarray(present, bool)[:, None], gene, absent.astype(gene.dtype))
 
     if cfg.single_subspace:
@@ -76,8 +76,9 @@ class SubspaceNet(nn.Module):
       gene = gene_embedding("snn", genes)
       embed, grid, mass = branch("branch")(patches, gene, train=train)
       logits = head("classifier")(embed.astype(jnp.float32))
-      return ModelOutput(logits=logits, features=embed, embed_tumour=embed, gene_tumour=gene,
-                         grid_tumour=grid, attn_tumour=mass)
+      return ModelOutput(
+        logits=logits, features=embed, embed_tumour=embed, gene_tumour=gene, grid_tumour=grid, attn_tumour=mass
+      )
 
     gene_t = gene_embedding("snn_tumour", batch["genes_tumour"])
     gene_m = gene_embedding("snn_micro", batch["genes_micro"])
@@ -86,9 +87,16 @@ class SubspaceNet(nn.Module):
     embed_t, embed_m = embed_t.astype(jnp.float32), embed_m.astype(jnp.float32)
     features = jnp.concatenate([embed_t, embed_m], axis=-1)
     return ModelOutput(
-        logits=head("classifier")(features),
-        logits_tumour=head("classifier_tumour")(embed_t),
-        logits_micro=head("classifier_micro")(embed_m),
-        features=features, embed_tumour=embed_t, embed_micro=embed_m,
-        gene_tumour=gene_t, gene_micro=gene_m, grid_tumour=grid_t, grid_micro=grid_m,
-        attn_tumour=mass_t, attn_micro=mass_m)
+      logits=head("classifier")(features),
+      logits_tumour=head("classifier_tumour")(embed_t),
+      logits_micro=head("classifier_micro")(embed_m),
+      features=features,
+      embed_tumour=embed_t,
+      embed_micro=embed_m,
+      gene_tumour=gene_t,
+      gene_micro=gene_m,
+      grid_tumour=grid_t,
+      grid_micro=grid_m,
+      attn_tumour=mass_t,
+      attn_micro=mass_m,
+    )

@@ -32,8 +32,7 @@ from smml_jax.ops.fused_attention import attend_tile
 IMPLEMENTATIONS = dispatch.ATTENTION_IMPLEMENTATIONS
 
 
-def _attend_block(q, k, v, pos_q, pos_k, cpb_params, valid, dropout_rate, rng, softmax_dtype,
-                  cpb_dtype):
+def _attend_block(q, k, v, pos_q, pos_k, cpb_params, valid, dropout_rate, rng, softmax_dtype, cpb_dtype):
   """Attention for one block of queries.
 
   q (B, H, T, Dh), k/v (B, H, M, Dh), pos_q (T, D), pos_k (B, G, M, D), valid (T,) bool.
@@ -58,20 +57,20 @@ def _attend_with_bias(q, k, v, bias, valid, dropout_rate, rng, softmax_dtype):
 
 
 def cpb_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    pos_q: jax.Array,
-    pos_k: jax.Array,
-    cpb_params: CPBParams,
-    *,
-    dropout_rate: float = 0.0,
-    dropout_rng: Optional[jax.Array] = None,
-    implementation: str = "chunked",
-    query_tile: int = 256,
-    softmax_dtype=jnp.float32,
-    cpb_dtype=jnp.float32,
-    platform: Optional[str] = None,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  pos_q: jax.Array,
+  pos_k: jax.Array,
+  cpb_params: CPBParams,
+  *,
+  dropout_rate: float = 0.0,
+  dropout_rng: Optional[jax.Array] = None,
+  implementation: str = "chunked",
+  query_tile: int = 256,
+  softmax_dtype=jnp.float32,
+  cpb_dtype=jnp.float32,
+  platform: Optional[str] = None,
 ) -> tuple[jax.Array, jax.Array]:
   """softmax(q k^T + CPB(pos_q - pos_k)) v, with attention dropout when `dropout_rng` is given.
 
@@ -97,20 +96,23 @@ def cpb_attention(
     out (B, H, N, Dh) and the attention mass each sampled key receives, summed over queries,
     (B, H, M), before dropout.
   """
-  native_supported = (implementation in ("auto", "native")
-                      and platform in (None, *dispatch.NATIVE_PLATFORMS)
-                      and native_cpb.available(cpb_params, cpb_dtype))
-  implementation = dispatch.resolve_attention(implementation, platform,
-                                              native_supported=native_supported)
+  native_supported = (
+    implementation in ("auto", "native")
+    and platform in (None, *dispatch.NATIVE_PLATFORMS)
+    and native_cpb.available(cpb_params, cpb_dtype)
+  )
+  implementation = dispatch.resolve_attention(implementation, platform, native_supported=native_supported)
   if implementation == "native" and not native_supported:
-    raise ValueError("attention implementation 'native' is unavailable: "
-                     + native_cpb.why_unavailable(cpb_params, cpb_dtype))
+    raise ValueError(
+      "attention implementation 'native' is unavailable: " + native_cpb.why_unavailable(cpb_params, cpb_dtype)
+    )
   if implementation == "pallas" and platform == "gpu":
-    raise ValueError("attention implementation 'pallas' is unavailable: "
-                     + pallas_attention.why_unavailable("gpu"))
-  run = lambda impl: lambda *a: _cpb_attention(
-      impl, *a, dropout_rate=dropout_rate, query_tile=query_tile, softmax_dtype=softmax_dtype,
-      cpb_dtype=cpb_dtype)
+    raise ValueError("attention implementation 'pallas' is unavailable: " + pallas_attention.why_unavailable("gpu"))
+  run = lambda impl: (
+    lambda *a: _cpb_attention(
+      impl, *a, dropout_rate=dropout_rate, query_tile=query_tile, softmax_dtype=softmax_dtype, cpb_dtype=cpb_dtype
+    )
+  )
   args = (q, k, v, pos_q, pos_k, list(cpb_params), dropout_rng)
   if implementation == "auto":  # no platform given: decided where the computation is lowered
     if not native_supported:
@@ -119,21 +121,32 @@ def cpb_attention(
   return run(implementation)(*args)
 
 
-def _cpb_attention(implementation, q, k, v, pos_q, pos_k, cpb_params, dropout_rng, *,
-                   dropout_rate, query_tile, softmax_dtype, cpb_dtype):
+def _cpb_attention(
+  implementation, q, k, v, pos_q, pos_k, cpb_params, dropout_rng, *, dropout_rate, query_tile, softmax_dtype, cpb_dtype
+):
   """`cpb_attention` with a concrete implementation."""
   if implementation == "pallas":
     return pallas_attention.pallas_cpb_attention(
-        q, k, v, pos_q, pos_k, cpb_params, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-        query_tile=query_tile, softmax_dtype=softmax_dtype, cpb_dtype=cpb_dtype)
+      q,
+      k,
+      v,
+      pos_q,
+      pos_k,
+      cpb_params,
+      dropout_rate=dropout_rate,
+      dropout_rng=dropout_rng,
+      query_tile=query_tile,
+      softmax_dtype=softmax_dtype,
+      cpb_dtype=cpb_dtype,
+    )
   n = q.shape[2]
   if implementation == "native":
     bias = native_cpb.relative_position_bias(pos_q, pos_k, list(cpb_params))
-    return _attend_with_bias(q, k, v, bias, jnp.ones((n,), bool), dropout_rate, dropout_rng,
-                             softmax_dtype)
+    return _attend_with_bias(q, k, v, bias, jnp.ones((n,), bool), dropout_rate, dropout_rng, softmax_dtype)
   if implementation == "reference" or (implementation == "chunked" and n <= query_tile):
-    return _attend_block(q, k, v, pos_q, pos_k, cpb_params, jnp.ones((n,), bool),
-                         dropout_rate, dropout_rng, softmax_dtype, cpb_dtype)
+    return _attend_block(
+      q, k, v, pos_q, pos_k, cpb_params, jnp.ones((n,), bool), dropout_rate, dropout_rng, softmax_dtype, cpb_dtype
+    )
 
   query_tile = min(query_tile, n)
   n_tiles = -(-n // query_tile)
@@ -146,19 +159,20 @@ def _cpb_attention(implementation, q, k, v, pos_q, pos_k, cpb_params, dropout_rn
   cpb_params = list(cpb_params)
 
   if implementation == "chunked":
+
     @jax.checkpoint
     def tile_fn(q_t, pos_t, valid_t, index, k, v, pos_k, cpb_params):
       rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
-      return _attend_block(q_t, k, v, pos_t, pos_k, cpb_params, valid_t, dropout_rate, rng,
-                           softmax_dtype, cpb_dtype)
+      return _attend_block(q_t, k, v, pos_t, pos_k, cpb_params, valid_t, dropout_rate, rng, softmax_dtype, cpb_dtype)
   else:
+
     def tile_fn(q_t, pos_t, valid_t, index, k, v, pos_k, cpb_params):
       keep = None
       if dropout_rng is not None and dropout_rate > 0.0:
-        keep = jax.random.bernoulli(jax.random.fold_in(dropout_rng, index), 1.0 - dropout_rate,
-                                    (b, h, query_tile, k.shape[2]))
-      return attend_tile(q_t, k, v, pos_t, pos_k, cpb_params, valid_t, keep, dropout_rate,
-                         softmax_dtype, cpb_dtype)
+        keep = jax.random.bernoulli(
+          jax.random.fold_in(dropout_rng, index), 1.0 - dropout_rate, (b, h, query_tile, k.shape[2])
+        )
+      return attend_tile(q_t, k, v, pos_t, pos_k, cpb_params, valid_t, keep, dropout_rate, softmax_dtype, cpb_dtype)
 
   def body(xs):
     q_t, pos_t, valid_t, index = xs

@@ -55,7 +55,7 @@ def dense_layer(h: jax.Array, layer: tuple[jax.Array, jax.Array]) -> jax.Array:
   kernel, bias = layer
   kernel = kernel.astype(h.dtype)
   if kernel.shape[0] <= 2:
-    return bias.astype(h.dtype) + sum(h[:, d:d + 1] * kernel[d] for d in range(kernel.shape[0]))
+    return bias.astype(h.dtype) + sum(h[:, d : d + 1] * kernel[d] for d in range(kernel.shape[0]))
   return h @ kernel + bias.astype(h.dtype)
 
 
@@ -74,8 +74,9 @@ def cpb_mlp(t: jax.Array, params: CPBParams) -> jax.Array:
   return h.reshape(*lead, h.shape[-1])
 
 
-def relative_position_bias(pos_q: jax.Array, pos_k: jax.Array, params: CPBParams,
-                           compute_dtype=jnp.float32) -> jax.Array:
+def relative_position_bias(
+  pos_q: jax.Array, pos_k: jax.Array, params: CPBParams, compute_dtype=jnp.float32
+) -> jax.Array:
   """Bias logits for every (query, key) pair.
 
   Args:

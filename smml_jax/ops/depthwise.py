@@ -45,10 +45,12 @@ def _native_conv2d(x, kernel, bias, stride, padding):
 def _native_forward(x, kernel, bias, stride, padding):
   b, h, w, c = x.shape
   kh, kw = kernel.shape[:2]
-  out = jax.ShapeDtypeStruct((b, (h + 2 * padding - kh) // stride + 1,
-                              (w + 2 * padding - kw) // stride + 1, c), jnp.float32)
+  out = jax.ShapeDtypeStruct(
+    (b, (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1, c), jnp.float32
+  )
   return jax.ffi.ffi_call(native.DEPTHWISE_FORWARD_TARGET, out, vmap_method="sequential")(
-      x, kernel.reshape(kh, kw, c), bias, stride=np.int64(stride), padding=np.int64(padding))
+    x, kernel.reshape(kh, kw, c), bias, stride=np.int64(stride), padding=np.int64(padding)
+  )
 
 
 def _native_fwd(x, kernel, bias, stride, padding):
@@ -58,21 +60,29 @@ def _native_fwd(x, kernel, bias, stride, padding):
 def _native_bwd(stride, padding, residuals, g):
   x, kernel = residuals
   kh, kw, c = kernel.shape[0], kernel.shape[1], x.shape[-1]
-  shapes = (jax.ShapeDtypeStruct(x.shape, jnp.float32),
-            jax.ShapeDtypeStruct((kh, kw, c), jnp.float32), jax.ShapeDtypeStruct((c,), jnp.float32))
-  g_x, g_kernel, g_bias = jax.ffi.ffi_call(
-      native.DEPTHWISE_BACKWARD_TARGET, shapes, vmap_method="sequential")(
-          x, kernel.reshape(kh, kw, c), g.astype(jnp.float32), stride=np.int64(stride),
-          padding=np.int64(padding))
+  shapes = (
+    jax.ShapeDtypeStruct(x.shape, jnp.float32),
+    jax.ShapeDtypeStruct((kh, kw, c), jnp.float32),
+    jax.ShapeDtypeStruct((c,), jnp.float32),
+  )
+  g_x, g_kernel, g_bias = jax.ffi.ffi_call(native.DEPTHWISE_BACKWARD_TARGET, shapes, vmap_method="sequential")(
+    x, kernel.reshape(kh, kw, c), g.astype(jnp.float32), stride=np.int64(stride), padding=np.int64(padding)
+  )
   return g_x, g_kernel.reshape(kernel.shape), g_bias
 
 
 _native_conv2d.defvjp(_native_fwd, _native_bwd)
 
 
-def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int,
-                   padding: int, implementation: str = "auto",
-                   platform: Optional[str] = None) -> jax.Array:
+def depthwise_conv(
+  x: jax.Array,
+  kernel: jax.Array,
+  bias: jax.Array,
+  stride: int,
+  padding: int,
+  implementation: str = "auto",
+  platform: Optional[str] = None,
+) -> jax.Array:
   """Cross-correlation of each channel with its own filter, zero padding, channel-last.
 
   Args:
@@ -90,11 +100,11 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int
     `lax.conv_general_dilated(..., feature_group_count=C)`.
   """
   if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"unknown depthwise implementation {implementation!r}; "
-                     f"expected one of {IMPLEMENTATIONS}")
+    raise ValueError(f"unknown depthwise implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
   if implementation == "native" and platform is not None and platform != "cpu":
-    raise dispatch.DispatchError(f"the native depthwise conv runs on the CPU only; this "
-                                 f"computation is compiled for {platform!r} devices")
+    raise dispatch.DispatchError(
+      f"the native depthwise conv runs on the CPU only; this computation is compiled for {platform!r} devices"
+    )
   if implementation == "auto":
     if not native_available(x) or (platform is not None and platform != "cpu"):
       implementation = "selection"
@@ -102,19 +112,28 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int
       implementation = "native"
     else:  # no platform given: decided where the computation is lowered
       return jax.lax.platform_dependent(
-          x, kernel, bias, cpu=lambda *a: depthwise_conv(*a, stride, padding, "native"),
-          default=lambda *a: depthwise_conv(*a, stride, padding, "selection"))
+        x,
+        kernel,
+        bias,
+        cpu=lambda *a: depthwise_conv(*a, stride, padding, "native"),
+        default=lambda *a: depthwise_conv(*a, stride, padding, "selection"),
+      )
   elif implementation == "native" and not native_available(x):
-    raise ValueError("native depthwise conv needs a 2D float32 input and the built kernels; got "
-                     f"x {x.shape} {x.dtype} ({native.unavailable_reason() or 'kernels built'})")
+    raise ValueError(
+      "native depthwise conv needs a 2D float32 input and the built kernels; got "
+      f"x {x.shape} {x.dtype} ({native.unavailable_reason() or 'kernels built'})"
+    )
   if implementation == "native":
-    return _native_conv2d(x, kernel.astype(jnp.float32), bias.astype(jnp.float32), stride,
-                          padding)
+    return _native_conv2d(x, kernel.astype(jnp.float32), bias.astype(jnp.float32), stride, padding)
   ndim = x.ndim - 2
   ksize = kernel.shape[:ndim]
   w = kernel.reshape(*ksize, kernel.shape[-1]).astype(x.dtype)
-  sel = [_selection(x.shape[1 + d], (x.shape[1 + d] + 2 * padding - ksize[d]) // stride + 1,
-                    ksize[d], stride, padding, x.dtype) for d in range(ndim)]
+  sel = [
+    _selection(
+      x.shape[1 + d], (x.shape[1 + d] + 2 * padding - ksize[d]) // stride + 1, ksize[d], stride, padding, x.dtype
+    )
+    for d in range(ndim)
+  ]
   if ndim == 1:
     windows = jnp.einsum("blc,ial->biac", x, sel[0])
     out = jnp.einsum("biac,ac->bic", windows, w)

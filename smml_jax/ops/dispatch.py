@@ -39,8 +39,7 @@ def platform_of(devices) -> str:
   return platforms.pop()
 
 
-def resolve_attention(implementation: str, platform: Optional[str], *,
-                      native_supported: bool) -> str:
+def resolve_attention(implementation: str, platform: Optional[str], *, native_supported: bool) -> str:
   """The attention implementation that runs.
 
   Args:
@@ -53,12 +52,15 @@ def resolve_attention(implementation: str, platform: Optional[str], *,
     A concrete implementation, or "auto" when `platform` is None.
   """
   if implementation not in ATTENTION_IMPLEMENTATIONS:
-    raise DispatchError(f"unknown attention implementation {implementation!r}; expected one of "
-                        f"{ATTENTION_IMPLEMENTATIONS}")
+    raise DispatchError(
+      f"unknown attention implementation {implementation!r}; expected one of {ATTENTION_IMPLEMENTATIONS}"
+    )
   if implementation == "native" and platform is not None and platform not in NATIVE_PLATFORMS:
-    raise DispatchError(f"attention implementation 'native' runs on the CPU only; this "
-                        f"computation is compiled for {platform!r} devices (use 'auto' or "
-                        f"{ACCELERATOR_ATTENTION!r})")
+    raise DispatchError(
+      f"attention implementation 'native' runs on the CPU only; this "
+      f"computation is compiled for {platform!r} devices (use 'auto' or "
+      f"{ACCELERATOR_ATTENTION!r})"
+    )
   if implementation != "auto" or platform is None:
     return implementation
   if platform in NATIVE_PLATFORMS:

@@ -67,8 +67,7 @@ def _prefix_with_vjp(t: jax.Array, params: CPBParams):
       g_kernel = jnp.einsum("pd,pi->di", x, g_z, preferred_element_type=jnp.float32)
       g_bias = jnp.sum(g_z, axis=0, dtype=jnp.float32)
       grads.append((g_kernel.astype(kernel.dtype), g_bias.astype(bias.dtype)))
-      g = jnp.einsum("pi,di->pd", g_z, kernel.astype(g_z.dtype),
-                     preferred_element_type=jnp.float32).astype(x.dtype)
+      g = jnp.einsum("pi,di->pd", g_z, kernel.astype(g_z.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
     return g, grads[::-1]
 
   return t, pullback
@@ -98,9 +97,19 @@ def _forward(q, k, v, pos_q, pos_k, params, valid, keep, dropout_rate, softmax_d
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
-def attend_tile(q: jax.Array, k: jax.Array, v: jax.Array, pos_q: jax.Array, pos_k: jax.Array,
-                params: CPBParams, valid: jax.Array, keep: Optional[jax.Array],
-                dropout_rate: float, softmax_dtype, cpb_dtype) -> tuple[jax.Array, jax.Array]:
+def attend_tile(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  pos_q: jax.Array,
+  pos_k: jax.Array,
+  params: CPBParams,
+  valid: jax.Array,
+  keep: Optional[jax.Array],
+  dropout_rate: float,
+  softmax_dtype,
+  cpb_dtype,
+) -> tuple[jax.Array, jax.Array]:
   """Attention of one tile of T queries over M sampled keys, CPB bias included.
 
   Args:
@@ -116,16 +125,13 @@ def attend_tile(q: jax.Array, k: jax.Array, v: jax.Array, pos_q: jax.Array, pos_
   Returns:
     out (B, H, T, Dh) and the attention mass per key over valid queries (B, H, M), pre-dropout.
   """
-  return _forward(q, k, v, pos_q, pos_k, params, valid, keep, dropout_rate, softmax_dtype,
-                  cpb_dtype)[0]
+  return _forward(q, k, v, pos_q, pos_k, params, valid, keep, dropout_rate, softmax_dtype, cpb_dtype)[0]
 
 
-def _attend_tile_fwd(q, k, v, pos_q, pos_k, params, valid, keep, dropout_rate, softmax_dtype,
-                     cpb_dtype):
+def _attend_tile_fwd(q, k, v, pos_q, pos_k, params, valid, keep, dropout_rate, softmax_dtype, cpb_dtype):
   if len(params) < 2:
     raise ValueError("the fused CPB attention needs an MLP with at least one hidden layer")
-  outputs, (attn, bits) = _forward(q, k, v, pos_q, pos_k, params, valid, keep, dropout_rate,
-                                   softmax_dtype, cpb_dtype)
+  outputs, (attn, bits) = _forward(q, k, v, pos_q, pos_k, params, valid, keep, dropout_rate, softmax_dtype, cpb_dtype)
   return outputs, (q, k, v, pos_q, pos_k, params, valid, keep, attn, bits)
 
 
@@ -137,8 +143,7 @@ def _attend_tile_bwd(dropout_rate, softmax_dtype, cpb_dtype, residuals, cotangen
 
   # Attention: out = dropout(softmax(logits)) v, mass = sum_t valid * softmax(logits).
   dropped = attn if keep is None else jnp.where(keep, attn / (1.0 - dropout_rate), 0.0)
-  g_v = jnp.einsum("bhtm,bhtd->bhmd", dropped.astype(v.dtype), g_out.astype(v.dtype),
-                   preferred_element_type=f32)
+  g_v = jnp.einsum("bhtm,bhtd->bhmd", dropped.astype(v.dtype), g_out.astype(v.dtype), preferred_element_type=f32)
   g_dropped = jnp.einsum("bhtd,bhmd->bhtm", g_out.astype(v.dtype), v, preferred_element_type=f32)
   g_attn = g_dropped if keep is None else jnp.where(keep, g_dropped / (1.0 - dropout_rate), 0.0)
   g_attn = g_attn + g_mass.astype(f32)[:, :, None, :] * valid.astype(f32)[None, None, :, None]
@@ -158,15 +163,14 @@ def _attend_tile_bwd(dropout_rate, softmax_dtype, cpb_dtype, residuals, cotangen
   g_w_h = jnp.zeros(w_h.shape, f32)
   g_w_out_cols, g_b_h, g_x = [], 0.0, 0.0
   for o in range(w_out.shape[1]):
-    u = jnp.where(mask, g_bias[:, o:o + 1], 0.0).astype(x.dtype)  # (P, W_h)
+    u = jnp.where(mask, g_bias[:, o : o + 1], 0.0).astype(x.dtype)  # (P, W_h)
     c = jnp.einsum("pi,pj->ij", x, u, preferred_element_type=f32)
     u_sum = jnp.sum(u, axis=0, dtype=f32)
     g_w_h = g_w_h + c * w_out32[:, o][None, :]
     g_w_out_cols.append(jnp.sum(w_h32 * c, axis=0) + b_h.astype(f32) * u_sum)
     g_b_h = g_b_h + w_out32[:, o] * u_sum
     # d loss / d x = (u * W_out[:, o]) W_h^T, with W_out folded into the small matrix.
-    g_x = g_x + jnp.einsum("pj,ij->pi", u, (w_h32 * w_out32[:, o][None, :]).astype(x.dtype),
-                           preferred_element_type=f32)
+    g_x = g_x + jnp.einsum("pj,ij->pi", u, (w_h32 * w_out32[:, o][None, :]).astype(x.dtype), preferred_element_type=f32)
   g_w_out = jnp.stack(g_w_out_cols, axis=1)
   g_b_out = jnp.sum(g_bias, axis=0)
   g_t, g_prefix = prefix_vjp(g_x.astype(x.dtype))
@@ -177,11 +181,21 @@ def _attend_tile_bwd(dropout_rate, softmax_dtype, cpb_dtype, residuals, cotangen
   g_pos_q = jnp.sum(g_delta, axis=(0, 1, 3))
   g_pos_k = -jnp.sum(g_delta, axis=2)
 
-  g_params = g_prefix + [(g_w_h.astype(w_h.dtype), g_b_h.astype(b_h.dtype)),
-               (g_w_out.astype(w_out.dtype), g_b_out.astype(b_out.dtype))]
+  g_params = g_prefix + [
+    (g_w_h.astype(w_h.dtype), g_b_h.astype(b_h.dtype)),
+    (g_w_out.astype(w_out.dtype), g_b_out.astype(b_out.dtype)),
+  ]
   g_params = type(params)(g_params) if isinstance(params, (list, tuple)) else g_params
-  return (g_q.astype(q.dtype), g_k.astype(k.dtype), g_v.astype(v.dtype),
-          g_pos_q.astype(pos_q.dtype), g_pos_k.astype(pos_k.dtype), g_params, None, None)
+  return (
+    g_q.astype(q.dtype),
+    g_k.astype(k.dtype),
+    g_v.astype(v.dtype),
+    g_pos_q.astype(pos_q.dtype),
+    g_pos_k.astype(pos_k.dtype),
+    g_params,
+    None,
+    None,
+  )
 
 
 attend_tile.defvjp(_attend_tile_fwd, _attend_tile_bwd)

@@ -27,14 +27,23 @@ def supports(params: CPBParams, dtype) -> bool:
   if len(params) != 3:
     return False
   (w1, _), (w2, _), (w3, _) = params
-  return (w2.shape == (w1.shape[1],) * 2 and w3.shape[0] == w1.shape[1]
-          and supports_widths((w1.shape[0], w1.shape[1], w2.shape[1], w3.shape[1]), dtype))
+  return (
+    w2.shape == (w1.shape[1],) * 2
+    and w3.shape[0] == w1.shape[1]
+    and supports_widths((w1.shape[0], w1.shape[1], w2.shape[1], w3.shape[1]), dtype)
+  )
 
 
 def supports_widths(widths, dtype) -> bool:
   """`supports` for an MLP of layer widths (D, W, W, 1), from its shape alone."""
-  return (jnp.dtype(dtype) == jnp.float32 and len(widths) == 4 and 1 <= widths[0] <= 4
-          and widths[1] in WIDTHS and widths[2] == widths[1] and widths[3] == 1)
+  return (
+    jnp.dtype(dtype) == jnp.float32
+    and len(widths) == 4
+    and 1 <= widths[0] <= 4
+    and widths[1] in WIDTHS
+    and widths[2] == widths[1]
+    and widths[3] == 1
+  )
 
 
 def available(params: CPBParams, dtype) -> bool:
@@ -47,8 +56,10 @@ def why_unavailable(params: CPBParams, dtype) -> str:
   """The reason `available` is False, for error messages."""
   if not supports(params, dtype):
     shapes = [tuple(k.shape) for k, _ in params]
-    return (f"the native kernels implement a D -> W -> W -> 1 MLP (W in {WIDTHS}, D <= 4) in "
-            f"float32; got layer kernels {shapes} in {jnp.dtype(dtype).name}")
+    return (
+      f"the native kernels implement a D -> W -> W -> 1 MLP (W in {WIDTHS}, D <= 4) in "
+      f"float32; got layer kernels {shapes} in {jnp.dtype(dtype).name}"
+    )
   native.load()
   return f"the native kernels could not be built: {native.unavailable_reason()}"
 
@@ -66,8 +77,7 @@ def _require(params: CPBParams) -> None:
 def _kernel_inputs(pos_q, pos_k, params) -> list[jax.Array]:
   """pos_q (T, D), pos_k as (B * G, M, D) and the six weight arrays, float32."""
   b, g, m, d = pos_k.shape
-  return [pos_q.astype(jnp.float32), pos_k.reshape(b * g, m, d).astype(jnp.float32),
-          *_flat(params)]
+  return [pos_q.astype(jnp.float32), pos_k.reshape(b * g, m, d).astype(jnp.float32), *_flat(params)]
 
 
 @jax.custom_vjp
@@ -90,9 +100,10 @@ def _bias_fwd(pos_q, pos_k, params):
   b, g, m, _ = pos_k.shape
   shape = (b * g, pos_q.shape[0], m)
   bias, bits = jax.ffi.ffi_call(
-      native.FORWARD_TARGET,
-      (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape, jnp.uint32)),
-      vmap_method="sequential")(*_kernel_inputs(pos_q, pos_k, params))
+    native.FORWARD_TARGET,
+    (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape, jnp.uint32)),
+    vmap_method="sequential",
+  )(*_kernel_inputs(pos_q, pos_k, params))
   return bias.reshape(b, g, *shape[1:]), (pos_q, pos_k, params, bits)
 
 
@@ -100,14 +111,12 @@ def _bias_bwd(residuals, g_bias):
   pos_q, pos_k, params, bits = residuals
   inputs = _kernel_inputs(pos_q, pos_k, params)
   shapes = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in inputs]
-  g_pos_q, g_pos_k, *g_flat = jax.ffi.ffi_call(
-      native.BACKWARD_TARGET, shapes, vmap_method="sequential")(
-          *inputs, bits, g_bias.reshape(bits.shape).astype(jnp.float32))
-  g_params = [(g_flat[2 * i].astype(k.dtype), g_flat[2 * i + 1].astype(bb.dtype))
-              for i, (k, bb) in enumerate(params)]
+  g_pos_q, g_pos_k, *g_flat = jax.ffi.ffi_call(native.BACKWARD_TARGET, shapes, vmap_method="sequential")(
+    *inputs, bits, g_bias.reshape(bits.shape).astype(jnp.float32)
+  )
+  g_params = [(g_flat[2 * i].astype(k.dtype), g_flat[2 * i + 1].astype(bb.dtype)) for i, (k, bb) in enumerate(params)]
   g_params = type(params)(g_params) if isinstance(params, (list, tuple)) else g_params
-  return (g_pos_q.astype(pos_q.dtype), g_pos_k.reshape(pos_k.shape).astype(pos_k.dtype),
-          g_params)
+  return (g_pos_q.astype(pos_q.dtype), g_pos_k.reshape(pos_k.shape).astype(pos_k.dtype), g_params)
 
 
 relative_position_bias.defvjp(_bias_fwd, _bias_bwd)

@@ -42,28 +42,41 @@ def why_unavailable(platform: str) -> Optional[str]:
   if platform in PLATFORMS:
     return None
   if platform in ("gpu", "cuda", "rocm"):
-    return ("the Pallas CPB-attention kernel is written for TPU (Mosaic) only; there is no "
-            "Triton / Mosaic GPU kernel yet: use attention_impl 'fused' on GPU")
-  return (f"the Pallas CPB-attention kernel compiles for TPU only, not {platform!r}; on CPU it "
-          "runs in Pallas' interpreter (slow, for tests) and 'native' or 'fused' should be used")
+    return (
+      "the Pallas CPB-attention kernel is written for TPU (Mosaic) only; there is no "
+      "Triton / Mosaic GPU kernel yet: use attention_impl 'fused' on GPU"
+    )
+  return (
+    f"the Pallas CPB-attention kernel compiles for TPU only, not {platform!r}; on CPU it "
+    "runs in Pallas' interpreter (slow, for tests) and 'native' or 'fused' should be used"
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11))
-def _attention(qg, kg, vg, posqt, posk, keep_t, w_mats, n, tile, dropout_rate, cpb_dtype,
-               interpret):
-  return kernels.forward_call(qg, kg, vg, posqt, posk, keep_t, w_mats, n=n, tile=tile,
-                              dropout_rate=dropout_rate, cpb_dtype=cpb_dtype,
-                              interpret=interpret)
+def _attention(qg, kg, vg, posqt, posk, keep_t, w_mats, n, tile, dropout_rate, cpb_dtype, interpret):
+  return kernels.forward_call(
+    qg,
+    kg,
+    vg,
+    posqt,
+    posk,
+    keep_t,
+    w_mats,
+    n=n,
+    tile=tile,
+    dropout_rate=dropout_rate,
+    cpb_dtype=cpb_dtype,
+    interpret=interpret,
+  )
 
 
-def _attention_fwd(qg, kg, vg, posqt, posk, keep_t, w_mats, n, tile, dropout_rate, cpb_dtype,
-                   interpret):
+def _attention_fwd(qg, kg, vg, posqt, posk, keep_t, w_mats, n, tile, dropout_rate, cpb_dtype, interpret):
   values = [x.value for x in (qg, kg, vg, posqt, posk)]
   keep_value = None if keep_t is None else keep_t.value
   w_values = [x.value for x in w_mats]
-  outputs = kernels.forward_call(*values, keep_value, w_values, n=n, tile=tile,
-                                 dropout_rate=dropout_rate, cpb_dtype=cpb_dtype,
-                                 interpret=interpret)
+  outputs = kernels.forward_call(
+    *values, keep_value, w_values, n=n, tile=tile, dropout_rate=dropout_rate, cpb_dtype=cpb_dtype, interpret=interpret
+  )
   # pos_q is a constant lattice in the model: its gradient is computed only when something
   # differentiates through it.
   with_posq = () if posqt.perturbed else None
@@ -82,17 +95,37 @@ def _attention_bwd(n, tile, dropout_rate, cpb_dtype, interpret, residuals, cotan
   g_out = _materialise(cotangents[0], qg.astype(vg.dtype))
   g_mass = _materialise(cotangents[1], jnp.zeros(kg.shape[:4], jnp.float32))
   grads = kernels.backward_call(
-      qg, kg, vg, posqt, posk, keep_t, w_mats, g_out.astype(vg.dtype),
-      g_mass.astype(jnp.float32)[..., None], n=n, tile=tile, dropout_rate=dropout_rate,
-      cpb_dtype=cpb_dtype, with_posq=with_posq is not None, interpret=interpret)
+    qg,
+    kg,
+    vg,
+    posqt,
+    posk,
+    keep_t,
+    w_mats,
+    g_out.astype(vg.dtype),
+    g_mass.astype(jnp.float32)[..., None],
+    n=n,
+    tile=tile,
+    dropout_rate=dropout_rate,
+    cpb_dtype=cpb_dtype,
+    with_posq=with_posq is not None,
+    interpret=interpret,
+  )
   g_q, g_k, g_v, g_posk = grads[:4]
-  g_w = [g.sum(axis=(0, 1)).astype(w.dtype) for g, w in zip(grads[4:4 + len(w_mats)], w_mats)]
+  g_w = [g.sum(axis=(0, 1)).astype(w.dtype) for g, w in zip(grads[4 : 4 + len(w_mats)], w_mats)]
   if with_posq is not None:
     g_posqt = grads[-1].sum(axis=(0, 1))
   else:
     g_posqt = jnp.zeros(posqt.shape, posqt.dtype)
-  return (g_q.astype(qg.dtype), g_k.astype(kg.dtype), g_v.astype(vg.dtype),
-          g_posqt.astype(posqt.dtype), g_posk.astype(posk.dtype), None, g_w)
+  return (
+    g_q.astype(qg.dtype),
+    g_k.astype(kg.dtype),
+    g_v.astype(vg.dtype),
+    g_posqt.astype(posqt.dtype),
+    g_posk.astype(posk.dtype),
+    None,
+    g_w,
+  )
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd, symbolic_zeros=True)
@@ -110,19 +143,19 @@ def _round_up(x: int, multiple: int) -> int:
 
 
 def pallas_cpb_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    pos_q: jax.Array,
-    pos_k: jax.Array,
-    cpb_params: CPBParams,
-    *,
-    dropout_rate: float = 0.0,
-    dropout_rng: Optional[jax.Array] = None,
-    query_tile: int = DEFAULT_QUERY_TILE,
-    softmax_dtype=jnp.float32,
-    cpb_dtype=jnp.float32,
-    interpret: Optional[bool] = None,
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  pos_q: jax.Array,
+  pos_k: jax.Array,
+  cpb_params: CPBParams,
+  *,
+  dropout_rate: float = 0.0,
+  dropout_rng: Optional[jax.Array] = None,
+  query_tile: int = DEFAULT_QUERY_TILE,
+  softmax_dtype=jnp.float32,
+  cpb_dtype=jnp.float32,
+  interpret: Optional[bool] = None,
 ) -> tuple[jax.Array, jax.Array]:
   """softmax(q k^T + CPB(pos_q - pos_k)) v and the key mass, as `ops.attention.cpb_attention`.
 
@@ -141,16 +174,19 @@ def pallas_cpb_attention(
     out (B, H, N, Dh) in v's dtype and the attention mass per key (B, H, M) float32, pre-dropout.
   """
   if jnp.dtype(softmax_dtype) != jnp.float32:
-    raise ValueError(f"the pallas CPB attention computes its softmax in float32; got "
-                     f"softmax_dtype={jnp.dtype(softmax_dtype).name}")
+    raise ValueError(
+      f"the pallas CPB attention computes its softmax in float32; got softmax_dtype={jnp.dtype(softmax_dtype).name}"
+    )
   if len(cpb_params) < 2:
-    raise ValueError("the pallas CPB attention needs a CPB MLP with at least one hidden layer; "
-                     f"got {len(cpb_params)} layer(s)")
+    raise ValueError(
+      f"the pallas CPB attention needs a CPB MLP with at least one hidden layer; got {len(cpb_params)} layer(s)"
+    )
   b, h, n, dh = q.shape
   groups, m = pos_k.shape[1:3]
   if h % groups or cpb_params[-1][0].shape[1] != h // groups:
-    raise ValueError(f"{h} heads do not split into {groups} offset groups of "
-                     f"{cpb_params[-1][0].shape[1]} (the CPB MLP's outputs)")
+    raise ValueError(
+      f"{h} heads do not split into {groups} offset groups of {cpb_params[-1][0].shape[1]} (the CPB MLP's outputs)"
+    )
   heads = h // groups
   tile = query_tile_for(query_tile, n)
   qg = q.reshape(b, groups, heads, n, dh)
@@ -168,8 +204,8 @@ def pallas_cpb_attention(
   args = (qg, kg, vg, posqt, posk, keep_t, w_mats)
   if interpret is None:
     out, mass = jax.lax.platform_dependent(
-        *args, tpu=lambda *a: _attention(*a, *static, False),
-        default=lambda *a: _attention(*a, *static, True))
+      *args, tpu=lambda *a: _attention(*a, *static, False), default=lambda *a: _attention(*a, *static, True)
+    )
   else:
     out, mass = _attention(*args, *static, interpret)
   out = out.reshape(b, h, n, dh)

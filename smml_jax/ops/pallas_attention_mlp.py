@@ -91,8 +91,8 @@ def distances(posqt_ref, posk_ref, m0, r: int, valid):
   """
   rows = []
   for e in range(posqt_ref.shape[0]):
-    row = posqt_ref[e:e + 1, :]
-    pieces = [jnp.where(valid, row - posk_ref[pl.ds(m0 + i, 1), e:e + 1], 0.0) for i in range(r)]
+    row = posqt_ref[e : e + 1, :]
+    pieces = [jnp.where(valid, row - posk_ref[pl.ds(m0 + i, 1), e : e + 1], 0.0) for i in range(r)]
     rows.append(jnp.concatenate(pieces, axis=1) if r > 1 else pieces[0])
   return rows
 
@@ -110,16 +110,18 @@ def forward(t, w_refs, dtype):
   w_refs: `pack_layers`' arrays as refs. dtype: matmul input dtype of layers >= 1.
   """
   w0, b0 = w_refs[0][...], w_refs[1][...]
-  z = b0 + sum(w0[:, e:e + 1] * t[e] for e in range(len(t)))
+  z = b0 + sum(w0[:, e : e + 1] * t[e] for e in range(len(t)))
   hidden, last = [], len(w_refs) // 2 - 1
   for layer in range(1, last + 1):
     h = jnp.maximum(z, 0.0)
     hidden.append(h)
     if layer < last:
-      z = jnp.dot(w_refs[2 * layer][...], h.astype(dtype), preferred_element_type=jnp.float32,
-                  precision=precision(dtype)) + w_refs[2 * layer + 1][...]
+      z = (
+        jnp.dot(w_refs[2 * layer][...], h.astype(dtype), preferred_element_type=jnp.float32, precision=precision(dtype))
+        + w_refs[2 * layer + 1][...]
+      )
   w, b = w_refs[2 * last][...], w_refs[2 * last + 1][...]
-  rows = [jnp.sum(w[:, j:j + 1] * h, axis=0, keepdims=True) for j in range(w.shape[1])]
+  rows = [jnp.sum(w[:, j : j + 1] * h, axis=0, keepdims=True) for j in range(w.shape[1])]
   return (jnp.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]) + b, hidden
 
 
@@ -132,23 +134,23 @@ def backward(g_z, t, hidden, w_refs, g_refs, dtype):
   last = len(w_refs) // 2 - 1
   h, w = hidden[-1], w_refs[2 * last][...]
   for j in range(w.shape[1]):
-    g_refs[2 * last][:, j:j + 1] += jnp.sum(h * g_z[j:j + 1], axis=1, keepdims=True)
+    g_refs[2 * last][:, j : j + 1] += jnp.sum(h * g_z[j : j + 1], axis=1, keepdims=True)
   g_refs[2 * last + 1][...] += jnp.sum(g_z, axis=1, keepdims=True)
-  g_h = sum(w[:, j:j + 1] * g_z[j:j + 1] for j in range(w.shape[1]))
+  g_h = sum(w[:, j : j + 1] * g_z[j : j + 1] for j in range(w.shape[1]))
   g_z = jnp.where(h > 0, g_h, 0.0)
   for layer in reversed(range(1, last)):
     h = hidden[layer - 1]
-    g_refs[2 * layer][...] += jax.lax.dot_general(g_z.astype(dtype), h.astype(dtype), _NT,
-                                                  preferred_element_type=f32, precision=hi)
+    g_refs[2 * layer][...] += jax.lax.dot_general(
+      g_z.astype(dtype), h.astype(dtype), _NT, preferred_element_type=f32, precision=hi
+    )
     g_refs[2 * layer + 1][...] += jnp.sum(g_z, axis=1, keepdims=True)
-    g_h = jax.lax.dot_general(w_refs[2 * layer][...], g_z.astype(dtype), _TN,
-                              preferred_element_type=f32, precision=hi)
+    g_h = jax.lax.dot_general(w_refs[2 * layer][...], g_z.astype(dtype), _TN, preferred_element_type=f32, precision=hi)
     g_z = jnp.where(h > 0, g_h, 0.0)
   w0 = w_refs[0][...]
   for e in range(len(t)):
-    g_refs[0][:, e:e + 1] += jnp.sum(g_z * t[e], axis=1, keepdims=True)
+    g_refs[0][:, e : e + 1] += jnp.sum(g_z * t[e], axis=1, keepdims=True)
   g_refs[1][...] += jnp.sum(g_z, axis=1, keepdims=True)
-  return [jnp.sum(w0[:, e:e + 1] * g_z, axis=0, keepdims=True) for e in range(len(t))]
+  return [jnp.sum(w0[:, e : e + 1] * g_z, axis=0, keepdims=True) for e in range(len(t))]
 
 
 def fill_bias(posqt_ref, posk_ref, w_refs, bias_scr, dtype, valid):
@@ -162,14 +164,13 @@ def fill_bias(posqt_ref, posk_ref, w_refs, bias_scr, dtype, valid):
     z, _ = forward(t, w_refs, dtype)
     for j in range(heads):
       for i in range(r):
-        bias_scr[j, pl.ds(m0 + i, 1), :] = z[j:j + 1, i * tile:(i + 1) * tile]
+        bias_scr[j, pl.ds(m0 + i, 1), :] = z[j : j + 1, i * tile : (i + 1) * tile]
     return carry
 
   jax.lax.fori_loop(0, steps, body, 0)
 
 
-def backprop_bias(posqt_ref, posk_ref, w_refs, g_refs, gs_scr, dtype, valid, gposk_ref,
-                  gposqt_ref):
+def backprop_bias(posqt_ref, posk_ref, w_refs, g_refs, gs_scr, dtype, valid, gposk_ref, gposqt_ref):
   """The MLP's backward from the logits' gradient gs_scr (o, M, T), its forward recomputed:
   weight gradients into g_refs, d pos_k into gposk_ref (M, D), d pos_q into gposqt_ref (D, T)
   (None: not wanted). All accumulate."""
@@ -184,18 +185,17 @@ def backprop_bias(posqt_ref, posk_ref, w_refs, g_refs, gs_scr, dtype, valid, gpo
     rows = []
     for j in range(heads):
       # keys below c * R were done by the step before (an overlapping last step): counted once
-      pieces = [jnp.where(m0 + i >= c * r, gs_scr[j, pl.ds(m0 + i, 1), :], 0.0)
-                for i in range(r)]
+      pieces = [jnp.where(m0 + i >= c * r, gs_scr[j, pl.ds(m0 + i, 1), :], 0.0) for i in range(r)]
       rows.append(jnp.concatenate(pieces, axis=1) if r > 1 else pieces[0])
     g_z = jnp.concatenate(rows, axis=0) if heads > 1 else rows[0]
     g_t = backward(g_z, t, hidden, w_refs, g_refs, dtype)
     for e, (g, slope) in enumerate(zip(g_t, slopes)):
       g_delta = g * slope
       for i in range(r):
-        piece = g_delta[:, i * tile:(i + 1) * tile]
-        gposk_ref[pl.ds(m0 + i, 1), e:e + 1] -= jnp.sum(piece, axis=1, keepdims=True)
+        piece = g_delta[:, i * tile : (i + 1) * tile]
+        gposk_ref[pl.ds(m0 + i, 1), e : e + 1] -= jnp.sum(piece, axis=1, keepdims=True)
         if gposqt_ref is not None:
-          gposqt_ref[e:e + 1, :] += piece
+          gposqt_ref[e : e + 1, :] += piece
     return carry
 
   jax.lax.fori_loop(0, steps, body, 0)

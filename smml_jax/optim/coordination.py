@@ -64,10 +64,12 @@ def _concat_split(cls, sizes: tuple[int, ...], feature_axis: int, row_axis: int)
 
   def split(leaf):
     if leaf.ndim != 2 or leaf.shape[feature_axis] != sum(sizes):
-      raise ValueError(f"ModalitySplit.concat: expected a 2-D leaf with {sum(sizes)} entries "
-                       f"on axis {feature_axis}, got shape {leaf.shape}")
+      raise ValueError(
+        f"ModalitySplit.concat: expected a 2-D leaf with {sum(sizes)} entries "
+        f"on axis {feature_axis}, got shape {leaf.shape}"
+      )
     x = jnp.moveaxis(leaf, (row_axis, feature_axis), (0, 1))  # (R, F)
-    blocks = [jnp.pad(x[:, o:o + s], ((0, 0), (0, width - s))) for o, s in zip(offsets, sizes)]
+    blocks = [jnp.pad(x[:, o : o + s], ((0, 0), (0, width - s))) for o, s in zip(offsets, sizes)]
     return jnp.stack(blocks)
 
   def merge(blocks, leaf):
@@ -112,8 +114,7 @@ def _reference_blocks(blocks: jax.Array, scores: jax.Array) -> tuple[jax.Array, 
   def rewrite(a, b, nb):
     p = (_dot(a, b) / nb**2)[:, None] * b
     once, twice = a - p, a - 2.0 * p
-    return jnp.linalg.norm(once, axis=-1, keepdims=True) * twice / jnp.linalg.norm(
-        twice, axis=-1, keepdims=True)
+    return jnp.linalg.norm(once, axis=-1, keepdims=True) * twice / jnp.linalg.norm(twice, axis=-1, keepdims=True)
 
   new_u = jnp.where(fix_u[:, None], rewrite(u, v, nv), u)
   new_v = jnp.where(fix_v[:, None], rewrite(v, u, nu), v)
@@ -148,8 +149,9 @@ def _pcgrad_blocks(blocks: jax.Array, scores: jax.Array) -> tuple[jax.Array, jax
 
 
 @functools.partial(jax.jit, static_argnames=("mode",))
-def coordinate_blocks(blocks: jax.Array, scores: jax.Array, *, mode: Mode = "pcgrad",
-                      skip: jax.Array | bool = False) -> tuple[jax.Array, jax.Array]:
+def coordinate_blocks(
+  blocks: jax.Array, scores: jax.Array, *, mode: Mode = "pcgrad", skip: jax.Array | bool = False
+) -> tuple[jax.Array, jax.Array]:
   """Coordinates per-modality gradient blocks row by row.
 
   'pcgrad' (default): in each row where modality m conflicts with a strictly
@@ -178,8 +180,9 @@ def coordinate_blocks(blocks: jax.Array, scores: jax.Array, *, mode: Mode = "pcg
   blocks = jnp.asarray(blocks)
   scores = jnp.asarray(scores, jnp.float32)
   if blocks.ndim != 3 or scores.shape != blocks.shape[:1]:
-    raise ValueError(f"coordinate_blocks: expected blocks (M, R, D) and scores (M,), got "
-                     f"{blocks.shape} and {scores.shape}")
+    raise ValueError(
+      f"coordinate_blocks: expected blocks (M, R, D) and scores (M,), got {blocks.shape} and {scores.shape}"
+    )
   if mode == "reference":
     if blocks.shape[0] != 2:
       raise ValueError(f"coordinate_blocks: mode='reference' needs M = 2 modalities, got {blocks.shape[0]}")
@@ -239,10 +242,13 @@ def coordinate_gradients(splits: Splits, *, mode: Mode = "pcgrad") -> optax.Grad
     if isinstance(splits, Mapping):
       missing = sorted(set(splits) - set(found))
       if missing:
-        raise ValueError(f"coordinate_gradients: no parameter at paths {missing}; available: "
-                         f"{sorted(param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])}")
-    return CoordinationState({name: jnp.zeros(split.split(leaf).shape[:2], bool)
-                              for name, (split, leaf) in found.items()})
+        raise ValueError(
+          f"coordinate_gradients: no parameter at paths {missing}; available: "
+          f"{sorted(param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])}"
+        )
+    return CoordinationState(
+      {name: jnp.zeros(split.split(leaf).shape[:2], bool) for name, (split, leaf) in found.items()}
+    )
 
   def update_fn(updates, state, params=None, *, modality_scores=None, skip=False, **extra_args):
     del params, extra_args

@@ -52,8 +52,10 @@ class OptimConfig:
     if self.schedule not in ("cosine", "constant"):
       raise ValueError(f"OptimConfig.schedule: expected 'cosine' or 'constant', got {self.schedule!r}")
     if self.epochs < 1 or not 0 <= self.warmup_epochs < self.epochs:
-      raise ValueError(f"OptimConfig: need epochs >= 1 and 0 <= warmup_epochs < epochs, got "
-                       f"epochs={self.epochs}, warmup_epochs={self.warmup_epochs}")
+      raise ValueError(
+        f"OptimConfig: need epochs >= 1 and 0 <= warmup_epochs < epochs, got "
+        f"epochs={self.epochs}, warmup_epochs={self.warmup_epochs}"
+      )
 
 
 def epoch_schedule(config: OptimConfig, steps_per_epoch: int) -> optax.Schedule:
@@ -106,10 +108,13 @@ def _core(config: OptimConfig, schedule: optax.Schedule) -> optax.GradientTransf
   return optax.chain(*parts, optax.scale_by_learning_rate(schedule))
 
 
-def make_optimizer(config: OptimConfig, *, steps_per_epoch: int,
-                   trainable: Union[None, Any, Callable[[Any], Any]] = None,
-                   coordination: Optional[optax.GradientTransformationExtraArgs] = None,
-                   ) -> optax.GradientTransformationExtraArgs:
+def make_optimizer(
+  config: OptimConfig,
+  *,
+  steps_per_epoch: int,
+  trainable: Union[None, Any, Callable[[Any], Any]] = None,
+  coordination: Optional[optax.GradientTransformationExtraArgs] = None,
+) -> optax.GradientTransformationExtraArgs:
   """optax.chain(coordination, masked(optimiser), zero updates for frozen leaves).
 
   Args:

@@ -29,8 +29,9 @@ from smml_jax.tasks.survival import COORDINATION_SCORES, Survival
 TASK_NAMES = tuple(sorted(TASK_NUM_CLASSES))
 
 
-def get_task(name: str, num_classes: Optional[int] = None, *, survival_alpha: float = 0.0,
-             coordination_score: str = "auto") -> Task:
+def get_task(
+  name: str, num_classes: Optional[int] = None, *, survival_alpha: float = 0.0, coordination_score: str = "auto"
+) -> Task:
   """The task called `name` ('diagnosis' | 'grading' | 'subtype' | 'survival').
 
   Args:
@@ -45,12 +46,13 @@ def get_task(name: str, num_classes: Optional[int] = None, *, survival_alpha: fl
     raise ValueError(f"unknown task {name!r}; expected one of {list(TASK_NAMES)}")
   k = TASK_NUM_CLASSES[name] if num_classes is None else int(num_classes)
   if coordination_score not in ("auto",) + COORDINATION_SCORES:
-    raise ValueError(f"coordination_score must be 'auto' or one of {COORDINATION_SCORES}, got "
-                     f"{coordination_score!r}")
+    raise ValueError(f"coordination_score must be 'auto' or one of {COORDINATION_SCORES}, got {coordination_score!r}")
   if name == "survival":
     score = "cindex" if coordination_score == "auto" else coordination_score
     return Survival(name, k, alpha=float(survival_alpha), coordination_score=score)
   if coordination_score == "cindex":
-    raise ValueError(f"coordination_score 'cindex' is a survival score; task {name!r} ranks the "
-                     "modalities by confidence ('auto' or 'confidence')")
+    raise ValueError(
+      f"coordination_score 'cindex' is a survival score; task {name!r} ranks the "
+      "modalities by confidence ('auto' or 'confidence')"
+    )
   return Classification(name, k)

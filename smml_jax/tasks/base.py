@@ -15,9 +15,9 @@ from smml_jax.data.labels import TASK_LABEL_FIELD
 Array = jax.Array
 
 CLASS_NAMES = {
-    "grading": ("G2", "G3", "G4"),
-    "subtype": ("GBM (IDH-wt)", "astrocytoma", "oligodendroglioma"),
-    "diagnosis": ("GBM IDH-wt", "astrocytoma G4", "astrocytoma G2/3", "oligodendroglioma"),
+  "grading": ("G2", "G3", "G4"),
+  "subtype": ("GBM (IDH-wt)", "astrocytoma", "oligodendroglioma"),
+  "diagnosis": ("GBM IDH-wt", "astrocytoma G4", "astrocytoma G2/3", "oligodendroglioma"),
 }
 CLASS_WEIGHT_MODES = ("train", "original", "none")
 
@@ -94,18 +94,21 @@ class Task(abc.ABC):
     """What a classical model fits: (n,) class codes, or the pair (time (n,), event (n,))."""
 
   @abc.abstractmethod
-  def loss(self, logits: Array, batch: Mapping[str, Array], mask: Optional[Array] = None,
-           class_weights: Optional[Array] = None) -> Array:
+  def loss(
+    self, logits: Array, batch: Mapping[str, Array], mask: Optional[Array] = None, class_weights: Optional[Array] = None
+  ) -> Array:
     """() float32 task loss of (B, K) logits; padding (mask False) and unlabelled rows add nothing."""
 
-  def distillation_loss(self, student_logits: Array, teacher_logits: Array, *,
-                        temperature: float, mask: Optional[Array] = None) -> Array:
+  def distillation_loss(
+    self, student_logits: Array, teacher_logits: Array, *, temperature: float, mask: Optional[Array] = None
+  ) -> Array:
     """() temperature-scaled KD of (B, K) student logits towards a teacher's (T^2 KL)."""
     raise NotImplementedError(f"task {self.name!r} has no distillation loss")
 
   @abc.abstractmethod
-  def modality_scores(self, logits: Sequence[Array], batch: Mapping[str, Array],
-                      mask: Optional[Array] = None) -> tuple[Array, Array]:
+  def modality_scores(
+    self, logits: Sequence[Array], batch: Mapping[str, Array], mask: Optional[Array] = None
+  ) -> tuple[Array, Array]:
     """(scores (M,), skip ()) of M modalities' logits (B, K) each, for gradient coordination.
 
     Higher = stronger modality; `skip` True means the batch cannot rank them (coordinate
@@ -121,10 +124,15 @@ class Task(abc.ABC):
     """Host: (n, K) logits -> the score the metrics rank: probabilities (n, K) or risk (n,)."""
 
   @abc.abstractmethod
-  def metrics(self, prediction: np.ndarray, truth: Mapping[str, np.ndarray], *,
-              train: Optional[Mapping[str, np.ndarray]] = None,
-              bin_times: Optional[np.ndarray] = None,
-              logits: Optional[np.ndarray] = None) -> dict[str, Any]:
+  def metrics(
+    self,
+    prediction: np.ndarray,
+    truth: Mapping[str, np.ndarray],
+    *,
+    train: Optional[Mapping[str, np.ndarray]] = None,
+    bin_times: Optional[np.ndarray] = None,
+    logits: Optional[np.ndarray] = None,
+  ) -> dict[str, Any]:
     """Host metrics of one split.
 
     Args:

@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smml_jax.losses.classification import (ORIGINAL_CLASS_WEIGHTS, class_weights_from_labels,
-                                            weighted_cross_entropy)
+from smml_jax.losses.classification import ORIGINAL_CLASS_WEIGHTS, class_weights_from_labels, weighted_cross_entropy
 from smml_jax.losses.distillation import softmax_kd
 from smml_jax.metrics.evaluation import classification_metrics
 from smml_jax.tasks.base import CLASS_NAMES, CLASS_WEIGHT_MODES, Task, _valid, softmax
@@ -21,14 +20,25 @@ class Classification(Task):
 
   kind: str = dataclasses.field(init=False, default="classification")
   selection_metric: str = dataclasses.field(init=False, default="auc")
-  table_metrics: tuple[str, ...] = dataclasses.field(init=False, default=(
-      "auc", "auc_micro", "accuracy", "balanced_accuracy", "f1", "precision", "sensitivity",
-      "specificity"))
-  comparison_metrics: tuple[str, ...] = dataclasses.field(init=False, default=(
-      "auc", "accuracy", "f1"))
-  selectable_metrics: tuple[str, ...] = dataclasses.field(init=False, default=(
-      "auc", "auc_micro", "accuracy", "balanced_accuracy", "f1", "precision", "sensitivity",
-      "specificity", "num_examples"))
+  table_metrics: tuple[str, ...] = dataclasses.field(
+    init=False,
+    default=("auc", "auc_micro", "accuracy", "balanced_accuracy", "f1", "precision", "sensitivity", "specificity"),
+  )
+  comparison_metrics: tuple[str, ...] = dataclasses.field(init=False, default=("auc", "accuracy", "f1"))
+  selectable_metrics: tuple[str, ...] = dataclasses.field(
+    init=False,
+    default=(
+      "auc",
+      "auc_micro",
+      "accuracy",
+      "balanced_accuracy",
+      "f1",
+      "precision",
+      "sensitivity",
+      "specificity",
+      "num_examples",
+    ),
+  )
 
   @property
   def class_names(self) -> tuple[str, ...]:
@@ -84,8 +94,7 @@ class Classification(Task):
 
   def metrics(self, prediction, truth, *, train=None, bin_times=None, logits=None):
     del train, bin_times, logits
-    return classification_metrics(np.asarray(truth[self.label_field]), prediction,
-                                  self.num_classes)
+    return classification_metrics(np.asarray(truth[self.label_field]), prediction, self.num_classes)
 
   def prediction_columns(self, logits):
     probs = softmax(logits)

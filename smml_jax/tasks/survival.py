@@ -10,8 +10,7 @@ import numpy as np
 
 from smml_jax.data.labels import assign_survival_bins, fit_survival_cuts
 from smml_jax.losses.distillation import sigmoid_kd
-from smml_jax.losses.survival import (hazards_from_logits, risk_from_logits, survival_curve,
-                                      survival_nll)
+from smml_jax.losses.survival import hazards_from_logits, risk_from_logits, survival_curve, survival_nll
 from smml_jax.metrics.cindex import concordance
 from smml_jax.metrics.evaluation import survival_metrics
 from smml_jax.tasks.base import CLASS_WEIGHT_MODES, Task, _valid, pred_bin, survival_outputs
@@ -48,11 +47,13 @@ class Survival(Task):
   coordination_score: str = "cindex"
   kind: str = dataclasses.field(init=False, default="survival")
   selection_metric: str = dataclasses.field(init=False, default="c_index")
-  table_metrics: tuple[str, ...] = dataclasses.field(init=False, default=(
-      "c_index", "c_index_ipcw", "integrated_brier_score"))
+  table_metrics: tuple[str, ...] = dataclasses.field(
+    init=False, default=("c_index", "c_index_ipcw", "integrated_brier_score")
+  )
   comparison_metrics: tuple[str, ...] = dataclasses.field(init=False, default=("c_index",))
-  selectable_metrics: tuple[str, ...] = dataclasses.field(init=False, default=(
-      "c_index", "c_index_ipcw", "num_examples"))
+  selectable_metrics: tuple[str, ...] = dataclasses.field(
+    init=False, default=("c_index", "c_index_ipcw", "num_examples")
+  )
 
   @property
   def class_names(self) -> tuple[str, ...]:
@@ -82,8 +83,9 @@ class Survival(Task):
 
   def __post_init__(self):
     if self.coordination_score not in COORDINATION_SCORES:
-      raise ValueError(f"survival coordination_score must be one of {COORDINATION_SCORES}, got "
-                       f"{self.coordination_score!r}")
+      raise ValueError(
+        f"survival coordination_score must be one of {COORDINATION_SCORES}, got {self.coordination_score!r}"
+      )
 
   def distillation_loss(self, student_logits, teacher_logits, *, temperature, mask=None):
     # KL per time bin's hazard (sigmoid).
@@ -93,13 +95,16 @@ class Survival(Task):
     if self.coordination_score == "confidence":
       # Every labelled patient counts, censored or not: no batch is left unranked.
       valid = _valid(batch[self.label_field], mask)
-      scores = jnp.stack([jnp.sum(jnp.where(valid, observed_confidence(
-          out, batch[self.label_field], batch["event"]), 0.0)) for out in logits])
+      scores = jnp.stack(
+        [
+          jnp.sum(jnp.where(valid, observed_confidence(out, batch[self.label_field], batch["event"]), 0.0))
+          for out in logits
+        ]
+      )
       return jax.lax.stop_gradient(scores), jnp.asarray(False)
     # Each modality's batch C-index; a batch without a comparable pair (e.g. all censored)
     # cannot rank the modalities, so it skips coordination.
-    results = [concordance(risk_from_logits(out), batch["surv_time"], batch["event"], mask)
-               for out in logits]
+    results = [concordance(risk_from_logits(out), batch["surv_time"], batch["event"], mask) for out in logits]
     scores = jnp.stack([r.cindex for r in results])
     return jax.lax.stop_gradient(scores), results[0].comparable == 0
 
@@ -116,11 +121,17 @@ class Survival(Task):
       if logits is None:
         raise ValueError("Survival.metrics: bin_times needs the logits (for the curves)")
       bin_times = np.asarray(bin_times)
-      curves = survival_outputs(logits)[1][:, :len(bin_times)]
+      curves = survival_outputs(logits)[1][:, : len(bin_times)]
     train = train or {}
-    return survival_metrics(prediction, np.asarray(truth["surv_time"]), np.asarray(truth["event"]),
-                            train_time=train.get("surv_time"), train_event=train.get("event"),
-                            survival_curves=curves, bin_times=bin_times)
+    return survival_metrics(
+      prediction,
+      np.asarray(truth["surv_time"]),
+      np.asarray(truth["event"]),
+      train_time=train.get("surv_time"),
+      train_event=train.get("event"),
+      survival_curves=curves,
+      bin_times=bin_times,
+    )
 
   def prediction_columns(self, logits):
     hazards, curve, risk = survival_outputs(logits)
@@ -148,8 +159,7 @@ class Survival(Task):
     time = truth.get("surv_time")
     if time is None or not np.all(np.asarray(time) >= 0):
       return {}
-    return {"time": np.asarray(time).astype(np.float64),
-            "event": np.asarray(truth["event"]).astype(np.int64)}
+    return {"time": np.asarray(time).astype(np.float64), "event": np.asarray(truth["event"]).astype(np.int64)}
 
   def score_columns(self, prediction):
     return {"risk": prediction}

@@ -39,8 +39,11 @@ def _sha256(path: pathlib.Path) -> str:
 
 def step_files(step_dir: pathlib.Path) -> dict[str, dict[str, Any]]:
   """{relative path: {'size', 'sha256'}} of every file under one checkpoint step folder."""
-  return {str(p.relative_to(step_dir)): {"size": p.stat().st_size, "sha256": _sha256(p)}
-          for p in sorted(step_dir.rglob("*")) if p.is_file()}
+  return {
+    str(p.relative_to(step_dir)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+    for p in sorted(step_dir.rglob("*"))
+    if p.is_file()
+  }
 
 
 def verify_step(step_dir: pathlib.Path, manifest: pathlib.Path, what: str) -> None:
@@ -62,11 +65,9 @@ def verify_step(step_dir: pathlib.Path, manifest: pathlib.Path, what: str) -> No
       raise CheckpointError(f"{what}: file {path} is missing")
     size = path.stat().st_size
     if size != want["size"]:
-      raise CheckpointError(f"{what}: file {path} is truncated or altered ({size} bytes, "
-                            f"{want['size']} when saved)")
+      raise CheckpointError(f"{what}: file {path} is truncated or altered ({size} bytes, {want['size']} when saved)")
     if _sha256(path) != want["sha256"]:
-      raise CheckpointError(f"{what}: file {path} is corrupted (its SHA-256 differs from when "
-                            "it was saved)")
+      raise CheckpointError(f"{what}: file {path} is corrupted (its SHA-256 differs from when it was saved)")
 
 
 def describe(kind: str, step: int) -> str:
@@ -77,8 +78,7 @@ def describe(kind: str, step: int) -> str:
   return f"checkpoint {kind}/{step} (saved after epoch {step})"
 
 
-def restore_params(directory: str | pathlib.Path, kind: str, params_template: Any
-                   ) -> tuple[Any, dict]:
+def restore_params(directory: str | pathlib.Path, kind: str, params_template: Any) -> tuple[Any, dict]:
   """Only the params of the newest `kind` checkpoint under `directory` (no optimiser state).
 
   For inference: opens the `RunCheckpoints` layout read-only, verifies the step against its
@@ -105,18 +105,20 @@ def restore_params(directory: str | pathlib.Path, kind: str, params_template: An
     what = describe(kind, step)
     verify_step(folder / str(step), directory / MANIFEST_DIR / f"{kind}-{step}.json", what)
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                            params_template)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), params_template)
     restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), abstract)
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.PyTreeRestore(item={"params": abstract},
-                                       restore_args={"params": restore_args},
-                                       partial_restore=True),
-          meta=ocp.args.JsonRestore()))
+      restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+            item={"params": abstract}, restore_args={"params": restore_args}, partial_restore=True
+          ),
+          meta=ocp.args.JsonRestore(),
+        ),
+      )
     except Exception as e:  # orbax / tensorstore raise many types for unreadable files
-      raise CheckpointError(f"{what} in {folder / str(step)} cannot be read: "
-                            f"{type(e).__name__}: {e}") from e
+      raise CheckpointError(f"{what} in {folder / str(step)} cannot be read: {type(e).__name__}: {e}") from e
   return restored["state"]["params"], dict(restored["meta"])
 
 
@@ -137,8 +139,7 @@ class RunCheckpoints:
     self.directory = pathlib.Path(directory).resolve()
     self.managers = {}
     for kind, n in (("latest", keep), ("best", 1), (PARTIAL, 1)):
-      options = ocp.CheckpointManagerOptions(max_to_keep=n, create=True,
-                                             enable_async_checkpointing=False)
+      options = ocp.CheckpointManagerOptions(max_to_keep=n, create=True, enable_async_checkpointing=False)
       self.managers[kind] = ocp.CheckpointManager(self.directory / kind, options=options)
 
   def step_dir(self, kind: str, step: int) -> pathlib.Path:
@@ -147,8 +148,7 @@ class RunCheckpoints:
   def manifest(self, kind: str, step: int) -> pathlib.Path:
     return self.directory / MANIFEST_DIR / f"{kind}-{step}.json"
 
-  def _save(self, kind: str, step: int, state: Any, meta: dict,
-            data: Optional[dict] = None) -> None:
+  def _save(self, kind: str, step: int, state: Any, meta: dict, data: Optional[dict] = None) -> None:
     manager = self.managers[kind]
     items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     if data is not None:
@@ -200,15 +200,13 @@ class RunCheckpoints:
     try:
       restored = self.managers[kind].restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax / tensorstore raise many types for unreadable files
-      raise CheckpointError(f"{what} in {self.step_dir(kind, step)} cannot be read: "
-                            f"{type(e).__name__}: {e}") from e
+      raise CheckpointError(f"{what} in {self.step_dir(kind, step)} cannot be read: {type(e).__name__}: {e}") from e
     meta = dict(restored["meta"])
     if "data" in items:
       meta["data"] = dict(restored["data"])
     return restored["state"], meta
 
-  def restore_for_resume(self, template: Any, log: Callable[[str], None] = print
-                         ) -> Optional[tuple[Any, dict]]:
+  def restore_for_resume(self, template: Any, log: Callable[[str], None] = print) -> Optional[tuple[Any, dict]]:
     """The newest intact checkpoint (partial, then latest or best), or None when there is none.
 
     A partial checkpoint is newer than every epoch-end one (those delete it when saved). Damaged

@@ -18,9 +18,14 @@ from smml_jax.data.labels import TASK_NUM_CLASSES
 from smml_jax.ops.dispatch import ATTENTION_IMPLEMENTATIONS
 from smml_jax.optim.factory import OptimConfig
 from smml_jax.train.config_compat import add_new_keys, drop_removed_keys, move_impl_keys
+
 # The noqa sits after "(" so that it covers every name, also once `ruff format` puts one per line.
 from smml_jax.train.config_layers import (  # noqa: F401  (read_config_file: re-exported)
-    ConfigError, merge, parse_override, read_config_file)
+  ConfigError,
+  merge,
+  parse_override,
+  read_config_file,
+)
 from smml_jax.train.config_values import check_range, check_type
 
 
@@ -84,8 +89,12 @@ class ImplConfig:
 
   def model_options(self) -> dict[str, Any]:
     """As `models.registry.build_model`'s `impl` options."""
-    return {"attention_impl": self.attention, "query_tile": self.query_tile,
-            "tile_pairs": self.tile_pairs, "sampler": self.sampler}
+    return {
+      "attention_impl": self.attention,
+      "query_tile": self.query_tile,
+      "tile_pairs": self.tile_pairs,
+      "sampler": self.sampler,
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +129,7 @@ class RunConfig:
     # The cosine schedule's length is the run's epoch count, never a second, separate setting.
     if self.optim.epochs != self.train.epochs and self.train.epochs >= 1:
       try:
-        object.__setattr__(self, "optim", dataclasses.replace(self.optim,
-                                                              epochs=self.train.epochs))
+        object.__setattr__(self, "optim", dataclasses.replace(self.optim, epochs=self.train.epochs))
       except ValueError as e:
         raise ConfigError(f"config key 'optim.warmup_epochs': {e}") from None
 
@@ -131,32 +139,33 @@ class RunConfig:
 
 
 _CHOICES = {
-    "task": tuple(TASK_NUM_CLASSES),
-    "data.split": ("original", "kfold", "file"),
-    "train.class_weights": ("train", "original", "none"),
-    "train.consistency_mode": ("reference", "per_sample"),
-    "train.coordination": ("pcgrad", "reference", "none"),
-    "train.coordination_score": ("auto", "confidence", "cindex"),
-    "train.compute_dtype": ("float32", "bfloat16"),
-    "impl.attention": ATTENTION_IMPLEMENTATIONS,
-    "impl.sampler": ("gather", "matmul"),
+  "task": tuple(TASK_NUM_CLASSES),
+  "data.split": ("original", "kfold", "file"),
+  "train.class_weights": ("train", "original", "none"),
+  "train.consistency_mode": ("reference", "per_sample"),
+  "train.coordination": ("pcgrad", "reference", "none"),
+  "train.coordination_score": ("auto", "confidence", "cindex"),
+  "train.compute_dtype": ("float32", "bfloat16"),
+  "impl.attention": ATTENTION_IMPLEMENTATIONS,
+  "impl.sampler": ("gather", "matmul"),
 }
 # Ranges of the keys whose dataclass does not declare one in its field metadata (the model options
 # do, see `models.registry.options_class`): 'min' (>=), 'above' (>), 'below' (<).
-_RANGES = {key: {"above": 0} for key in ("train.epochs", "train.batch_size", "train.eval_batch_size",
-                                          "optim.learning_rate", "data.n_folds")}
+_RANGES = {
+  key: {"above": 0}
+  for key in ("train.epochs", "train.batch_size", "train.eval_batch_size", "optim.learning_rate", "data.n_folds")
+}
 _RANGES["impl.checkpoint_every_steps"] = {"min": 0}  # 0: off
-_RANGES.update({"distill.temperature": {"above": 0}, "distill.kd_weight": {"min": 0},
-                "distill.feature_weight": {"min": 0}})
+_RANGES.update(
+  {"distill.temperature": {"above": 0}, "distill.kd_weight": {"min": 0}, "distill.feature_weight": {"min": 0}}
+)
 # Keys that no longer exist -> what to use instead.
-_REMOVED = {"optim.epochs": "the learning-rate schedule always spans train.epochs; set "
-                            "train.epochs (--epochs) instead"}
+_REMOVED = {"optim.epochs": "the learning-rate schedule always spans train.epochs; set train.epochs (--epochs) instead"}
 
 
 def _build(cls, values: Mapping[str, Any], prefix: str):
   if not isinstance(values, Mapping):
-    raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'!r}: expected a mapping, "
-                      f"got {values!r}")
+    raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'!r}: expected a mapping, got {values!r}")
   hints = typing.get_type_hints(cls)
   fields = {f.name: f for f in dataclasses.fields(cls)}
   for name in values:
@@ -167,8 +176,10 @@ def _build(cls, values: Mapping[str, Any], prefix: str):
   unknown = sorted(set(values) - set(fields))
   if unknown:
     hints_ = "".join(did_you_mean(k, fields, f" (did you mean {prefix}{{}}?)") for k in unknown)
-    raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]}{hints_}; valid keys "
-                      f"under {prefix.rstrip('.') or 'the root'}: {sorted(fields)}")
+    raise ConfigError(
+      f"unknown config key(s) {[prefix + k for k in unknown]}{hints_}; valid keys "
+      f"under {prefix.rstrip('.') or 'the root'}: {sorted(fields)}"
+    )
   kwargs = {}
   for name, value in values.items():
     key, hint = prefix + name, hints[name]
@@ -177,8 +188,9 @@ def _build(cls, values: Mapping[str, Any], prefix: str):
     else:
       kwargs[name] = check_type(value, hint, key)
       if key in _CHOICES and kwargs[name] not in _CHOICES[key]:
-        raise ConfigError(f"config key {key!r}: expected one of {_CHOICES[key]}, got "
-                          f"{value!r}{did_you_mean(str(value), _CHOICES[key])}")
+        raise ConfigError(
+          f"config key {key!r}: expected one of {_CHOICES[key]}, got {value!r}{did_you_mean(str(value), _CHOICES[key])}"
+        )
       bounds = fields[name].metadata or _RANGES.get(key)
       if bounds:
         check_range(kwargs[name], bounds, key)
@@ -193,45 +205,64 @@ def _build(cls, values: Mapping[str, Any], prefix: str):
 def _check_run(config: RunConfig) -> RunConfig:
   """The checks that need more than one key: the model and its options, the selection metric."""
   from smml_jax.models.registry import build_model, model_names, options_class  # jax: lazily
+
   if config.model not in model_names():
-    raise ConfigError(f"config key 'model': unknown model {config.model!r}"
-                      f"{did_you_mean(config.model, model_names())}; expected one of "
-                      f"{list(model_names())}")
+    raise ConfigError(
+      f"config key 'model': unknown model {config.model!r}"
+      f"{did_you_mean(config.model, model_names())}; expected one of "
+      f"{list(model_names())}"
+    )
   if not isinstance(config.model_options, Mapping):
-    raise ConfigError(f"config key 'model_options': expected a mapping, got "
-                      f"{config.model_options!r}")
+    raise ConfigError(f"config key 'model_options': expected a mapping, got {config.model_options!r}")
   # Typed: each key, its type and range against the model's options dataclass.
   typed = _build(options_class(config.model), config.model_options, "model_options.")
-  config = dataclasses.replace(config, model_options={
-      k: list(v) if isinstance(v, tuple) else v
-      for k, v in ((k, getattr(typed, k)) for k in config.model_options)})
+  config = dataclasses.replace(
+    config,
+    model_options={
+      k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(typed, k)) for k in config.model_options)
+    },
+  )
   try:  # builds the module (no parameters): what only the model can check (e.g. divisibility)
-    build_model(config.model, num_classes=config.num_classes, n_genes_tumour=1, n_genes_micro=1,
-                feature_dim=1, options=config.model_options)
+    build_model(
+      config.model,
+      num_classes=config.num_classes,
+      n_genes_tumour=1,
+      n_genes_micro=1,
+      feature_dim=1,
+      options=config.model_options,
+    )
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config key 'model_options' (model {config.model!r}): {e}") from None
   from smml_jax.models.registry import STUDENT
+
   if config.model == STUDENT and not config.distill.teacher:
-    raise ConfigError(f"config key 'distill.teacher': model {STUDENT!r} is distilled from a "
-                      "trained 'subspace' run of the same split; give its run directory "
-                      "(--teacher RUN_DIR)")
+    raise ConfigError(
+      f"config key 'distill.teacher': model {STUDENT!r} is distilled from a "
+      "trained 'subspace' run of the same split; give its run directory "
+      "(--teacher RUN_DIR)"
+    )
   if config.distill.teacher and config.model != STUDENT:
-    raise ConfigError(f"config key 'distill.teacher': only model {STUDENT!r} learns from a "
-                      f"teacher, not model {config.model!r}")
+    raise ConfigError(
+      f"config key 'distill.teacher': only model {STUDENT!r} learns from a teacher, not model {config.model!r}"
+    )
   if not 0.0 <= config.data.drop_expression <= 1.0:
-    raise ConfigError(f"config key 'data.drop_expression': expected a fraction in [0, 1], got "
-                      f"{config.data.drop_expression!r}")
+    raise ConfigError(
+      f"config key 'data.drop_expression': expected a fraction in [0, 1], got {config.data.drop_expression!r}"
+    )
   metric = config.train.selection_metric
   from smml_jax.tasks import get_task
+
   try:
     get_task(config.task, config.num_classes, coordination_score=config.train.coordination_score)
   except ValueError as e:
     raise ConfigError(f"config key 'train.coordination_score': {e}") from None
   allowed = get_task(config.task, config.num_classes).selectable_metrics
   if metric != "auto" and metric not in allowed:
-    raise ConfigError(f"config key 'train.selection_metric': {metric!r} is not a validation "
-                      f"metric of task {config.task!r}{did_you_mean(metric, allowed)}; expected "
-                      f"'auto' or one of {allowed}")
+    raise ConfigError(
+      f"config key 'train.selection_metric': {metric!r} is not a validation "
+      f"metric of task {config.task!r}{did_you_mean(metric, allowed)}; expected "
+      f"'auto' or one of {allowed}"
+    )
   return config
 
 
@@ -255,6 +286,7 @@ def make_config(*layers: Mapping[str, Any], overrides: Sequence[str] = ()) -> Ru
   if config.data.data != "synthetic":  # the spec's keys and values now, its files when loaded
     from smml_jax.data.errors import CohortError
     from smml_jax.data.spec import check_spec_file
+
     try:
       check_spec_file(config.data.data)
     except CohortError as e:

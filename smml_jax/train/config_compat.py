@@ -12,8 +12,12 @@ from typing import Any, Mapping
 from smml_jax.train.config_layers import ConfigError
 
 # model_options keys of older configs that are implementation knobs now: old key -> impl field.
-_MOVED_TO_IMPL = {"attention_impl": "attention", "query_tile": "query_tile",
-                  "tile_pairs": "tile_pairs", "sampler": "sampler"}
+_MOVED_TO_IMPL = {
+  "attention_impl": "attention",
+  "query_tile": "query_tile",
+  "tile_pairs": "tile_pairs",
+  "sampler": "sampler",
+}
 
 
 def move_impl_keys(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -32,9 +36,11 @@ def move_impl_keys(values: Mapping[str, Any]) -> dict[str, Any]:
       continue
     value = options.pop(old)
     if new in impl and impl[new] != value:
-      raise ConfigError(f"config keys 'model_options.{old}' ({value!r}) and 'impl.{new}' "
-                        f"({impl[new]!r}) disagree; 'model_options.{old}' is the older name of "
-                        f"'impl.{new}': set only 'impl.{new}'")
+      raise ConfigError(
+        f"config keys 'model_options.{old}' ({value!r}) and 'impl.{new}' "
+        f"({impl[new]!r}) disagree; 'model_options.{old}' is the older name of "
+        f"'impl.{new}': set only 'impl.{new}'"
+      )
     impl[new] = value
   values["model_options"], values["impl"] = options, impl
   return values

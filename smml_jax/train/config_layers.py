@@ -43,8 +43,7 @@ def parse_override(item: str) -> dict[str, Any]:
   return out
 
 
-def read_config_file(path: str | pathlib.Path, _chain: tuple[pathlib.Path, ...] = ()
-                     ) -> dict[str, Any]:
+def read_config_file(path: str | pathlib.Path, _chain: tuple[pathlib.Path, ...] = ()) -> dict[str, Any]:
   """A YAML/JSON config layer. `extends: FILE` (relative to this file's folder) names a config this
   one is a difference from: FILE is read first (recursively) and this file merged over it."""
   path = pathlib.Path(path)
@@ -65,8 +64,9 @@ def read_config_file(path: str | pathlib.Path, _chain: tuple[pathlib.Path, ...] 
   chain = (*_chain, path.resolve())
   base_path = (path.parent / base).resolve()
   if base_path in chain:
-    raise ConfigError(f"config file {path}, key 'extends': {base} makes a cycle "
-                      f"({' -> '.join(p.name for p in (*chain, base_path))})")
+    raise ConfigError(
+      f"config file {path}, key 'extends': {base} makes a cycle ({' -> '.join(p.name for p in (*chain, base_path))})"
+    )
   if not base_path.is_file():
     raise ConfigError(f"config file {path}, key 'extends': {base_path} does not exist")
   return merge(read_config_file(base_path, chain), values)

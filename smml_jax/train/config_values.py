@@ -56,12 +56,18 @@ def check_range(value: Any, bounds: Mapping[str, float], key: str) -> None:
     if v is None:
       continue
     ok = math.isfinite(v) and all(
-        test(v, bounds[name]) for name, test in (("min", lambda a, b: a >= b),
-                                                 ("above", lambda a, b: a > b),
-                                                 ("below", lambda a, b: a < b)) if name in bounds)
+      test(v, bounds[name])
+      for name, test in (("min", lambda a, b: a >= b), ("above", lambda a, b: a > b), ("below", lambda a, b: a < b))
+      if name in bounds
+    )
     if not ok:
-      expected = "a positive number" if dict(bounds) == {"above": 0} else "a number " + " and ".join(
-          f"{op} {bounds[name]}" for name, op in (("min", ">="), ("above", ">"), ("below", "<"))
-          if name in bounds)
+      expected = (
+        "a positive number"
+        if dict(bounds) == {"above": 0}
+        else "a number "
+        + " and ".join(
+          f"{op} {bounds[name]}" for name, op in (("min", ">="), ("above", ">"), ("below", "<")) if name in bounds
+        )
+      )
       where = f"{key}[{i}]" if isinstance(value, tuple) else key
       raise ConfigError(f"config key {where!r}: expected {expected}, got {v!r}")

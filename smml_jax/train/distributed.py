@@ -29,9 +29,9 @@ def _int(value, what: str) -> int:
     raise ValueError(f"multi-process run: {what} must be an integer, got {value!r}") from None
 
 
-def maybe_initialize(coordinator_address: Optional[str] = None,
-                     num_processes: Optional[int] = None,
-                     process_id: Optional[int] = None) -> bool:
+def maybe_initialize(
+  coordinator_address: Optional[str] = None, num_processes: Optional[int] = None, process_id: Optional[int] = None
+) -> bool:
   """Initialises jax.distributed when this is one of several processes; returns whether it did.
 
   Flags win over the environment (SMML_/JAX_COORDINATOR_ADDRESS, _NUM_PROCESSES, _PROCESS_ID).
@@ -53,13 +53,11 @@ def maybe_initialize(coordinator_address: Optional[str] = None,
     return False
   num = _int(num, "the process count")
   if pid is None:
-    raise ValueError("multi-process run: a process id is needed (--process-id or "
-                     "SMML_PROCESS_ID)")
+    raise ValueError("multi-process run: a process id is needed (--process-id or SMML_PROCESS_ID)")
   pid = _int(pid, "the process id")
   if not 0 <= pid < num:
     raise ValueError(f"multi-process run: process id {pid} not in [0, {num})")
-  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num,
-                             process_id=pid)
+  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num, process_id=pid)
   return True
 
 
@@ -67,6 +65,7 @@ def barrier(name: str) -> None:
   """Blocks until every process reaches the barrier `name` (no-op with one process)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
 
 
@@ -86,14 +85,22 @@ def main_process_first(name: str) -> Iterator[None]:
 def free_port() -> int:
   """A TCP port on localhost that was free a moment ago (bind to port 0)."""
   import socket
+
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
 
 
-def launch_local(command: Sequence[str], num_processes: int, *, devices_per_process: int = 1,
-                 timeout_s: float = 600.0, env: Optional[Mapping[str, str]] = None,
-                 cwd: Optional[str] = None, log_dir: Optional[str] = None) -> list[tuple[int, str]]:
+def launch_local(
+  command: Sequence[str],
+  num_processes: int,
+  *,
+  devices_per_process: int = 1,
+  timeout_s: float = 600.0,
+  env: Optional[Mapping[str, str]] = None,
+  cwd: Optional[str] = None,
+  log_dir: Optional[str] = None,
+) -> list[tuple[int, str]]:
   """Runs `command` as `num_processes` CPU processes of one JAX job on this machine.
 
   Each process gets SMML_COORDINATOR_ADDRESS (a free localhost port), SMML_NUM_PROCESSES,
@@ -107,19 +114,24 @@ def launch_local(command: Sequence[str], num_processes: int, *, devices_per_proc
   import subprocess
   import tempfile
   import time
+
   address = f"127.0.0.1:{free_port()}"
   logs = pathlib.Path(log_dir or tempfile.mkdtemp(prefix="smml_launch_"))
   logs.mkdir(parents=True, exist_ok=True)
   procs, files = [], []
   for pid in range(num_processes):
-    penv = {**os.environ, **(env or {}), "SMML_COORDINATOR_ADDRESS": address,
-            "SMML_NUM_PROCESSES": str(num_processes), "SMML_PROCESS_ID": str(pid),
-            "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
+    penv = {
+      **os.environ,
+      **(env or {}),
+      "SMML_COORDINATOR_ADDRESS": address,
+      "SMML_NUM_PROCESSES": str(num_processes),
+      "SMML_PROCESS_ID": str(pid),
+      "JAX_PLATFORMS": "cpu",
+      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+    }
     f = open(logs / f"process_{pid}.log", "w+")
     files.append(f)
-    procs.append(subprocess.Popen(list(command), env=penv, cwd=cwd, stdout=f,
-                                  stderr=subprocess.STDOUT))
+    procs.append(subprocess.Popen(list(command), env=penv, cwd=cwd, stdout=f, stderr=subprocess.STDOUT))
   deadline = time.monotonic() + timeout_s
   failed_at = None
   while any(p.poll() is None for p in procs):

@@ -18,8 +18,9 @@ class TrainingDiverged(RuntimeError):
   """A non-finite loss or gradient: the run cannot train further."""
 
 
-def epoch_steps(train_step: TrainStep, state: TrainState,
-                batches: Iterable[Batch]) -> Iterator[tuple[TrainState, dict[str, Any]]]:
+def epoch_steps(
+  train_step: TrainStep, state: TrainState, batches: Iterable[Batch]
+) -> Iterator[tuple[TrainState, dict[str, Any]]]:
   """One pass over `batches`: yields (state after the step, the step's metrics) per batch.
 
   `train_step` is `steps.make_train_step(...)` (it donates the state it is given, so keep only

@@ -51,8 +51,7 @@ class RunEvents:
       what earlier files hold from this step on, so a resumed run shows one curve.
   """
 
-  def __init__(self, out_dir: str | pathlib.Path, *, enabled: bool = True,
-               purge_step: Optional[int] = None):
+  def __init__(self, out_dir: str | pathlib.Path, *, enabled: bool = True, purge_step: Optional[int] = None):
     self.enabled = enabled
     self._writer = None
     self._handler: Optional[logging.Handler] = None
@@ -60,11 +59,16 @@ class RunEvents:
     if not enabled:
       return
     from tensorboardX import SummaryWriter  # imports protobuf only
+
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # tensorboardX names files by the second; a suffix keeps two writers in one second apart.
-    self._writer = SummaryWriter(str(out_dir / EVENTS_DIR), purge_step=purge_step, flush_secs=10,
-                                 filename_suffix=f".{os.getpid()}.{time.time_ns()}")
+    self._writer = SummaryWriter(
+      str(out_dir / EVENTS_DIR),
+      purge_step=purge_step,
+      flush_secs=10,
+      filename_suffix=f".{os.getpid()}.{time.time_ns()}",
+    )
     for stale in list(self._logger.handlers):  # a run that raised before close(): one run at a time
       self._logger.removeHandler(stale)
       stale.close()
@@ -117,12 +121,13 @@ def _records(path: pathlib.Path):
   while offset < len(data):
     if offset + 12 > len(data):
       raise ValueError(f"event file {path}: truncated record header at byte {offset}")
-    (length,) = struct.unpack("<Q", data[offset:offset + 8])
+    (length,) = struct.unpack("<Q", data[offset : offset + 8])
     start = offset + 12
     if start + length + 4 > len(data):
-      raise ValueError(f"event file {path}: record at byte {offset} claims {length} bytes, "
-                       f"the file ends at {len(data)}")
-    yield data[start:start + length]
+      raise ValueError(
+        f"event file {path}: record at byte {offset} claims {length} bytes, the file ends at {len(data)}"
+      )
+    yield data[start : start + length]
     offset = start + length + 4
 
 
@@ -133,6 +138,7 @@ def read_scalars(logdir: str | pathlib.Path) -> dict[str, list[tuple[int, float]
   drops the values earlier files hold from that step on, as TensorBoard does.
   """
   from tensorboardX.proto import event_pb2
+
   logdir = pathlib.Path(logdir)
   files = sorted(logdir.glob("events.out.tfevents.*"))
   if not files:

@@ -15,8 +15,7 @@ from smml_jax.data import missing, normalise, splits as splits_lib
 from smml_jax.data import pipeline
 from smml_jax.data.pipeline import BatchIterator
 from smml_jax.data.spec import load_cohort
-from smml_jax.models.deform_attention import (DeformAttentionConfig, min_grid_side,
-                                              offset_grid_side)
+from smml_jax.models.deform_attention import DeformAttentionConfig, min_grid_side, offset_grid_side
 from smml_jax.models.registry import ModelSpec, build_model, implementations
 from smml_jax.ops import dispatch
 from smml_jax.tasks import Task, get_task
@@ -25,10 +24,15 @@ from smml_jax.train.config import ConfigError, RunConfig
 from smml_jax.train.state import TrainState
 from smml_jax.train.steps import LossConfig, make_run_optimizer, model_inputs
 
+
 def task_of(config: RunConfig) -> Task:
   """The run's task: its name, number of outputs and survival NLL weight."""
-  return get_task(config.task, config.num_classes, survival_alpha=config.train.survival_alpha,
-                  coordination_score=config.train.coordination_score)
+  return get_task(
+    config.task,
+    config.num_classes,
+    survival_alpha=config.train.survival_alpha,
+    coordination_score=config.train.coordination_score,
+  )
 
 
 def selection_metric(config: RunConfig) -> str:
@@ -40,6 +44,7 @@ def selection_metric(config: RunConfig) -> str:
 @dataclasses.dataclass
 class Experiment:
   """Everything built from a config before training: data, preprocessing, model, optimiser."""
+
   config: RunConfig
   cohort: Any
   splits: dict[str, np.ndarray]
@@ -61,10 +66,17 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
   d = config.data
   with distributed.main_process_first("build_cohort"):  # one writer of the shared record cache
     cohort = load_cohort(d.data, d.data_dir)
-  parts = splits_lib.make_splits(cohort, d.split, seed=d.split_seed, fold=d.fold,
-                                 n_folds=d.n_folds, stratify=d.stratify,
-                                 val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                                 split_file=d.split_file)
+  parts = splits_lib.make_splits(
+    cohort,
+    d.split,
+    seed=d.split_seed,
+    fold=d.fold,
+    n_folds=d.n_folds,
+    stratify=d.stratify,
+    val_fraction=d.val_fraction,
+    test_fraction=d.test_fraction,
+    split_file=d.split_file,
+  )
   splits_lib.assert_patient_disjoint(cohort, parts)
   task = task_of(config)
   parts = {k: _labelled(cohort, v, task) for k, v in parts.items()}
@@ -73,14 +85,25 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
       raise ConfigError(f"the {part} split has no slide labelled for task {config.task!r}")
   dropped = missing.dropped_slides(cohort, parts["train"], d.drop_expression, config.train.seed)
   preprocessor = normalise.fit_preprocessor(
-      cohort, parts["train"], gene_transform=d.gene_transform, survival_cuts=d.survival_cuts,
-      clip=d.gene_clip, absent=dropped)
+    cohort,
+    parts["train"],
+    gene_transform=d.gene_transform,
+    survival_cuts=d.survival_cuts,
+    clip=d.gene_clip,
+    absent=dropped,
+  )
   mesh = mesh if mesh is not None else sharding.make_mesh()
   impl = dict(config.impl.model_options(), platform=dispatch.platform_of(mesh))
   try:
-    spec = build_model(config.model, num_classes=config.num_classes,
-                       n_genes_tumour=cohort.n_genes_tumour, n_genes_micro=cohort.n_genes_micro,
-                       feature_dim=cohort.feature_dim, options=config.model_options, impl=impl)
+    spec = build_model(
+      config.model,
+      num_classes=config.num_classes,
+      n_genes_tumour=cohort.n_genes_tumour,
+      n_genes_micro=cohort.n_genes_micro,
+      feature_dim=cohort.feature_dim,
+      options=config.model_options,
+      impl=impl,
+    )
   except dispatch.DispatchError as e:
     raise ConfigError(f"config key 'impl.attention': {e}") from e
   except (TypeError, ValueError) as e:  # unknown model, unknown or ill-typed model_options
@@ -96,20 +119,21 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
     raise ConfigError(f"config key 'impl.attention': {e}") from e
   t = config.train
   class_weights = task.class_weights(t.class_weights, cohort.slides.iloc[parts["train"]])
-  loss_config = LossConfig(task=task, class_weights=class_weights,
-                           consistency_weight=t.consistency_weight,
-                           consistency_mode=t.consistency_mode,
-                           coordination=spec.coordination and t.coordination != "none",
-                           distill=teacher_lib.distillation(config))
-  masked = bool(len(dropped)) or not all(normalise.has_expression(cohort, v).all()
-                                          for v in parts.values())
+  loss_config = LossConfig(
+    task=task,
+    class_weights=class_weights,
+    consistency_weight=t.consistency_weight,
+    consistency_mode=t.consistency_mode,
+    coordination=spec.coordination and t.coordination != "none",
+    distill=teacher_lib.distillation(config),
+  )
+  masked = bool(len(dropped)) or not all(normalise.has_expression(cohort, v).all() for v in parts.values())
   return Experiment(config, cohort, parts, preprocessor, spec, loss_config, mesh, dropped, masked)
 
 
 def check_grid_side(spec: ModelSpec, grid_side: int, config: RunConfig) -> None:
   """ConfigError when the cohort's grid is too small for the deformable attention's lattice."""
-  attention = getattr(getattr(getattr(spec.module, "config", None), "branch", None), "attention",
-                      None)
+  attention = getattr(getattr(getattr(spec.module, "config", None), "branch", None), "attention", None)
   if not isinstance(attention, DeformAttentionConfig):
     return
   minimum = min_grid_side(attention.offset_kernel, attention.downsample)
@@ -117,16 +141,16 @@ def check_grid_side(spec: ModelSpec, grid_side: int, config: RunConfig) -> None:
   if tokens < minimum:
     lattice = offset_grid_side(tokens, attention.offset_kernel, attention.downsample)
     raise ConfigError(
-        f"cohort {config.data.data}: grid_side {grid_side} is too small for model "
-        f"{config.model!r}: its deformable attention's offset lattice (kernel "
-        f"{attention.offset_kernel}, stride {attention.downsample}) would have {max(lattice, 0)} "
-        f"point(s) per side and needs at least 2, i.e. a "
-        f"{'grid_side' if attention.ndim == 2 else 'token count (grid_side^2)'} of at least "
-        f"{minimum}")
+      f"cohort {config.data.data}: grid_side {grid_side} is too small for model "
+      f"{config.model!r}: its deformable attention's offset lattice (kernel "
+      f"{attention.offset_kernel}, stride {attention.downsample}) would have {max(lattice, 0)} "
+      f"point(s) per side and needs at least 2, i.e. a "
+      f"{'grid_side' if attention.ndim == 2 else 'token count (grid_side^2)'} of at least "
+      f"{minimum}"
+    )
 
 
-def batches(exp: Experiment, part: str, batch_size: int, *, epoch: int = 0,
-              train: bool = False) -> BatchIterator:
+def batches(exp: Experiment, part: str, batch_size: int, *, epoch: int = 0, train: bool = False) -> BatchIterator:
   """One epoch of `part` (train: shuffled by (seed, epoch), last partial batch dropped; else in
   order, padded and masked), this JAX process's slice of each global batch."""
   process_index, process_count = pipeline.jax_process_shard()
@@ -136,10 +160,18 @@ def batches(exp: Experiment, part: str, batch_size: int, *, epoch: int = 0,
     preprocess = missing.DropExpression(frozenset(ids.astype(str)), preprocess)
   if not exp.masked:  # every slide has expression: the unmasked model, as before
     preprocess = missing.WithoutPresence(preprocess)
-  return BatchIterator(exp.cohort.source, exp.splits[part], batch_size, seed=exp.config.train.seed,
-                       epoch=epoch, shuffle=train, drop_remainder=train,
-                       preprocess=preprocess, process_index=process_index,
-                       process_count=process_count)
+  return BatchIterator(
+    exp.cohort.source,
+    exp.splits[part],
+    batch_size,
+    seed=exp.config.train.seed,
+    epoch=epoch,
+    shuffle=train,
+    drop_remainder=train,
+    preprocess=preprocess,
+    process_index=process_index,
+    process_count=process_count,
+  )
 
 
 def global_batch(size: int, mesh) -> int:
@@ -159,10 +191,11 @@ def init_state(exp: Experiment, steps_per_epoch: int):
   inputs = {k: jnp.asarray(v[:1]) for k, v in model_inputs(sample).items()}
   params = exp.spec.module.init({"params": init_key, "dropout": dropout_key}, inputs)["params"]
   optim = dataclasses.replace(cfg.optim, epochs=cfg.train.epochs)
-  tx = make_run_optimizer(exp.spec, optim, steps_per_epoch=steps_per_epoch,
-                          coordination_mode=(cfg.train.coordination
-                                             if exp.loss_config.coordination else None))
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                     rng=state_key)
+  tx = make_run_optimizer(
+    exp.spec,
+    optim,
+    steps_per_epoch=steps_per_epoch,
+    coordination_mode=(cfg.train.coordination if exp.loss_config.coordination else None),
+  )
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_key)
   return sharding.replicate(state, exp.mesh), tx
-

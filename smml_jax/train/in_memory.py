@@ -28,8 +28,7 @@ from smml_jax.models.registry import ModelSpec
 from smml_jax.optim.factory import OptimConfig
 from smml_jax.train.epoch import TrainingDiverged, epoch_steps
 from smml_jax.train.state import TrainState
-from smml_jax.train.steps import (LossConfig, make_eval_step, make_run_optimizer, make_train_step,
-                                  model_inputs)
+from smml_jax.train.steps import LossConfig, make_eval_step, make_run_optimizer, make_train_step, model_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,17 +36,20 @@ class FitResult:
   """params: the selected (or last) parameters, on the host; best_epoch: the 0-based epoch they
   come from; history: per epoch {'epoch', the mean step metrics ('loss', 'task_loss', ...) and
   'val_score' when selecting}."""
+
   params: Any
   best_epoch: int
   history: list[dict[str, float]]
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(spec: ModelSpec, loss: LossConfig, optim: OptimConfig, steps_per_epoch: int,
-              coordination_mode: Optional[str]):
+def _compiled(
+  spec: ModelSpec, loss: LossConfig, optim: OptimConfig, steps_per_epoch: int, coordination_mode: Optional[str]
+):
   """(tx, jitted train step), reused across splits and seeds with the same settings."""
-  tx = make_run_optimizer(spec, optim, steps_per_epoch=steps_per_epoch,
-                          coordination_mode=coordination_mode if loss.coordination else None)
+  tx = make_run_optimizer(
+    spec, optim, steps_per_epoch=steps_per_epoch, coordination_mode=coordination_mode if loss.coordination else None
+  )
   return tx, make_train_step(spec, tx, loss)
 
 
@@ -60,22 +62,28 @@ def predict_logits(spec: ModelSpec, params, arrays: GenomicArrays) -> np.ndarray
   """(N, K) float32 fused logits in eval mode (no dropout)."""
   batch = padded(arrays.fields("target"))
   out = _eval_step(spec)(params, model_inputs(batch))
-  return np.asarray(out["logits"])[:len(arrays)]
+  return np.asarray(out["logits"])[: len(arrays)]
 
 
-def selection_score(spec: ModelSpec, params, arrays: GenomicArrays,
-                    loss: LossConfig) -> Optional[float]:
+def selection_score(spec: ModelSpec, params, arrays: GenomicArrays, loss: LossConfig) -> Optional[float]:
   """The task's selection metric on `arrays` (macro AUC, or C-index); None where undefined."""
   task = loss.task
   logits = predict_logits(spec, params, arrays)
-  return task.metrics(task.prediction(logits), arrays.truth(task.label_field))[
-      task.selection_metric]
+  return task.metrics(task.prediction(logits), arrays.truth(task.label_field))[task.selection_metric]
 
 
-def fit(spec: ModelSpec, loss: LossConfig, optim: OptimConfig, train: GenomicArrays,
-        val: Optional[GenomicArrays] = None, *, batch_size: int = 32,
-        select_on_val: bool = True, coordination_mode: Optional[str] = "pcgrad",
-        seed: int = 0) -> FitResult:
+def fit(
+  spec: ModelSpec,
+  loss: LossConfig,
+  optim: OptimConfig,
+  train: GenomicArrays,
+  val: Optional[GenomicArrays] = None,
+  *,
+  batch_size: int = 32,
+  select_on_val: bool = True,
+  coordination_mode: Optional[str] = "pcgrad",
+  seed: int = 0,
+) -> FitResult:
   """Trains `spec.module` for `optim.epochs` epochs on `train`; selects on `val` if asked.
 
   Args:
@@ -101,32 +109,32 @@ def fit(spec: ModelSpec, loss: LossConfig, optim: OptimConfig, train: GenomicArr
     raise ValueError(f"fit: batch_size must be >= 1, got {batch_size}")
   fields = train.fields(loss.task.label_field)
   # The (K,) class weights ride in each batch: traced, one compiled step serves every split.
-  weights = ({} if loss.class_weights is None
-             else {"class_weights": np.asarray(loss.class_weights, np.float32)})
+  weights = {} if loss.class_weights is None else {"class_weights": np.asarray(loss.class_weights, np.float32)}
   init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
   sample = model_inputs({k: v[:2] for k, v in fields.items()})
-  params = spec.module.init({"params": init_key, "dropout": init_key}, sample,
-                            train=False)["params"]
+  params = spec.module.init({"params": init_key, "dropout": init_key}, sample, train=False)["params"]
   steps_per_epoch = -(-len(train) // batch_size)
-  tx, train_step = _compiled(spec, dataclasses.replace(loss, class_weights=None), optim,
-                            steps_per_epoch, coordination_mode)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                     rng=rng)
+  tx, train_step = _compiled(
+    spec, dataclasses.replace(loss, class_weights=None), optim, steps_per_epoch, coordination_mode
+  )
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
   order = np.random.default_rng(seed)
   best_params, best_score, best_epoch, history = None, -np.inf, optim.epochs - 1, []
   for epoch in range(optim.epochs):
-    batches = (dict(batch, **weights) for batch in
-               iterate_batches(fields, *epoch_batches(len(train), batch_size, order)))
+    batches = (
+      dict(batch, **weights) for batch in iterate_batches(fields, *epoch_batches(len(train), batch_size, order))
+    )
     rows = []
     for stepped, metrics in epoch_steps(train_step, state, batches):
       state = stepped
       rows.append(metrics)
     rows = jax.device_get(rows)
     if not all(bool(r["finite"]) for r in rows):
-      raise TrainingDiverged(f"training diverged in epoch {epoch} (0-based): a non-finite loss "
-                             f"or gradient; lower the learning rate or check the inputs")
-    record = {"epoch": epoch, **{k: float(np.mean([r[k] for r in rows])) for k in rows[0]
-                                 if k != "finite"}}
+      raise TrainingDiverged(
+        f"training diverged in epoch {epoch} (0-based): a non-finite loss "
+        f"or gradient; lower the learning rate or check the inputs"
+      )
+    record = {"epoch": epoch, **{k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "finite"}}
     if select_on_val:
       score = selection_score(spec, state.params, val, loss)
       record["val_score"] = np.nan if score is None else score

@@ -25,21 +25,35 @@ from smml_jax.train import teacher as teacher_lib
 from smml_jax.train.checkpoints import RunCheckpoints
 from smml_jax.train.config import ConfigError, RunConfig, config_to_dict
 from smml_jax.train.epoch import TrainingDiverged, epoch_label  # noqa: F401  (re-exported)
+
 # Re-exported: callers build experiments and predict through the loop module. The noqa sits after
 # "(" so that it covers every name, also once `ruff format` puts one per line.
 from smml_jax.train.experiment import (  # noqa: F401
-    Experiment, batches, build_experiment, check_grid_side, global_batch, init_state,
-    selection_metric, task_of)
+  Experiment,
+  batches,
+  build_experiment,
+  check_grid_side,
+  global_batch,
+  init_state,
+  selection_metric,
+  task_of,
+)
 from smml_jax.train.results import (  # noqa: F401
-    fmt, is_main_process, mean, predict, prediction_rows, split_metrics, summarise)
+  fmt,
+  is_main_process,
+  mean,
+  predict,
+  prediction_rows,
+  split_metrics,
+  summarise,
+)
 from smml_jax.train.run_dir import RunDirError  # noqa: F401  (re-exported for callers)
 from smml_jax.train.steps import make_eval_step, make_train_step
 
 DEFAULT_KEEP_CHECKPOINTS = 2
 
 
-def check_run_dir(out_dir: pathlib.Path, config: RunConfig, *, resume: bool,
-                  overwrite: bool) -> str:
+def check_run_dir(out_dir: pathlib.Path, config: RunConfig, *, resume: bool, overwrite: bool) -> str:
   """`run_dir.check` on every process (read-only); all leave together."""
   try:
     mode = run_dir.check(out_dir, config, resume=resume, overwrite=overwrite)
@@ -54,8 +68,10 @@ def prepare_run_dir(out_dir: pathlib.Path, mode: str, log: Callable[[str], None]
     removed = run_dir.prepare(out_dir, mode)
     if removed:
       kept = run_dir.foreign_entries(out_dir)
-      log(f"--overwrite: removed the previous run's {[p.name for p in removed]} from {out_dir}"
-          + (f"; kept {kept}" if kept else ""))
+      log(
+        f"--overwrite: removed the previous run's {[p.name for p in removed]} from {out_dir}"
+        + (f"; kept {kept}" if kept else "")
+      )
   distributed.barrier("prepare_run_dir:ready")
 
 
@@ -64,8 +80,9 @@ def _write_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
     run_dir.write_jsonl(path, rows)
 
 
-def _check_finite(metrics: dict, step: int, epoch: int, batch: int, steps_per_epoch: int,
-                  ckpts: RunCheckpoints) -> None:
+def _check_finite(
+  metrics: dict, step: int, epoch: int, batch: int, steps_per_epoch: int, ckpts: RunCheckpoints
+) -> None:
   """TrainingDiverged when a step's loss parts or gradient norm are not finite."""
   if bool(metrics["finite"]):
     return
@@ -73,23 +90,30 @@ def _check_finite(metrics: dict, step: int, epoch: int, batch: int, steps_per_ep
   bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
   newest = ckpts.newest()
   raise TrainingDiverged(
-      f"training diverged at step {step} (epoch {epoch}, batch {batch} of {steps_per_epoch}):"
-      f" non-finite {bad}. Last good checkpoint: "
-      + (newest if newest else "none (it diverged in the first epoch)")
-      + "; nothing after it was saved. Lower optim.learning_rate or check the inputs.")
+    f"training diverged at step {step} (epoch {epoch}, batch {batch} of {steps_per_epoch}):"
+    f" non-finite {bad}. Last good checkpoint: "
+    + (newest if newest else "none (it diverged in the first epoch)")
+    + "; nothing after it was saved. Lower optim.learning_rate or check the inputs."
+  )
 
 
 def _host_rows(rows: list[dict]) -> list[dict]:
   """Per-step metrics as JSON numbers (float32 -> float is exact, so epoch means are unchanged)."""
-  return [{k: bool(v) if k == "finite" else float(v) for k, v in row.items()}
-          for row in jax.device_get(rows)]
+  return [{k: bool(v) if k == "finite" else float(v) for k, v in row.items()} for row in jax.device_get(rows)]
 
 
-def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = False,
-          overwrite: bool = False, stop_after_epoch: Optional[int] = None, mesh=None,
-          keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS,
-          log: Callable[[str], None] = print,
-          stop_after_step: Optional[int] = None) -> dict[str, Any]:
+def train(
+  config: RunConfig,
+  out_dir: str | pathlib.Path,
+  *,
+  resume: bool = False,
+  overwrite: bool = False,
+  stop_after_epoch: Optional[int] = None,
+  mesh=None,
+  keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS,
+  log: Callable[[str], None] = print,
+  stop_after_step: Optional[int] = None,
+) -> dict[str, Any]:
   """Trains, evaluates every epoch, keeps the best epoch by VALIDATION metric.
 
   Everything is validated (run directory, config, cohort, model, batch size) before `out_dir`
@@ -116,31 +140,32 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
   """
   out_dir = pathlib.Path(out_dir)
   if keep_checkpoints < 1:
-    raise ConfigError(f"--keep-checkpoints (keep_checkpoints): expected at least 1, got "
-                      f"{keep_checkpoints}")
+    raise ConfigError(f"--keep-checkpoints (keep_checkpoints): expected at least 1, got {keep_checkpoints}")
   mode = check_run_dir(out_dir, config, resume=resume, overwrite=overwrite)
   exp = build_experiment(config, mesh)
   batch_size = global_batch(config.train.batch_size, exp.mesh)
   steps_per_epoch = len(batches(exp, "train", batch_size, train=True))
   if steps_per_epoch == 0:
-    raise ConfigError(f"batch size {batch_size} exceeds the {len(exp.splits['train'])} training "
-                      "slides")
+    raise ConfigError(f"batch size {batch_size} exceeds the {len(exp.splits['train'])} training slides")
   state, tx = init_state(exp, steps_per_epoch)
   cohort_record = {
-      "path": str(exp.cohort.path), "grid_side": exp.cohort.grid_side,
-      "feature_dim": exp.cohort.feature_dim, "gene_names": exp.cohort.gene_names,
-      "spec": run_dir.cohort_spec_record(config.data.data),
-      "splits": {k: exp.cohort.slides["slide_id"].to_numpy()[v].tolist()
-                 for k, v in exp.splits.items()},
-      "expression": missing.expression_record(exp.cohort, exp.splits, exp.dropped,
-                                              config.data.drop_expression)}
+    "path": str(exp.cohort.path),
+    "grid_side": exp.cohort.grid_side,
+    "feature_dim": exp.cohort.feature_dim,
+    "gene_names": exp.cohort.gene_names,
+    "spec": run_dir.cohort_spec_record(config.data.data),
+    "splits": {k: exp.cohort.slides["slide_id"].to_numpy()[v].tolist() for k, v in exp.splits.items()},
+    "expression": missing.expression_record(exp.cohort, exp.splits, exp.dropped, config.data.drop_expression),
+  }
   teacher = teacher_lib.for_experiment(exp, cohort_record)  # checked against this split
 
   absent = cohort_record["expression"]
   if any(absent["without_expression"].values()) or absent["dropped_slides"]:
-    log(f"expression: {len(absent['dropped_slides'])} training slide(s) dropped "
-        f"(data.drop_expression {config.data.drop_expression}); slides without expression in "
-        f"the cohort, per split: {absent['without_expression']}")
+    log(
+      f"expression: {len(absent['dropped_slides'])} training slide(s) dropped "
+      f"(data.drop_expression {config.data.drop_expression}); slides without expression in "
+      f"the cohort, per split: {absent['without_expression']}"
+    )
   # Everything is validated: only now is the run directory touched.
   if resume and mode == run_dir.NEW:
     log(f"--resume: {out_dir} holds no run yet; starting a fresh run")
@@ -148,10 +173,8 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
   if is_main_process():
     run_dir.write_start(out_dir, config, exp.preprocessor.to_json(), cohort_record)
 
-  schedule = epoch_schedule(dataclasses.replace(config.optim, epochs=config.train.epochs),
-                            steps_per_epoch)
-  train_step = make_train_step(exp.spec, tx, exp.loss_config, learning_rate=schedule,
-                               teacher=teacher)
+  schedule = epoch_schedule(dataclasses.replace(config.optim, epochs=config.train.epochs), steps_per_epoch)
+  train_step = make_train_step(exp.spec, tx, exp.loss_config, learning_rate=schedule, teacher=teacher)
   eval_step = make_eval_step(exp.spec)
   ckpts = RunCheckpoints(out_dir / run_dir.CHECKPOINTS_DIR, keep=keep_checkpoints)
   metric = selection_metric(config)
@@ -166,8 +189,10 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
       history, best, start_epoch = meta["history"], meta["best"], meta["epoch"] + 1
       if meta.get("epoch_rows"):
         start_epoch, position = meta["epoch"], {**meta["data"], "rows": meta["epoch_rows"]}
-        log(f"resumed {out_dir} at train step {int(state.step)} (epoch {start_epoch}, batch "
-            f"{len(position['rows'])} of {steps_per_epoch})")
+        log(
+          f"resumed {out_dir} at train step {int(state.step)} (epoch {start_epoch}, batch "
+          f"{len(position['rows'])} of {steps_per_epoch})"
+        )
       else:
         log(f"resumed {out_dir} after epoch {meta['epoch']}")
     else:
@@ -178,8 +203,10 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
   console = tqdm.write if log is print else log
   done_in_epoch = len(position["rows"]) if position else 0  # its steps are logged again
   events = events_lib.RunEvents(
-      out_dir, enabled=is_main_process(),
-      purge_step=int(state.step) - done_in_epoch + 1 if start_epoch or position else None)
+    out_dir,
+    enabled=is_main_process(),
+    purge_step=int(state.step) - done_in_epoch + 1 if start_epoch or position else None,
+  )
 
   def say(message: str) -> None:
     console(message)
@@ -191,8 +218,9 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
       preds = predict(exp, state.params, part, eval_step, progress=show)
       results[part] = (split_metrics(exp, preds), preds)
     for part, (m, _) in results.items():
-      history.append({"epoch": epoch, "step": step, "split": part,
-                      **{k: v for k, v in m.items() if not isinstance(v, (list, dict))}})
+      history.append(
+        {"epoch": epoch, "step": step, "split": part, **{k: v for k, v in m.items() if not isinstance(v, (list, dict))}}
+      )
       events.evaluation(step, part, m)
     _write_jsonl(out_dir / run_dir.METRICS_FILE, history)
     events.flush()
@@ -207,8 +235,9 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
       bar.set_description(epoch_label(epoch, config.train.epochs))
       t0, seen, compile_s, losses = time.perf_counter(), 0, None, []
       iterator = pipeline.prefetch_to_device(
-          batches(exp, "train", batch_size, epoch=epoch, train=True),
-          put=lambda batch: sharding.shard_batch(batch, exp.mesh))
+        batches(exp, "train", batch_size, epoch=epoch, train=True),
+        put=lambda batch: sharding.shard_batch(batch, exp.mesh),
+      )
       train_rows, logged = [], 0
       if position is not None:  # continue the interrupted epoch at its next batch
         iterator.set_state(position["iterator"])
@@ -237,23 +266,32 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
         bar.update(1)
         # The previous step's flag: checking it here keeps one step in flight.
         if len(train_rows) > 1:
-          _check_finite(train_rows[-2], step - 1, epoch, len(train_rows) - 1, steps_per_epoch,
-                        ckpts)
+          _check_finite(train_rows[-2], step - 1, epoch, len(train_rows) - 1, steps_per_epoch, ckpts)
         if len(train_rows) % 5 == 0:
           losses = [float(r["loss"]) for r in train_rows[-5:]]
           logged = log_steps(train_rows, first_step, logged)
-          bar.set_postfix(loss=f"{mean(losses):.4f}",
-                          slides_per_s=f"{seen / (time.perf_counter() - t0):.1f}")
-        if (config.train.eval_every_steps and step % config.train.eval_every_steps == 0):
+          bar.set_postfix(loss=f"{mean(losses):.4f}", slides_per_s=f"{seen / (time.perf_counter() - t0):.1f}")
+        if config.train.eval_every_steps and step % config.train.eval_every_steps == 0:
           _check_finite(m, step, epoch, len(train_rows), steps_per_epoch, ckpts)
           evaluate(epoch, step)
-        if (config.impl.checkpoint_every_steps and step % config.impl.checkpoint_every_steps == 0
-            and len(train_rows) < steps_per_epoch):  # the epoch's end saves its own
+        if (
+          config.impl.checkpoint_every_steps
+          and step % config.impl.checkpoint_every_steps == 0
+          and len(train_rows) < steps_per_epoch
+        ):  # the epoch's end saves its own
           _check_finite(m, step, epoch, len(train_rows), steps_per_epoch, ckpts)
-          ckpts.save_partial(step, state, {
-              "epoch": epoch, "history": history, "best": best, "config": config_to_dict(config),
-              "epoch_rows": _host_rows(train_rows)},
-              {"epoch": epoch, "iterator": iterator.get_state()})
+          ckpts.save_partial(
+            step,
+            state,
+            {
+              "epoch": epoch,
+              "history": history,
+              "best": best,
+              "config": config_to_dict(config),
+              "epoch_rows": _host_rows(train_rows),
+            },
+            {"epoch": epoch, "iterator": iterator.get_state()},
+          )
         if stop_after_step is not None and step >= stop_after_step:
           pipeline.close(iterator)
           events.close()
@@ -262,32 +300,41 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
       _check_finite(train_rows[-1], step, epoch, len(train_rows), steps_per_epoch, ckpts)
       logged = log_steps(train_rows, first_step, logged)
       train_time = time.perf_counter() - t0
-      timed = (seen - batch_size, train_time - compile_s) if compile_s and seen > batch_size else (
-          seen, train_time)
-      history.append({"epoch": epoch, "step": step, "split": "train",
-                      **{k: mean([r[k] for r in train_rows]) for k in train_rows[0]
-                         if k != "finite"},
-                      "step_losses": [float(r["loss"]) for r in train_rows],
-                      "slides_per_s": timed[0] / timed[1],
-                      **({"compile_s": compile_s} if compile_s is not None else {})})
+      timed = (seen - batch_size, train_time - compile_s) if compile_s and seen > batch_size else (seen, train_time)
+      history.append(
+        {
+          "epoch": epoch,
+          "step": step,
+          "split": "train",
+          **{k: mean([r[k] for r in train_rows]) for k in train_rows[0] if k != "finite"},
+          "step_losses": [float(r["loss"]) for r in train_rows],
+          "slides_per_s": timed[0] / timed[1],
+          **({"compile_s": compile_s} if compile_s is not None else {}),
+        }
+      )
       results = evaluate(epoch, step)
       val_value = results["val"][0].get(metric)
       improved = val_value is not None and not math.isnan(val_value) and val_value > best["value"]
       if improved:
         best = {"epoch": epoch, "value": float(val_value)}
-      meta = {"epoch": epoch, "history": history, "best": best,
-              "config": config_to_dict(config)}
+      meta = {"epoch": epoch, "history": history, "best": best, "config": config_to_dict(config)}
       data = {"epoch": epoch + 1, "iterator": None}  # the next epoch, from its first batch
       if improved:
         ckpts.save_best(epoch, state, meta, data)
         for part in run_dir.PREDICTION_SPLITS:
-          _write_jsonl(out_dir / run_dir.predictions_file(part),
-                       prediction_rows(results[part][1], exp.loss_config.task))
+          _write_jsonl(
+            out_dir / run_dir.predictions_file(part), prediction_rows(results[part][1], exp.loss_config.task)
+          )
       ckpts.save_latest(epoch, state, meta, data)
-      line = (f"{epoch_label(epoch, config.train.epochs)}: loss {history[-3]['loss']:.4f}  val "
-              f"{metric} {fmt(val_value)}  "
-              + (f"(best {fmt(best['value'])} at epoch {best['epoch']})" if best["epoch"] >= 0
-                 else "(no finite validation value yet)"))
+      line = (
+        f"{epoch_label(epoch, config.train.epochs)}: loss {history[-3]['loss']:.4f}  val "
+        f"{metric} {fmt(val_value)}  "
+        + (
+          f"(best {fmt(best['value'])} at epoch {best['epoch']})"
+          if best["epoch"] >= 0
+          else "(no finite validation value yet)"
+        )
+      )
       test_part = f"  test {metric} {fmt(results['test'][0].get(metric))}"
       speed = f"  ({train_time:.1f}s, {timed[0] / timed[1]:.1f} slides/s)"
       console(line + (test_part if config.train.log_test_every_epoch else "") + speed)
@@ -307,9 +354,6 @@ def train(config: RunConfig, out_dir: str | pathlib.Path, *, resume: bool = Fals
   if is_main_process():
     run_dir.write_json(out_dir / run_dir.SUMMARY_FILE, summary)
   val_value, test_value = ((summary[p] or {}).get(metric) for p in ("val", "test"))
-  say(f"selected epoch {best['epoch']} on validation {metric} {fmt(val_value)}; "
-      f"test {metric} {fmt(test_value)}")
+  say(f"selected epoch {best['epoch']} on validation {metric} {fmt(val_value)}; test {metric} {fmt(test_value)}")
   events.close()
   return summary
-
-

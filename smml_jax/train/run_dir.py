@@ -28,8 +28,14 @@ import pathlib
 import shutil
 from typing import Any, Mapping, Optional
 
-from smml_jax.train.config import (ConfigError, RunConfig, config_difference, config_from_dict,
-                                   config_to_dict, run_identity)
+from smml_jax.train.config import (
+  ConfigError,
+  RunConfig,
+  config_difference,
+  config_from_dict,
+  config_to_dict,
+  run_identity,
+)
 
 MARKER_FILE = "smml_run.json"
 CONFIG_FILE = "config.json"
@@ -53,9 +59,21 @@ def predictions_file(split: str) -> str:
 EVENTS_DIR, LOG_FILE = "events", "train.log"  # TensorBoard event files, the run's log
 
 # Everything a run (and the tools working on it) writes: what --overwrite may remove.
-RUN_ENTRIES = (MARKER_FILE, CONFIG_FILE, PREPROCESSOR_FILE, COHORT_FILE, METRICS_FILE,
-               SUMMARY_FILE, EVENTS_DIR, LOG_FILE, CHECKPOINTS_DIR, CELL_FILE, REPORT_DIR, PREDICT_DIR,
-               *(predictions_file(s) for s in PREDICTION_SPLITS))
+RUN_ENTRIES = (
+  MARKER_FILE,
+  CONFIG_FILE,
+  PREPROCESSOR_FILE,
+  COHORT_FILE,
+  METRICS_FILE,
+  SUMMARY_FILE,
+  EVENTS_DIR,
+  LOG_FILE,
+  CHECKPOINTS_DIR,
+  CELL_FILE,
+  REPORT_DIR,
+  PREDICT_DIR,
+  *(predictions_file(s) for s in PREDICTION_SPLITS),
+)
 
 NEW, RESUME, REPLACE = "new", "resume", "replace"
 
@@ -75,9 +93,11 @@ def absolute_paths(config: RunConfig) -> RunConfig:
   d = config.data
   absolute = lambda p: None if p is None else str(pathlib.Path(os.path.expanduser(p)).resolve())
   data = d.data if str(d.data) == "synthetic" else absolute(d.data)
-  return dataclasses.replace(config, data=dataclasses.replace(
-      d, data=data, data_dir=absolute(d.data_dir), split_file=absolute(d.split_file)),
-      distill=dataclasses.replace(config.distill, teacher=absolute(config.distill.teacher)))
+  return dataclasses.replace(
+    config,
+    data=dataclasses.replace(d, data=data, data_dir=absolute(d.data_dir), split_file=absolute(d.split_file)),
+    distill=dataclasses.replace(config.distill, teacher=absolute(config.distill.teacher)),
+  )
 
 
 def _read_json_or_none(path: pathlib.Path) -> Any:
@@ -106,8 +126,7 @@ def is_run_dir(path: str | pathlib.Path) -> bool:
   path = pathlib.Path(path)
   if _read_json_or_none(path / MARKER_FILE) == MARKER:
     return True
-  return ((path / CHECKPOINTS_DIR).is_dir()
-          and _is_run_config(_read_json_or_none(path / CONFIG_FILE)))
+  return (path / CHECKPOINTS_DIR).is_dir() and _is_run_config(_read_json_or_none(path / CONFIG_FILE))
 
 
 def stored_config(path: str | pathlib.Path) -> Optional[dict[str, Any]]:
@@ -136,8 +155,7 @@ def config_mismatch(path: str | pathlib.Path, config: RunConfig) -> str:
 # ----------------------------------------------------------------------------- starting a run
 
 
-def check(out_dir: str | pathlib.Path, config: RunConfig, *, resume: bool,
-          overwrite: bool) -> str:
+def check(out_dir: str | pathlib.Path, config: RunConfig, *, resume: bool, overwrite: bool) -> str:
   """Decides, without writing anything, what starting a run in `out_dir` means.
 
   Returns NEW (absent or empty folder, or --resume with no run to continue), RESUME or REPLACE.
@@ -155,19 +173,20 @@ def check(out_dir: str | pathlib.Path, config: RunConfig, *, resume: bool,
     return NEW
   if not is_run_dir(out_dir):
     raise RunDirError(
-        f"--out {out_dir} is not empty and is not a run directory of this project (no "
-        f"{MARKER_FILE}, no stored run config beside {CHECKPOINTS_DIR}/); nothing was changed "
-        "in it (--overwrite never deletes a folder it does not recognise): choose a new or "
-        "empty --out")
+      f"--out {out_dir} is not empty and is not a run directory of this project (no "
+      f"{MARKER_FILE}, no stored run config beside {CHECKPOINTS_DIR}/); nothing was changed "
+      "in it (--overwrite never deletes a folder it does not recognise): choose a new or "
+      "empty --out"
+    )
   if overwrite:
     return REPLACE
   if not resume:
-    raise RunDirError(f"{out_dir} already holds a run; pass --resume to continue it or "
-                      "--overwrite to replace it")
+    raise RunDirError(f"{out_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
   diff = config_mismatch(out_dir, config)
   if diff:
-    raise RunDirError(f"{out_dir} holds a run with a different config ({diff}); --resume needs "
-                      "the same config (or use another --out)")
+    raise RunDirError(
+      f"{out_dir} holds a run with a different config ({diff}); --resume needs the same config (or use another --out)"
+    )
   return RESUME if (out_dir / CONFIG_FILE).exists() else NEW
 
 
@@ -220,8 +239,9 @@ def write_jsonl(path: pathlib.Path, rows: list[Mapping[str, Any]]) -> None:
   tmp.replace(path)
 
 
-def write_start(out_dir: pathlib.Path, config: RunConfig, preprocessor_json: str,
-                cohort_record: Mapping[str, Any]) -> None:
+def write_start(
+  out_dir: pathlib.Path, config: RunConfig, preprocessor_json: str, cohort_record: Mapping[str, Any]
+) -> None:
   """The records written when a run starts (after validation): config, preprocessing, cohort."""
   write_json(out_dir / CONFIG_FILE, config_to_dict(absolute_paths(config)))
   tmp = out_dir / (PREPROCESSOR_FILE + ".tmp")
@@ -236,6 +256,7 @@ def cohort_spec_record(data: str) -> dict[str, Any]:
   if str(data) == "synthetic":
     return {"layout": "synthetic"}
   from smml_jax.data.spec import read_spec
+
   spec = dict(read_spec(data))
   if spec.get("layout") != "synthetic":
     root = pathlib.Path(os.path.expanduser(str(spec.get("root", "."))))
@@ -300,6 +321,7 @@ class StoredRun:
     cohort: cohort.json's object: grid_side, feature_dim, gene_names, splits, spec, path.
     checkpoints: the checkpoints/ folder.
   """
+
   path: pathlib.Path
   config: RunConfig
   preprocessor: dict[str, Any]
@@ -321,12 +343,12 @@ def load(path: str | pathlib.Path) -> StoredRun:
   for key in COHORT_FIELDS:
     if key not in cohort:
       raise RunDirError(f"{path / COHORT_FILE}: no field {key!r}")
-  return StoredRun(path=path, config=config, preprocessor=preprocessor, cohort=cohort,
-                   checkpoints=path / CHECKPOINTS_DIR)
+  return StoredRun(
+    path=path, config=config, preprocessor=preprocessor, cohort=cohort, checkpoints=path / CHECKPOINTS_DIR
+  )
 
 
-def locate(path: str | pathlib.Path, kinds: tuple[str, ...] = ("best", "latest")
-           ) -> tuple[pathlib.Path, Optional[str]]:
+def locate(path: str | pathlib.Path, kinds: tuple[str, ...] = ("best", "latest")) -> tuple[pathlib.Path, Optional[str]]:
   """A run directory or one of its checkpoint folders -> (run directory, kind or None).
 
   Accepts DIR, DIR/checkpoints, DIR/checkpoints/<kind> and DIR/checkpoints/<kind>/<step>.
@@ -337,5 +359,7 @@ def locate(path: str | pathlib.Path, kinds: tuple[str, ...] = ("best", "latest")
       rel = path.relative_to(candidate).parts
       kind = rel[1] if len(rel) >= 2 and rel[0] == CHECKPOINTS_DIR and rel[1] in kinds else None
       return candidate, kind
-  raise RunDirError(f"{path} is neither a training run directory ({CONFIG_FILE} + "
-                    f"{CHECKPOINTS_DIR}/) nor a checkpoint folder inside one")
+  raise RunDirError(
+    f"{path} is neither a training run directory ({CONFIG_FILE} + "
+    f"{CHECKPOINTS_DIR}/) nor a checkpoint folder inside one"
+  )

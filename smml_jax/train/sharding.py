@@ -54,5 +54,6 @@ def to_host(x: jax.Array) -> np.ndarray:
   """A (possibly multi-host) global array as a full numpy array on every process."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     from jax.experimental import multihost_utils
+
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)

@@ -11,6 +11,7 @@ import jax
 @flax.struct.dataclass
 class TrainState:
   """step () int32, params, opt_state, rng (the dropout PRNG key, advanced every step)."""
+
   step: jax.Array
   params: Any
   opt_state: Any

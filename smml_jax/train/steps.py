@@ -27,6 +27,7 @@ PRESENCE = "has_expression"
 @dataclasses.dataclass(frozen=True)
 class Distillation:
   """The distillation terms' weights (`train.config.DistillConfig`)."""
+
   temperature: float = 2.0
   kd_weight: float = 0.01
   feature_weight: float = 0.01
@@ -44,6 +45,7 @@ class LossConfig:
   task loss of the per-subspace heads (`logits_tumour`, `logits_micro`) a model returns; where
   they read stop-gradient embeddings (`subspace-genomic`) this trains the heads only.
   """
+
   task: Task | str
   class_weights: Optional[tuple[float, ...]] = None
   consistency_weight: float = 0.5
@@ -81,37 +83,48 @@ def task_loss(logits: jax.Array, batch: Mapping[str, jax.Array], cfg: LossConfig
 def distillation_parts(out, teacher_out, mask: jax.Array, cfg: LossConfig) -> dict[str, jax.Array]:
   """{'distill_kd': T^2 KL of the logits, 'distill_<field>': MSE of each DISTILLED_FEATURES}."""
   d = cfg.distill
-  parts = {"distill_kd": cfg.task.distillation_loss(out.logits.astype(jnp.float32),
-                                                    teacher_out.logits.astype(jnp.float32),
-                                                    temperature=d.temperature, mask=mask)}
+  parts = {
+    "distill_kd": cfg.task.distillation_loss(
+      out.logits.astype(jnp.float32), teacher_out.logits.astype(jnp.float32), temperature=d.temperature, mask=mask
+    )
+  }
   for field in DISTILLED_FEATURES:
-    parts[f"distill_{field}"] = feature_matching(getattr(out, field), getattr(teacher_out, field),
-                                                 mask)
+    parts[f"distill_{field}"] = feature_matching(getattr(out, field), getattr(teacher_out, field), mask)
   return parts
 
 
-def loss_fn(params, batch, rng, *, spec: ModelSpec, cfg: LossConfig, train: bool,
-            teacher: Optional[nn.Module] = None, teacher_params: Any = None):
+def loss_fn(
+  params,
+  batch,
+  rng,
+  *,
+  spec: ModelSpec,
+  cfg: LossConfig,
+  train: bool,
+  teacher: Optional[nn.Module] = None,
+  teacher_params: Any = None,
+):
   """Total loss and (model output, loss parts) for one global batch.
 
   With a `teacher` (module, eval mode, frozen `teacher_params`) the distillation terms of
   `cfg.distill` are added.
   """
-  out = spec.module.apply({"params": params}, model_inputs(batch), train=train,
-                          rngs={"dropout": rng})
+  out = spec.module.apply({"params": params}, model_inputs(batch), train=train, rngs={"dropout": rng})
   logits = out.logits.astype(jnp.float32)
   parts = {"task_loss": task_loss(logits, batch, cfg)}
   total = parts["task_loss"]
   if spec.consistency and cfg.consistency_weight > 0:
-    for name, gene, grid in (("tumour", out.gene_tumour, out.grid_tumour),
-                             ("micro", out.gene_micro, out.grid_micro)):
+    for name, gene, grid in (("tumour", out.gene_tumour, out.grid_tumour), ("micro", out.gene_micro, out.grid_micro)):
       if gene is None:
         continue
       # Only pairs that both have expression: an absent patient's gene embedding is the shared
       # absent token, which says nothing about how similar its grids should be to others'.
-      bl = batch_consistency_loss(gene.astype(jnp.float32), grid.astype(jnp.float32),
-                                  mode=cfg.consistency_mode,
-                                  mask=with_expression(batch, batch["mask"])).sum()
+      bl = batch_consistency_loss(
+        gene.astype(jnp.float32),
+        grid.astype(jnp.float32),
+        mode=cfg.consistency_mode,
+        mask=with_expression(batch, batch["mask"]),
+      ).sum()
       parts[f"consistency_{name}"] = bl
       total = total + cfg.consistency_weight * bl
   if cfg.head_losses:
@@ -121,18 +134,21 @@ def loss_fn(params, batch, rng, *, spec: ModelSpec, cfg: LossConfig, train: bool
         parts[f"head_loss_{name}"] = task_loss(head.astype(jnp.float32), batch, cfg)
         total = total + parts[f"head_loss_{name}"]
   if teacher is not None:
-    teacher_out = teacher.apply({"params": jax.lax.stop_gradient(teacher_params)},
-                                model_inputs(batch), train=False)
+    teacher_out = teacher.apply({"params": jax.lax.stop_gradient(teacher_params)}, model_inputs(batch), train=False)
     distill = distillation_parts(out, teacher_out, batch["mask"], cfg)
     parts.update(distill)
-    total = total + cfg.distill.kd_weight * distill["distill_kd"] + cfg.distill.feature_weight * sum(
-        distill[f"distill_{f}"] for f in DISTILLED_FEATURES)
+    total = (
+      total
+      + cfg.distill.kd_weight * distill["distill_kd"]
+      + cfg.distill.feature_weight * sum(distill[f"distill_{f}"] for f in DISTILLED_FEATURES)
+    )
   parts["loss"] = total
   return total, (out, parts)
 
 
-def coordination_args(spec: ModelSpec, params, out, batch, task: Task,
-                      mask: Optional[jax.Array] = None) -> dict[str, Any]:
+def coordination_args(
+  spec: ModelSpec, params, out, batch, task: Task, mask: Optional[jax.Array] = None
+) -> dict[str, Any]:
   """The modality scores and skip flag the coordination transform takes as extra args.
 
   The scores use the examples with expression only (the subspaces differ by their genes, so an
@@ -150,32 +166,39 @@ def coordination_edited(opt_state) -> Optional[jax.Array]:
 
   A row counts once however many of its modality blocks changed; None without coordination.
   """
-  found = [s for s in jax.tree_util.tree_leaves(
-      opt_state, is_leaf=lambda x: isinstance(x, CoordinationState))
-           if isinstance(s, CoordinationState)]
+  found = [
+    s
+    for s in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda x: isinstance(x, CoordinationState))
+    if isinstance(s, CoordinationState)
+  ]
   rows = [jnp.any(c, axis=0) for s in found for c in s.changed.values()]  # (R,) per leaf
   if not rows:
     return None
   return jnp.mean(jnp.concatenate(rows).astype(jnp.float32))
 
 
-def make_run_optimizer(spec: ModelSpec, optim: OptimConfig, *, steps_per_epoch: int,
-                       coordination_mode: Optional[str] = None
-                       ) -> optax.GradientTransformationExtraArgs:
+def make_run_optimizer(
+  spec: ModelSpec, optim: OptimConfig, *, steps_per_epoch: int, coordination_mode: Optional[str] = None
+) -> optax.GradientTransformationExtraArgs:
   """The optimiser of a run: `optim`, the spec's frozen leaves masked out, and gradient
   coordination of `spec.splits` in `coordination_mode` ('pcgrad' | 'reference'; None = off)."""
   frozen = spec.frozen
-  trainable = trainable_mask_from_predicate(
-      lambda path, leaf: not any(path.startswith(f) for f in frozen)) if frozen else None
+  trainable = (
+    trainable_mask_from_predicate(lambda path, leaf: not any(path.startswith(f) for f in frozen)) if frozen else None
+  )
   coordination = None
   if coordination_mode is not None and spec.coordination:
     coordination = coordinate_gradients(spec.splits, mode=coordination_mode)
-  return make_optimizer(optim, steps_per_epoch=steps_per_epoch, trainable=trainable,
-                        coordination=coordination)
+  return make_optimizer(optim, steps_per_epoch=steps_per_epoch, trainable=trainable, coordination=coordination)
 
 
-def make_train_step(spec: ModelSpec, tx: optax.GradientTransformationExtraArgs, cfg: LossConfig,
-                    learning_rate: Optional[optax.Schedule] = None, teacher: Any = None):
+def make_train_step(
+  spec: ModelSpec,
+  tx: optax.GradientTransformationExtraArgs,
+  cfg: LossConfig,
+  learning_rate: Optional[optax.Schedule] = None,
+  teacher: Any = None,
+):
   """(state, batch) -> (state, metrics); jit-compiled, the state buffers donated.
 
   metrics: the loss parts, grad_norm, the modality scores and `coordination_edited` when
@@ -190,10 +213,16 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformationExtraArgs, 
     rng, step_rng = jax.random.split(state.rng)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, (out, parts)), grads = grad_fn(
-        state.params, batch, step_rng, spec=spec, cfg=cfg, train=True,
-        teacher=None if teacher is None else teacher.module, teacher_params=teacher_params)
-    extra = (coordination_args(spec, state.params, out, batch, cfg.task, batch["mask"])
-             if cfg.coordination else {})
+      state.params,
+      batch,
+      step_rng,
+      spec=spec,
+      cfg=cfg,
+      train=True,
+      teacher=None if teacher is None else teacher.module,
+      teacher_params=teacher_params,
+    )
+    extra = coordination_args(spec, state.params, out, batch, cfg.task, batch["mask"]) if cfg.coordination else {}
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(parts, grad_norm=optax.tree.norm(grads))

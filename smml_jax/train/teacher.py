@@ -28,8 +28,17 @@ from smml_jax.train.steps import Distillation
 
 TEACHER_MODELS = ("subspace",)
 # The data keys that decide which patients are in which split.
-SPLIT_KEYS = ("data", "split", "fold", "n_folds", "split_seed", "split_file", "val_fraction",
-              "test_fraction", "stratify")
+SPLIT_KEYS = (
+  "data",
+  "split",
+  "fold",
+  "n_folds",
+  "split_seed",
+  "split_file",
+  "val_fraction",
+  "test_fraction",
+  "stratify",
+)
 
 
 class TeacherError(ConfigError):
@@ -39,6 +48,7 @@ class TeacherError(ConfigError):
 @dataclasses.dataclass(frozen=True)
 class Teacher:
   """A loaded teacher: run directory, module (eval mode in the train step) and best params."""
+
   run_dir: pathlib.Path
   module: nn.Module
   params: Any
@@ -50,9 +60,13 @@ def _split_text(config: RunConfig) -> str:
   return ", ".join(f"{k} {getattr(d, k)!r}" for k in SPLIT_KEYS)
 
 
-def check_teacher(stored: run_dir_lib.StoredRun, config: RunConfig,
-                  splits: Mapping[str, list[str]], cohort: Mapping[str, Any],
-                  preprocessor: Mapping[str, Any]) -> None:
+def check_teacher(
+  stored: run_dir_lib.StoredRun,
+  config: RunConfig,
+  splits: Mapping[str, list[str]],
+  cohort: Mapping[str, Any],
+  preprocessor: Mapping[str, Any],
+) -> None:
   """TeacherError unless the stored run can teach a student with this config and split.
 
   Args:
@@ -65,39 +79,46 @@ def check_teacher(stored: run_dir_lib.StoredRun, config: RunConfig,
   where = f"distill.teacher {stored.path}"
   t = stored.config
   if t.model not in TEACHER_MODELS:
-    raise TeacherError(f"{where}: the teacher is a {t.model!r} run; a student learns from a "
-                       f"{' or '.join(map(repr, TEACHER_MODELS))} run")
+    raise TeacherError(
+      f"{where}: the teacher is a {t.model!r} run; a student learns from a {' or '.join(map(repr, TEACHER_MODELS))} run"
+    )
   if t.task != config.task:
-    raise TeacherError(f"{where}: the teacher was trained for task {t.task!r}, the student is "
-                       f"for task {config.task!r}")
+    raise TeacherError(f"{where}: the teacher was trained for task {t.task!r}, the student is for task {config.task!r}")
   t_data = run_dir_lib.absolute_paths(t).data
   s_data = run_dir_lib.absolute_paths(config).data
   if any(getattr(t_data, k) != getattr(s_data, k) for k in SPLIT_KEYS):
-    raise TeacherError(f"{where} was trained on another split than the student: teacher "
-                       f"({_split_text(t)}); student ({_split_text(config)}). The teacher must "
-                       "have been trained on the student's training patients only: use the "
-                       "subspace run of the same fold and split seed")
+    raise TeacherError(
+      f"{where} was trained on another split than the student: teacher "
+      f"({_split_text(t)}); student ({_split_text(config)}). The teacher must "
+      "have been trained on the student's training patients only: use the "
+      "subspace run of the same fold and split seed"
+    )
   theirs = stored.cohort.get("splits", {})
   for part in ("train", "val", "test"):
     a, b = set(theirs.get(part, ())), set(splits.get(part, ()))
     if a != b:
-      raise TeacherError(f"{where}: its stored {part!r} split differs from the student's "
-                         f"({len(a - b)} slide(s) only the teacher's, e.g. {sorted(a - b)[:3]}; "
-                         f"{len(b - a)} only the student's, e.g. {sorted(b - a)[:3]}): the "
-                         "teacher must have been trained on the same split's training patients")
+      raise TeacherError(
+        f"{where}: its stored {part!r} split differs from the student's "
+        f"({len(a - b)} slide(s) only the teacher's, e.g. {sorted(a - b)[:3]}; "
+        f"{len(b - a)} only the student's, e.g. {sorted(b - a)[:3]}): the "
+        "teacher must have been trained on the same split's training patients"
+      )
   for key in ("grid_side", "feature_dim", "gene_names"):
     if stored.cohort.get(key) != cohort.get(key):
       shown = lambda v, k=key: {s: len(g) for s, g in v.items()} if k == "gene_names" and v else v
-      raise TeacherError(f"{where}: {key} {shown(stored.cohort.get(key))} (teacher) differs "
-                         f"from the student's cohort {shown(cohort.get(key))}")
+      raise TeacherError(
+        f"{where}: {key} {shown(stored.cohort.get(key))} (teacher) differs "
+        f"from the student's cohort {shown(cohort.get(key))}"
+      )
   if json.loads(json.dumps(stored.preprocessor)) != json.loads(json.dumps(preprocessor)):
     record = stored.path / run_dir_lib.PREPROCESSOR_FILE
-    raise TeacherError(f"{where}: its fitted gene preprocessing ({record}) differs from the "
-                       "student's (data.gene_transform / gene_clip / survival_cuts must be the "
-                       "same)")
+    raise TeacherError(
+      f"{where}: its fitted gene preprocessing ({record}) differs from the "
+      "student's (data.gene_transform / gene_clip / survival_cuts must be the "
+      "same)"
+    )
   if not run_dir_lib.is_finished(stored.path):
-    raise TeacherError(f"{where} has not finished training (no "
-                       f"{run_dir_lib.SUMMARY_FILE}): finish it first")
+    raise TeacherError(f"{where} has not finished training (no {run_dir_lib.SUMMARY_FILE}): finish it first")
 
 
 def restore_best_params(run_path: pathlib.Path, template: Any) -> tuple[Any, int]:
@@ -110,10 +131,15 @@ def restore_best_params(run_path: pathlib.Path, template: Any) -> tuple[Any, int
   return params, int(meta.get("epoch", -1))
 
 
-def load_teacher(config: RunConfig, *, splits: Mapping[str, list[str]],
-                 cohort: Mapping[str, Any], preprocessor: Mapping[str, Any],
-                 student_module: nn.Module, impl: Optional[Mapping[str, Any]] = None
-                 ) -> Optional[Teacher]:
+def load_teacher(
+  config: RunConfig,
+  *,
+  splits: Mapping[str, list[str]],
+  cohort: Mapping[str, Any],
+  preprocessor: Mapping[str, Any],
+  student_module: nn.Module,
+  impl: Optional[Mapping[str, Any]] = None,
+) -> Optional[Teacher]:
   """The checked, restored teacher of `config.distill.teacher`, or None without one.
 
   `impl`: the student's implementation knobs (the teacher runs on the same platform).
@@ -128,17 +154,27 @@ def load_teacher(config: RunConfig, *, splits: Mapping[str, list[str]],
   check_teacher(stored, config, splits, cohort, preprocessor)
   t = stored.config
   genes = cohort["gene_names"]
-  spec = build_model(t.model, num_classes=t.num_classes, n_genes_tumour=len(genes["tumour"]),
-                     n_genes_micro=len(genes["micro"]), feature_dim=int(cohort["feature_dim"]),
-                     options=t.model_options, impl=impl)
+  spec = build_model(
+    t.model,
+    num_classes=t.num_classes,
+    n_genes_tumour=len(genes["tumour"]),
+    n_genes_micro=len(genes["micro"]),
+    feature_dim=int(cohort["feature_dim"]),
+    options=t.model_options,
+    impl=impl,
+  )
   t_dim, s_dim = spec.module.config.branch.dim, student_module.config.branch.dim
   if t_dim != s_dim:
-    raise TeacherError(f"distill.teacher {stored.path}: its embeddings are {t_dim}-d, the "
-                       f"student's {s_dim}-d (model_options.dim must match for feature matching)")
+    raise TeacherError(
+      f"distill.teacher {stored.path}: its embeddings are {t_dim}-d, the "
+      f"student's {s_dim}-d (model_options.dim must match for feature matching)"
+    )
   side, dim = int(cohort["grid_side"]), int(cohort["feature_dim"])
-  dummy = {"patches": jnp.zeros((1, side * side, dim), jnp.float32),
-           "genes_tumour": jnp.zeros((1, len(genes["tumour"])), jnp.float32),
-           "genes_micro": jnp.zeros((1, len(genes["micro"])), jnp.float32)}
+  dummy = {
+    "patches": jnp.zeros((1, side * side, dim), jnp.float32),
+    "genes_tumour": jnp.zeros((1, len(genes["tumour"])), jnp.float32),
+    "genes_micro": jnp.zeros((1, len(genes["micro"])), jnp.float32),
+  }
   key = jax.random.PRNGKey(0)
   template = jax.eval_shape(lambda: spec.module.init({"params": key, "dropout": key}, dummy))
   params, epoch = restore_best_params(stored.path, template["params"])
@@ -152,8 +188,7 @@ def distillation(config: RunConfig) -> Optional[Distillation]:
   d = config.distill
   if not d.teacher:
     return None
-  return Distillation(temperature=d.temperature, kd_weight=d.kd_weight,
-                      feature_weight=d.feature_weight)
+  return Distillation(temperature=d.temperature, kd_weight=d.kd_weight, feature_weight=d.feature_weight)
 
 
 def for_experiment(exp: Any, cohort_record: Mapping[str, Any]) -> Optional[Teacher]:
@@ -163,7 +198,12 @@ def for_experiment(exp: Any, cohort_record: Mapping[str, Any]) -> Optional[Teach
   if not config.distill.teacher:
     return None
   impl = dict(config.impl.model_options(), platform=dispatch.platform_of(exp.mesh))
-  teacher = load_teacher(run_dir_lib.absolute_paths(config), splits=cohort_record["splits"],
-                         cohort=cohort_record, preprocessor=json.loads(exp.preprocessor.to_json()),
-                         student_module=exp.spec.module, impl=impl)
+  teacher = load_teacher(
+    run_dir_lib.absolute_paths(config),
+    splits=cohort_record["splits"],
+    cohort=cohort_record,
+    preprocessor=json.loads(exp.preprocessor.to_json()),
+    student_module=exp.spec.module,
+    impl=impl,
+  )
   return dataclasses.replace(teacher, params=sharding.replicate(teacher.params, exp.mesh))

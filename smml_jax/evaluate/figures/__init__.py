@@ -16,6 +16,11 @@ from smml_jax.evaluate.figures.classification import plot_confusion, plot_roc
 from smml_jax.evaluate.figures.curves import plot_training_curves, read_metrics_jsonl
 from smml_jax.evaluate.figures.robustness import plot_robustness, robustness_figure
 from smml_jax.evaluate.figures.slides import outside_fraction, plot_gene_importance, plot_slide_sampling
-from smml_jax.evaluate.figures.survival import (km_tick_times, numbers_at_risk, plot_km_risk_groups,
-                                                plot_time_dependent_auc, risk_groups,
-                                                time_dependent_auc)
+from smml_jax.evaluate.figures.survival import (
+  km_tick_times,
+  numbers_at_risk,
+  plot_km_risk_groups,
+  plot_time_dependent_auc,
+  risk_groups,
+  time_dependent_auc,
+)

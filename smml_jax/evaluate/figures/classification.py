@@ -12,8 +12,8 @@ from sklearn.metrics import roc_curve
 from smml_jax.evaluate.figures import _common
 from smml_jax.evaluate.figures._common import PathLike, plt
 
-def plot_roc(path: PathLike, labels: np.ndarray, probs: np.ndarray,
-             class_names: Sequence[str]) -> pathlib.Path:
+
+def plot_roc(path: PathLike, labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> pathlib.Path:
   """One-vs-rest ROC curve per class, AUC in the legend (classes absent or universal: 'n/a').
 
   Args:
@@ -24,8 +24,9 @@ def plot_roc(path: PathLike, labels: np.ndarray, probs: np.ndarray,
   labels = np.asarray(labels)
   probs = np.asarray(probs, np.float64)
   if probs.ndim != 2 or probs.shape[0] != labels.shape[0] or probs.shape[1] != len(class_names):
-    raise ValueError(f"plot_roc: expected labels (N,) and probs (N, {len(class_names)}), got "
-                     f"{labels.shape} and {probs.shape}")
+    raise ValueError(
+      f"plot_roc: expected labels (N,) and probs (N, {len(class_names)}), got {labels.shape} and {probs.shape}"
+    )
   fig, ax = plt.subplots(figsize=(5.5, 5))
   ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
   for k, name in enumerate(class_names):
@@ -54,8 +55,7 @@ def plot_confusion(path: PathLike, cm: np.ndarray, class_names: Sequence[str]) -
   img = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
   for i in range(k):
     for j in range(k):
-      ax.text(j, i, f"{cm[i, j]:g}", ha="center", va="center",
-              color="white" if norm[i, j] > 0.5 else "black")
+      ax.text(j, i, f"{cm[i, j]:g}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
   ax.set_xticks(range(k), class_names, rotation=30, ha="right")
   ax.set_yticks(range(k), class_names)
   ax.set_xlabel("predicted")

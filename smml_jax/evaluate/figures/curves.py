@@ -17,6 +17,7 @@ from smml_jax.evaluate.figures._common import PathLike, plt
 # Keys of a metrics.jsonl line that index a record rather than measure something.
 _INDEX_KEYS = ("epoch", "step", "split")
 
+
 def read_metrics_jsonl(path: PathLike) -> pd.DataFrame:
   """metrics.jsonl (one JSON object per line) -> DataFrame; blank lines are skipped."""
   path = pathlib.Path(path)
@@ -46,8 +47,9 @@ def _is_number(value) -> bool:
 _UNINFORMATIVE = ("num_examples", "num_events", "compile_s")
 
 
-def plot_training_curves(path: PathLike, metrics_jsonl_path: PathLike,
-                         best_epoch: Optional[int] = None) -> pathlib.Path:
+def plot_training_curves(
+  path: PathLike, metrics_jsonl_path: PathLike, best_epoch: Optional[int] = None
+) -> pathlib.Path:
   """Every numeric metric of metrics.jsonl vs epoch, one line per split, one panel per metric.
 
   Lines look like {"epoch": 3, "split": "val", "loss": 0.7, "auc": 0.8}. The x axis is `epoch`, else
@@ -59,15 +61,17 @@ def plot_training_curves(path: PathLike, metrics_jsonl_path: PathLike,
   frame = read_metrics_jsonl(metrics_jsonl_path)
   x_key = next((k for k in ("epoch", "step") if k in frame.columns), None)
   x = frame[x_key] if x_key else pd.Series(np.arange(len(frame)), index=frame.index)
-  split = frame["split"].fillna("all").astype(str) if "split" in frame.columns else pd.Series(
-      "all", index=frame.index)
-  metrics = [c for c in frame.columns if c not in _INDEX_KEYS and c not in _UNINFORMATIVE
-             and frame[c].map(_is_number).any()]
+  split = frame["split"].fillna("all").astype(str) if "split" in frame.columns else pd.Series("all", index=frame.index)
+  metrics = [
+    c for c in frame.columns if c not in _INDEX_KEYS and c not in _UNINFORMATIVE and frame[c].map(_is_number).any()
+  ]
   evaluated = lambda c: bool((frame[c].map(_is_number) & (split != "train")).any())
   metrics.sort(key=lambda c: not evaluated(c))  # evaluation metrics first, then training ones
   if not metrics:
-    raise ValueError(f"plot_training_curves: {metrics_jsonl_path} has no numeric metric besides "
-                     f"{list(_INDEX_KEYS) + list(_UNINFORMATIVE)}")
+    raise ValueError(
+      f"plot_training_curves: {metrics_jsonl_path} has no numeric metric besides "
+      f"{list(_INDEX_KEYS) + list(_UNINFORMATIVE)}"
+    )
   compile_s = None
   if "compile_s" in frame.columns:
     values = frame["compile_s"][frame["compile_s"].map(_is_number)]
@@ -85,8 +89,7 @@ def plot_training_curves(path: PathLike, metrics_jsonl_path: PathLike,
       order = np.argsort(xs, kind="stable")
       ax.plot(xs[order], ys[order], marker="o", ms=3, label=name)
     if best_epoch is not None and x_key == "epoch":
-      ax.axvline(best_epoch, color="black", ls="--", lw=0.8,
-                 label=f"selected (epoch {best_epoch})")
+      ax.axvline(best_epoch, color="black", ls="--", lw=0.8, label=f"selected (epoch {best_epoch})")
     title = metric
     if metric == "slides_per_s" and compile_s is not None:
       title = f"slides_per_s (after compilation: {compile_s:.1f} s, not counted)"
@@ -95,7 +98,7 @@ def plot_training_curves(path: PathLike, metrics_jsonl_path: PathLike,
     if x_key == "epoch":
       ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.legend(fontsize=7)
-  for ax in axes.ravel()[len(metrics):]:
+  for ax in axes.ravel()[len(metrics) :]:
     ax.axis("off")
   fig.tight_layout()
   return _common._save(fig, path)

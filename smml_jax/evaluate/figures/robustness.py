@@ -10,9 +10,12 @@ import numpy as np
 from smml_jax.evaluate.figures._common import PathLike, _save, plt
 
 
-def robustness_figure(curve: Sequence[tuple[float, float, float]],
-                      references: Mapping[str, tuple[float, float]], *,
-                      ylabel: str = "test metric") -> plt.Figure:
+def robustness_figure(
+  curve: Sequence[tuple[float, float, float]],
+  references: Mapping[str, tuple[float, float]],
+  *,
+  ylabel: str = "test metric",
+) -> plt.Figure:
   """The figure (not saved).
 
   Args:
@@ -22,8 +25,7 @@ def robustness_figure(curve: Sequence[tuple[float, float, float]],
   """
   fig, ax = plt.subplots(figsize=(4.8, 3.4))
   x, mean, std = (np.asarray(v, np.float64) for v in zip(*curve)) if curve else ([], [], [])
-  ax.errorbar(x, mean, yerr=np.nan_to_num(std), marker="o", capsize=3,
-              label="subspace (mean ± std over seeds)")
+  ax.errorbar(x, mean, yerr=np.nan_to_num(std), marker="o", capsize=3, label="subspace (mean ± std over seeds)")
   colors = plt.get_cmap("tab10")(np.arange(1, len(references) + 1))
   for (name, (m, s)), color in zip(references.items(), colors):
     ax.axhline(m, color=color, linestyle="--", linewidth=1.2, label=f"{name} (slides only)")
@@ -37,8 +39,12 @@ def robustness_figure(curve: Sequence[tuple[float, float, float]],
   return fig
 
 
-def plot_robustness(curve: Sequence[tuple[float, float, float]],
-                    references: Mapping[str, tuple[float, float]], path: PathLike, *,
-                    ylabel: str = "test metric"):
+def plot_robustness(
+  curve: Sequence[tuple[float, float, float]],
+  references: Mapping[str, tuple[float, float]],
+  path: PathLike,
+  *,
+  ylabel: str = "test metric",
+):
   """Writes `robustness_figure(...)` as a PNG at `path`; returns the path."""
   return _save(robustness_figure(curve, references, ylabel=ylabel), path)

@@ -13,6 +13,7 @@ import pandas as pd
 from smml_jax.evaluate.figures import _common
 from smml_jax.evaluate.figures._common import PathLike, _group_colors, plt
 
+
 def _nearest_cell_positions(points: np.ndarray, coords: np.ndarray, grid_side: int) -> np.ndarray:
   """(G, P, 2) (row, col) grid pixels -> (G, P, 2) slide (x, y) of the nearest real patch (NaN if none)."""
   cell = np.rint(points).astype(np.int64)
@@ -49,15 +50,15 @@ _REGION_COLORS = ("tab:cyan", "tab:green", "tab:orange", "tab:pink")
 
 
 def plot_slide_sampling(
-    path: PathLike,
-    patch_image: np.ndarray,
-    points_tumour: np.ndarray,
-    points_micro: np.ndarray,
-    mass_tumour: np.ndarray,
-    mass_micro: np.ndarray,
-    title: str,
-    coords: Optional[np.ndarray] = None,
-    regions: Optional[Mapping[str, np.ndarray]] = None,
+  path: PathLike,
+  patch_image: np.ndarray,
+  points_tumour: np.ndarray,
+  points_micro: np.ndarray,
+  mass_tumour: np.ndarray,
+  mass_micro: np.ndarray,
+  title: str,
+  coords: Optional[np.ndarray] = None,
+  regions: Optional[Mapping[str, np.ndarray]] = None,
 ) -> pathlib.Path:
   """One slide: each subspace's sampling points per offset group next to the attention mass per patch.
 
@@ -93,8 +94,7 @@ def plot_slide_sampling(
   regions = dict(regions or {})
   for name, mask in regions.items():
     if np.shape(mask) != (n, n):
-      raise ValueError(f"plot_slide_sampling: region {name!r} must be ({n}, {n}), got "
-                       f"{np.shape(mask)}")
+      raise ValueError(f"plot_slide_sampling: region {name!r} must be ({n}, {n}), got {np.shape(mask)}")
 
   # Shift the grey scale so the lowest background value is light grey, not invisible white.
   low, high = float(np.nanmin(patch_image)), float(np.nanmax(patch_image))
@@ -104,8 +104,9 @@ def plot_slide_sampling(
   mass_scale = dict(cmap="magma", vmin=0.0, vmax=top)
   fig, axes = plt.subplots(2, 2, figsize=(10, 10))
   notes = []
-  for row, (name, pts, mass) in enumerate((("tumour", points_tumour, mass_tumour),
-                                           ("microenvironment", points_micro, mass_micro))):
+  for row, (name, pts, mass) in enumerate(
+    (("tumour", points_tumour, mass_tumour), ("microenvironment", points_micro, mass_micro))
+  ):
     pts = np.asarray(pts, np.float64)
     mass = np.asarray(mass, np.float64)
     ax_pts, ax_mass = axes[row]
@@ -113,8 +114,7 @@ def plot_slide_sampling(
     if coords is None:
       ax_pts.imshow(patch_image, **shade, origin="upper", extent=(-0.5, n - 0.5, n - 0.5, -0.5))
       for g in range(pts.shape[0]):
-        ax_pts.scatter(pts[g, :, 1], pts[g, :, 0], s=9, color=colors[g], label=f"group {g}",
-                       edgecolors="none")
+        ax_pts.scatter(pts[g, :, 1], pts[g, :, 0], s=9, color=colors[g], label=f"group {g}", edgecolors="none")
       ax_pts.set_xlim(-0.5 - 0.1 * n, n - 0.5 + 0.1 * n)
       ax_pts.set_ylim(n - 0.5 + 0.1 * n, -0.5 - 0.1 * n)
       ax_pts.add_patch(plt.Rectangle((-0.5, -0.5), n, n, fill=False, edgecolor="black", lw=0.8))
@@ -123,8 +123,14 @@ def plot_slide_sampling(
       sub = (np.arange(n * fine) + 0.5) / fine - 0.5
       for k, (region, mask) in enumerate(regions.items()):
         color = _REGION_COLORS[k % len(_REGION_COLORS)]
-        ax_mass.contour(sub, sub, np.kron(np.asarray(mask, np.float64), np.ones((fine, fine))),
-                        levels=[0.5], colors=[color], linewidths=1.2)
+        ax_mass.contour(
+          sub,
+          sub,
+          np.kron(np.asarray(mask, np.float64), np.ones((fine, fine))),
+          levels=[0.5],
+          colors=[color],
+          linewidths=1.2,
+        )
         ax_mass.plot([], [], color=color, lw=1.2, label=region)
       if regions:
         ax_mass.legend(loc="upper right", fontsize=7, framealpha=0.7)
@@ -136,10 +142,10 @@ def plot_slide_sampling(
       ax_pts.scatter(xy[real, 0], xy[real, 1], c=patch_image.ravel()[real], **shade, s=12, marker="s")
       slide_pts = _nearest_cell_positions(pts, xy, n)
       for g in range(pts.shape[0]):
-        ax_pts.scatter(slide_pts[g, :, 0], slide_pts[g, :, 1], s=9, color=colors[g], label=f"group {g}",
-                       edgecolors="none")
-      mass_img = ax_mass.scatter(xy[real, 0], xy[real, 1], c=mass.ravel()[real], **mass_scale, s=12,
-                                 marker="s")
+        ax_pts.scatter(
+          slide_pts[g, :, 0], slide_pts[g, :, 1], s=9, color=colors[g], label=f"group {g}", edgecolors="none"
+        )
+      mass_img = ax_mass.scatter(xy[real, 0], xy[real, 1], c=mass.ravel()[real], **mass_scale, s=12, marker="s")
       for ax in (ax_pts, ax_mass):
         ax.invert_yaxis()
         ax.set_aspect("equal")
@@ -147,8 +153,7 @@ def plot_slide_sampling(
         ax.set_ylabel("slide y (pixels)")
     outside = outside_fraction(pts, n)
     if outside > 0:
-      notes.append(f"{name}: {outside:.0%} of the sampling points lie outside the grid "
-                   "(they read only zero padding)")
+      notes.append(f"{name}: {outside:.0%} of the sampling points lie outside the grid (they read only zero padding)")
     ax_pts.set_title(f"{name}: sampling points per offset group")
     ax_pts.legend(loc="upper right", fontsize=6, markerscale=1.5, ncol=2, framealpha=0.7)
     ax_mass.set_title(f"{name}: attention mass per patch")
@@ -159,8 +164,7 @@ def plot_slide_sampling(
   return _common._save(fig, path)
 
 
-def plot_gene_importance(path: PathLike, df_tumour: pd.DataFrame, df_micro: pd.DataFrame,
-                         k: int = 20) -> pathlib.Path:
+def plot_gene_importance(path: PathLike, df_tumour: pd.DataFrame, df_micro: pd.DataFrame, k: int = 20) -> pathlib.Path:
   """Top-k genes per subspace: bars of mean |IG|, whiskers +- the std of |IG| across slides.
 
   Bar colour = sign of the mean attribution (red: raises the explained output, blue: lowers it).
@@ -178,12 +182,22 @@ def plot_gene_importance(path: PathLike, df_tumour: pd.DataFrame, df_micro: pd.D
     positive = top["mean_attribution"].to_numpy() >= 0
     spread = top["std_abs_attribution"].to_numpy() if "std_abs_attribution" in top else None
     y = np.arange(len(top))
-    for sign, color, label in ((positive, "tab:red", "positive mean attribution"),
-                               (~positive, "tab:blue", "negative mean attribution")):
+    for sign, color, label in (
+      (positive, "tab:red", "positive mean attribution"),
+      (~positive, "tab:blue", "negative mean attribution"),
+    ):
       ax.barh(y[sign], top["mean_abs_attribution"].to_numpy()[sign], color=color, label=label)
     if spread is not None:
-      ax.errorbar(top["mean_abs_attribution"], y, xerr=np.nan_to_num(spread), fmt="none",
-                  ecolor="black", elinewidth=0.8, capsize=2, label="+- std across slides")
+      ax.errorbar(
+        top["mean_abs_attribution"],
+        y,
+        xerr=np.nan_to_num(spread),
+        fmt="none",
+        ecolor="black",
+        elinewidth=0.8,
+        capsize=2,
+        label="+- std across slides",
+      )
     ax.set_yticks(y, top["gene"].astype(str))
     ax.set_title(f"{name}: top {len(top)} by mean |IG|")
     ax.set_xlabel("mean |integrated gradient|")

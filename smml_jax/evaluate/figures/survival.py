@@ -15,12 +15,12 @@ from sksurv.util import Surv
 from smml_jax.evaluate.figures import _common
 from smml_jax.evaluate.figures._common import PathLike, plt
 
+
 def _survival_arrays(time: np.ndarray, event: np.ndarray, what: str) -> np.ndarray:
   time = np.asarray(time, np.float64)
   event = np.asarray(event)
   if time.ndim != 1 or time.shape != event.shape:
-    raise ValueError(f"{what}: time and event must be matching (N,) arrays, got {time.shape} and "
-                     f"{event.shape}")
+    raise ValueError(f"{what}: time and event must be matching (N,) arrays, got {time.shape} and {event.shape}")
   if not np.all(np.isfinite(time)) or np.any(time < 0):
     raise ValueError(f"{what}: survival times must be finite and >= 0")
   return Surv.from_arrays(event=event.astype(bool), time=time)
@@ -72,12 +72,12 @@ def plot_km_risk_groups(path: PathLike, risk: np.ndarray, time: np.ndarray, even
   groups = ((~high, "low risk", "tab:blue"), (high, "high risk", "tab:red"))
   fig, ax = plt.subplots(figsize=(6.5, 5.2))
   for mask, name, color in groups:
-    t, s, (lower, upper) = kaplan_meier_estimator(y["event"][mask], y["time"][mask],
-                                                  conf_type="log-log")
+    t, s, (lower, upper) = kaplan_meier_estimator(y["event"][mask], y["time"][mask], conf_type="log-log")
     t = np.concatenate([[0.0], t])
     s, lower, upper = (np.concatenate([[1.0], v]) for v in (s, lower, upper))
-    ax.step(t, s, where="post", color=color, label=f"{name} (n={int(mask.sum())}, "
-            f"events={int(y['event'][mask].sum())})")
+    ax.step(
+      t, s, where="post", color=color, label=f"{name} (n={int(mask.sum())}, events={int(y['event'][mask].sum())})"
+    )
     ax.fill_between(t, lower, upper, step="post", color=color, alpha=0.15, lw=0)
     censored = y["time"][mask & ~y["event"]]
     at = np.searchsorted(t, censored, side="right") - 1  # the curve's value at each censoring
@@ -88,27 +88,29 @@ def plot_km_risk_groups(path: PathLike, risk: np.ndarray, time: np.ndarray, even
   ax.set_ylim(-0.02, 1.02)
   ax.set_xlabel("time (days)")
   ax.set_ylabel("survival probability (95% CI)")
-  ax.set_title(f"Kaplan-Meier by predicted risk (median split), log-rank p = {p_value:.3g}",
-               fontsize=10)
+  ax.set_title(f"Kaplan-Meier by predicted risk (median split), log-rank p = {p_value:.3g}", fontsize=10)
   ax.legend(loc="upper right", fontsize=8)
   # Numbers at risk: one row per group, under the tick labels, in data x / axes y coordinates.
   transform = matplotlib.transforms.blended_transform_factory(ax.transData, ax.transAxes)
-  ax.text(0.0, -0.2, "number at risk", transform=ax.transAxes, fontsize=8, ha="left",
-          fontweight="bold")
+  ax.text(0.0, -0.2, "number at risk", transform=ax.transAxes, fontsize=8, ha="left", fontweight="bold")
   for row, (mask, name, color) in enumerate(groups):
     level = -0.27 - 0.07 * row
-    ax.text(-0.06, level, name, transform=ax.transAxes, ha="right", va="center", fontsize=8,
-            color=color)
+    ax.text(-0.06, level, name, transform=ax.transAxes, ha="right", va="center", fontsize=8, color=color)
     for tick, count in zip(ticks, numbers_at_risk(y["time"][mask], ticks)):
-      ax.text(tick, level, str(count), transform=transform, ha="center", va="center", fontsize=8,
-              color=color)
+      ax.text(tick, level, str(count), transform=transform, ha="center", va="center", fontsize=8, color=color)
   fig.subplots_adjust(bottom=0.3)
   _common._save(fig, path)
   return float(p_value)
 
 
-def time_dependent_auc(risk: np.ndarray, time: np.ndarray, event: np.ndarray, train_time: np.ndarray,
-                       train_event: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def time_dependent_auc(
+  risk: np.ndarray,
+  time: np.ndarray,
+  event: np.ndarray,
+  train_time: np.ndarray,
+  train_event: np.ndarray,
+  times: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, float]:
   """Cumulative/dynamic AUC(t) (scikit-survival), with `times` clipped to where it is defined.
 
   Keeps the times t with min(time) <= t < max(time) and t < max(train_time) (the censoring
@@ -123,15 +125,23 @@ def time_dependent_auc(risk: np.ndarray, time: np.ndarray, event: np.ndarray, tr
   keep = (times >= y_test["time"].min()) & (times < y_test["time"].max()) & (times < y_train["time"].max())
   times = times[keep]
   if times.size == 0:
-    raise ValueError("time_dependent_auc: none of the requested times lies inside the follow-up range "
-                     f"[{y_test['time'].min():g}, {min(y_test['time'].max(), y_train['time'].max()):g})")
+    raise ValueError(
+      "time_dependent_auc: none of the requested times lies inside the follow-up range "
+      f"[{y_test['time'].min():g}, {min(y_test['time'].max(), y_train['time'].max()):g})"
+    )
   auc, mean_auc = cumulative_dynamic_auc(y_train, y_test, np.asarray(risk, np.float64), times)
   return times, np.asarray(auc), float(mean_auc)
 
 
-def plot_time_dependent_auc(path: PathLike, risk: np.ndarray, time: np.ndarray, event: np.ndarray,
-                            train_time: np.ndarray, train_event: np.ndarray,
-                            times: np.ndarray) -> pathlib.Path:
+def plot_time_dependent_auc(
+  path: PathLike,
+  risk: np.ndarray,
+  time: np.ndarray,
+  event: np.ndarray,
+  train_time: np.ndarray,
+  train_event: np.ndarray,
+  times: np.ndarray,
+) -> pathlib.Path:
   """Time-dependent (cumulative/dynamic) AUC of the predicted risk; see `time_dependent_auc`."""
   used, auc, mean_auc = time_dependent_auc(risk, time, event, train_time, train_event, times)
   fig, ax = plt.subplots(figsize=(6, 4.5))

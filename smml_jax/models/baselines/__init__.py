@@ -7,5 +7,4 @@ from smml_jax.models.baselines.pathomic import PathomicFusion
 from smml_jax.models.baselines.registry import BASELINES, build_baseline
 from smml_jax.models.baselines.snn_only import SNNBaseline
 
-__all__ = ["ABMIL", "BASELINES", "ConcatFusion", "MCAT", "PathomicFusion", "SNNBaseline",
-           "build_baseline"]
+__all__ = ["ABMIL", "BASELINES", "ConcatFusion", "MCAT", "PathomicFusion", "SNNBaseline", "build_baseline"]

@@ -7,8 +7,7 @@ from typing import Mapping, Optional
 import flax.linen as nn
 import jax
 
-from smml_jax.models.baselines.layers import (GatedAttention, PatchProjection, attention_pool,
-                                              read_patches)
+from smml_jax.models.baselines.layers import GatedAttention, PatchProjection, attention_pool, read_patches
 from smml_jax.models.outputs import ModelOutput
 
 
@@ -33,10 +32,8 @@ class ABMIL(nn.Module):
   @nn.compact
   def __call__(self, batch: Mapping[str, jax.Array], *, train: bool = False) -> ModelOutput:
     patches = read_patches(batch, model="ABMIL", feature_dim=self.feature_dim)
-    h = PatchProjection(self.hidden, self.dropout_rate, name="patch_projection")(
-        patches, train=train)
-    weights = GatedAttention(self.attention_hidden, self.attention_dropout_rate,
-                             name="gated_attention")(h, train=train)
+    h = PatchProjection(self.hidden, self.dropout_rate, name="patch_projection")(patches, train=train)
+    weights = GatedAttention(self.attention_hidden, self.attention_dropout_rate, name="gated_attention")(h, train=train)
     pooled = attention_pool(weights, h)
     logits = nn.Dense(self.num_classes, name="classifier")(pooled)
     return ModelOutput(logits=logits, features=pooled, attn_tumour=weights)

@@ -33,10 +33,10 @@ class ConcatFusion(nn.Module):
   @nn.compact
   def __call__(self, batch: Mapping[str, jax.Array], *, train: bool = False) -> ModelOutput:
     patches = read_patches(batch, model="ConcatFusion", feature_dim=self.feature_dim)
-    genes = all_genes(batch, model="ConcatFusion", n_genes_tumour=self.n_genes_tumour,
-                      n_genes_micro=self.n_genes_micro)
-    h_path = PatchProjection(self.path_hidden, self.dropout_rate, name="patch_projection")(
-        patches, train=train).mean(axis=1)
+    genes = all_genes(batch, model="ConcatFusion", n_genes_tumour=self.n_genes_tumour, n_genes_micro=self.n_genes_micro)
+    h_path = PatchProjection(self.path_hidden, self.dropout_rate, name="patch_projection")(patches, train=train).mean(
+      axis=1
+    )
     h_gene = SNN(tuple(self.gene_widths), self.gene_dropout_rate, name="snn")(genes, train=train)
     features = jnp.concatenate([h_path, h_gene], axis=-1)
     h = nn.relu(nn.Dense(self.fusion_hidden, name="fusion_dense")(features))

@@ -9,22 +9,20 @@ import jax
 import jax.numpy as jnp
 
 
-def _field(batch: Mapping[str, jax.Array], key: str, rank: int, model: str,
-           expected_last: Optional[int], what: str) -> jax.Array:
+def _field(
+  batch: Mapping[str, jax.Array], key: str, rank: int, model: str, expected_last: Optional[int], what: str
+) -> jax.Array:
   if key not in batch:
-    raise ValueError(f"{model}: batch has no field {key!r} (expected {what}); "
-                     f"fields present: {sorted(batch)}")
+    raise ValueError(f"{model}: batch has no field {key!r} (expected {what}); fields present: {sorted(batch)}")
   x = jnp.asarray(batch[key])
   if x.ndim != rank:
     raise ValueError(f"{model}: batch[{key!r}] has shape {x.shape}, expected {what}")
   if expected_last is not None and x.shape[-1] != expected_last:
-    raise ValueError(f"{model}: batch[{key!r}] has shape {x.shape}, expected {what} "
-                     f"with last axis {expected_last}")
+    raise ValueError(f"{model}: batch[{key!r}] has shape {x.shape}, expected {what} with last axis {expected_last}")
   return x
 
 
-def read_patches(batch: Mapping[str, jax.Array], *, model: str,
-                 feature_dim: Optional[int] = None) -> jax.Array:
+def read_patches(batch: Mapping[str, jax.Array], *, model: str, feature_dim: Optional[int] = None) -> jax.Array:
   """`batch['patches']` (B, N, D) as float32, checked (D against `feature_dim` when given)."""
   x = _field(batch, "patches", 3, model, feature_dim, "(B, N, D) patch features")
   if x.shape[1] == 0:
@@ -32,24 +30,32 @@ def read_patches(batch: Mapping[str, jax.Array], *, model: str,
   return x.astype(jnp.float32)
 
 
-def read_genes(batch: Mapping[str, jax.Array], *, model: str,
-               n_genes_tumour: Optional[int] = None,
-               n_genes_micro: Optional[int] = None) -> tuple[jax.Array, jax.Array]:
+def read_genes(
+  batch: Mapping[str, jax.Array],
+  *,
+  model: str,
+  n_genes_tumour: Optional[int] = None,
+  n_genes_micro: Optional[int] = None,
+) -> tuple[jax.Array, jax.Array]:
   """(`genes_tumour` (B, Gt), `genes_micro` (B, Gm)) as float32, checked against the sizes given."""
   tumour = _field(batch, "genes_tumour", 2, model, n_genes_tumour, "(B, Gt) tumour genes")
   micro = _field(batch, "genes_micro", 2, model, n_genes_micro, "(B, Gm) micro genes")
   if tumour.shape[0] != micro.shape[0]:
-    raise ValueError(f"{model}: batch['genes_tumour'] {tumour.shape} and batch['genes_micro'] "
-                     f"{micro.shape} disagree on the batch size")
+    raise ValueError(
+      f"{model}: batch['genes_tumour'] {tumour.shape} and batch['genes_micro'] {micro.shape} disagree on the batch size"
+    )
   return tumour.astype(jnp.float32), micro.astype(jnp.float32)
 
 
-def all_genes(batch: Mapping[str, jax.Array], *, model: str,
-              n_genes_tumour: Optional[int] = None,
-              n_genes_micro: Optional[int] = None) -> jax.Array:
+def all_genes(
+  batch: Mapping[str, jax.Array],
+  *,
+  model: str,
+  n_genes_tumour: Optional[int] = None,
+  n_genes_micro: Optional[int] = None,
+) -> jax.Array:
   """Tumour then micro genes concatenated: (B, Gt + Gm)."""
-  tumour, micro = read_genes(batch, model=model, n_genes_tumour=n_genes_tumour,
-                             n_genes_micro=n_genes_micro)
+  tumour, micro = read_genes(batch, model=model, n_genes_tumour=n_genes_tumour, n_genes_micro=n_genes_micro)
   return jnp.concatenate([tumour, micro], axis=-1)
 
 

@@ -16,14 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smml_jax.models.baselines.layers import (GatedAttention, PatchProjection, attention_pool,
-                                              read_genes, read_patches)
+from smml_jax.models.baselines.layers import GatedAttention, PatchProjection, attention_pool, read_genes, read_patches
 from smml_jax.models.outputs import ModelOutput
 from smml_jax.models.snn import SNN
 
 
-def default_group_sizes(n_genes_tumour: int, n_genes_micro: int,
-                        n_micro_groups: int) -> tuple[int, ...]:
+def default_group_sizes(n_genes_tumour: int, n_genes_micro: int, n_micro_groups: int) -> tuple[int, ...]:
   """The tumour set as one group, then the micro set in `n_micro_groups` contiguous chunks.
 
   Chunks are as equal as possible (numpy.array_split); empty sets/chunks are dropped, so a micro
@@ -44,8 +42,9 @@ def check_group_sizes(group_sizes: Sequence[int], n_genes: int) -> tuple[int, ..
   if not sizes or any(s < 1 for s in sizes):
     raise ValueError(f"MCAT: group_sizes must be positive integers, got {tuple(group_sizes)}")
   if sum(sizes) != n_genes:
-    raise ValueError(f"MCAT: group_sizes {sizes} sum to {sum(sizes)} but the batch has "
-                     f"{n_genes} genes (genes_tumour + genes_micro)")
+    raise ValueError(
+      f"MCAT: group_sizes {sizes} sum to {sum(sizes)} but the batch has {n_genes} genes (genes_tumour + genes_micro)"
+    )
   return sizes
 
 
@@ -60,12 +59,10 @@ class CoAttention(nn.Module):
   dropout_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, queries: jax.Array, memory: jax.Array, *,
-               train: bool = False) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, queries: jax.Array, memory: jax.Array, *, train: bool = False) -> tuple[jax.Array, jax.Array]:
     embed = queries.shape[-1]
     if embed % self.num_heads:
-      raise ValueError(f"MCAT CoAttention: embedding {embed} not divisible by "
-                       f"num_heads={self.num_heads}")
+      raise ValueError(f"MCAT CoAttention: embedding {embed} not divisible by num_heads={self.num_heads}")
     head_dim = embed // self.num_heads
     split = lambda x: x.reshape(x.shape[:-1] + (self.num_heads, head_dim))
     q = split(nn.Dense(embed, name="query")(queries))
@@ -89,8 +86,12 @@ class TransformerEncoderLayer(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     dropout = lambda y: nn.Dropout(self.dropout_rate, deterministic=not train)(y)
     attn = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dropout_rate=self.dropout_rate, broadcast_dropout=False,
-        deterministic=not train, name="self_attention")(x, x)
+      num_heads=self.num_heads,
+      dropout_rate=self.dropout_rate,
+      broadcast_dropout=False,
+      deterministic=not train,
+      name="self_attention",
+    )(x, x)
     x = nn.LayerNorm(epsilon=1e-5, name="norm_1")(x + dropout(attn))
     ff = nn.Dense(self.ff_hidden, name="ff_1")(x)
     ff = nn.Dense(x.shape[-1], name="ff_2")(dropout(nn.relu(ff)))
@@ -113,10 +114,10 @@ class TokenPooling(nn.Module):
   def __call__(self, tokens: jax.Array, *, train: bool = False) -> tuple[jax.Array, jax.Array]:
     x = tokens
     for i in range(self.num_layers):
-      x = TransformerEncoderLayer(self.num_heads, self.ff_hidden, self.dropout_rate,
-                                  name=f"transformer_{i}")(x, train=train)
-    weights = GatedAttention(self.attention_hidden, self.dropout_rate,
-                             name="gated_attention")(x, train=train)
+      x = TransformerEncoderLayer(self.num_heads, self.ff_hidden, self.dropout_rate, name=f"transformer_{i}")(
+        x, train=train
+      )
+    weights = GatedAttention(self.attention_hidden, self.dropout_rate, name="gated_attention")(x, train=train)
     pooled = nn.relu(nn.Dense(x.shape[-1], name="rho")(attention_pool(weights, x)))
     return nn.Dropout(self.dropout_rate, deterministic=not train)(pooled), weights
 
@@ -157,29 +158,36 @@ class MCAT(nn.Module):
   @nn.compact
   def __call__(self, batch: Mapping[str, jax.Array], *, train: bool = False) -> ModelOutput:
     patches = read_patches(batch, model="MCAT", feature_dim=self.feature_dim)
-    tumour, micro = read_genes(batch, model="MCAT", n_genes_tumour=self.n_genes_tumour,
-                               n_genes_micro=self.n_genes_micro)
+    tumour, micro = read_genes(
+      batch, model="MCAT", n_genes_tumour=self.n_genes_tumour, n_genes_micro=self.n_genes_micro
+    )
     genes = jnp.concatenate([tumour, micro], axis=-1)
     if self.group_sizes is None:
       sizes = default_group_sizes(tumour.shape[-1], micro.shape[-1], self.n_micro_groups)
     else:
       sizes = check_group_sizes(self.group_sizes, genes.shape[-1])
     if tuple(self.gene_widths)[-1] != self.embed_dim:
-      raise ValueError(f"MCAT: gene_widths[-1] = {tuple(self.gene_widths)[-1]} must equal "
-                       f"embed_dim = {self.embed_dim} (genomic tokens query the patch tokens)")
+      raise ValueError(
+        f"MCAT: gene_widths[-1] = {tuple(self.gene_widths)[-1]} must equal "
+        f"embed_dim = {self.embed_dim} (genomic tokens query the patch tokens)"
+      )
 
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    gene_tokens = jnp.stack([
+    gene_tokens = jnp.stack(
+      [
         SNN(tuple(self.gene_widths), self.gene_dropout_rate, name=f"group_snn_{g}")(
-            genes[:, start:start + size], train=train)
-        for g, (start, size) in enumerate(zip(starts, sizes))], axis=1)
-    path_tokens = PatchProjection(self.embed_dim, self.dropout_rate, name="patch_projection")(
-        patches, train=train)
-    coattended, coattn = CoAttention(self.coattn_heads, name="coattention")(
-        gene_tokens, path_tokens, train=train)
+          genes[:, start : start + size], train=train
+        )
+        for g, (start, size) in enumerate(zip(starts, sizes))
+      ],
+      axis=1,
+    )
+    path_tokens = PatchProjection(self.embed_dim, self.dropout_rate, name="patch_projection")(patches, train=train)
+    coattended, coattn = CoAttention(self.coattn_heads, name="coattention")(gene_tokens, path_tokens, train=train)
 
-    pool = lambda name: TokenPooling(self.num_layers, self.transformer_heads, self.ff_hidden,
-                                     self.attention_hidden, self.dropout_rate, name=name)
+    pool = lambda name: TokenPooling(
+      self.num_layers, self.transformer_heads, self.ff_hidden, self.attention_hidden, self.dropout_rate, name=name
+    )
     h_path, path_weights = pool("path_pooling")(coattended, train=train)
     h_gene, gene_weights = pool("gene_pooling")(gene_tokens, train=train)
     self.sow("intermediates", "path_pool_weights", path_weights)

@@ -19,8 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from smml_jax.models.baselines.layers import (GatedAttention, PatchProjection, all_genes,
-                                              attention_pool, read_patches)
+from smml_jax.models.baselines.layers import GatedAttention, PatchProjection, all_genes, attention_pool, read_patches
 from smml_jax.models.outputs import ModelOutput
 from smml_jax.models.snn import SNN
 
@@ -61,8 +60,7 @@ class GatedModality(nn.Module):
   bilinear_gate: bool = False
 
   @nn.compact
-  def __call__(self, h_self: jax.Array, h_path: jax.Array, h_gene: jax.Array, *,
-               train: bool = False) -> jax.Array:
+  def __call__(self, h_self: jax.Array, h_path: jax.Array, h_gene: jax.Array, *, train: bool = False) -> jax.Array:
     h = nn.relu(nn.Dense(self.features, name="reduce")(h_self))
     if self.bilinear_gate:
       z = Bilinear(self.features, name="gate")(h_path, h_gene)
@@ -103,22 +101,22 @@ class PathomicFusion(nn.Module):
   @nn.compact
   def __call__(self, batch: Mapping[str, jax.Array], *, train: bool = False) -> ModelOutput:
     patches = read_patches(batch, model="PathomicFusion", feature_dim=self.feature_dim)
-    genes = all_genes(batch, model="PathomicFusion", n_genes_tumour=self.n_genes_tumour,
-                      n_genes_micro=self.n_genes_micro)
+    genes = all_genes(
+      batch, model="PathomicFusion", n_genes_tumour=self.n_genes_tumour, n_genes_micro=self.n_genes_micro
+    )
     dropout = lambda x: nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
-    h = PatchProjection(self.path_hidden, self.dropout_rate, name="patch_projection")(
-        patches, train=train)
-    weights = GatedAttention(self.attention_hidden, self.dropout_rate,
-                             name="gated_attention")(h, train=train)
-    h_path = dropout(nn.relu(nn.Dense(self.path_hidden, name="path_rho")(
-        attention_pool(weights, h))))
+    h = PatchProjection(self.path_hidden, self.dropout_rate, name="patch_projection")(patches, train=train)
+    weights = GatedAttention(self.attention_hidden, self.dropout_rate, name="gated_attention")(h, train=train)
+    h_path = dropout(nn.relu(nn.Dense(self.path_hidden, name="path_rho")(attention_pool(weights, h))))
     h_gene = SNN(tuple(self.gene_widths), self.gene_dropout_rate, name="snn")(genes, train=train)
 
-    o_path = GatedModality(self.path_fusion_dim, self.dropout_rate, self.bilinear_gate,
-                           name="gate_path")(h_path, h_path, h_gene, train=train)
-    o_gene = GatedModality(self.gene_fusion_dim, self.dropout_rate, self.bilinear_gate,
-                           name="gate_gene")(h_gene, h_path, h_gene, train=train)
+    o_path = GatedModality(self.path_fusion_dim, self.dropout_rate, self.bilinear_gate, name="gate_path")(
+      h_path, h_path, h_gene, train=train
+    )
+    o_gene = GatedModality(self.gene_fusion_dim, self.dropout_rate, self.bilinear_gate, name="gate_gene")(
+      h_gene, h_path, h_gene, train=train
+    )
     fused = kronecker_fusion(o_path, o_gene)
     self.sow("intermediates", "gated_path", o_path)
     self.sow("intermediates", "gated_gene", o_gene)

@@ -14,11 +14,11 @@ from smml_jax.models.baselines.pathomic import PathomicFusion
 from smml_jax.models.baselines.snn_only import SNNBaseline
 
 BASELINES: dict[str, type[nn.Module]] = {
-    "abmil": ABMIL,
-    "snn": SNNBaseline,
-    "concat": ConcatFusion,
-    "pathomic": PathomicFusion,
-    "mcat": MCAT,
+  "abmil": ABMIL,
+  "snn": SNNBaseline,
+  "concat": ConcatFusion,
+  "pathomic": PathomicFusion,
+  "mcat": MCAT,
 }
 
 # Flax's own dataclass fields, not configuration.
@@ -30,8 +30,9 @@ def config_fields(cls: type[nn.Module]) -> tuple[str, ...]:
   return tuple(f.name for f in dataclasses.fields(cls) if f.name not in _NOT_CONFIG)
 
 
-def build_baseline(name: str, *, num_classes: int, n_genes_tumour: int, n_genes_micro: int,
-                   feature_dim: int, **overrides: Any) -> nn.Module:
+def build_baseline(
+  name: str, *, num_classes: int, n_genes_tumour: int, n_genes_micro: int, feature_dim: int, **overrides: Any
+) -> nn.Module:
   """Builds baseline `name` for the data's sizes; `overrides` set any other attribute.
 
   The sizes a model reads are stored on it and checked against every batch; the ones it does
@@ -43,14 +44,16 @@ def build_baseline(name: str, *, num_classes: int, n_genes_tumour: int, n_genes_
   fields = config_fields(cls)
   unknown = sorted(set(overrides) - set(fields))
   if unknown:
-    raise ValueError(f"baseline {name!r} ({cls.__name__}) has no attribute(s) {unknown}; "
-                     f"valid: {sorted(fields)}")
-  sizes = {"num_classes": num_classes, "n_genes_tumour": n_genes_tumour,
-           "n_genes_micro": n_genes_micro, "feature_dim": feature_dim}
+    raise ValueError(f"baseline {name!r} ({cls.__name__}) has no attribute(s) {unknown}; valid: {sorted(fields)}")
+  sizes = {
+    "num_classes": num_classes,
+    "n_genes_tumour": n_genes_tumour,
+    "n_genes_micro": n_genes_micro,
+    "feature_dim": feature_dim,
+  }
   for key, value in sizes.items():
     if key in overrides:
-      raise ValueError(f"baseline {name!r}: pass {key} as its keyword argument, not as an "
-                       "override")
+      raise ValueError(f"baseline {name!r}: pass {key} as its keyword argument, not as an override")
     if key == "num_classes" and value < 1:
       raise ValueError(f"baseline {name!r}: num_classes must be >= 1, got {value}")
   kwargs = {k: v for k, v in sizes.items() if k in fields}

@@ -29,8 +29,7 @@ class SNNBaseline(nn.Module):
 
   @nn.compact
   def __call__(self, batch: Mapping[str, jax.Array], *, train: bool = False) -> ModelOutput:
-    genes = all_genes(batch, model="SNNBaseline", n_genes_tumour=self.n_genes_tumour,
-                      n_genes_micro=self.n_genes_micro)
+    genes = all_genes(batch, model="SNNBaseline", n_genes_tumour=self.n_genes_tumour, n_genes_micro=self.n_genes_micro)
     embedding = SNN(tuple(self.widths), self.dropout_rate, name="snn")(genes, train=train)
     logits = nn.Dense(self.num_classes, name="classifier")(embedding)
     return ModelOutput(logits=logits, features=embedding)

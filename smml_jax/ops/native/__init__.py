@@ -36,10 +36,10 @@ DEPTHWISE_FORWARD_TARGET = "smml_depthwise2d_fwd"
 DEPTHWISE_BACKWARD_TARGET = "smml_depthwise2d_bwd"
 # FFI target name -> exported handler symbol.
 _HANDLERS = {
-    FORWARD_TARGET: "SmmlCpbBiasForward",
-    BACKWARD_TARGET: "SmmlCpbBiasBackward",
-    DEPTHWISE_FORWARD_TARGET: "SmmlDepthwise2dForward",
-    DEPTHWISE_BACKWARD_TARGET: "SmmlDepthwise2dBackward",
+  FORWARD_TARGET: "SmmlCpbBiasForward",
+  BACKWARD_TARGET: "SmmlCpbBiasBackward",
+  DEPTHWISE_FORWARD_TARGET: "SmmlDepthwise2dForward",
+  DEPTHWISE_BACKWARD_TARGET: "SmmlDepthwise2dBackward",
 }
 
 _reason: Optional[str] = None
@@ -56,8 +56,18 @@ def _cpu_signature() -> str:
 
 def _compile_command(output: pathlib.Path) -> list[str]:
   cxx = shlex.split(os.environ.get("CXX", "c++"))
-  return cxx + ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
-                f"-I{jax.ffi.include_dir()}", *map(str, SOURCES), "-o", str(output)]
+  return cxx + [
+    "-O3",
+    "-march=native",
+    "-std=c++17",
+    "-shared",
+    "-fPIC",
+    "-w",
+    f"-I{jax.ffi.include_dir()}",
+    *map(str, SOURCES),
+    "-o",
+    str(output),
+  ]
 
 
 def _library_path() -> pathlib.Path:
