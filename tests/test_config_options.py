@@ -52,3 +52,17 @@ def test_options_keep_their_order_and_are_coerced_to_the_declared_type():
   assert config.model_options["offset_scale"] == 2.0
   assert isinstance(config.model_options["offset_scale"], float)
   assert config.model_options["snn_widths"] == [8, 8, 8, 32]  # as stored in config.json
+
+
+def test_the_compute_dtype_is_applied_by_the_builder_for_every_caller():
+  # One place turns train.compute_dtype into the module's dtype: training, prediction and a
+  # distillation teacher all build through it, so a bf16 run is evaluated as it was trained.
+  import jax.numpy as jnp
+
+  shapes = dict(num_classes=3, n_genes_tumour=4, n_genes_micro=4, feature_dim=8)
+  assert build_model("subspace", **shapes).module.dtype == jnp.float32
+  assert build_model("subspace", **shapes, compute_dtype="bfloat16").module.dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match="model 'abmil' has no compute dtype option"):
+    build_model("abmil", **shapes, compute_dtype="bfloat16")
+  with pytest.raises(ValueError, match="expected 'float32' or 'bfloat16'"):
+    build_model("subspace", **shapes, compute_dtype="float16")

@@ -173,9 +173,8 @@ def load_run(run_dir: str | pathlib.Path, checkpoint: str = "best") -> TrainedRu
     feature_dim=int(record["feature_dim"]),
     options=config.model_options,
     impl=config.impl.model_options(),
+    compute_dtype=config.train.compute_dtype,
   )
-  if config.train.compute_dtype == "bfloat16" and hasattr(spec.module, "dtype"):
-    spec = dataclasses.replace(spec, module=spec.module.clone(dtype=jnp.bfloat16))
   template = model_template(
     spec,
     int(record["grid_side"]),

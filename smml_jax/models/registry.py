@@ -8,6 +8,7 @@ import typing
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from smml_jax.models.branch import BranchConfig
 from smml_jax.models.deform_attention import DeformAttentionConfig
@@ -209,13 +210,43 @@ def build_model(
   feature_dim: int,
   options: Mapping[str, Any] | None = None,
   impl: Mapping[str, Any] | None = None,
+  compute_dtype: str = "float32",
 ) -> ModelSpec:
   """The model called `name`, e.g. 'subspace' or one of its ablations, or a baseline.
 
   `impl` holds implementation knobs (IMPL_OPTIONS: attention path, tiles, sampler, the platform
   compiled for); they apply to the subspace models and are ignored by the baselines, which have
-  one implementation.
+  one implementation. `compute_dtype` 'bfloat16' runs the model's matmuls in bfloat16 (params stay
+  float32); a model without that option is refused.
   """
+  spec = _build(
+    name,
+    num_classes=num_classes,
+    n_genes_tumour=n_genes_tumour,
+    n_genes_micro=n_genes_micro,
+    feature_dim=feature_dim,
+    options=options,
+    impl=impl,
+  )
+  if compute_dtype == "float32":
+    return spec
+  if compute_dtype != "bfloat16":
+    raise ValueError(f"compute dtype {compute_dtype!r}: expected 'float32' or 'bfloat16'")
+  if not hasattr(spec.module, "dtype"):
+    raise ValueError(f"model {name!r} has no compute dtype option")
+  return dataclasses.replace(spec, module=spec.module.clone(dtype=jnp.bfloat16))
+
+
+def _build(
+  name: str,
+  *,
+  num_classes: int,
+  n_genes_tumour: int,
+  n_genes_micro: int,
+  feature_dim: int,
+  options: Mapping[str, Any] | None,
+  impl: Mapping[str, Any] | None,
+) -> ModelSpec:
   options = dict(options or {})
   impl = dict(impl or {})
   unknown = sorted(set(impl) - set(IMPL_OPTIONS))

@@ -103,16 +103,13 @@ def build_experiment(config: RunConfig, mesh=None) -> Experiment:
       feature_dim=cohort.feature_dim,
       options=config.model_options,
       impl=impl,
+      compute_dtype=config.train.compute_dtype,
     )
   except dispatch.DispatchError as e:
     raise ConfigError(f"config key 'impl.attention': {e}") from e
-  except (TypeError, ValueError) as e:  # unknown model, unknown or ill-typed model_options
-    raise ConfigError(f"config key 'model' / 'model_options': {e}") from e
+  except (TypeError, ValueError) as e:  # unknown model, ill-typed model_options, no bf16 option
+    raise ConfigError(f"config key 'model' / 'model_options' / 'train.compute_dtype': {e}") from e
   check_grid_side(spec, cohort.grid_side, config)
-  if config.train.compute_dtype == "bfloat16":
-    if not hasattr(spec.module, "dtype"):
-      raise ConfigError(f"model {config.model!r} has no compute dtype option")
-    spec = dataclasses.replace(spec, module=spec.module.clone(dtype=jnp.bfloat16))
   try:  # e.g. 'native' on a TPU mesh: refused before anything is traced
     implementations(spec)
   except dispatch.DispatchError as e:

@@ -162,6 +162,7 @@ def load_teacher(
     feature_dim=int(cohort["feature_dim"]),
     options=t.model_options,
     impl=impl,
+    compute_dtype=t.train.compute_dtype,  # the teacher runs as it was trained
   )
   t_dim, s_dim = spec.module.config.branch.dim, student_module.config.branch.dim
   if t_dim != s_dim:
