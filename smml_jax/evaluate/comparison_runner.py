@@ -10,6 +10,8 @@ Config layers per cell (later wins): <config_dir>/<task>.yaml, the comparison co
 <config_dir>/compare_quick.yaml the same way, the extra config files, the cell's model, split, fold
 and seed, and last the `key=value` overrides.
 
+Compiled programs are cached in <out>/jax_cache (unless the process chose a cache already).
+
 Resumable: a cell whose summary.json exists is not retrained (its stored config must match); a
 cell that was interrupted continues from its latest checkpoint.
 """
@@ -214,6 +216,7 @@ def run_compare(settings: CompareSettings, log: Callable[[str], None] = print) -
   """
   from smml_jax.evaluate import comparison
   from smml_jax.models.registry import STUDENT, model_names
+  from smml_jax.train.compile_cache import use_compile_cache
 
   configs = compare_configs(settings)
   models = list(settings.models or _setting(configs, "models", DEFAULT_MODELS))
@@ -230,6 +233,7 @@ def run_compare(settings: CompareSettings, log: Callable[[str], None] = print) -
     raise CompareError(f"--folds {bad}: protocol {protocol!r} has folds {all_folds}")
   seeds = list(settings.seeds or [int(s) for s in _setting(configs, "seeds", [0])])
   out = pathlib.Path(settings.out)
+  use_compile_cache(out / "jax_cache")  # cells of one model differ in data only: one compile each
   cells, counts, t_start = [], {"trained": 0, "resumed": 0, "skipped": 0}, time.perf_counter()
   grid = [(model, fold, seed) for model in models for fold in folds for seed in seeds]
   durations: list[float] = []  # of the runs that trained (finished ones are skipped in ~0 s)

@@ -256,11 +256,9 @@ def run_study(
     for run in runs:
       run_config(s, run, draft)
   if train_fn is None:
-    import jax
+    from smml_jax.train.compile_cache import use_compile_cache
 
-    # Seeds differ only in data: each setting's program compiles once, then comes from the cache.
-    jax.config.update("jax_compilation_cache_dir", str(out / "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    use_compile_cache(out / "jax_cache")  # seeds differ only in data: each program compiles once
     from smml_jax.train.loop import train as train_fn
   out.mkdir(parents=True, exist_ok=True)
   spec = out / "cohort.yaml"
