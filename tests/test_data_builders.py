@@ -51,6 +51,18 @@ def test_records_match_the_generator(tmp_path):
   assert sum(len(s) for s in patients["slide_indices"]) == len(cohort)
 
 
+def test_a_build_leaves_no_temporary_folder_behind(tmp_path, monkeypatch):
+  # tfds looks a new dataset up on its GCS bucket in a mkdtemp() folder it never removes: one
+  # empty /tmp/tmp*tfds per cohort build. A cohort is never published there.
+  import tempfile
+
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+  spec_lib.load_cohort(SMALL, tmp_path / "data")
+  assert sorted(p.name for p in scratch.iterdir()) == []
+
+
 def test_same_spec_reuses_records_and_changed_spec_rebuilds(tmp_path, monkeypatch):
   first = spec_lib.load_cohort(SMALL, tmp_path)
 

@@ -107,6 +107,14 @@ def _check_array(name: str, value: np.ndarray, shape: tuple[int, ...], where: st
   return value
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+  """A cohort's DatasetInfo. A cohort is never on tfds' GCS bucket, so the bucket lookup of a new
+  dataset is skipped: it would leave an empty mkdtemp() folder behind per build (/tmp/tmp*tfds)."""
+
+  def initialize_from_bucket(self) -> None:
+    return None
+
+
 class SmmlCohort(tfds.core.GeneratorBasedBuilder):
   """Writes one cohort (all slides, in table order) as the single split `cohort`."""
 
@@ -127,7 +135,7 @@ class SmmlCohort(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     p = self._prepared
-    return tfds.core.DatasetInfo(
+    return _LocalDatasetInfo(
       builder=self,
       description=f"smml-jax cohort ({self._meta.get('layout')}), one example per slide",
       features=features_lib.features_dict(
