@@ -34,6 +34,28 @@ def _use_persistent_compilation_cache() -> None:
 _use_persistent_compilation_cache()
 
 
+_GROUPED = "smml_loadgroup"  # workerinput key: the controller schedules by xdist_group
+
+
+def pytest_configure(config):
+  """`-n N` schedules as `--dist loadgroup`: tests marked `xdist_group(name)` run on one worker.
+
+  Tests that compile the same large program (the tiny trained run, the mcat step) would otherwise
+  land on both workers and compile it twice at the same time, before the persistent cache holds it.
+  Unmarked tests are distributed as with `load`; any other `--dist` choice is kept. A worker parses
+  the command line again, so the controller tells it to tag grouped tests (`pytest_configure_node`).
+  """
+  if getattr(config.option, "dist", "no") == "load":  # the controller of `-n N`
+    config.option.dist = "loadgroup"
+  if getattr(config, "workerinput", {}).get(_GROUPED):  # a worker of that controller
+    config.option.loadgroup = True
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+  node.workerinput[_GROUPED] = node.config.option.dist == "loadgroup"
+
+
 def reference_dir() -> pathlib.Path:
   """The parity fixture folder: $SMML_REFERENCE_FIXTURES, else ../shared/fixtures/reference."""
   env = os.environ.get("SMML_REFERENCE_FIXTURES")

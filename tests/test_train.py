@@ -10,6 +10,9 @@ from experiments import run as run_cli
 from smml_jax.train.config import ConfigError, make_config
 from smml_jax.train.loop import RunDirError, train
 
+# One worker trains the session's tiny run and the runs that reuse its compiled programs.
+pytestmark = pytest.mark.xdist_group("tiny_run")
+
 
 @pytest.fixture
 def tiny_spec(tiny_cohort):
