@@ -1,6 +1,7 @@
 """Shapes, options and invariants of the subspace model on small grids."""
 
 import dataclasses
+import functools
 
 import chex
 import flax
@@ -77,6 +78,24 @@ def test_single_subspace_ablation():
 _SLOW_1D = pytest.mark.slow
 
 
+def _tiled_loss(model, batch):
+  def loss(p):
+    out = model.apply(p, batch)
+    return jnp.sum(out.logits**2) + jnp.sum(jnp.sin(out.grid_tumour))
+
+  return loss
+
+
+@functools.lru_cache(maxsize=None)
+def _tiled_reference(ndim):
+  """(batch, params, loss, grads) of the untiled reference model: one eager pass per ndim, shared by
+  every path it is compared with (op by op, its value_and_grad is most of each case's time)."""
+  batch = small_batch(n=SIDE * SIDE)
+  model = SubspaceNet(small_config(ndim=ndim, attention_impl="reference", query_tile=24))
+  params = model.init(jax.random.PRNGKey(0), batch)
+  return (batch, params, *jax.value_and_grad(_tiled_loss(model, batch))(params))
+
+
 @pytest.mark.parametrize(
   "ndim,impl",
   [
@@ -90,20 +109,12 @@ _SLOW_1D = pytest.mark.slow
     pytest.param(1, "pallas", marks=_SLOW_1D),
   ],
 )
+@pytest.mark.xdist_group("tiled_reference")  # one worker computes each reference once
 def test_tiled_attention_equals_reference(ndim, impl):
   """Same outputs and gradients (<= 1e-5 relative) with and without query tiling."""
-  batch = small_batch(n=SIDE * SIDE)
-  models = {
-    impl: SubspaceNet(small_config(ndim=ndim, attention_impl=impl, query_tile=24)) for impl in ("reference", impl)
-  }
-  params = models["reference"].init(jax.random.PRNGKey(0), batch)
-
-  def loss(p, impl):
-    out = models[impl].apply(p, batch)
-    return jnp.sum(out.logits**2) + jnp.sum(jnp.sin(out.grid_tumour))
-
-  results = {name: jax.value_and_grad(loss)(params, name) for name in models}
-  (v_ref, g_ref), (v_chk, g_chk) = results["reference"], results[impl]
+  batch, params, v_ref, g_ref = _tiled_reference(ndim)
+  model = SubspaceNet(small_config(ndim=ndim, attention_impl=impl, query_tile=24))
+  v_chk, g_chk = jax.value_and_grad(_tiled_loss(model, batch))(params)
   np.testing.assert_allclose(v_chk, v_ref, rtol=1e-5)
   flat_chk = flax.traverse_util.flatten_dict(g_chk, sep="/")
   for path, b in flax.traverse_util.flatten_dict(g_ref, sep="/").items():
