@@ -1,7 +1,8 @@
-"""Shared test helpers: where the reference fixtures and the real data live."""
+"""Shared test helpers: where the reference fixtures and the real data live; the tiny trained run."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 from typing import Optional
@@ -31,6 +32,28 @@ def _use_persistent_compilation_cache() -> None:
 
 
 _use_persistent_compilation_cache()
+
+
+_GROUPED = "smml_loadgroup"  # workerinput key: the controller schedules by xdist_group
+
+
+def pytest_configure(config):
+  """`-n N` schedules as `--dist loadgroup`: tests marked `xdist_group(name)` run on one worker.
+
+  Tests that compile the same large program (the tiny trained run, the mcat step) would otherwise
+  land on both workers and compile it twice at the same time, before the persistent cache holds it.
+  Unmarked tests are distributed as with `load`; any other `--dist` choice is kept. A worker parses
+  the command line again, so the controller tells it to tag grouped tests (`pytest_configure_node`).
+  """
+  if getattr(config.option, "dist", "no") == "load":  # the controller of `-n N`
+    config.option.dist = "loadgroup"
+  if getattr(config, "workerinput", {}).get(_GROUPED):  # a worker of that controller
+    config.option.loadgroup = True
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+  node.workerinput[_GROUPED] = node.config.option.dist == "loadgroup"
 
 
 def reference_dir() -> pathlib.Path:
@@ -94,3 +117,38 @@ def _skip_without_native_kernels(request):
     reason = native_skip_reason()
     if reason is not None:
       pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory):
+  """(spec path, records folder) of `_tiny.TINY_COHORT`; the first run that loads it builds the records.
+
+  Session-scoped (per xdist worker): every test that trains on the tiny cohort reuses the records.
+  """
+  from _tiny import write_spec
+
+  root = tmp_path_factory.mktemp("tiny_cohort")
+  return write_spec(root / "tiny.yaml"), str(root / "records")
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyRun:
+  """A finished `_tiny.TINY_EPOCHS`-epoch grading run. Read-only: copy `out` before writing into it."""
+
+  out: pathlib.Path
+  summary: dict
+  lines: tuple[str, ...]  # what train() printed to the console, in order
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cohort, tmp_path_factory) -> TinyRun:
+  """The tiny grading run of `_tiny.tiny_config`, trained once per session (per xdist worker)."""
+  from _tiny import tiny_config
+
+  from smml_jax.train.loop import train
+
+  spec, data_dir = tiny_cohort
+  out = tmp_path_factory.mktemp("tiny_run") / "run"
+  lines: list[str] = []
+  summary = train(tiny_config(spec, data_dir), out, log=lines.append)
+  return TinyRun(out, summary, tuple(lines))

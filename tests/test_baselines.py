@@ -81,7 +81,11 @@ def logits_close(a: jax.Array, b: jax.Array) -> bool:
   return bool(np.allclose(a, b, atol=1e-5, rtol=1e-5))
 
 
-@pytest.mark.parametrize("name", NAMES)
+# The mcat step takes ~30 s of CPU to compile; its two tests share it on one xdist worker.
+MCAT_STEP = pytest.mark.xdist_group("mcat_step")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=MCAT_STEP) if n == "mcat" else n for n in NAMES])
 def test_forward_jit_and_gradients(name):
   _, params = model_and_params(name)
   batch = make_batch()
@@ -232,6 +236,7 @@ def test_bilinear_gate_is_torch_bilinear():
   chex.assert_shape(out[1]["intermediates"]["kronecker"][0], (B, 7 * 5))
 
 
+@MCAT_STEP
 def test_mcat_coattention_weights_sum_to_one_per_token():
   batch = make_batch(seed=19)
   out, _, train_out, _ = apply("mcat", batch)

@@ -1,6 +1,7 @@
 """Shapes, options and invariants of the subspace model on small grids."""
 
 import dataclasses
+import functools
 
 import chex
 import flax
@@ -17,6 +18,11 @@ from smml_jax.models.snn import SNN, AlphaDropout
 from smml_jax.models.subspace_net import SubspaceConfig, SubspaceNet
 
 SIDE, DIM, FEAT, GT, GM = 8, 32, 24, 5, 9
+
+
+def key(seed: int) -> jax.Array:
+  # RngBitGenerator keys: with threefry keys an eager init or dropout compiles ~2x longer on CPU.
+  return jax.random.key(seed, impl="rbg")
 
 
 def small_config(**attn) -> SubspaceConfig:
@@ -47,8 +53,8 @@ def test_subspace_net_shapes(ndim):
   cfg = small_config(ndim=ndim)
   model = SubspaceNet(cfg)
   batch = small_batch()
-  params = model.init(jax.random.PRNGKey(0), batch)
-  out = model.apply(params, batch, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+  params = model.init(key(0), batch)
+  out = model.apply(params, batch, train=True, rngs={"dropout": key(1)})
   s = 2 if ndim == 2 else (SIDE * SIDE + 2 - 6) // 4 + 1
   chex.assert_shape([out.logits, out.logits_tumour, out.logits_micro], (2, 3))
   chex.assert_shape(out.features, (2, 2 * DIM))
@@ -65,7 +71,7 @@ def test_single_subspace_ablation():
   cfg = dataclasses.replace(small_config(), single_subspace=True)
   model = SubspaceNet(cfg)
   batch = small_batch()
-  params = model.init(jax.random.PRNGKey(0), batch)
+  params = model.init(key(0), batch)
   out = model.apply(params, batch)
   chex.assert_shape(out.logits, (2, 3))
   assert out.logits_micro is None and out.grid_micro is None
@@ -75,6 +81,24 @@ def test_single_subspace_ablation():
 # Every path at ndim 2; at ndim 1 the fused path only (the 1-D lattice feeds the same attention
 # op): the other three 1-D cases are `slow` (~50-150 s each on the shared 2 cores).
 _SLOW_1D = pytest.mark.slow
+
+
+def _tiled_loss(model, batch):
+  def loss(p):
+    out = model.apply(p, batch)
+    return jnp.sum(out.logits**2) + jnp.sum(jnp.sin(out.grid_tumour))
+
+  return loss
+
+
+@functools.lru_cache(maxsize=None)
+def _tiled_reference(ndim):
+  """(batch, params, loss, grads) of the untiled reference model: one eager pass per ndim, shared by
+  every path it is compared with (op by op, its value_and_grad is most of each case's time)."""
+  batch = small_batch(n=SIDE * SIDE)
+  model = SubspaceNet(small_config(ndim=ndim, attention_impl="reference", query_tile=24))
+  params = model.init(key(0), batch)
+  return (batch, params, *jax.value_and_grad(_tiled_loss(model, batch))(params))
 
 
 @pytest.mark.parametrize(
@@ -90,20 +114,12 @@ _SLOW_1D = pytest.mark.slow
     pytest.param(1, "pallas", marks=_SLOW_1D),
   ],
 )
+@pytest.mark.xdist_group("tiled_reference")  # one worker computes each reference once
 def test_tiled_attention_equals_reference(ndim, impl):
   """Same outputs and gradients (<= 1e-5 relative) with and without query tiling."""
-  batch = small_batch(n=SIDE * SIDE)
-  models = {
-    impl: SubspaceNet(small_config(ndim=ndim, attention_impl=impl, query_tile=24)) for impl in ("reference", impl)
-  }
-  params = models["reference"].init(jax.random.PRNGKey(0), batch)
-
-  def loss(p, impl):
-    out = models[impl].apply(p, batch)
-    return jnp.sum(out.logits**2) + jnp.sum(jnp.sin(out.grid_tumour))
-
-  results = {name: jax.value_and_grad(loss)(params, name) for name in models}
-  (v_ref, g_ref), (v_chk, g_chk) = results["reference"], results[impl]
+  batch, params, v_ref, g_ref = _tiled_reference(ndim)
+  model = SubspaceNet(small_config(ndim=ndim, attention_impl=impl, query_tile=24))
+  v_chk, g_chk = jax.value_and_grad(_tiled_loss(model, batch))(params)
   np.testing.assert_allclose(v_chk, v_ref, rtol=1e-5)
   flat_chk = flax.traverse_util.flatten_dict(g_chk, sep="/")
   for path, b in flax.traverse_util.flatten_dict(g_ref, sep="/").items():
@@ -121,41 +137,41 @@ def test_tiled_attention_equals_reference(ndim, impl):
 def test_matmul_sampler_equals_gather_in_the_model():
   batch = small_batch()
   ref, mm = SubspaceNet(small_config()), SubspaceNet(small_config(sampler="matmul"))
-  params = ref.init(jax.random.PRNGKey(0), batch)
+  params = ref.init(key(0), batch)
   np.testing.assert_allclose(mm.apply(params, batch).logits, ref.apply(params, batch).logits, rtol=1e-5, atol=1e-6)
 
 
 def test_options_change_the_function():
   batch = small_batch()
   base = small_config()
-  params = SubspaceNet(base).init(jax.random.PRNGKey(0), batch)
+  params = SubspaceNet(base).init(key(0), batch)
   ref_logits = SubspaceNet(base).apply(params, batch).logits
   consistent = SubspaceNet(small_config(cpb_geometry="consistent")).apply(params, batch).logits
   assert float(jnp.max(jnp.abs(consistent - ref_logits))) > 1e-6
   sep_cfg = dataclasses.replace(base, branch=dataclasses.replace(base.branch, separate_norms=True))
-  sep = SubspaceNet(sep_cfg).init(jax.random.PRNGKey(0), batch)
+  sep = SubspaceNet(sep_cfg).init(key(0), batch)
   assert "layer_norm_kv" in sep["params"]["branch_tumour"]
 
 
 def test_eval_is_deterministic_and_train_uses_dropout():
   model = SubspaceNet(small_config())
   batch = small_batch()
-  params = model.init(jax.random.PRNGKey(0), batch)
+  params = model.init(key(0), batch)
   a, b = model.apply(params, batch), model.apply(params, batch)
   np.testing.assert_array_equal(a.logits, b.logits)
-  t1 = model.apply(params, batch, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
-  t2 = model.apply(params, batch, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+  t1 = model.apply(params, batch, train=True, rngs={"dropout": key(1)})
+  t2 = model.apply(params, batch, train=True, rngs={"dropout": key(2)})
   assert float(jnp.max(jnp.abs(t1.logits - t2.logits))) > 0
 
 
 def test_alpha_dropout_keeps_selu_statistics():
-  x = jax.random.normal(jax.random.PRNGKey(0), (200_000,))
-  y = AlphaDropout(0.1).apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
+  x = jax.random.normal(key(0), (200_000,))
+  y = AlphaDropout(0.1).apply({}, x, deterministic=False, rngs={"dropout": key(1)})
   assert abs(float(y.mean())) < 0.02 and abs(float(y.std()) - 1.0) < 0.02
 
 
 def test_snn_max_init_statistics():
-  params = SNN().init(jax.random.PRNGKey(0), jnp.ones((1, 400)))["params"]
+  params = SNN().init(key(0), jnp.ones((1, 400)))["params"]
   k = params["dense_0"]["kernel"]
   assert abs(float(k.std()) * np.sqrt(400) - 1.0) < 0.05
   np.testing.assert_array_equal(params["dense_0"]["bias"], 0.0)
@@ -165,13 +181,13 @@ def test_non_square_grid_is_rejected():
   module = DeformCrossAttention(DeformAttentionConfig(heads=4, dim_head=8, offset_groups=4))
   x = jnp.ones((1, 60, 16))
   with pytest.raises(ValueError, match="square token grid"):
-    module.init(jax.random.PRNGKey(0), x, x)
+    module.init(key(0), x, x)
 
 
 def test_snn_width_mismatch_is_rejected():
   cfg = dataclasses.replace(small_config(), snn_widths=(16, 12, 8, DIM + 1))
   with pytest.raises(ValueError, match="must equal the branch dim"):
-    SubspaceNet(cfg).init(jax.random.PRNGKey(0), small_batch())
+    SubspaceNet(cfg).init(key(0), small_batch())
 
 
 class TestConverter:
@@ -179,7 +195,7 @@ class TestConverter:
   def setup(self):
     cfg = small_config()
     model = SubspaceNet(cfg)
-    params = model.init(jax.random.PRNGKey(0), small_batch())["params"]
+    params = model.init(key(0), small_batch())["params"]
     rules, _ = convert.subspace_net_rules(cfg)
     flat = {"/".join(k): np.asarray(v) for k, v in __import__("flax").traverse_util.flatten_dict(params).items()}
     # Build a torch-layout state_dict by inverting each rule on random values.

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _tiny import TINY_MODEL
 from conftest import NATIVE
 
 from smml_jax.models.registry import build_model
@@ -129,24 +130,25 @@ def test_unknown_implementation_is_a_clear_error():
 
 
 def test_bf16_model_stays_close_to_float32_with_float32_params():
-  spec = build_model(
-    "subspace", num_classes=4, n_genes_tumour=5, n_genes_micro=7, feature_dim=16, options={"query_tile": 24}
-  )
+  # The tiny test model, jitted, with RngBitGenerator keys (threefry param init compiles slowly on
+  # CPU): the default width and op-by-op dispatch add compile time, not another code path.
+  options = {**TINY_MODEL, "query_tile": 24}
+  spec = build_model("subspace", num_classes=4, n_genes_tumour=5, n_genes_micro=7, feature_dim=16, options=options)
   rng = np.random.default_rng(0)
   batch = {
     "patches": jnp.asarray(rng.normal(size=(2, 64, 16)), jnp.float32),
     "genes_tumour": jnp.asarray(rng.normal(size=(2, 5)), jnp.float32),
     "genes_micro": jnp.asarray(rng.normal(size=(2, 7)), jnp.float32),
   }
-  params = spec.module.init({"params": jax.random.PRNGKey(0)}, batch)["params"]
+  params = jax.jit(spec.module.init)({"params": jax.random.key(0, impl="rbg")}, batch)["params"]
   bf16 = spec.module.clone(dtype=jnp.bfloat16)
   # The dtypes of the bf16 model's params, traced only: a second real init costs ~7 s of CPU.
   assert all(
     p.dtype == jnp.float32
     for p in jax.tree.leaves(jax.eval_shape(bf16.init, {"params": jax.random.PRNGKey(0)}, batch)["params"])
   )
-  want = spec.module.apply({"params": params}, batch).logits
-  got = bf16.apply({"params": params}, batch).logits.astype(jnp.float32)
+  want = jax.jit(lambda p: spec.module.apply({"params": p}, batch).logits)(params)
+  got = jax.jit(lambda p: bf16.apply({"params": p}, batch).logits)(params).astype(jnp.float32)
   scale = float(jnp.max(jnp.abs(want)))
   np.testing.assert_allclose(got, want, atol=0.05 * scale + 0.02)
   np.testing.assert_array_equal(jnp.argmax(got, -1), jnp.argmax(want, -1))

@@ -1,50 +1,13 @@
 """The run directory: validation before writing, what --overwrite may remove, resume, paths."""
 
-import json
-
 import pytest
 import yaml
+from _tiny import TINY_MODEL, cli_args, write_spec
 
 from experiments import run as run_cli
 from smml_jax.train import run_dir
 from smml_jax.train.config import make_config
 from smml_jax.train.loop import train
-
-TINY_MODEL = {"dim": 16, "heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8, "snn_widths": [8, 8, 8, 16]}
-
-
-def _spec(path, **overrides):
-  values = {
-    "layout": "synthetic",
-    "n_patients": 60,
-    "grid_side": 8,
-    "feature_dim": 16,
-    "n_genes_tumour": 6,
-    "n_genes_micro": 8,
-    **overrides,
-  }
-  path.write_text(yaml.safe_dump(values))
-  return path
-
-
-def _cli_args(spec, out, data_dir, *extra):
-  args = [
-    "--task",
-    "grading",
-    "--data",
-    str(spec),
-    "--data-dir",
-    str(data_dir),
-    "--epochs",
-    "1",
-    "--out",
-    str(out),
-    "--no-progress",
-    *extra,
-  ]
-  for key, value in TINY_MODEL.items():
-    args += ["--set", f"model_options.{key}={json.dumps(value)}"]
-  return args
 
 
 def _snapshot(folder):
@@ -77,13 +40,13 @@ def test_overwrite_never_touches_a_folder_when_the_spec_is_missing(tmp_path, cap
 
 
 def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
-  spec = _spec(tmp_path / "tiny.yaml")
+  spec = write_spec(tmp_path / "tiny.yaml")
   precious = tmp_path / "precious"
   precious.mkdir()
   (precious / "config.json").write_text("{}")
   (precious / "thesis.txt").write_text("x")
   before = _snapshot(precious)
-  code = run_cli.main(_cli_args(spec, precious, tmp_path / "records", "--overwrite"))
+  code = run_cli.main(cli_args(spec, precious, tmp_path / "records", "--overwrite"))
   assert code == 2
   assert _snapshot(precious) == before
   err = capsys.readouterr().err
@@ -147,18 +110,18 @@ def test_prepare_refuses_to_replace_a_foreign_folder(tmp_path):
   ],
 )
 def test_a_failed_start_writes_nothing_into_out(tmp_path, capsys, overrides, message):
-  spec = _spec(tmp_path / "tiny.yaml")
+  spec = write_spec(tmp_path / "tiny.yaml")
   out = tmp_path / "out"
-  assert run_cli.main(_cli_args(spec, out, tmp_path / "records") + overrides) == 2
+  assert run_cli.main(cli_args(spec, out, tmp_path / "records") + overrides) == 2
   assert message in capsys.readouterr().err
   assert not out.exists()
 
 
 def test_grid_side_below_the_offset_lattice_minimum_is_refused(tmp_path, capsys):
   """grid_side 4 gives a 1 x 1 offset lattice: NaN sampling points and a NaN loss."""
-  spec = _spec(tmp_path / "tiny.yaml", grid_side=4)
+  spec = write_spec(tmp_path / "tiny.yaml", grid_side=4)
   out = tmp_path / "out"
-  assert run_cli.main(_cli_args(spec, out, tmp_path / "records")) == 2
+  assert run_cli.main(cli_args(spec, out, tmp_path / "records")) == 2
   err = capsys.readouterr().err
   assert "grid_side 4" in err and "at least 8" in err and "Traceback" not in err
   assert not out.exists()
@@ -166,7 +129,7 @@ def test_grid_side_below_the_offset_lattice_minimum_is_refused(tmp_path, capsys)
 
 def test_stored_paths_are_absolute_and_resume_compares_them(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  _spec(tmp_path / "tiny.yaml")
+  write_spec(tmp_path / "tiny.yaml")
   config = make_config({"task": "grading", "data": {"data": "tiny.yaml", "data_dir": "records"}})
   folder = tmp_path / "run"
   _fake_run(folder, config)
@@ -189,7 +152,7 @@ def test_resume_on_an_empty_folder_starts_fresh_and_report_reads_from_any_cwd(tm
   work = tmp_path / "work"
   work.mkdir()
   monkeypatch.chdir(work)
-  _spec(work / "tiny.yaml")
+  write_spec(work / "tiny.yaml")
   (work / "out").mkdir()
   config = make_config(
     {

@@ -4,32 +4,17 @@ another fold / split seed / model / shape are refused before anything is written
 import json
 
 import pytest
-import yaml
+from _tiny import TINY_MODEL, write_spec
 
 from experiments import run as run_cli
 from smml_jax.train.config import ConfigError, make_config
 from smml_jax.train.loop import train
 from smml_jax.train.teacher import TeacherError
 
-TINY_MODEL = {"dim": 16, "heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8, "snn_widths": [8, 8, 8, 16]}
-
 
 @pytest.fixture(scope="module")
 def tiny_spec(tmp_path_factory):
-  path = tmp_path_factory.mktemp("spec") / "tiny.yaml"
-  path.write_text(
-    yaml.safe_dump(
-      {
-        "layout": "synthetic",
-        "n_patients": 60,
-        "grid_side": 8,
-        "feature_dim": 16,
-        "n_genes_tumour": 6,
-        "n_genes_micro": 8,
-      }
-    )
-  )
-  return path
+  return write_spec(tmp_path_factory.mktemp("spec") / "tiny.yaml")
 
 
 @pytest.fixture(scope="module")

@@ -1,56 +1,33 @@
 """The training system end to end on a tiny synthetic cohort: selection, resumption, run dirs."""
 
 import json
+import shutil
 
 import pytest
-import yaml
+from _tiny import TINY_EPOCHS, TINY_MODEL, cli_args, tiny_config, tiny_layer
 
 from experiments import run as run_cli
 from smml_jax.train.config import ConfigError, make_config
 from smml_jax.train.loop import RunDirError, train
 
-TINY_MODEL = {"dim": 16, "heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8, "snn_widths": [8, 8, 8, 16]}
+# One worker trains the session's tiny run and the runs that reuse its compiled programs.
+pytestmark = pytest.mark.xdist_group("tiny_run")
 
 
-@pytest.fixture(scope="module")
-def tiny_spec(tmp_path_factory):
-  path = tmp_path_factory.mktemp("spec") / "tiny.yaml"
-  path.write_text(
-    yaml.safe_dump(
-      {
-        "layout": "synthetic",
-        "n_patients": 60,
-        "grid_side": 8,
-        "feature_dim": 16,
-        "n_genes_tumour": 6,
-        "n_genes_micro": 8,
-      }
-    )
-  )
-  return path
+@pytest.fixture
+def tiny_spec(tiny_cohort):
+  return tiny_cohort[0]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("records"))
+@pytest.fixture
+def data_dir(tiny_cohort):
+  return tiny_cohort[1]
 
 
-def tiny_config(spec, data_dir, task="grading", **train):
-  return make_config(
-    {
-      "task": task,
-      "model_options": TINY_MODEL,
-      "data": {"data": str(spec), "data_dir": data_dir},
-      "train": {"epochs": 3, "batch_size": 8, "eval_batch_size": 8, "progress": False, **train},
-    }
-  )
-
-
-@pytest.fixture(scope="module")
-def full_run(tiny_spec, data_dir, tmp_path_factory):
-  out = tmp_path_factory.mktemp("runs") / "full"
-  summary = train(tiny_config(tiny_spec, data_dir), out, log=lambda _: None)
-  return out, summary
+@pytest.fixture
+def full_run(tiny_run):
+  """(run dir, summary) of the session's tiny run (conftest.tiny_run; read-only)."""
+  return tiny_run.out, tiny_run.summary
 
 
 def _jsonl(path):
@@ -162,8 +139,8 @@ def test_resume_falls_back_past_a_corrupted_checkpoint_to_the_same_metrics(full_
 
 
 @pytest.mark.slow
-def test_run_directory_holding_another_run_is_refused(full_run, tiny_spec, data_dir):
-  out, _ = full_run
+def test_run_directory_holding_another_run_is_refused(full_run, tiny_spec, data_dir, tmp_path):
+  out = shutil.copytree(full_run[0], tmp_path / "full")
   with pytest.raises(RunDirError, match="--resume"):
     train(tiny_config(tiny_spec, data_dir), out, log=lambda _: None)
   with pytest.raises(RunDirError, match="train.epochs"):
@@ -181,21 +158,7 @@ def test_survival_run(tiny_spec, data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_cli_prints_a_table_and_rejects_bad_config(tiny_spec, data_dir, tmp_path, capsys):
-  args = [
-    "--task",
-    "subtype",
-    "--data",
-    str(tiny_spec),
-    "--data-dir",
-    data_dir,
-    "--epochs",
-    "1",
-    "--out",
-    str(tmp_path / "cli"),
-    "--no-progress",
-  ]
-  for key, value in TINY_MODEL.items():
-    args += ["--set", f"model_options.{key}={json.dumps(value)}"]
+  args = cli_args(tiny_spec, tmp_path / "cli", data_dir, task="subtype")
   assert run_cli.main(args) == 0
   out = capsys.readouterr().out
   assert "best epoch" in out and "auc" in out and "balanced_accuracy" in out
@@ -231,13 +194,8 @@ def test_summary_records_what_ran(full_run):
 def test_resume_accepts_changed_implementation_knobs(tiny_spec, data_dir, tmp_path):
   """`impl` is how, not what: changing it does not make --resume refuse; a model option does."""
   out = tmp_path / "impl"
-  layer = lambda model, impl: {
-    "task": "grading",
-    "model_options": model,
-    "impl": impl,
-    "data": {"data": str(tiny_spec), "data_dir": data_dir},
-    "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 8, "progress": False},
-  }
+  # The session run's length, so the first epoch compiles nothing new (the persistent cache).
+  layer = lambda model, impl: {**tiny_layer(tiny_spec, data_dir), "model_options": model, "impl": impl}
   train(make_config(layer(TINY_MODEL, {})), out, stop_after_epoch=0, log=lambda _: None)
   changed = make_config(layer(TINY_MODEL, {"attention": "reference", "sampler": "matmul", "query_tile": 16}))
   summary = train(changed, out, resume=True, log=lambda _: None)
@@ -272,8 +230,8 @@ def test_run_writes_tensorboard_scalars_and_a_log_file(full_run):
   assert all(0.0 <= v <= 1.0 for _, v in scalars["train/coordination_edited"])
   assert any(v > 0 for _, v in scalars["train/coordination_edited"])  # it does edit rows
   rows = _jsonl(out / "metrics.jsonl")
-  per_epoch = len(steps) // 3
-  # The cosine is stepped per epoch (3 epochs from 1e-3): constant within an epoch, then lower.
+  per_epoch = len(steps) // TINY_EPOCHS
+  # The cosine is stepped per epoch (from 1e-3): constant within an epoch, then lower.
   lrs = [v for _, v in scalars["train/learning_rate"]]
   assert lrs[0] == pytest.approx(1e-3) and lrs[per_epoch] < lrs[0]
   assert len(set(lrs[:per_epoch])) == 1
@@ -281,22 +239,22 @@ def test_run_writes_tensorboard_scalars_and_a_log_file(full_run):
   assert dict(scalars["val/auc"]) == pytest.approx(val)
   assert "test/auc" in scalars  # recorded for the record, not shown on the console
   log = (out / events.LOG_FILE).read_text()
-  assert "epoch 0 (1/3)" in log and "test auc" in log
+  assert f"epoch 0 (1/{TINY_EPOCHS})" in log and "test auc" in log
 
 
-def test_console_shows_validation_per_epoch_and_test_once(tiny_spec, data_dir, tmp_path):
-  lines = []
-  summary = train(tiny_config(tiny_spec, data_dir, epochs=2), tmp_path / "quiet", log=lines.append)
+def test_console_shows_validation_per_epoch_and_test_once(tiny_run, tiny_spec, data_dir, tmp_path):
+  lines, summary = list(tiny_run.lines), tiny_run.summary
   epoch_lines = [line for line in lines if line.startswith("epoch ")]
-  assert len(epoch_lines) == 2
+  assert len(epoch_lines) == TINY_EPOCHS
   # One numbering (0-based): the console names the epoch summary.json records.
-  assert [line.split(":")[0] for line in epoch_lines] == ["epoch 0 (1/2)", "epoch 1 (2/2)"]
+  n = TINY_EPOCHS
+  assert [line.split(":")[0] for line in epoch_lines] == [f"epoch {e} ({e + 1}/{n})" for e in range(n)]
   best = summary["best_epoch"]
   assert any(line.startswith(f"selected epoch {best} on validation") for line in lines), lines
   assert f"at epoch {best})" in epoch_lines[-1]
   assert all("val auc" in line and "test" not in line for line in epoch_lines)
   assert sum("test auc" in line for line in lines) == 1  # once, at the end
   assert any(line.startswith("compiling") for line in lines)
-  lines.clear()
-  train(tiny_config(tiny_spec, data_dir, epochs=2, log_test_every_epoch=True), tmp_path / "loud", log=lines.append)
+  lines = []
+  train(tiny_config(tiny_spec, data_dir, log_test_every_epoch=True), tmp_path / "loud", log=lines.append)
   assert all("test auc" in line for line in lines if line.startswith("epoch "))

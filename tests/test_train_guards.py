@@ -1,48 +1,16 @@
 """A run that cannot train stops at the failing step, says why, and keeps its good checkpoint."""
 
-import json
-
 import pytest
-import yaml
+from _tiny import cli_args, write_spec
 
 from experiments import run as run_cli
-
-TINY_MODEL = {"dim": 16, "heads": 2, "dim_head": 8, "offset_groups": 2, "cpb_hidden": 8, "snn_widths": [8, 8, 8, 16]}
 
 
 @pytest.mark.slow
 def test_non_finite_loss_stops_the_run_at_that_step(tmp_path, capsys):
-  spec = tmp_path / "tiny.yaml"
-  spec.write_text(
-    yaml.safe_dump(
-      {
-        "layout": "synthetic",
-        "n_patients": 60,
-        "grid_side": 8,
-        "feature_dim": 16,
-        "n_genes_tumour": 6,
-        "n_genes_micro": 8,
-      }
-    )
-  )
   out = tmp_path / "out"
-  args = [
-    "--task",
-    "grading",
-    "--data",
-    str(spec),
-    "--data-dir",
-    str(tmp_path / "records"),
-    "--epochs",
-    "2",
-    "--out",
-    str(out),
-    "--no-progress",
-    "--set",
-    "optim.learning_rate=1e30",
-  ]
-  for key, value in TINY_MODEL.items():
-    args += ["--set", f"model_options.{key}={json.dumps(value)}"]
+  spec = write_spec(tmp_path / "tiny.yaml")
+  args = cli_args(spec, out, tmp_path / "records", "--set", "optim.learning_rate=1e30", epochs=2)
   assert run_cli.main(args) == 3
   err = capsys.readouterr().err
   assert "training diverged at step" in err and "(epoch 0, batch" in err, err
