@@ -4,7 +4,7 @@
 #   benchmarks/transcriptome_free/full_protocol.sh OUT PART
 # PART, in this order (each resumes: a finished cell is skipped):
 #   table       the teacher (subspace), ABMIL and SNN cells                       -> OUT/table
-#   sweep       the student at distill.feature_weight 0.01 (DML), 0.1, 1 on seed 0 -> OUT/sweep/fw*
+#   sweep       the student at distill.feature_weight 0.01 (DML) and 1 on seed 0      -> OUT/sweep/fw*
 #   choose      the weight with the highest mean validation AUC (test is not read)  -> OUT/chosen.json
 #   students    the chosen weight's students for seeds 1 and 2                     -> OUT/sweep/fw<chosen>
 #   robustness  the teacher after dropping 25/50/75/100 % of training expression    -> OUT/robust/drop*
@@ -46,7 +46,7 @@ case $part in
     run_compare --task grading --compare-config "$cfg" --models subspace,abmil,snn --seeds 0,1,2 \
       --data-dir "$grading_data" --out "$out/table" ;;
   sweep)
-    for fw in 0.01 0.1 1; do student_cells $fw 0; done ;;
+    for fw in 0.01 1; do student_cells $fw 0; done ;;
   choose)
     python -m benchmarks.transcriptome_free.choose_weight "$out" ;;
   students)
