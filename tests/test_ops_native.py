@@ -110,6 +110,21 @@ def test_native_bias_with_four_coordinates_and_many_activation_regions():
     assert float(np.max(np.abs(np.asarray(a, np.float64) - b))) <= 1e-5 * np.max(np.abs(b)) + 1e-6
 
 
+def test_native_bias_dead_units_pass_no_gradient():
+  # A unit whose weights and bias are all zero has pre-activation +0 on every pair: inactive, as
+  # relu'(0) = 0 in XLA, although its sign bit is clear and its float64 decision band is empty.
+  pos_q, pos_k, params, cotangent = _bias_case(1, 2, 10, 144, 2, 32)
+  (w1, b1), (w2, b2), last = params
+  params = [(w1.at[:, 3].set(0.0), b1.at[3].set(0.0)), (w2.at[:, 5].set(0.0), b2.at[5].set(0.0)), last]
+  got = _value_and_grads(native_cpb.relative_position_bias, pos_q, pos_k, params, cotangent)[1][2]
+  (g_w1, g_b1), (g_w2, g_b2), _ = got
+  want = _value_and_grads(relative_position_bias, pos_q, pos_k, params, cotangent)[1][2]
+  assert float(g_b1[3]) == 0.0 and not np.any(g_w1[:, 3])
+  assert float(g_b2[5]) == 0.0 and not np.any(g_w2[:, 5])
+  for a, b in zip(jax.tree.leaves(((g_w1, g_b1), (g_w2, g_b2))), jax.tree.leaves(want[:2])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(b))))
+
+
 def test_native_bias_is_deterministic():
   pos_q, pos_k, params, cotangent = _bias_case(2, 8, 10, 144, 2, 32)
   grad = jax.jit(lambda a, b, c: _value_and_grads(native_cpb.relative_position_bias, a, b, c, cotangent))
