@@ -247,9 +247,11 @@ def test_cpb_paths_at_relu_kinks(impl, seed, batch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed,batch", [(11, 1), (12, 3)])
+@pytest.mark.parametrize("seed,batch", [(11, 1), (12, 2)])
 def test_cpb_paths_match_float64_full_grid(seed, batch):
   # One test for all paths: the float64 reference and flip bounds of the 2500 x 144 grid take
-  # ~70 s of CPU, ten times one float32 path, so they are evaluated once per case.
+  # ~70 s of CPU, ten times one float32 path, so they are evaluated once per case. Batch 2, not 3:
+  # at batch 3 the float64 evaluation peaks at ~19.5 GB and was OOM-killed beside the other xdist
+  # worker on the 23 GB CI machine; batch 3 is checked on the small grid.
   impls = ["reference", "chunked", "fused"] + (["native"] if _native_available() else [])
   _check(_case(seed, batch, side=50, keys_side=12, dim_head=8), *impls)

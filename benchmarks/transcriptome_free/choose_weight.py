@@ -34,10 +34,10 @@ def validation_rows(sweep_dir: pathlib.Path) -> list[dict]:
 
 
 def main(out: pathlib.Path) -> dict:
+  folders = [d for d in (out / "sweep").glob("fw*") if d.is_dir()]  # fw<weight>.yaml files beside them
   candidates = {
     float(d.name.removeprefix("fw")): validation_rows(d)
-    for d in sorted((out / "sweep").glob("fw*"), key=lambda d: float(d.name.removeprefix("fw")))
-    if d.is_dir()
+    for d in sorted(folders, key=lambda d: float(d.name.removeprefix("fw")))
   }
   if not candidates:
     raise SystemExit(f"{out / 'sweep'}: no fw<weight> folders")

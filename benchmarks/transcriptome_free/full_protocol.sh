@@ -50,7 +50,7 @@ case $part in
   choose)
     python -m benchmarks.transcriptome_free.choose_weight "$out" ;;
   students)
-    fw=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['chosen'])" "$out/chosen.json")
+    fw=$(python -c "import json,sys; print(format(json.load(open(sys.argv[1]))['chosen'], 'g'))" "$out/chosen.json")  # as the sweep's folders
     student_cells "$fw" 0,1,2 ;;
   robustness)
     for f in 0.25 0.5 0.75 1.0; do
