@@ -66,10 +66,11 @@ def wall(cs: Sequence[CellResult]) -> str:
 def records_digest(data_dir: pathlib.Path) -> str:
   """A digest of a synthetic cohort's record files: equal digests, identical cohorts."""
   h = hashlib.sha256()
-  files = sorted(p for p in data_dir.rglob("*") if p.is_file() and "lock" not in p.name)
+  # dataset_info.json holds the folder it was written to; lock files are tfds' own
+  files = sorted(
+    p for p in data_dir.rglob("*") if p.is_file() and "lock" not in p.name and p.name != "dataset_info.json"
+  )
   for p in files:
-    if p.suffix in (".json",) and p.name == "dataset_info.json":
-      continue  # holds the folder it was written to
     h.update(p.relative_to(data_dir).as_posix().encode())
     h.update(p.read_bytes())
   return h.hexdigest()[:16]
@@ -117,9 +118,7 @@ def robustness_section(out, curve_cells, curve_auc, auc) -> list[str]:
 def main(out: pathlib.Path) -> None:
   chosen = json.loads((out / "chosen.json").read_text())
   fw = chosen["chosen"]
-  student_dir = out / "sweep" / f"fw{fw:g}"
-  if not student_dir.is_dir():
-    student_dir = out / "sweep" / f"fw{fw}"
+  student_dir = out / "sweep" / f"fw{fw:g}"  # full_protocol.sh names the folders by %g
   table = {
     "subspace": cells(out / "table", "subspace"),
     "subspace-student": cells(student_dir, "subspace-student"),
