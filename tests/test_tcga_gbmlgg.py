@@ -15,6 +15,7 @@ from smml_jax.data import splits as protocols
 from smml_jax.data import tcga_gbmlgg, tcga_gbmlgg_tables as tables
 from smml_jax.data.tcga_gbmlgg import GBMLGGDataError, load_gbmlgg
 from smml_jax.models import linear
+from smml_jax.tasks import get_task
 from conftest import shared_data_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore:Unknown extension is not supported")
@@ -286,8 +287,8 @@ def test_linear_grading_on_three_pnas15_splits_beats_chance():
   aucs = []
   for s in protocols.pnas15_splits(c, shared_data_dir(), splits=range(3)):
     norm = c.fit_normaliser(s["train"])
-    probs = linear.fit_predict_linear(
-      "grading", _xy(c, s, "train", norm), y[s["train"]], _xy(c, s, "val", norm), y[s["val"]], _xy(c, s, "test", norm)
+    probs = get_task("grading").fit_predict_linear(
+      _xy(c, s, "train", norm), y[s["train"]], _xy(c, s, "val", norm), y[s["val"]], _xy(c, s, "test", norm)
     )
     assert probs.shape == (len(s["test"]), 3)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
@@ -303,8 +304,8 @@ def test_linear_cox_on_three_pnas15_splits_ranks_survival():
   for s in protocols.pnas15_splits(c, shared_data_dir(), splits=range(3)):
     norm = c.fit_normaliser(s["train"])
     yt = lambda part: (c.surv_time[s[part]], c.event[s[part]])
-    risk = linear.fit_predict_linear(
-      "survival", _xy(c, s, "train", norm), yt("train"), _xy(c, s, "val", norm), yt("val"), _xy(c, s, "test", norm)
+    risk = get_task("survival").fit_predict_linear(
+      _xy(c, s, "train", norm), yt("train"), _xy(c, s, "val", norm), yt("val"), _xy(c, s, "test", norm)
     )
     assert risk.shape == (len(s["test"]),)
     scores.append(linear.c_index(*yt("test"), risk))
@@ -318,14 +319,14 @@ def test_linear_without_validation_uses_fixed_defaults_and_keeps_all_classes():
   s = protocols.mcat5_splits(c, shared_data_dir(), folds=[0])[0]
   norm = c.fit_normaliser(s["train"])
   y = c.label()
-  probs = linear.fit_predict_linear(
-    "grading", _xy(c, s, "train", norm), y[s["train"]], None, None, _xy(c, s, "test", norm)
+  probs = get_task("grading").fit_predict_linear(
+    _xy(c, s, "train", norm), y[s["train"]], None, None, _xy(c, s, "test", norm)
   )
   assert roc_auc_score(y[s["test"]], probs, multi_class="ovr") > 0.7
   no_g4 = s["train"][y[s["train"]] < 2]
-  probs = linear.fit_predict_linear(
-    "grading", c.genes(no_g4, norm)["genes_tumour"], y[no_g4], None, None, c.genes(s["test"], norm)["genes_tumour"]
+  probs = get_task("grading").fit_predict_linear(
+    c.genes(no_g4, norm)["genes_tumour"], y[no_g4], None, None, c.genes(s["test"], norm)["genes_tumour"]
   )
   assert probs.shape == (len(s["test"]), 3) and np.all(probs[:, 2] == 0)
   with pytest.raises(ValueError, match="NaN"):
-    linear.fit_predict_linear("grading", np.full((4, 2), np.nan), np.arange(4) % 3, None, None, np.zeros((1, 2)))
+    get_task("grading").fit_predict_linear(np.full((4, 2), np.nan), np.arange(4) % 3, None, None, np.zeros((1, 2)))

@@ -34,7 +34,15 @@ from smml_jax.data.genomic_normaliser import CLIP, GenomicNormaliser, fit_genomi
 from smml_jax.data.tcga_gbmlgg_tables import PNAS_IDH_CODEL, PORPOISE_IDH_CODEL, GBMLGGDataError, load_raw
 
 SOURCES = ("pnas", "porpoise")
-TASKS = ("grading", "diagnosis", "subtype", "survival")
+# Per task, the field whose codes stratify its splits and the fields a patient must have known.
+STRATUM_FIELD = {"grading": "grade", "diagnosis": "diagnosis", "subtype": "subtype", "survival": "event"}
+REQUIRED_FIELDS = {
+  "grading": ("grade",),
+  "diagnosis": ("diagnosis",),
+  "subtype": ("subtype",),
+  "survival": ("surv_time", "event"),
+}
+TASKS = tuple(STRATUM_FIELD)
 
 # Columns each label rule reads, per source: dropped from that task's inputs.
 LABEL_DEFINING_COLUMNS = {
@@ -91,18 +99,15 @@ class GenomicCohort:
     return np.concatenate([self.x_tumour, self.x_micro], axis=1)
 
   def label(self, task: str | None = None) -> np.ndarray:
-    """(P,) int64 class codes of a classification task; for survival the event flags."""
-    task = task or self.task
-    if task == "survival":
-      return self.event
-    return getattr(self, labels.TASK_LABEL_FIELD[_check_task(task)])
+    """(P,) int64 codes that stratify `task`'s splits (`STRATUM_FIELD`): its classes, or for
+    survival the event flags."""
+    return getattr(self, STRATUM_FIELD[_check_task(task or self.task)])
 
   def labelled(self, task: str | None = None) -> np.ndarray:
-    """(P,) bool: the patient has what `task` needs (a known class; a finite survival time)."""
-    task = task or self.task
-    if task == "survival":
-      return np.isfinite(self.surv_time) & (self.surv_time >= 0) & (self.event >= 0)
-    return self.label(task) >= 0
+    """(P,) bool: every field `task` needs is known (`REQUIRED_FIELDS`: finite and >= 0; class
+    codes are -1 when unknown)."""
+    needed = [getattr(self, field) for field in REQUIRED_FIELDS[_check_task(task or self.task)]]
+    return np.logical_and.reduce([np.isfinite(x) & (x >= 0) for x in needed])
 
   def index_of(self, case_ids: Iterable[str]) -> np.ndarray:
     """Patient indices of `case_ids` (those absent from the cohort are skipped)."""

@@ -36,7 +36,6 @@ import pandas as pd
 from smml_jax.data import splits as splits_lib, tcga_gbmlgg
 from smml_jax.data.patient_arrays import GenomicArrays
 from smml_jax.models.genomic import NEEDS_MICRO, build_genomic_model
-from smml_jax.models.linear import fit_predict_linear
 from smml_jax.optim.factory import OptimConfig
 from smml_jax.tasks import Task, get_task
 from smml_jax.train import in_memory
@@ -175,7 +174,7 @@ def run_cell(
     feats = lambda idx: np.concatenate(list(cohort.genes(idx, normaliser).values()), axis=1)
     y = lambda idx: task.outcome(_truth(cohort, task, idx))
     x_val, y_val = (feats(val_idx), y(val_idx)) if selects else (None, None)
-    pred = fit_predict_linear(task.name, feats(train_idx), y(train_idx), x_val, y_val, feats(test_idx))
+    pred = task.fit_predict_linear(feats(train_idx), y(train_idx), x_val, y_val, feats(test_idx))
     return np.asarray(pred, np.float64), {}
 
   target = task.fit_target(_truth(cohort, task), train_idx)

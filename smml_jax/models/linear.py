@@ -24,8 +24,6 @@ from sksurv.linear_model import CoxnetSurvivalAnalysis
 from sksurv.metrics import concordance_index_censored
 from sksurv.util import Surv
 
-from smml_jax.data import labels
-
 
 @dataclasses.dataclass(frozen=True)
 class LinearConfig:
@@ -49,6 +47,16 @@ def _check_x(name: str, x) -> np.ndarray:
   return x
 
 
+def _checked(x_train, x_val, y_val, x_test):
+  """x_train, x_val, x_test as finite (N, F) float64 (x_val None: no selection, fixed defaults)."""
+  x_train, x_test = _check_x("x_train", x_train), _check_x("x_test", x_test)
+  if x_val is not None:
+    x_val = _check_x("x_val", x_val)
+    if y_val is None:
+      raise ValueError("x_val given without y_val")
+  return x_train, x_val, x_test
+
+
 def _scaled(x_train, *others):
   scaler = StandardScaler().fit(x_train)
   return [scaler.transform(x_train)] + [None if x is None else scaler.transform(x) for x in others]
@@ -67,7 +75,12 @@ def _logistic_probs(c: float, cfg: LinearConfig, x_train, y_train, x_eval, num_c
 def fit_predict_logistic(
   x_train, y_train, x_val, y_val, x_test, num_classes: int, cfg: LinearConfig = LinearConfig()
 ) -> np.ndarray:
-  """(N_test, num_classes) class probabilities of multinomial L2 logistic regression."""
+  """(N_test, num_classes) class probabilities of multinomial L2 logistic regression.
+
+  x_train, x_val, x_test: (N, F) finite features (x_val None = no selection, fixed defaults);
+  y_train, y_val: (N,) int class codes.
+  """
+  x_train, x_val, x_test = _checked(x_train, x_val, y_val, x_test)
   y_train = np.asarray(y_train, np.int64)
   if np.any((y_train < 0) | (y_train >= num_classes)):
     raise ValueError(
@@ -107,7 +120,10 @@ def c_index(time, event, risk) -> float:
 
 
 def fit_predict_cox(x_train, y_train, x_val, y_val, x_test, cfg: LinearConfig = LinearConfig()) -> np.ndarray:
-  """(N_test,) risk scores (linear predictor) of an elastic-net Cox model (Coxnet)."""
+  """(N_test,) risk scores (linear predictor; higher = shorter survival) of an elastic-net Cox
+  model (Coxnet). x_*: (N, F) finite features (x_val None = fixed defaults); y_*: the pair
+  (time (N,), event (N,))."""
+  x_train, x_val, x_test = _checked(x_train, x_val, y_val, x_test)
   time, event = _survival_arrays(y_train)
   x_train, x_val, x_test = _scaled(x_train, x_val, x_test)
   grid = cfg.alpha_grid if x_val is not None else (cfg.default_alpha,)
@@ -138,28 +154,3 @@ def _fit_coxnet_path(x, y, grid: Sequence[float], cfg: LinearConfig):
           f"{x.shape[0]} patients x {x.shape[1]} features: {e}"
         ) from e
       alphas = alphas[:-1]
-
-
-def fit_predict_linear(
-  task: str, x_train, y_train, x_val, y_val, x_test, cfg: LinearConfig = LinearConfig()
-) -> np.ndarray:
-  """The classical reference for `task`.
-
-  Args:
-    task: 'grading' | 'diagnosis' | 'subtype' (class codes in y) or 'survival'.
-    x_train, x_val, x_test: (N, F) finite features (x_val None = no selection, fixed defaults).
-    y_train, y_val: (N,) int class codes, or for survival a pair (time (N,), event (N,)).
-
-  Returns:
-    (N_test, K) probabilities for classification; (N_test,) risk (higher = shorter survival).
-  """
-  x_train, x_test = _check_x("x_train", x_train), _check_x("x_test", x_test)
-  if x_val is not None:
-    x_val = _check_x("x_val", x_val)
-    if y_val is None:
-      raise ValueError("x_val given without y_val")
-  if task == "survival":
-    return fit_predict_cox(x_train, y_train, x_val, y_val, x_test, cfg)
-  if task not in labels.TASK_NUM_CLASSES:
-    raise ValueError(f"unknown task {task!r}; expected one of {sorted(labels.TASK_NUM_CLASSES)}")
-  return fit_predict_logistic(x_train, y_train, x_val, y_val, x_test, labels.TASK_NUM_CLASSES[task], cfg)

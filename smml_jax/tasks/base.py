@@ -94,6 +94,11 @@ class Task(abc.ABC):
     """What a classical model fits: (n,) class codes, or the pair (time (n,), event (n,))."""
 
   @abc.abstractmethod
+  def fit_predict_linear(self, x_train, y_train, x_val, y_val, x_test) -> np.ndarray:
+    """The classical reference (`models.linear`) fitted on (N, F) features and `outcome`s:
+    (N_test, K) class probabilities, or (N_test,) risk (higher = shorter survival)."""
+
+  @abc.abstractmethod
   def loss(
     self, logits: Array, batch: Mapping[str, Array], mask: Optional[Array] = None, class_weights: Optional[Array] = None
   ) -> Array:

@@ -10,6 +10,7 @@ import numpy as np
 
 from smml_jax.losses.classification import ORIGINAL_CLASS_WEIGHTS, class_weights_from_labels, weighted_cross_entropy
 from smml_jax.losses.distillation import softmax_kd
+from smml_jax.models import linear
 from smml_jax.metrics.evaluation import classification_metrics
 from smml_jax.tasks.base import CLASS_NAMES, CLASS_WEIGHT_MODES, Task, _valid, softmax
 
@@ -66,6 +67,9 @@ class Classification(Task):
 
   def outcome(self, truth):
     return np.asarray(truth[self.label_field])
+
+  def fit_predict_linear(self, x_train, y_train, x_val, y_val, x_test):
+    return linear.fit_predict_logistic(x_train, y_train, x_val, y_val, x_test, self.num_classes)
 
   def loss(self, logits, batch, mask=None, class_weights=None):
     weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)

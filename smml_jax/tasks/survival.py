@@ -12,6 +12,7 @@ from smml_jax.data.labels import assign_survival_bins, fit_survival_cuts
 from smml_jax.losses.distillation import sigmoid_kd
 from smml_jax.losses.survival import hazards_from_logits, risk_from_logits, survival_curve, survival_nll
 from smml_jax.metrics.cindex import concordance
+from smml_jax.models import linear
 from smml_jax.metrics.evaluation import survival_metrics
 from smml_jax.tasks.base import CLASS_WEIGHT_MODES, Task, _valid, pred_bin, survival_outputs
 
@@ -76,6 +77,9 @@ class Survival(Task):
 
   def outcome(self, truth):
     return np.asarray(truth["surv_time"]), np.asarray(truth["event"])
+
+  def fit_predict_linear(self, x_train, y_train, x_val, y_val, x_test):
+    return linear.fit_predict_cox(x_train, y_train, x_val, y_val, x_test)
 
   def loss(self, logits, batch, mask=None, class_weights=None):
     del class_weights
