@@ -15,10 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from smml_jax.models.branch import SubspaceBranch
 from smml_jax.models.layers import TorchDense
 from smml_jax.models.outputs import ModelOutput
-from smml_jax.models.subspace_net import SubspaceConfig
+from smml_jax.models.subspace_net import SubspaceConfig, fuse_subspaces
 
 
 def tissue_mean(patches: jax.Array) -> jax.Array:
@@ -64,26 +63,6 @@ class SubspaceStudent(nn.Module):
     chex.assert_rank(patches, 3)
     pooled = tissue_mean(patches)
     predictor = lambda name: GenePredictor(cfg.branch.dim, self.predictor_hidden, cfg.snn_dropout, name=name)
-    branch = lambda name: SubspaceBranch(cfg.branch, self.dtype, name=name)
-    head = lambda name: TorchDense(cfg.num_classes, name=name)
-
     gene_t = predictor("gene_predictor_tumour")(pooled, train=train)
     gene_m = predictor("gene_predictor_micro")(pooled, train=train)
-    embed_t, grid_t, mass_t = branch("branch_tumour")(patches, gene_t, train=train)
-    embed_m, grid_m, mass_m = branch("branch_micro")(patches, gene_m, train=train)
-    embed_t, embed_m = embed_t.astype(jnp.float32), embed_m.astype(jnp.float32)
-    features = jnp.concatenate([embed_t, embed_m], axis=-1)
-    return ModelOutput(
-      logits=head("classifier")(features),
-      logits_tumour=head("classifier_tumour")(embed_t),
-      logits_micro=head("classifier_micro")(embed_m),
-      features=features,
-      embed_tumour=embed_t,
-      embed_micro=embed_m,
-      gene_tumour=gene_t,
-      gene_micro=gene_m,
-      grid_tumour=grid_t,
-      grid_micro=grid_m,
-      attn_tumour=mass_t,
-      attn_micro=mass_m,
-    )
+    return fuse_subspaces(cfg, self.dtype, patches, gene_t, gene_m, train=train)

@@ -82,21 +82,35 @@ class SubspaceNet(nn.Module):
 
     gene_t = gene_embedding("snn_tumour", batch["genes_tumour"])
     gene_m = gene_embedding("snn_micro", batch["genes_micro"])
-    embed_t, grid_t, mass_t = branch("branch_tumour")(patches, gene_t, train=train)
-    embed_m, grid_m, mass_m = branch("branch_micro")(patches, gene_m, train=train)
-    embed_t, embed_m = embed_t.astype(jnp.float32), embed_m.astype(jnp.float32)
-    features = jnp.concatenate([embed_t, embed_m], axis=-1)
-    return ModelOutput(
-      logits=head("classifier")(features),
-      logits_tumour=head("classifier_tumour")(embed_t),
-      logits_micro=head("classifier_micro")(embed_m),
-      features=features,
-      embed_tumour=embed_t,
-      embed_micro=embed_m,
-      gene_tumour=gene_t,
-      gene_micro=gene_m,
-      grid_tumour=grid_t,
-      grid_micro=grid_m,
-      attn_tumour=mass_t,
-      attn_micro=mass_m,
-    )
+    return fuse_subspaces(cfg, self.dtype, patches, gene_t, gene_m, train=train)
+
+
+def fuse_subspaces(
+  cfg: SubspaceConfig, dtype: jnp.dtype, patches: jax.Array, gene_t: jax.Array, gene_m: jax.Array, *, train: bool
+) -> ModelOutput:
+  """The two histology branches guided by their gene embeddings, the fused classifier and the
+  per-subspace ones. Called inside a compact `__call__` (the submodules and their names,
+  `branch_tumour`, `classifier`, ..., belong to the caller).
+
+  patches: (B, N, D); gene_t, gene_m: (B, dim) gene embeddings (encoded or predicted).
+  """
+  branch = lambda name: SubspaceBranch(cfg.branch, dtype, name=name)
+  head = lambda name: TorchDense(cfg.num_classes, name=name)
+  embed_t, grid_t, mass_t = branch("branch_tumour")(patches, gene_t, train=train)
+  embed_m, grid_m, mass_m = branch("branch_micro")(patches, gene_m, train=train)
+  embed_t, embed_m = embed_t.astype(jnp.float32), embed_m.astype(jnp.float32)
+  features = jnp.concatenate([embed_t, embed_m], axis=-1)
+  return ModelOutput(
+    logits=head("classifier")(features),
+    logits_tumour=head("classifier_tumour")(embed_t),
+    logits_micro=head("classifier_micro")(embed_m),
+    features=features,
+    embed_tumour=embed_t,
+    embed_micro=embed_m,
+    gene_tumour=gene_t,
+    gene_micro=gene_m,
+    grid_tumour=grid_t,
+    grid_micro=grid_m,
+    attn_tumour=mass_t,
+    attn_micro=mass_m,
+  )
