@@ -37,9 +37,8 @@ CHIPS = {"v5e": (197e12, 819e9, 16 * 2**30), "v5p": (459e12, 2765e9, 95 * 2**30)
 # MXU side (a weight-stationary systolic array of MXU x MXU): 128 on v5e and v5p, 256 on v6e
 # (Trillium), https://cloud.google.com/tpu/docs/v6e ("System architecture").
 MXU = {"v5e": 128, "v5p": 128, "v6e": 256}
-# bf16 passes of a float32 matmul at Precision.HIGHEST (XLA's bf16_6x on TPU); assumed for Mosaic.
-# The Pallas kernels compiled for TPU round float32 operands to bf16 (one pass) unless `exact`.
-F32_PASSES = 6
+# The Pallas kernels compiled for TPU round float32 matmul operands to bf16 (one pass, as XLA's
+# default precision does) unless `exact`: the MXU model counts one pass in both dtypes.
 
 SIDE, KEYS, GROUPS, HEADS, DIM_HEAD, CPB_WIDTHS = 50, 144, 8, 8, 64, (2, 32, 32, 1)
 
