@@ -37,13 +37,13 @@ CHIPS = {"v5e": (197e12, 819e9, 16 * 2**30), "v5p": (459e12, 2765e9, 95 * 2**30)
 # MXU side (a weight-stationary systolic array of MXU x MXU): 128 on v5e and v5p, 256 on v6e
 # (Trillium), https://cloud.google.com/tpu/docs/v6e ("System architecture").
 MXU = {"v5e": 128, "v5p": 128, "v6e": 256}
-# bf16 passes of a float32 matmul at Precision.HIGHEST (XLA's bf16_6x on TPU); assumed for Mosaic.
-F32_PASSES = 6
+# The Pallas kernels compiled for TPU round float32 matmul operands to bf16 (one pass, as XLA's
+# default precision does) unless `exact`: the MXU model counts one pass in both dtypes.
 
 SIDE, KEYS, GROUPS, HEADS, DIM_HEAD, CPB_WIDTHS = 50, 144, 8, 8, 64, (2, 32, 32, 1)
 
 
-def _attention_step(path, dtype, mesh, per_chip_batch):
+def _attention_step(path, dtype, mesh, per_chip_batch, chip):
   """(jitted step, abstract arguments) for one attention block's loss + gradient."""
   import jax
   import jax.numpy as jnp
@@ -51,8 +51,10 @@ def _attention_step(path, dtype, mesh, per_chip_batch):
   from jax.sharding import PartitionSpec as P
 
   from smml_jax.models.deform_attention import DeformAttentionConfig
+  from smml_jax.ops import pallas_attention_mlp as mlp
   from smml_jax.ops.attention import cpb_attention
   from smml_jax.ops.cpb import query_positions
+  from smml_jax.ops.pallas_attention import pallas_cpb_attention
 
   n = SIDE * SIDE
   if path in ("fused", "fused-tile"):
@@ -67,19 +69,13 @@ def _attention_step(path, dtype, mesh, per_chip_batch):
   chips = mesh.devices.size
 
   def loss(q, k, v, pos_k, params, rng):
-    out, mass = cpb_attention(
-      q,
-      k,
-      v,
-      pos_q,
-      pos_k,
-      params,
-      dropout_rate=0.1,
-      dropout_rng=rng,
-      implementation=impl,
-      query_tile=tile,
-      cpb_dtype=dtype,
-    )
+    args = (q, k, v, pos_q, pos_k, params)
+    if impl == "pallas":  # packed for this chip's MXU
+      pack = mlp.pack_for(MXU[chip], CPB_WIDTHS)
+      fn = lambda *a, **kw: pallas_cpb_attention(*a, mxu_pack=pack, **kw)
+    else:
+      fn = lambda *a, **kw: cpb_attention(*a, implementation=impl, **kw)
+    out, mass = fn(*args, dropout_rate=0.1, dropout_rng=rng, query_tile=tile, cpb_dtype=dtype)
     return jnp.sum(out.astype(jnp.float32) ** 2) + jnp.sum(mass**2)
 
   def per_chip(q, k, v, pos_k, params, rng):
@@ -107,7 +103,7 @@ def _attention_step(path, dtype, mesh, per_chip_batch):
   return step, args, tile
 
 
-def _model_step(path, dtype, mesh, per_chip_batch):
+def _model_step(path, dtype, mesh, per_chip_batch, chip):
   """(jitted step, abstract arguments) for the subspace model's loss + gradient."""
   import dataclasses
 
@@ -169,7 +165,8 @@ def measure(what, path, dtype_name, topology_name, per_chip_batch):
   mesh = topologies.make_mesh(topology, (chips,), ("data",))
   dtype = jnp.dtype(dtype_name)
   build = _attention_step if what == "attention" else _model_step
-  step, args, tile = build(path, dtype, mesh, per_chip_batch)
+  chip = topology_name.split(":")[0]
+  step, args, tile = build(path, dtype, mesh, per_chip_batch, chip)
   record = dict(
     what=what,
     topology=topology_name,
@@ -217,24 +214,30 @@ def measure(what, path, dtype_name, topology_name, per_chip_batch):
 
 def _mxu_estimate(chip, dtype, per_chip_batch, tile, flops, nbytes):
   """The roofline with the CPB MLP's hidden matmuls timed by MXU weight-tile passes
-  (`pallas_attention_mlp.mxu_passes_per_pair`) rather than FLOPs at peak: a 32 x 32 layer fills
-  1/16 of a 128 x 128 MXU. `est_mxu_step_s` adds that time to the counted FLOPs at peak (which
-  count the hidden layers once more: conservative); `roofline_fraction` = counted FLOPs at peak
-  / est_mxu_step_s (the HBM side is far from binding)."""
-  import jax.numpy as jnp
-
+  (`pallas_attention_mlp.mxu_passes_per_pair`, the packed kernel's passes) rather than FLOPs at
+  peak: a 32-wide layer fills at most 1/4 of a 128 x 128 MXU, packed or not. `est_mxu_step_s`
+  adds that time to the counted FLOPs at peak (which count the hidden layers once more:
+  conservative); `roofline_fraction` = counted (useful) FLOPs at peak / est_mxu_step_s (the HBM
+  side is far from binding). The kernels compiled for TPU take one bf16 pass per matmul in
+  float32 too (`pallas_cpb_attention(exact=None)`)."""
   from smml_jax.ops import pallas_attention_mlp as mlp
+  from smml_jax.ops.pallas_attention import keeps_hidden
 
   peak_flops, hbm_bw, _ = CHIPS[chip]
   mxu = MXU[chip]
   pairs = per_chip_batch * GROUPS * -(-SIDE * SIDE // tile) * tile * KEYS
-  passes = mlp.mxu_passes_per_pair(CPB_WIDTHS, mxu)
-  passes *= F32_PASSES if jnp.dtype(dtype) == jnp.float32 else 1
+  pack = mlp.packing(mlp.pack_for(mxu, CPB_WIDTHS), mlp.key_steps(KEYS)[0], tile)
+  hidden_bytes = mlp.hidden_scratch_bytes(CPB_WIDTHS, pack, KEYS, tile, dtype)
+  keep_hidden = keeps_hidden(CPB_WIDTHS, pack, KEYS, tile, dtype)
+  passes = mlp.mxu_passes_per_pair(CPB_WIDTHS, mxu, pack, keep_hidden)
   pushes_per_s = peak_flops / (2 * mxu * mxu)
   mxu_s = pairs * passes / pushes_per_s
   est = max(mxu_s + flops / peak_flops, nbytes / hbm_bw)
   return dict(
     mxu=mxu,
+    mxu_pack=pack,
+    keep_hidden=keep_hidden,
+    hidden_vmem_mb=round(hidden_bytes / 2**20, 2),
     mxu_passes_per_pair=passes,
     mlp_mxu_s=round(mxu_s, 5),
     est_mxu_step_s=round(est, 5),

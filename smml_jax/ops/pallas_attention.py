@@ -4,13 +4,15 @@ One grid step handles one (batch row, offset group, tile of T queries) against a
 of that group (M is small: 144 on the original's 50 x 50 grid), so the softmax needs no online
 rescaling. The tile is transposed, keys on sublanes and queries on lanes
 (`pallas_attention_kernels`), and the CPB MLP runs lane-major on R keys x T queries at a time,
-pairs along lanes and hidden units on sublanes (`pallas_attention_mlp`): every hidden unit of
-every pair is computed once, and the (pairs, hidden) activations never reach HBM.
+pairs along lanes and hidden units on sublanes, `mxu_pack` lane slices of pairs stacked against
+a block-diagonal kron(I, W^T) so a pass of the MXU carries several slices
+(`pallas_attention_mlp`); the (pairs, hidden) activations never reach HBM.
 
 The backward pass (`jax.custom_vjp`, its own pallas_call) keeps nothing from the forward one but
-the inputs: it recomputes the bias and the probabilities, runs the attention backward, then the
-MLP backward (its forward recomputed), accumulating the weight gradients, dk, dv and d pos_k over
-the query tiles of a (batch row, group) in resident output blocks.
+the inputs: it recomputes the bias (keeping the tile's packed hidden activations in VMEM when
+they fit `HIDDEN_VMEM_BYTES`) and the probabilities, runs the attention backward, then the MLP
+backward, accumulating the weight gradients, dk, dv and d pos_k over the query tiles of a
+(batch row, group) in resident output blocks.
 
 Dropout uses the mask `reference` draws (bernoulli over the (B, H, N, M) probabilities), passed
 transposed as int8, so the kernel equals `reference` in law and, for one key, in value.
@@ -34,6 +36,10 @@ from smml_jax.ops.cpb import CPBParams
 
 DEFAULT_QUERY_TILE = 256
 TILE_MULTIPLE = 128  # queries lie on lanes: a tile is a multiple of 128 (or all N queries)
+# VMEM for the backward kernel's hidden activations (4.7 MB per hidden layer at the full shape
+# in float32, 256-query tiles): under v5e's 16 MiB default scoped VMEM with the tile's other
+# buffers; past it the backward recomputes them.
+HIDDEN_VMEM_BYTES = 10 * 2**20
 PLATFORMS = ("tpu",)  # platforms with a compiled kernel; others only interpret
 
 
@@ -52,31 +58,16 @@ def why_unavailable(platform: str) -> Optional[str]:
   )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11))
-def _attention(qg, kg, vg, posqt, posk, keep_t, w_mats, n, tile, dropout_rate, cpb_dtype, interpret):
-  return kernels.forward_call(
-    qg,
-    kg,
-    vg,
-    posqt,
-    posk,
-    keep_t,
-    w_mats,
-    n=n,
-    tile=tile,
-    dropout_rate=dropout_rate,
-    cpb_dtype=cpb_dtype,
-    interpret=interpret,
-  )
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _attention(qg, kg, vg, posqt, posk, keep_t, w_mats, cfg):
+  return kernels.forward_call(qg, kg, vg, posqt, posk, keep_t, w_mats, cfg)
 
 
-def _attention_fwd(qg, kg, vg, posqt, posk, keep_t, w_mats, n, tile, dropout_rate, cpb_dtype, interpret):
+def _attention_fwd(qg, kg, vg, posqt, posk, keep_t, w_mats, cfg):
   values = [x.value for x in (qg, kg, vg, posqt, posk)]
   keep_value = None if keep_t is None else keep_t.value
   w_values = [x.value for x in w_mats]
-  outputs = kernels.forward_call(
-    *values, keep_value, w_values, n=n, tile=tile, dropout_rate=dropout_rate, cpb_dtype=cpb_dtype, interpret=interpret
-  )
+  outputs = kernels.forward_call(*values, keep_value, w_values, cfg)
   # pos_q is a constant lattice in the model: its gradient is computed only when something
   # differentiates through it.
   with_posq = () if posqt.perturbed else None
@@ -89,7 +80,7 @@ def _materialise(cotangent, like):
   return cotangent
 
 
-def _attention_bwd(n, tile, dropout_rate, cpb_dtype, interpret, residuals, cotangents):
+def _attention_bwd(cfg, residuals, cotangents):
   values, keep_t, w_mats, with_posq = residuals
   qg, kg, vg, posqt, posk = values
   g_out = _materialise(cotangents[0], qg.astype(vg.dtype))
@@ -104,14 +95,11 @@ def _attention_bwd(n, tile, dropout_rate, cpb_dtype, interpret, residuals, cotan
     w_mats,
     g_out.astype(vg.dtype),
     g_mass.astype(jnp.float32)[..., None],
-    n=n,
-    tile=tile,
-    dropout_rate=dropout_rate,
-    cpb_dtype=cpb_dtype,
+    cfg,
     with_posq=with_posq is not None,
-    interpret=interpret,
   )
   g_q, g_k, g_v, g_posk = grads[:4]
+  # in `pack_layers`' layout: its autodiff folds the packed blocks back onto the MLP's weights
   g_w = [g.sum(axis=(0, 1)).astype(w.dtype) for g, w in zip(grads[4 : 4 + len(w_mats)], w_mats)]
   if with_posq is not None:
     g_posqt = grads[-1].sum(axis=(0, 1))
@@ -129,6 +117,16 @@ def _attention_bwd(n, tile, dropout_rate, cpb_dtype, interpret, residuals, cotan
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd, symbolic_zeros=True)
+
+
+def mlp_widths(cpb_params: CPBParams) -> tuple[int, ...]:
+  """(D, w1, ..., o) of a CPB MLP."""
+  return tuple(int(w.shape[0]) for w, _ in cpb_params) + (int(cpb_params[-1][0].shape[1]),)
+
+
+def keeps_hidden(widths, pack: int, m: int, tile: int, cpb_dtype) -> bool:
+  """Whether the backward kernel keeps its tile's hidden activations in VMEM (else recomputes)."""
+  return mlp.hidden_scratch_bytes(widths, pack, m, tile, cpb_dtype) <= HIDDEN_VMEM_BYTES
 
 
 def query_tile_for(query_tile: int, n: int) -> int:
@@ -156,6 +154,8 @@ def pallas_cpb_attention(
   softmax_dtype=jnp.float32,
   cpb_dtype=jnp.float32,
   interpret: Optional[bool] = None,
+  exact: Optional[bool] = None,
+  mxu_pack: int = mlp.DEFAULT_PACK,
 ) -> tuple[jax.Array, jax.Array]:
   """softmax(q k^T + CPB(pos_q - pos_k)) v and the key mass, as `ops.attention.cpb_attention`.
 
@@ -169,6 +169,15 @@ def pallas_cpb_attention(
     cpb_dtype: dtype of the MLP's matmul inputs (float32 or bfloat16); accumulation is float32.
     interpret: run in Pallas' interpreter (any backend); None: compiled on TPU, interpreted
       elsewhere (chosen at lowering, by the platform the computation is compiled for).
+    exact: float32 matmul operands at `Precision.HIGHEST` (several MXU passes on a TPU); False:
+      rounded to bfloat16 for one pass, as XLA's default precision treats float32 dots on a TPU
+      (`fused` there). None: the platform's default, chosen with `interpret`: one pass when
+      compiled for TPU, HIGHEST when interpreted (where the parity tests hold it to 1e-5).
+      bfloat16 operands (`cpb_dtype`, q, k, v in bfloat16) take one pass either way.
+    mxu_pack: the bias MLP's hidden layers are evaluated for this many lane slices of pairs at
+      once, as kron(I_pack, W^T) (`pallas_attention_mlp`): MXU side / hidden width, 4 for the
+      original's 32 units on a 128 x 128 MXU (v5e, v5p; `pallas_attention_mlp.pack_for`), 8 on
+      v6e's 256 x 256. Reduced to divide the pairs of an MLP step.
 
   Returns:
     out (B, H, N, Dh) in v's dtype and the attention mass per key (B, H, M) float32, pre-dropout.
@@ -199,14 +208,21 @@ def pallas_cpb_attention(
     keep_t = jnp.swapaxes(keep.reshape(b, groups, heads, n, m), 3, 4).astype(jnp.int8)
   else:
     dropout_rate = 0.0
-  w_mats = mlp.pack_layers(cpb_params, cpb_dtype)
-  static = (n, tile, float(dropout_rate), jnp.dtype(cpb_dtype))
+  if mxu_pack < 1:
+    raise ValueError(f"mxu_pack must be a positive integer (MXU side / hidden width); got {mxu_pack}")
+  pack = mlp.packing(mxu_pack, mlp.key_steps(m)[0], tile)
+  w_mats = mlp.pack_layers(cpb_params, cpb_dtype, pack)
+  keep_hidden = keeps_hidden(mlp_widths(cpb_params), pack, m, tile, cpb_dtype)
+  cfg = lambda interpret, exact: kernels.Config(
+    n, tile, float(dropout_rate), jnp.dtype(cpb_dtype), pack, keep_hidden, exact, interpret
+  )
   args = (qg, kg, vg, posqt, posk, keep_t, w_mats)
   if interpret is None:
+    compiled, interpreted = cfg(False, bool(exact)), cfg(True, exact is None or exact)
     out, mass = jax.lax.platform_dependent(
-      *args, tpu=lambda *a: _attention(*a, *static, False), default=lambda *a: _attention(*a, *static, True)
+      *args, tpu=lambda *a: _attention(*a, compiled), default=lambda *a: _attention(*a, interpreted)
     )
   else:
-    out, mass = _attention(*args, *static, interpret)
+    out, mass = _attention(*args, cfg(interpret, bool(interpret) if exact is None else exact))
   out = out.reshape(b, h, n, dh)
   return out, mass.reshape(b, h, m)
