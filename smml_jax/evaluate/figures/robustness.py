@@ -19,13 +19,13 @@ def robustness_figure(
   """The figure (not saved).
 
   Args:
-    curve: (percent without expression, mean, std) per point, std over seeds (NaN: no bar).
+    curve: (percent without expression, mean, std) per point, std over its runs (NaN: no bar).
     references: {model: (mean, std)}: a horizontal line at the mean and a band of ± std.
     ylabel: the metric's axis label.
   """
   fig, ax = plt.subplots(figsize=(4.8, 3.4))
   x, mean, std = (np.asarray(v, np.float64) for v in zip(*curve)) if curve else ([], [], [])
-  ax.errorbar(x, mean, yerr=np.nan_to_num(std), marker="o", capsize=3, label="subspace (mean ± std over seeds)")
+  ax.errorbar(x, mean, yerr=np.nan_to_num(std), marker="o", capsize=3, label="subspace (mean ± std over runs)")
   colors = plt.get_cmap("tab10")(np.arange(1, len(references) + 1))
   for (name, (m, s)), color in zip(references.items(), colors):
     ax.axhline(m, color=color, linestyle="--", linewidth=1.2, label=f"{name} (slides only)")
