@@ -15,9 +15,9 @@ the query tiles of a (batch row, group) in resident output blocks.
 Dropout uses the mask `reference` draws (bernoulli over the (B, H, N, M) probabilities), passed
 transposed as int8, so the kernel equals `reference` in law and, for one key, in value.
 
-Targets: TPU (Mosaic). Anywhere else the same kernels run in Pallas' interpreter (`interpret`),
-which is how CPU tests check them; a GPU (Triton / Mosaic GPU) kernel is not written: on a GPU
-host `pallas` is refused with a clear error (use `fused`), see `why_unavailable`.
+Targets: TPU (Mosaic); on CUDA GPUs the Triton kernels of `pallas_attention_gpu` (same function,
+chosen at lowering). Anywhere else the TPU kernels run in Pallas' interpreter (`interpret`), which
+is how CPU tests check them; see `why_unavailable`.
 """
 
 from __future__ import annotations
@@ -28,27 +28,24 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from smml_jax.ops import pallas_attention_kernels as kernels
+from smml_jax.ops import pallas_attention_gpu, pallas_attention_kernels as kernels
 from smml_jax.ops import pallas_attention_mlp as mlp
 from smml_jax.ops.cpb import CPBParams
 
 DEFAULT_QUERY_TILE = 256
 TILE_MULTIPLE = 128  # queries lie on lanes: a tile is a multiple of 128 (or all N queries)
-PLATFORMS = ("tpu",)  # platforms with a compiled kernel; others only interpret
+PLATFORMS = ("tpu", "gpu", "cuda")  # platforms with a compiled kernel; others only interpret
 
 
 def why_unavailable(platform: str) -> Optional[str]:
   """None when `pallas` compiles for `platform` ("tpu", "gpu", "cpu"), else the reason."""
   if platform in PLATFORMS:
     return None
-  if platform in ("gpu", "cuda", "rocm"):
-    return (
-      "the Pallas CPB-attention kernel is written for TPU (Mosaic) only; there is no "
-      "Triton / Mosaic GPU kernel yet: use attention_impl 'fused' on GPU"
-    )
+  if platform == "rocm":
+    return "the Pallas CPB-attention GPU kernel is lowered and checked for CUDA only: use 'fused' on ROCm"
   return (
-    f"the Pallas CPB-attention kernel compiles for TPU only, not {platform!r}; on CPU it "
-    "runs in Pallas' interpreter (slow, for tests) and 'native' or 'fused' should be used"
+    f"the Pallas CPB-attention kernel compiles for TPU and CUDA GPUs only, not {platform!r}; on CPU "
+    "it runs in Pallas' interpreter (slow, for tests) and 'native' or 'fused' should be used"
   )
 
 
@@ -167,8 +164,9 @@ def pallas_cpb_attention(
     query_tile: queries per grid step, rounded up to a multiple of 128 (`query_tile_for`).
     softmax_dtype: must be float32 (the kernel's logits and probabilities are float32).
     cpb_dtype: dtype of the MLP's matmul inputs (float32 or bfloat16); accumulation is float32.
-    interpret: run in Pallas' interpreter (any backend); None: compiled on TPU, interpreted
-      elsewhere (chosen at lowering, by the platform the computation is compiled for).
+    interpret: run in Pallas' interpreter (any backend); None: compiled on TPU, the Triton
+      kernels (`pallas_attention_gpu`) on CUDA, interpreted elsewhere (chosen at lowering, by
+      the platform the computation is compiled for).
 
   Returns:
     out (B, H, N, Dh) in v's dtype and the attention mass per key (B, H, M) float32, pre-dropout.
@@ -203,8 +201,14 @@ def pallas_cpb_attention(
   static = (n, tile, float(dropout_rate), jnp.dtype(cpb_dtype))
   args = (qg, kg, vg, posqt, posk, keep_t, w_mats)
   if interpret is None:
+    gpu = lambda *_: pallas_attention_gpu.gpu_cpb_attention(
+      q, k, v, pos_q, pos_k, cpb_params, dropout_rate=dropout_rate, dropout_rng=dropout_rng, cpb_dtype=cpb_dtype
+    )
     out, mass = jax.lax.platform_dependent(
-      *args, tpu=lambda *a: _attention(*a, *static, False), default=lambda *a: _attention(*a, *static, True)
+      *args,
+      tpu=lambda *a: _attention(*a, *static, False),
+      cuda=lambda *a: tuple(x.reshape(y.shape) for x, y in zip(gpu(), (qg, kg[..., 0]))),
+      default=lambda *a: _attention(*a, *static, True),
     )
   else:
     out, mass = _attention(*args, *static, interpret)
