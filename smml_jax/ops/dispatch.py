@@ -21,7 +21,8 @@ ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "chunked", "fused", "native", 
 # What `auto` runs on a GPU or TPU. Stays "fused": the Pallas kernel's HBM traffic is ~4 % of
 # fused's, but its estimated roofline fraction on TPU is ~8 % (the CPB MLP's 32 x 32 matmul fills
 # 1/16 of a 128 x 128 MXU), not the >= 40 % that would justify a default never run on a TPU
-# (benchmarks/RESULTS_pallas.md). The one place to switch to "pallas".
+# (benchmarks/RESULTS_pallas.md); on a GPU the Triton kernels (`pallas_attention_gpu`) have never
+# been compiled or timed (benchmarks/gpu_check.sh measures them). The one place to switch to "pallas".
 ACCELERATOR_ATTENTION = "fused"
 NATIVE_PLATFORMS = ("cpu",)
 

@@ -161,7 +161,8 @@ def pallas_cpb_attention(
     pos_q: (N, D) query positions; pos_k: (B, G, M, D) sampled key positions.
     cpb_params: CPB MLP, at least one hidden layer, last layer with o outputs.
     dropout_rate, dropout_rng: attention dropout (the mask `reference` draws); None disables it.
-    query_tile: queries per grid step, rounded up to a multiple of 128 (`query_tile_for`).
+    query_tile: queries per TPU grid step, rounded up to a multiple of 128 (`query_tile_for`);
+      the GPU kernels use their own register blocks (`pallas_attention_gpu.BLOCK_Q`).
     softmax_dtype: must be float32 (the kernel's logits and probabilities are float32).
     cpb_dtype: dtype of the MLP's matmul inputs (float32 or bfloat16); accumulation is float32.
     interpret: run in Pallas' interpreter (any backend); None: compiled on TPU, the Triton
