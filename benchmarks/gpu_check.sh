@@ -5,11 +5,13 @@
 #
 # 1. installs the CUDA build of the jax version in use (jax[cuda12]==<installed jax>);
 # 2. checks every attention path that runs on the GPU against `reference` on the GPU, values and
-#    all gradients (benchmarks/gpu_parity.py; float32 <= 1e-5 relative, bf16 CPB <= 3e-2). There
-#    is no Pallas GPU (Triton / Mosaic GPU) kernel yet: `pallas` is reported as refused, and
-#    `auto` runs `fused` on a GPU;
+#    all gradients (benchmarks/gpu_parity.py; float32 <= 1e-5 relative, bf16 CPB <= 3e-2),
+#    including `pallas`, the Pallas Triton kernels of smml_jax/ops/pallas_attention_gpu.py (their
+#    first compile to PTX and first run: on a CPU host they were only interpreted and lowered for
+#    `cuda`, tests/test_ops_pallas_gpu.py), which must appear as 2 Triton custom calls;
 # 3. measures the full-shape train step at batch 8, 32 and the largest batch that runs (doubling
-#    from 64 until a batch fails), float32 and bfloat16, `auto` and `fused`;
+#    from 64 until a batch fails), float32 and bfloat16, `auto` (= `fused` on a GPU until these
+#    rows say otherwise: dispatch.ACCELERATOR_ATTENTION), `fused` and `pallas`;
 # 4. appends the rows to benchmarks/RESULTS.md under a dated "GPU (gpu_check.sh)" heading and
 #    keeps the raw JSON lines in benchmarks/gpu_check.jsonl.
 # Exits non-zero (and writes no rows) when the parity check fails.
@@ -29,7 +31,7 @@ python -m benchmarks.gpu_parity | tee benchmarks/gpu_parity.jsonl
 OUT=benchmarks/gpu_check.jsonl
 : > "$OUT"
 for dtype in float32 bfloat16; do
-  for impl in auto fused; do
+  for impl in auto fused pallas; do
     python -m benchmarks.throughput --json --impl "$impl" --dtype "$dtype" --batch-sizes 8 32 \
       | tee -a "$OUT"
     b=64

@@ -13,7 +13,7 @@ of B * G * N * M positions with 32-wide hidden activations. Two implementations 
   one bit per hidden unit kept), the attention around it in XLA over all queries at once.
 * `pallas`: one Pallas kernel per (batch row, offset group, query tile) evaluating the bias MLP
   inside the attention tile, with a hand-written recomputing backward (`pallas_attention`); compiled
-  for TPU, interpreted elsewhere (tests), refused for GPU targets.
+  for TPU (Mosaic) and CUDA GPUs (Triton, `pallas_attention_gpu`), interpreted elsewhere (tests).
 * `auto`: by the platform the computation is compiled for (`ops/dispatch.py`): `native` on the CPU
   where it is available (the original's MLP shape, float32, a C++ compiler), else `fused`.
 """
@@ -84,7 +84,7 @@ def cpb_attention(
     dropout_rng: PRNG key; None disables dropout.
     implementation: "reference" (materialised), "chunked" (query tiles, rematerialised),
       "fused" (query tiles, hand-written backward), "native" (CPU kernels for the bias),
-      "pallas" (TPU kernel, `pallas_attention`) or "auto" (by `platform`: "native" on the CPU
+      "pallas" (TPU / GPU kernels, `pallas_attention`) or "auto" (by `platform`: "native" on the CPU
       where available, else "fused").
     query_tile: queries per tile for "chunked", "fused" and "pallas".
     softmax_dtype: dtype of the logits entering the softmax (float32 under mixed precision).
@@ -106,8 +106,6 @@ def cpb_attention(
     raise ValueError(
       "attention implementation 'native' is unavailable: " + native_cpb.why_unavailable(cpb_params, cpb_dtype)
     )
-  if implementation == "pallas" and platform == "gpu":
-    raise ValueError("attention implementation 'pallas' is unavailable: " + pallas_attention.why_unavailable("gpu"))
   run = lambda impl: (
     lambda *a: _cpb_attention(
       impl, *a, dropout_rate=dropout_rate, query_tile=query_tile, softmax_dtype=softmax_dtype, cpb_dtype=cpb_dtype

@@ -18,11 +18,11 @@ from typing import Optional
 import numpy as np
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "chunked", "fused", "native", "pallas")
-# What `auto` runs on a GPU or TPU. Stays "fused": with the MLP packed for the MXU the Pallas
-# kernel is estimated 4-6x faster than fused on v5e (roofline fraction 24 %, bounded near 30 %
-# by the 32-wide hidden layer), but the trainer's step is partitioned by GSPMD and Mosaic kernels
-# cannot be: the default train step would not compile for a TPU until the kernel runs inside a
-# shard_map (benchmarks/RESULTS_pallas.md). The one place to switch to "pallas".
+# What `auto` runs on a GPU or TPU. Stays "fused". TPU: with the MLP packed for the MXU the
+# Pallas kernel is estimated 4-6x faster than fused on v5e (roofline fraction 24 %, bounded near
+# 30 % by the 32-wide hidden layer), but it has never run on a TPU (benchmarks/RESULTS_pallas.md).
+# GPU: the Triton kernels (`pallas_attention_gpu`) have never been compiled to PTX or timed
+# (benchmarks/gpu_check.sh measures them). The one place to switch to "pallas".
 ACCELERATOR_ATTENTION = "fused"
 NATIVE_PLATFORMS = ("cpu",)
 

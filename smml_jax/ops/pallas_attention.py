@@ -17,9 +17,9 @@ backward, accumulating the weight gradients, dk, dv and d pos_k over the query t
 Dropout uses the mask `reference` draws (bernoulli over the (B, H, N, M) probabilities), passed
 transposed as int8, so the kernel equals `reference` in law and, for one key, in value.
 
-Targets: TPU (Mosaic). Anywhere else the same kernels run in Pallas' interpreter (`interpret`),
-which is how CPU tests check them; a GPU (Triton / Mosaic GPU) kernel is not written: on a GPU
-host `pallas` is refused with a clear error (use `fused`), see `why_unavailable`.
+Targets: TPU (Mosaic); on CUDA GPUs the Triton kernels of `pallas_attention_gpu` (same function,
+chosen at lowering). Anywhere else the TPU kernels run in Pallas' interpreter (`interpret`), which
+is how CPU tests check them; see `why_unavailable`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from smml_jax.ops import pallas_attention_kernels as kernels
+from smml_jax.ops import pallas_attention_gpu, pallas_attention_kernels as kernels
 from smml_jax.ops import pallas_attention_mlp as mlp
 from smml_jax.ops.cpb import CPBParams
 
@@ -40,21 +40,18 @@ TILE_MULTIPLE = 128  # queries lie on lanes: a tile is a multiple of 128 (or all
 # in float32, 256-query tiles): under v5e's 16 MiB default scoped VMEM with the tile's other
 # buffers; past it the backward recomputes them.
 HIDDEN_VMEM_BYTES = 10 * 2**20
-PLATFORMS = ("tpu",)  # platforms with a compiled kernel; others only interpret
+PLATFORMS = ("tpu", "gpu", "cuda")  # platforms with a compiled kernel; others only interpret
 
 
 def why_unavailable(platform: str) -> Optional[str]:
   """None when `pallas` compiles for `platform` ("tpu", "gpu", "cpu"), else the reason."""
   if platform in PLATFORMS:
     return None
-  if platform in ("gpu", "cuda", "rocm"):
-    return (
-      "the Pallas CPB-attention kernel is written for TPU (Mosaic) only; there is no "
-      "Triton / Mosaic GPU kernel yet: use attention_impl 'fused' on GPU"
-    )
+  if platform == "rocm":
+    return "the Pallas CPB-attention GPU kernel is lowered and checked for CUDA only: use 'fused' on ROCm"
   return (
-    f"the Pallas CPB-attention kernel compiles for TPU only, not {platform!r}; on CPU it "
-    "runs in Pallas' interpreter (slow, for tests) and 'native' or 'fused' should be used"
+    f"the Pallas CPB-attention kernel compiles for TPU and CUDA GPUs only, not {platform!r}; on CPU "
+    "it runs in Pallas' interpreter (slow, for tests) and 'native' or 'fused' should be used"
   )
 
 
@@ -164,11 +161,13 @@ def pallas_cpb_attention(
     pos_q: (N, D) query positions; pos_k: (B, G, M, D) sampled key positions.
     cpb_params: CPB MLP, at least one hidden layer, last layer with o outputs.
     dropout_rate, dropout_rng: attention dropout (the mask `reference` draws); None disables it.
-    query_tile: queries per grid step, rounded up to a multiple of 128 (`query_tile_for`).
+    query_tile: queries per TPU grid step, rounded up to a multiple of 128 (`query_tile_for`);
+      the GPU kernels use their own register blocks (`pallas_attention_gpu.BLOCK_Q`).
     softmax_dtype: must be float32 (the kernel's logits and probabilities are float32).
     cpb_dtype: dtype of the MLP's matmul inputs (float32 or bfloat16); accumulation is float32.
-    interpret: run in Pallas' interpreter (any backend); None: compiled on TPU, interpreted
-      elsewhere (chosen at lowering, by the platform the computation is compiled for).
+    interpret: run in Pallas' interpreter (any backend); None: compiled on TPU, the Triton
+      kernels (`pallas_attention_gpu`) on CUDA, interpreted elsewhere (chosen at lowering, by
+      the platform the computation is compiled for).
     exact: float32 matmul operands at `Precision.HIGHEST` (several MXU passes on a TPU); False:
       rounded to bfloat16 for one pass, as XLA's default precision treats float32 dots on a TPU
       (`fused` there). None: the platform's default, chosen with `interpret`: one pass when
@@ -177,7 +176,7 @@ def pallas_cpb_attention(
     mxu_pack: the bias MLP's hidden layers are evaluated for this many lane slices of pairs at
       once, as kron(I_pack, W^T) (`pallas_attention_mlp`): MXU side / hidden width, 4 for the
       original's 32 units on a 128 x 128 MXU (v5e, v5p; `pallas_attention_mlp.pack_for`), 8 on
-      v6e's 256 x 256. Reduced to divide the pairs of an MLP step.
+      v6e's 256 x 256. Reduced to divide the pairs of an MLP step. TPU kernels only.
 
   Returns:
     out (B, H, N, Dh) in v's dtype and the attention mass per key (B, H, M) float32, pre-dropout.
@@ -219,8 +218,14 @@ def pallas_cpb_attention(
   args = (qg, kg, vg, posqt, posk, keep_t, w_mats)
   if interpret is None:
     compiled, interpreted = cfg(False, bool(exact)), cfg(True, exact is None or exact)
+    gpu = lambda *_: pallas_attention_gpu.gpu_cpb_attention(
+      q, k, v, pos_q, pos_k, cpb_params, dropout_rate=dropout_rate, dropout_rng=dropout_rng, cpb_dtype=cpb_dtype
+    )
     out, mass = jax.lax.platform_dependent(
-      *args, tpu=lambda *a: _attention(*a, compiled), default=lambda *a: _attention(*a, interpreted)
+      *args,
+      tpu=lambda *a: _attention(*a, compiled),
+      cuda=lambda *a: tuple(x.reshape(y.shape) for x, y in zip(gpu(), (qg, kg[..., 0]))),
+      default=lambda *a: _attention(*a, interpreted),
     )
   else:
     out, mass = _attention(*args, cfg(interpret, bool(interpret) if exact is None else exact))
