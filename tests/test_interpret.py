@@ -14,6 +14,11 @@ from smml_jax.losses.survival import risk_from_logits
 from smml_jax.tasks import get_task
 
 
+def _key(seed: int) -> jax.Array:
+  # RngBitGenerator keys: op by op, threefry keys make eager inits and draws compile ~2x longer on CPU.
+  return jax.random.key(seed, impl="rbg")
+
+
 def _nonlinear_model(key):
   """A small two-input nonlinear classifier: logits (B, 3) from genes_tumour (B, 5), genes_micro (B, 7)."""
   k1, k2, k3 = jax.random.split(key, 3)
@@ -30,9 +35,9 @@ def _nonlinear_model(key):
 
 @pytest.mark.parametrize("probability", [False, True])
 def test_integrated_gradients_completeness(probability):
-  key = jax.random.PRNGKey(0)
+  key = _key(0)
   fn = _nonlinear_model(key)
-  kx, kb = jax.random.split(jax.random.PRNGKey(1))
+  kx, kb = jax.random.split(_key(1))
   inputs = {"genes_tumour": jax.random.normal(kx, (4, 5)), "genes_micro": jax.random.normal(kb, (4, 7))}
   baselines = {"genes_tumour": jnp.full((5,), 0.3), "genes_micro": jnp.full((7,), -0.2)}  # a "mean"
   target_fn = interpret.class_target(fn(inputs).argmax(-1), probability=probability)
@@ -50,11 +55,8 @@ def test_integrated_gradients_completeness(probability):
 
 
 def test_integrated_gradients_jit_and_alpha_batches_agree():
-  fn = _nonlinear_model(jax.random.PRNGKey(2))
-  inputs = {
-    "genes_tumour": jax.random.normal(jax.random.PRNGKey(3), (3, 5)),
-    "genes_micro": jax.random.normal(jax.random.PRNGKey(4), (3, 7)),
-  }
+  fn = _nonlinear_model(_key(2))
+  inputs = {"genes_tumour": jax.random.normal(_key(3), (3, 5)), "genes_micro": jax.random.normal(_key(4), (3, 7))}
   target_fn = interpret.class_target(jnp.array([0, 1, 2]))
   full = interpret.integrated_gradients(fn, inputs, None, target_fn, steps=16)
   ig = jax.jit(
@@ -208,7 +210,7 @@ def test_model_gene_attributions_on_a_flax_model(survival):
     "genes_micro": jnp.asarray(rng.normal(size=(5, 9)), jnp.float32),
   }
   model = PlantedModel()
-  variables = model.init(jax.random.PRNGKey(0), batch)
+  variables = model.init(_key(0), batch)
   task = get_task("survival" if survival else "diagnosis")
   attr = interpret.model_gene_attributions(model.apply, variables, batch, task=task, steps=16)
   assert attr["genes_tumour"].shape == (5, 4) and attr["genes_micro"].shape == (5, 9)
@@ -225,8 +227,8 @@ def test_lattice_grid_is_the_attention_grid_without_offsets():
 
   cfg = DeformAttentionConfig(heads=2, dim_head=4, offset_groups=2, cpb_hidden=4, dropout=0.0)
   module = DeformCrossAttention(cfg)
-  x = jax.random.normal(jax.random.PRNGKey(0), (3, 8 * 8, 8))
-  params = module.init(jax.random.PRNGKey(1), x, x)["params"]
+  x = jax.random.normal(_key(0), (3, 8 * 8, 8))
+  params = module.init(_key(1), x, x)["params"]
   _, moved, _ = module.apply({"params": params}, x, x)
   params = jax.tree_util.tree_map(jnp.asarray, params)  # a copy to edit
   params["offset_proj"]["kernel"] = jnp.zeros_like(params["offset_proj"]["kernel"])
