@@ -124,7 +124,7 @@ def build_step(cfg: BenchConfig, mesh, *, abstract: bool = False):
     state = jax.eval_shape(init_state, key)
   else:
     state = sharding.replicate(jax.jit(init_state)(key), mesh)
-  return spec, make_train_step(spec, tx, loss_cfg), state
+  return spec, make_train_step(spec, tx, loss_cfg, mesh=mesh), state
 
 
 def build(cfg: BenchConfig, mesh=None):
@@ -132,6 +132,7 @@ def build(cfg: BenchConfig, mesh=None):
   devices of all processes); `cfg.batch` is the global batch, split over the mesh."""
   import jax
   from smml_jax.train import sharding
+  from smml_jax.train.steps import under_mesh
 
   mesh = mesh if mesh is not None else sharding.make_mesh()
   n = mesh.devices.size
@@ -140,7 +141,7 @@ def build(cfg: BenchConfig, mesh=None):
   spec, train_step, state = build_step(cfg, mesh)
   local = _synthetic_batch(cfg, cfg.batch // jax.process_count(), seed=jax.process_index())
   batch = sharding.shard_batch(local, mesh)
-  forward = jax.jit(lambda p, x: spec.module.apply({"params": p}, x, train=False).logits)
+  forward = jax.jit(under_mesh(lambda p, x: spec.module.apply({"params": p}, x, train=False).logits, mesh))
   return spec, train_step, forward, state, batch
 
 

@@ -89,3 +89,16 @@ def test_all_reduce_bytes_counts_sync_and_async_all_reduces_once():
     ]
   )
   assert aot.all_reduce_bytes(hlo) == 128 * 64 * 4 + 10 * 4 + 4 * 4 * 2
+
+
+@pytest.mark.slow  # ~20-40 s of CPU, minutes when loaded
+@needs_libtpu
+def test_pallas_train_step_compiles_for_a_v5e_slice():
+  # GSPMD cannot partition a Mosaic kernel: the trainer's step traces under its mesh, and the
+  # kernel runs per chip in a shard_map.
+  proc, records = _aot("--aot", "v5e:2x2", "--impl", "pallas", "--batch-sizes", "1", *SMALL)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (r,) = records
+  assert r["compiled"], r.get("error")
+  assert (r["attention_impl"], r["attention_path"], r["chips"]) == ("pallas", "pallas", 4)
+  assert r["temp_mb"] > 0 and r["gflops"] > 0

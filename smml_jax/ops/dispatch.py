@@ -18,11 +18,11 @@ from typing import Optional
 import numpy as np
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "chunked", "fused", "native", "pallas")
-# What `auto` runs on a GPU or TPU. Stays "fused". TPU: with the MLP packed for the MXU the
-# Pallas kernel is estimated 4-6x faster than fused on v5e (roofline fraction 24 %, bounded near
-# 30 % by the 32-wide hidden layer), but it has never run on a TPU (benchmarks/RESULTS_pallas.md).
-# GPU: the Triton kernels (`pallas_attention_gpu`) have never been compiled to PTX or timed
-# (benchmarks/gpu_check.sh measures them). The one place to switch to "pallas".
+# What `auto` runs on a GPU or TPU. Stays "fused". TPU: the Pallas kernel (MXU-packed, run per
+# shard under the trainer's mesh) is estimated faster than fused on v5e and uses 42-55 % less
+# temporary memory, but it has never run on a TPU and its float32 train step compiles ~4x slower
+# (benchmarks/RESULTS_pallas.md). GPU: the Triton kernels (`pallas_attention_gpu`) have never been
+# compiled to PTX or timed (benchmarks/gpu_check.sh measures them). The one place to switch.
 ACCELERATOR_ATTENTION = "fused"
 NATIVE_PLATFORMS = ("cpu",)
 

@@ -17,6 +17,10 @@ backward, accumulating the weight gradients, dk, dv and d pos_k over the query t
 Dropout uses the mask `reference` draws (bernoulli over the (B, H, N, M) probabilities), passed
 transposed as int8, so the kernel equals `reference` in law and, for one key, in value.
 
+Under a mesh (the trainer traces its GSPMD-partitioned step under its mesh,
+`train.steps.under_mesh`) the TPU kernels run per shard in a `jax.shard_map` over the batch
+(`_per_shard`): Mosaic kernels cannot be partitioned automatically.
+
 Targets: TPU (Mosaic); on CUDA GPUs the Triton kernels of `pallas_attention_gpu` (same function,
 chosen at lowering). Anywhere else the TPU kernels run in Pallas' interpreter (`interpret`), which
 is how CPU tests check them; see `why_unavailable`.
@@ -25,10 +29,12 @@ is how CPU tests check them; see `why_unavailable`.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from smml_jax.ops import pallas_attention_gpu, pallas_attention_kernels as kernels
 from smml_jax.ops import pallas_attention_mlp as mlp
@@ -133,6 +139,35 @@ def query_tile_for(query_tile: int, n: int) -> int:
   return n if tile >= n else tile
 
 
+def _per_shard(call, batch: int):
+  """`call` on (qg, kg, vg, posqt, posk, keep_t, w_mats), in a `jax.shard_map` over the batch
+  when traced under a mesh (`jax.sharding.use_abstract_mesh` / `jax.set_mesh`, as the trainer's
+  step is), since GSPMD cannot partition a Mosaic kernel. The batch splits over the mesh's axes
+  not already manual; pos_q and the MLP stay replicated, shard_map's transpose summing their
+  gradients over the shards. The dropout mask is drawn before, for the whole batch, so the
+  sharded call equals the unsharded one."""
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = tuple(a for a, t in zip(mesh.axis_names, mesh.axis_types) if t != jax.sharding.AxisType.Manual)
+  shards = math.prod(mesh.shape[a] for a in axes)
+  if shards == 1:
+    return call
+  if batch % shards:
+    raise ValueError(
+      f"pallas CPB attention under a mesh: a batch of {batch} does not split into the {shards} shards "
+      f"of the mesh axes {axes} (the kernel runs per shard); use a batch that is a multiple of {shards}"
+    )
+  rows, rep = PartitionSpec(axes), PartitionSpec()
+  # check_vma=False: pallas_call has no varying-manual-axes rule.
+  return jax.shard_map(
+    call,
+    mesh=mesh,
+    in_specs=(rows, rows, rows, rep, rows, rows, rep),
+    out_specs=(rows, rows),
+    axis_names=frozenset(axes),
+    check_vma=False,
+  )
+
+
 def _round_up(x: int, multiple: int) -> int:
   return -(-x // multiple) * multiple
 
@@ -218,16 +253,22 @@ def pallas_cpb_attention(
   args = (qg, kg, vg, posqt, posk, keep_t, w_mats)
   if interpret is None:
     compiled, interpreted = cfg(False, bool(exact)), cfg(True, exact is None or exact)
+    tpu = _per_shard(
+      lambda *a: jax.lax.platform_dependent(
+        *a, tpu=lambda *a: _attention(*a, compiled), default=lambda *a: _attention(*a, interpreted)
+      ),
+      b,
+    )
     gpu = lambda *_: pallas_attention_gpu.gpu_cpb_attention(
       q, k, v, pos_q, pos_k, cpb_params, dropout_rate=dropout_rate, dropout_rng=dropout_rng, cpb_dtype=cpb_dtype
     )
     out, mass = jax.lax.platform_dependent(
       *args,
-      tpu=lambda *a: _attention(*a, compiled),
       cuda=lambda *a: tuple(x.reshape(y.shape) for x, y in zip(gpu(), (qg, kg[..., 0]))),
-      default=lambda *a: _attention(*a, interpreted),
+      default=tpu,
     )
   else:
-    out, mass = _attention(*args, cfg(interpret, bool(interpret) if exact is None else exact))
+    call = lambda *a: _attention(*a, cfg(interpret, bool(interpret) if exact is None else exact))
+    out, mass = _per_shard(call, b)(*args)
   out = out.reshape(b, h, n, dh)
   return out, mass.reshape(b, h, m)

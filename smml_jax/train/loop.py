@@ -174,8 +174,8 @@ def train(
     run_dir.write_start(out_dir, config, exp.preprocessor.to_json(), cohort_record)
 
   schedule = epoch_schedule(dataclasses.replace(config.optim, epochs=config.train.epochs), steps_per_epoch)
-  train_step = make_train_step(exp.spec, tx, exp.loss_config, learning_rate=schedule, teacher=teacher)
-  eval_step = make_eval_step(exp.spec)
+  train_step = make_train_step(exp.spec, tx, exp.loss_config, learning_rate=schedule, teacher=teacher, mesh=exp.mesh)
+  eval_step = make_eval_step(exp.spec, mesh=exp.mesh)
   ckpts = RunCheckpoints(out_dir / run_dir.CHECKPOINTS_DIR, keep=keep_checkpoints)
   metric = selection_metric(config)
   history: list[dict] = []

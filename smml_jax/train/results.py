@@ -21,7 +21,7 @@ def is_main_process() -> bool:
 
 def predict(exp: Experiment, params, part: str, eval_step=None, progress: bool = False) -> dict[str, np.ndarray]:
   """Eval-mode outputs over a whole split, gathered on the host, padding removed."""
-  eval_step = eval_step or make_eval_step(exp.spec)
+  eval_step = eval_step or make_eval_step(exp.spec, mesh=exp.mesh)
   bs = global_batch(exp.config.train.eval_batch_size, exp.mesh)
   chunks: dict[str, list] = {}
   parts = batches(exp, part, bs)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from smml_jax.losses.consistency import batch_consistency_loss
 from smml_jax.losses.distillation import feature_matching
@@ -198,6 +199,7 @@ def make_train_step(
   cfg: LossConfig,
   learning_rate: Optional[optax.Schedule] = None,
   teacher: Any = None,
+  mesh: Optional[Mesh] = None,
 ):
   """(state, batch) -> (state, metrics); jit-compiled, the state buffers donated.
 
@@ -205,6 +207,7 @@ def make_train_step(
   coordinating, and `learning_rate` (the schedule at the step taken) when given.
   `teacher` (`train.teacher.Teacher`, with `cfg.distill`): its frozen params are an argument of
   the compiled step, its outputs computed inside it.
+  `mesh`: the mesh the batch is sharded over; the step is traced under it (`under_mesh`).
   """
   if teacher is not None and cfg.distill is None:
     raise ValueError("make_train_step: a teacher needs LossConfig.distill (its loss weights)")
@@ -237,14 +240,15 @@ def make_train_step(
       metrics["learning_rate"] = jnp.asarray(learning_rate(state.step), jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
-  compiled = jax.jit(step, donate_argnums=0)
+  compiled = jax.jit(under_mesh(step, mesh), donate_argnums=0)
   if teacher is None:
     return compiled
   return functools.partial(compiled, teacher_params=teacher.params)
 
 
-def make_eval_step(spec: ModelSpec):
-  """(params, batch) -> dict of fused and per-subspace logits (eval mode)."""
+def make_eval_step(spec: ModelSpec, mesh: Optional[Mesh] = None):
+  """(params, batch) -> dict of fused and per-subspace logits (eval mode); traced under `mesh`
+  (`under_mesh`) when given."""
 
   def step(params, batch):
     out = spec.module.apply({"params": params}, model_inputs(batch), train=False)
@@ -254,4 +258,19 @@ def make_eval_step(spec: ModelSpec):
         result[name] = getattr(out, name).astype(jnp.float32)
     return result
 
-  return jax.jit(step)
+  return jax.jit(under_mesh(step, mesh))
+
+
+def under_mesh(fn: Callable, mesh: Optional[Mesh]) -> Callable:
+  """`fn` traced with `mesh` as the abstract mesh in context (axes Auto: GSPMD still partitions
+  the step): ops GSPMD cannot partition, the Pallas attention's Mosaic kernels, run per shard in
+  a `jax.shard_map` over it (`ops/pallas_attention.py`). None: `fn` itself."""
+  if mesh is None:
+    return fn
+
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+
+  return traced
