@@ -111,7 +111,8 @@ def robustness_section(out, curve_cells, curve_auc, auc) -> list[str]:
     [(100 * f, a.mean(), a.std(ddof=1)) for f, a in curve_auc.items()],
     {m: (auc[m].mean(), auc[m].std(ddof=1)) for m in ("subspace-student", "abmil")},
     FIGURE,
-    ylabel="test AUC (3 folds x 3 seeds)",
+    ylabel="test AUC",
+    spread="3 folds x 3 seeds",
   )
   same = records_digest(out / "data_grading") == records_digest(out / "data_robust")
   lines += [

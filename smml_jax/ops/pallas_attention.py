@@ -263,9 +263,7 @@ def pallas_cpb_attention(
       q, k, v, pos_q, pos_k, cpb_params, dropout_rate=dropout_rate, dropout_rng=dropout_rng, cpb_dtype=cpb_dtype
     )
     out, mass = jax.lax.platform_dependent(
-      *args,
-      cuda=lambda *a: tuple(x.reshape(y.shape) for x, y in zip(gpu(), (qg, kg[..., 0]))),
-      default=tpu,
+      *args, cuda=lambda *a: tuple(x.reshape(y.shape) for x, y in zip(gpu(), (qg, kg[..., 0]))), default=tpu
     )
   else:
     call = lambda *a: _attention(*a, cfg(interpret, bool(interpret) if exact is None else exact))

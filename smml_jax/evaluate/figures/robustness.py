@@ -15,17 +15,19 @@ def robustness_figure(
   references: Mapping[str, tuple[float, float]],
   *,
   ylabel: str = "test metric",
+  spread: str = "seeds",
 ) -> plt.Figure:
   """The figure (not saved).
 
   Args:
-    curve: (percent without expression, mean, std) per point, std over its runs (NaN: no bar).
+    curve: (percent without expression, mean, std) per point, std over the runs named by `spread` (NaN: no bar).
     references: {model: (mean, std)}: a horizontal line at the mean and a band of ± std.
     ylabel: the metric's axis label.
+    spread: what the curve's std is over, for the legend ("seeds", "3 folds x 3 seeds").
   """
   fig, ax = plt.subplots(figsize=(4.8, 3.4))
   x, mean, std = (np.asarray(v, np.float64) for v in zip(*curve)) if curve else ([], [], [])
-  ax.errorbar(x, mean, yerr=np.nan_to_num(std), marker="o", capsize=3, label="subspace (mean ± std over runs)")
+  ax.errorbar(x, mean, yerr=np.nan_to_num(std), marker="o", capsize=3, label=f"subspace (mean ± std over {spread})")
   colors = plt.get_cmap("tab10")(np.arange(1, len(references) + 1))
   for (name, (m, s)), color in zip(references.items(), colors):
     ax.axhline(m, color=color, linestyle="--", linewidth=1.2, label=f"{name} (slides only)")
@@ -45,6 +47,7 @@ def plot_robustness(
   path: PathLike,
   *,
   ylabel: str = "test metric",
+  spread: str = "seeds",
 ):
   """Writes `robustness_figure(...)` as a PNG at `path`; returns the path."""
-  return _save(robustness_figure(curve, references, ylabel=ylabel), path)
+  return _save(robustness_figure(curve, references, ylabel=ylabel, spread=spread), path)
