@@ -38,6 +38,7 @@ from jax.sharding import PartitionSpec
 
 from smml_jax.ops import pallas_attention_gpu, pallas_attention_kernels as kernels
 from smml_jax.ops import pallas_attention_mlp as mlp
+from smml_jax.ops import pallas_common as common
 from smml_jax.ops.cpb import CPBParams
 
 DEFAULT_QUERY_TILE = 256
@@ -77,17 +78,11 @@ def _attention_fwd(qg, kg, vg, posqt, posk, keep_t, w_mats, cfg):
   return outputs, (values, keep_value, w_values, with_posq)
 
 
-def _materialise(cotangent, like):
-  if isinstance(cotangent, jax.custom_derivatives.SymbolicZero):
-    return jnp.zeros(like.shape, like.dtype)
-  return cotangent
-
-
 def _attention_bwd(cfg, residuals, cotangents):
   values, keep_t, w_mats, with_posq = residuals
   qg, kg, vg, posqt, posk = values
-  g_out = _materialise(cotangents[0], qg.astype(vg.dtype))
-  g_mass = _materialise(cotangents[1], jnp.zeros(kg.shape[:4], jnp.float32))
+  g_out = common.materialise(cotangents[0], qg.shape, vg.dtype)
+  g_mass = common.materialise(cotangents[1], kg.shape[:4], jnp.float32)
   grads = kernels.backward_call(
     qg,
     kg,
@@ -135,7 +130,7 @@ def keeps_hidden(widths, pack: int, m: int, tile: int, cpb_dtype) -> bool:
 def query_tile_for(query_tile: int, n: int) -> int:
   """Queries per grid step: `query_tile` rounded up to a multiple of 128 (queries lie on lanes),
   or all N queries when that covers them."""
-  tile = _round_up(max(query_tile, 1), TILE_MULTIPLE)
+  tile = common.round_up(max(query_tile, 1), TILE_MULTIPLE)
   return n if tile >= n else tile
 
 
@@ -166,10 +161,6 @@ def _per_shard(call, batch: int):
     axis_names=frozenset(axes),
     check_vma=False,
   )
-
-
-def _round_up(x: int, multiple: int) -> int:
-  return -(-x // multiple) * multiple
 
 
 def pallas_cpb_attention(
@@ -216,20 +207,9 @@ def pallas_cpb_attention(
   Returns:
     out (B, H, N, Dh) in v's dtype and the attention mass per key (B, H, M) float32, pre-dropout.
   """
-  if jnp.dtype(softmax_dtype) != jnp.float32:
-    raise ValueError(
-      f"the pallas CPB attention computes its softmax in float32; got softmax_dtype={jnp.dtype(softmax_dtype).name}"
-    )
-  if len(cpb_params) < 2:
-    raise ValueError(
-      f"the pallas CPB attention needs a CPB MLP with at least one hidden layer; got {len(cpb_params)} layer(s)"
-    )
+  common.check_arguments(q, pos_k, cpb_params, softmax_dtype)
   b, h, n, dh = q.shape
   groups, m = pos_k.shape[1:3]
-  if h % groups or cpb_params[-1][0].shape[1] != h // groups:
-    raise ValueError(
-      f"{h} heads do not split into {groups} offset groups of {cpb_params[-1][0].shape[1]} (the CPB MLP's outputs)"
-    )
   heads = h // groups
   tile = query_tile_for(query_tile, n)
   qg = q.reshape(b, groups, heads, n, dh)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from smml_jax.ops import pallas_attention_gpu_kernels as kernels
 from smml_jax.ops import pallas_attention_gpu_mlp as mlp
+from smml_jax.ops import pallas_common as common
 from smml_jax.ops.cpb import CPBParams
 
 BLOCK_Q = 32  # queries per program: 32 x 16 pairs x 32 hidden units in registers per key block
@@ -62,17 +63,11 @@ def _attention_fwd(qg, kg, vg, posqt, poskt, keep, w_mats, n, m, block_q, dropou
   return outputs, (values, keep_value, w_values, posqt.perturbed)
 
 
-def _materialise(cotangent, shape, dtype):
-  if isinstance(cotangent, jax.custom_derivatives.SymbolicZero):
-    return jnp.zeros(shape, dtype)
-  return cotangent
-
-
 def _attention_bwd(n, m, block_q, dropout_rate, cpb_dtype, interpret, residuals, cotangents):
   values, keep, w_mats, with_posq = residuals
   qg, kg, vg, posqt, poskt = values
-  g_out = _materialise(cotangents[0], qg.shape, vg.dtype).astype(vg.dtype)
-  g_mass = _materialise(cotangents[1], kg.shape[:4], jnp.float32).astype(jnp.float32)
+  g_out = common.materialise(cotangents[0], qg.shape, vg.dtype).astype(vg.dtype)
+  g_mass = common.materialise(cotangents[1], kg.shape[:4], jnp.float32).astype(jnp.float32)
   grads = kernels.backward_call(
     qg,
     kg,
@@ -108,27 +103,6 @@ def _attention_bwd(n, m, block_q, dropout_rate, cpb_dtype, interpret, residuals,
 _attention.defvjp(_attention_fwd, _attention_bwd, symbolic_zeros=True)
 
 
-def _round_up(x: int, multiple: int) -> int:
-  return -(-x // multiple) * multiple
-
-
-def check_arguments(q, pos_k, cpb_params, softmax_dtype) -> None:
-  """Raises ValueError for what the Pallas CPB-attention kernels do not implement."""
-  if jnp.dtype(softmax_dtype) != jnp.float32:
-    raise ValueError(
-      f"the pallas CPB attention computes its softmax in float32; got softmax_dtype={jnp.dtype(softmax_dtype).name}"
-    )
-  if len(cpb_params) < 2:
-    raise ValueError(
-      f"the pallas CPB attention needs a CPB MLP with at least one hidden layer; got {len(cpb_params)} layer(s)"
-    )
-  h, groups = q.shape[1], pos_k.shape[1]
-  if h % groups or cpb_params[-1][0].shape[1] != h // groups:
-    raise ValueError(
-      f"{h} heads do not split into {groups} offset groups of {cpb_params[-1][0].shape[1]} (the CPB MLP's outputs)"
-    )
-
-
 def gpu_cpb_attention(
   q: jax.Array,
   k: jax.Array,
@@ -159,13 +133,13 @@ def gpu_cpb_attention(
   Returns:
     out (B, H, N, Dh) in v's dtype and the attention mass per key (B, H, M) float32, pre-dropout.
   """
-  check_arguments(q, pos_k, cpb_params, softmax_dtype)
+  common.check_arguments(q, pos_k, cpb_params, softmax_dtype)
   if block_q < mlp.MIN_DOT or block_q & (block_q - 1):
     raise ValueError(f"block_q must be a power of two >= {mlp.MIN_DOT} (a Triton block); got {block_q}")
   b, h, n, dh = q.shape
   groups, m = pos_k.shape[1:3]
   heads = h // groups
-  dhp, mp = mlp.padded_width(dh), _round_up(m, kernels.BLOCK_K)
+  dhp, mp = mlp.padded_width(dh), common.round_up(m, kernels.BLOCK_K)
   qg = jnp.pad(q, ((0, 0),) * 3 + ((0, dhp - dh),)).reshape(b, groups, heads, n, dhp)
   kg, vg = (jnp.pad(t, ((0, 0), (0, 0), (0, mp - m), (0, dhp - dh))).reshape(b, groups, heads, mp, dhp) for t in (k, v))
   posqt = pos_q.astype(jnp.float32).T
