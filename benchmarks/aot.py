@@ -148,6 +148,8 @@ def compile_record(cfg, topology: str, mesh=None) -> dict[str, Any]:
     "attention_impl": cfg.attention_impl,
     "attention_path": impl.get("attention"),
     "depthwise_path": impl.get("depthwise"),
+    "sampler": impl.get("sampler"),
+    "branches": impl.get("branches"),
     "dtype": cfg.compute_dtype,
     "n_patches": cfg.n_patches,
     "feature_dim": cfg.feature_dim,

@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Any, Optional
 
-from smml_jax.ops.dispatch import ATTENTION_IMPLEMENTATIONS
+from smml_jax.ops.dispatch import ATTENTION_IMPLEMENTATIONS, SAMPLERS
 
 FULL_SHAPE = dict(n_patches=2500, feature_dim=1024, n_genes_tumour=59, n_genes_micro=361, num_classes=4)
 
@@ -47,7 +47,7 @@ class BenchConfig:
   num_classes: int = FULL_SHAPE["num_classes"]
   attention_impl: str = "auto"
   query_tile: int = 0  # 0: the model's default, tiles of about `tile_pairs` (query, key) pairs
-  sampler: str = "gather"
+  sampler: str = "auto"
   compute_dtype: str = "float32"
   steps: int = 5
   warmup: int = 2
@@ -227,7 +227,8 @@ def measure(cfg: BenchConfig) -> dict[str, Any]:
     "depthwise_path": impl["depthwise"],
     "platform": impl["platform"],
     "query_tile": _effective_tile(cfg, impl["attention"]),
-    "sampler": cfg.sampler,
+    "sampler": impl["sampler"],
+    "branches": impl["branches"],
     "compute_dtype": cfg.compute_dtype,
     "step_s_median": step_s,
     "step_s_min": min(step_times),
@@ -290,7 +291,7 @@ def main(argv=None) -> None:
   p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
   p.add_argument("--impl", nargs="+", default=["auto"], choices=ATTENTION_IMPLEMENTATIONS)
   p.add_argument("--query-tile", type=int, default=BenchConfig.query_tile)
-  p.add_argument("--sampler", default=BenchConfig.sampler, choices=["gather", "matmul"])
+  p.add_argument("--sampler", default=BenchConfig.sampler, choices=SAMPLERS)
   p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
   p.add_argument(
     "--patches",

@@ -39,6 +39,7 @@ def test_default_train_step_compiles_for_a_v5e_slice():
   # `auto` resolved for the TPU, not for this CPU host: an XLA path, the XLA depthwise conv.
   assert r["attention_impl"] == "auto" and r["attention_path"] != "native"
   assert r["depthwise_path"] == "selection"
+  assert (r["sampler"], r["branches"]) == ("matmul", "stacked")
   assert r["temp_mb"] > 0 and r["gflops"] > 0 and r["gbytes"] > 0
   # The state (params + two Adam moments) is an argument; every gradient is all-reduced.
   assert r["argument_mb"] >= 3 * r["grad_mb"]

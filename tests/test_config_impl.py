@@ -7,7 +7,7 @@ from smml_jax.train.config import ConfigError, config_from_dict, config_to_dict,
 
 def test_impl_section_defaults_and_choices():
   config = make_config({}, overrides=["impl.attention=reference", "impl.query_tile=32"])
-  assert (config.impl.attention, config.impl.query_tile, config.impl.sampler) == ("reference", 32, "gather")
+  assert (config.impl.attention, config.impl.query_tile, config.impl.sampler) == ("reference", 32, "auto")
   with pytest.raises(ConfigError, match="'impl.attention'.*expected one of"):
     make_config({}, overrides=["impl.attention=flash"])
   with pytest.raises(ConfigError, match="'impl.sampler'"):

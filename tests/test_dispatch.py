@@ -52,6 +52,30 @@ def test_the_attention_choice_governs_the_depthwise_conv(attention, conv):
   assert dispatch.depthwise_for(attention) == conv
 
 
+@pytest.mark.parametrize(
+  "sampler,platform,want",
+  [("auto", "tpu", "matmul"), ("auto", "gpu", "gather"), ("auto", "cpu", "gather"), ("auto", None, "gather")]
+  + [("gather", "tpu", "gather"), ("matmul", "cpu", "matmul")],
+)
+def test_resolve_sampler_by_platform(sampler, platform, want):
+  assert dispatch.resolve_sampler(sampler, platform) == want
+
+
+def test_unknown_sampler_is_refused_where_it_is_configured():
+  with pytest.raises(dispatch.DispatchError, match="unknown sampler 'nearest'"):
+    dispatch.resolve_sampler("nearest", "tpu")
+  with pytest.raises(ValueError, match="sampler: unknown sampler 'nearest'"):
+    build_model(
+      "subspace",
+      num_classes=3,
+      n_genes_tumour=5,
+      n_genes_micro=6,
+      feature_dim=8,
+      options=TINY,
+      impl={"sampler": "nearest"},
+    )
+
+
 def test_platform_of_a_mesh_and_of_devices():
   from smml_jax.train import sharding
 
@@ -104,6 +128,9 @@ def test_other_paths_and_other_platforms_run_no_native_kernel(impl):
   record = implementations(spec)
   assert record["depthwise"] == "selection"
   assert record["attention"] == ("fused" if impl["attention_impl"] == "auto" else impl["attention_impl"])
+  assert record["sampler"] == ("matmul" if impl.get("platform") == "tpu" else "gather")
+  assert record["branches"] == "stacked"
+  assert ("gather" in text) == (record["sampler"] == "gather")
 
 
 def test_native_for_a_tpu_model_is_a_clear_error():

@@ -50,7 +50,7 @@ class DeformAttentionConfig:
   # (benchmarks/RESULTS.md: tile size against batch size).
   query_tile: int = 0
   tile_pairs: int = 73_728
-  sampler: str = "gather"  # or "matmul"
+  sampler: str = "auto"  # "gather", "matmul" or "auto" (by `platform`, ops/dispatch.py)
   # The platform the computation is compiled for ('cpu', 'gpu', 'tpu'): `attention_impl: auto`
   # and the depthwise conv choose by it (ops/dispatch.py); None: per lowering platform.
   platform: Optional[str] = None
@@ -70,11 +70,17 @@ class DeformAttentionConfig:
     attention = dispatch.resolve_attention(self.attention_impl, self.platform, native_supported=native_ok)
     return attention, dispatch.depthwise_for(attention) if self.ndim == 2 else "selection"
 
+  def sampler_path(self) -> str:
+    """The bilinear sampler that runs on `platform` ("gather" where the platform is not known)."""
+    return dispatch.resolve_sampler(self.sampler, self.platform)
+
   def __post_init__(self):
     if self.attention_impl not in IMPLEMENTATIONS:
       raise ValueError(
         f"attention_impl: unknown attention implementation {self.attention_impl!r}; expected one of {IMPLEMENTATIONS}"
       )
+    if self.sampler not in dispatch.SAMPLERS:
+      raise ValueError(f"sampler: unknown sampler {self.sampler!r}; expected one of {dispatch.SAMPLERS}")
 
   def tile_for(self, rows: int, keys: int) -> int:
     """Queries per tile for `rows` = B * G offset-group rows attending to `keys` sampled keys
@@ -184,9 +190,9 @@ class DeformCrossAttention(nn.Module):
 
     kv_src = group(x_kv.astype(self.dtype))
     if cfg.ndim == 2:
-      kv = grid_sample_2d(kv_src, points, cfg.sampler)  # (B*G, M, C/G)
+      kv = grid_sample_2d(kv_src, points, cfg.sampler_path())  # (B*G, M, C/G)
     else:
-      kv = linear_sample_1d(kv_src, points[..., 0], cfg.sampler)
+      kv = linear_sample_1d(kv_src, points[..., 0], cfg.sampler_path())
     kv = kv.reshape(b, g, m, c // g).transpose(0, 2, 1, 3).reshape(b, m, c)
     kv_groups = g if cfg.group_key_values else 1
     k = GroupedDense(inner, kv_groups, self.dtype, name="to_k")(kv)

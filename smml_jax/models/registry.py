@@ -305,11 +305,20 @@ def _student(num_classes: int, options: Mapping[str, Any], impl: Mapping[str, An
 
 def implementations(spec: ModelSpec) -> dict[str, Any]:
   """What runs where, for the run directory's and the benchmarks' records: {'platform',
-  'attention', 'depthwise'} for a deformable-attention model ('auto' where no platform was
-  given), {} for a model without one."""
+  'attention', 'depthwise', 'sampler', 'branches'} for a deformable-attention model ('auto' where
+  no platform was given; branches: 'stacked' (one vmapped computation), 'separate' or 'one'), {}
+  for a model without one."""
   config = getattr(spec.module, "config", None)
   attention = getattr(getattr(config, "branch", None), "attention", None)
   if not isinstance(attention, DeformAttentionConfig):
     return {}
-  path, conv = attention.implementations(getattr(spec.module, "dtype", None) or "float32")
-  return {"platform": attention.platform, "attention": path, "depthwise": conv}
+  dtype = getattr(spec.module, "dtype", None) or "float32"
+  path, conv = attention.implementations(dtype)
+  branches = "one" if config.single_subspace else "stacked" if config.stacks_branches(dtype) else "separate"
+  return {
+    "platform": attention.platform,
+    "attention": path,
+    "depthwise": conv,
+    "sampler": attention.sampler_path(),
+    "branches": branches,
+  }

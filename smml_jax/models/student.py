@@ -65,4 +65,4 @@ class SubspaceStudent(nn.Module):
     predictor = lambda name: GenePredictor(cfg.branch.dim, self.predictor_hidden, cfg.snn_dropout, name=name)
     gene_t = predictor("gene_predictor_tumour")(pooled, train=train)
     gene_m = predictor("gene_predictor_micro")(pooled, train=train)
-    return fuse_subspaces(cfg, self.dtype, patches, gene_t, gene_m, train=train)
+    return fuse_subspaces(self, patches, gene_t, gene_m, train=train)

@@ -14,6 +14,7 @@ from smml_jax.models.branch import BranchConfig, SubspaceBranch
 from smml_jax.models.layers import TorchDense
 from smml_jax.models.outputs import ModelOutput
 from smml_jax.models.snn import SNN
+from smml_jax.ops import dispatch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,14 @@ class SubspaceConfig:
   snn_widths: Sequence[int] = (64, 48, 32, 128)
   snn_dropout: float = 0.1
   single_subspace: bool = False
+
+  def stacks_branches(self, dtype=jnp.float32) -> bool:
+    """Whether the two histology branches run as one vmapped computation (`fuse_subspaces`):
+    where the attention path is plain XLA, so the compiled program holds one copy of the branch
+    instead of two (about a fifth less TPU compile time, benchmarks/RESULTS.md). The native and
+    Pallas paths, and an `auto` not yet resolved to a platform, run them one after the other."""
+    attention, _ = self.branch.attention.implementations(dtype)
+    return not self.single_subspace and attention in dispatch.BATCHABLE_ATTENTION
 
 
 class SubspaceNet(nn.Module):
@@ -82,22 +91,29 @@ class SubspaceNet(nn.Module):
 
     gene_t = gene_embedding("snn_tumour", batch["genes_tumour"])
     gene_m = gene_embedding("snn_micro", batch["genes_micro"])
-    return fuse_subspaces(cfg, self.dtype, patches, gene_t, gene_m, train=train)
+    return fuse_subspaces(self, patches, gene_t, gene_m, train=train)
 
 
 def fuse_subspaces(
-  cfg: SubspaceConfig, dtype: jnp.dtype, patches: jax.Array, gene_t: jax.Array, gene_m: jax.Array, *, train: bool
+  owner: nn.Module, patches: jax.Array, gene_t: jax.Array, gene_m: jax.Array, *, train: bool
 ) -> ModelOutput:
   """The two histology branches guided by their gene embeddings, the fused classifier and the
-  per-subspace ones. Called inside a compact `__call__` (the submodules and their names,
-  `branch_tumour`, `classifier`, ..., belong to the caller).
+  per-subspace ones. Called inside `owner`'s compact `__call__` (the submodules and their names,
+  `branch_tumour`, `classifier`, ..., belong to it; `owner.config` is a SubspaceConfig).
 
   patches: (B, N, D); gene_t, gene_m: (B, dim) gene embeddings (encoded or predicted).
   """
-  branch = lambda name: SubspaceBranch(cfg.branch, dtype, name=name)
+  cfg, dtype = owner.config, owner.dtype
   head = lambda name: TorchDense(cfg.num_classes, name=name)
-  embed_t, grid_t, mass_t = branch("branch_tumour")(patches, gene_t, train=train)
-  embed_m, grid_m, mass_m = branch("branch_micro")(patches, gene_m, train=train)
+  # Initialisation creates each branch's parameters under its own name; sown intermediates are
+  # kept per branch only by the separate calls.
+  stacked = cfg.stacks_branches(dtype) and not (owner.is_initializing() or owner.is_mutable_collection("intermediates"))
+  if stacked:
+    (embed_t, embed_m), (grid_t, grid_m), (mass_t, mass_m) = _stacked_branches(owner, patches, gene_t, gene_m, train)
+  else:
+    branch = lambda name: SubspaceBranch(cfg.branch, dtype, name=name)
+    embed_t, grid_t, mass_t = branch("branch_tumour")(patches, gene_t, train=train)
+    embed_m, grid_m, mass_m = branch("branch_micro")(patches, gene_m, train=train)
   embed_t, embed_m = embed_t.astype(jnp.float32), embed_m.astype(jnp.float32)
   features = jnp.concatenate([embed_t, embed_m], axis=-1)
   return ModelOutput(
@@ -114,3 +130,24 @@ def fuse_subspaces(
     attn_tumour=mass_t,
     attn_micro=mass_m,
   )
+
+
+def _stacked_branches(owner: nn.Module, patches: jax.Array, gene_t: jax.Array, gene_m: jax.Array, train: bool):
+  """Both branches as one computation: the parameters of `branch_tumour` and `branch_micro`
+  stacked on a leading axis of 2 and one branch vmapped over it, the patches shared.
+
+  The same function as two calls (values and parameter gradients; `tests/test_models.py`); the
+  attention dropout draws its masks from one key per branch. Returns the branch outputs, each
+  stacked (2, ...): embeddings (2, B, dim), grids, key masses.
+  """
+  params = owner.variables["params"]
+  stacked = jax.tree.map(lambda t, m: jnp.stack([t, m]), params["branch_tumour"], params["branch_micro"])
+  module = SubspaceBranch(owner.config.branch, owner.dtype, parent=None)
+  needs_rng = train and owner.config.branch.attention.dropout > 0
+  keys = jax.random.split(owner.make_rng("dropout")) if needs_rng else None
+
+  def branch(branch_params, gene, key):
+    rngs = {"dropout": key} if key is not None else None
+    return module.apply({"params": branch_params}, patches, gene, train=train, rngs=rngs)
+
+  return jax.vmap(branch)(stacked, jnp.stack([gene_t, gene_m]), keys)

@@ -8,7 +8,8 @@ the default one. So the trainer and the benchmarks pass the platform of their me
 `jax.lax.platform_dependent` (the C++ kernels on the CPU, XLA elsewhere).
 
 One choice governs both ops: the native attention runs the native depthwise conv, every other
-attention path the XLA (selection-matmul) conv.
+attention path the XLA (selection-matmul) conv. The bilinear sampler is chosen by the platform too
+(`resolve_sampler`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "chunked", "fused", "native", 
 # compiled to PTX or timed (benchmarks/gpu_check.sh measures them). The one place to switch.
 ACCELERATOR_ATTENTION = "fused"
 NATIVE_PLATFORMS = ("cpu",)
+# Attention paths written in jax.numpy only: `jax.vmap` batches them into one computation (the
+# native path's custom calls would run once per batch element, the Pallas kernels are per shard).
+BATCHABLE_ATTENTION = ("reference", "chunked", "fused")
+
+SAMPLERS = ("auto", "gather", "matmul")
+# What `sampler: auto` runs per platform; "gather" elsewhere and where the platform is not known.
+# TPU: the matmul sampler. The TPU backend compiles its two small contractions in a fraction of the
+# time it spends on the gathers (benchmarks/RESULTS.md, "v5e compile time, session 8"). At the TPU's
+# default matmul precision it multiplies the sampled features in bf16, as the key and value
+# projections that consume them do anyway.
+PLATFORM_SAMPLER = {"tpu": "matmul"}
 
 
 class DispatchError(ValueError):
@@ -67,6 +79,15 @@ def resolve_attention(implementation: str, platform: Optional[str], *, native_su
   if platform in NATIVE_PLATFORMS:
     return "native" if native_supported else "fused"
   return ACCELERATOR_ATTENTION
+
+
+def resolve_sampler(sampler: str, platform: Optional[str]) -> str:
+  """The bilinear sampler that runs ("gather" or "matmul") for `sampler` on `platform`."""
+  if sampler not in SAMPLERS:
+    raise DispatchError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+  if sampler != "auto":
+    return sampler
+  return PLATFORM_SAMPLER.get(platform, "gather")
 
 
 def depthwise_for(attention: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from smml_jax.data.errors import did_you_mean
 from smml_jax.data.labels import TASK_NUM_CLASSES
-from smml_jax.ops.dispatch import ATTENTION_IMPLEMENTATIONS
+from smml_jax.ops.dispatch import ATTENTION_IMPLEMENTATIONS, SAMPLERS
 from smml_jax.optim.factory import OptimConfig
 from smml_jax.train.config_compat import add_new_keys, drop_removed_keys, move_impl_keys
 
@@ -82,7 +82,7 @@ class ImplConfig:
   attention: str = "auto"  # 'auto' (by the devices' platform), 'native', 'fused', 'chunked', 'reference'
   query_tile: int = 0  # queries per attention tile; 0: about `tile_pairs` (query, key) pairs
   tile_pairs: int = 73_728
-  sampler: str = "gather"  # or 'matmul'
+  sampler: str = "auto"  # 'auto' (by the devices' platform: matmul on TPU, else gather), 'gather', 'matmul'
   # Also save a checkpoint (with the data iterator's position) every N train steps; 0: at epoch
   # ends only. Resuming from one is exact, so the interval is not part of the run's identity.
   checkpoint_every_steps: int = 0
@@ -147,7 +147,7 @@ _CHOICES = {
   "train.coordination_score": ("auto", "confidence", "cindex"),
   "train.compute_dtype": ("float32", "bfloat16"),
   "impl.attention": ATTENTION_IMPLEMENTATIONS,
-  "impl.sampler": ("gather", "matmul"),
+  "impl.sampler": SAMPLERS,
 }
 # Ranges of the keys whose dataclass does not declare one in its field metadata (the model options
 # do, see `models.registry.options_class`): 'min' (>=), 'above' (>), 'below' (<).
