@@ -34,8 +34,9 @@ class SubspaceConfig:
   def stacks_branches(self, dtype=jnp.float32) -> bool:
     """Whether the two histology branches run as one vmapped computation (`fuse_subspaces`):
     where the attention path is plain XLA, so the compiled program holds one copy of the branch
-    instead of two (about a fifth less TPU compile time, benchmarks/RESULTS.md). The native and
-    Pallas paths, and an `auto` not yet resolved to a platform, run them one after the other."""
+    instead of two (the TPU compile's time follows the program's structure more than its array
+    sizes; benchmarks/RESULTS.md, "v5e compile time, session 8"). The native and Pallas paths,
+    and an `auto` not yet resolved to a platform, run them one after the other."""
     attention, _ = self.branch.attention.implementations(dtype)
     return not self.single_subspace and attention in dispatch.BATCHABLE_ATTENTION
 
