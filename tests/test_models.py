@@ -104,7 +104,7 @@ def _tiled_reference(ndim):
 @pytest.mark.parametrize(
   "ndim,impl",
   [
-    pytest.param(2, "chunked", marks=pytest.mark.slow),  # `fused` runs the same model code fast
+    (2, "chunked"),
     (2, "fused"),
     pytest.param(2, "native", marks=NATIVE),
     (2, "pallas"),

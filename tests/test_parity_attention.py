@@ -59,10 +59,8 @@ def test_parity_attention_forward(ref, impl):
   "impl",
   [
     "reference",
-    # In the developer loop the tiled XLA paths' gradients are checked against `reference`
-    # (tests/test_ops_attention.py); against the fixtures in the long set.
-    pytest.param("chunked", marks=pytest.mark.slow),
-    pytest.param("fused", marks=pytest.mark.slow),
+    "chunked",
+    "fused",
     pytest.param("native", marks=NATIVE),
     pytest.param("pallas", marks=pytest.mark.slow),
   ],
