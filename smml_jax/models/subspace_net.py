@@ -137,7 +137,7 @@ def _stacked_branches(owner: nn.Module, patches: jax.Array, gene_t: jax.Array, g
   """Both branches as one computation: the parameters of `branch_tumour` and `branch_micro`
   stacked on a leading axis of 2 and one branch vmapped over it, the patches shared.
 
-  The same function as two calls (values and parameter gradients; `tests/test_models.py`); the
+  The same function as two calls (values and parameter gradients; tests/test_branch_stacking.py); the
   attention dropout draws its masks from one key per branch. Returns the branch outputs, each
   stacked (2, ...): embeddings (2, B, dim), grids, key masses.
   """
