@@ -66,6 +66,22 @@ def chip_of(topology: str) -> dict[str, float]:
   return CHIPS[generation]
 
 
+def check_options(topology: str, attention_impls) -> None:
+  """Refuses an unknown chip or an attention implementation a TPU cannot run, before libtpu starts.
+
+  Raises:
+    AotError: naming the option and what is expected.
+  """
+  from smml_jax.ops import dispatch
+
+  chip_of(topology)
+  for impl in attention_impls:
+    try:
+      dispatch.resolve_attention(impl, "tpu", native_supported=False)
+    except dispatch.DispatchError as e:
+      raise AotError(f"--aot {topology!r} --impl {impl}: {e}") from e
+
+
 def topology_mesh(topology: str):
   """A 1D 'data' mesh (train/sharding.py) over the chips of a TPU topology, deviceless."""
   from jax.experimental import topologies

@@ -336,6 +336,10 @@ def main(argv=None) -> None:
   if args.aot:
     from benchmarks import aot
 
+    try:
+      aot.check_options(args.aot, args.impl)
+    except aot.AotError as e:
+      p.exit(2, f"error: {e}\n")
     for impl in args.impl:
       for dtype in args.dtype:
         cfg = BenchConfig(
