@@ -39,7 +39,9 @@ def _bias_case(b, g, side, m, d, width, seed=0):
 
 
 def _value_and_grads(fn, pos_q, pos_k, params, cotangent):
-  return jax.value_and_grad(lambda a, b, c: jnp.sum(fn(a, b, c) * cotangent), argnums=(0, 1, 2))(pos_q, pos_k, params)
+  # Jitted: op by op, each gradient is ~50 small programs to trace, lower and load (tests/README.md).
+  loss = lambda a, b, c, ct: jnp.sum(fn(a, b, c) * ct)
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(pos_q, pos_k, params, cotangent)
 
 
 def _float64(tree):
@@ -61,8 +63,8 @@ def _float64(tree):
 )
 def test_native_bias_matches_reference_and_is_closer_to_float64(b, g, side, m, d, width):
   pos_q, pos_k, params, cotangent = _bias_case(b, g, side, m, d, width)
-  got = native_cpb.relative_position_bias(pos_q, pos_k, params)
-  want = relative_position_bias(pos_q, pos_k, params)
+  got = jax.jit(native_cpb.relative_position_bias)(pos_q, pos_k, params)
+  want = jax.jit(relative_position_bias)(pos_q, pos_k, params)
   assert got.shape == want.shape == (b, g, side**d, m) and got.dtype == jnp.float32
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
@@ -92,8 +94,8 @@ def test_native_bias_with_four_coordinates_and_many_activation_regions():
   params[0] = (params[0][0] / 0.7, params[0][1] * 10.0)  # w1 ~ N(0, 1), b1 ~ N(0, 1)
   cotangent = jnp.asarray(rng.normal(size=(1, 1, 1024, 16)), jnp.float32)
   np.testing.assert_allclose(
-    native_cpb.relative_position_bias(pos_q, pos_k, params),
-    relative_position_bias(pos_q, pos_k, params),
+    jax.jit(native_cpb.relative_position_bias)(pos_q, pos_k, params),
+    jax.jit(relative_position_bias)(pos_q, pos_k, params),
     rtol=1e-5,
     atol=1e-5,
   )
