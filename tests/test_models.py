@@ -88,8 +88,8 @@ def _tiled_loss(model, batch):
 
 @functools.lru_cache(maxsize=None)
 def _tiled_reference(ndim):
-  """(batch, params, loss, grads) of the untiled reference model: one eager pass per ndim, shared by
-  every path it is compared with (op by op, its value_and_grad is most of each case's time)."""
+  """(batch, params, loss, grads) of the untiled reference model: computed once per ndim, shared by
+  every path it is compared with."""
   batch = small_batch(n=SIDE * SIDE)
   model = SubspaceNet(small_config(ndim=ndim, attention_impl="reference", query_tile=24))
   params = jax.jit(model.init)(key(0), batch)
